@@ -1,0 +1,99 @@
+"""Typed schema for the stable config groups, so Hydra rejects `fl.rounds=foo` at compose time.
+
+Groups with variants (data, model, strategy, partition) stay free-form here; their builders
+validate them and name the offending key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A config value that composes but makes no sense; the message names the key."""
+
+
+@dataclass
+class FLConfig:
+    rounds: int = 10
+    num_clients: int = 5
+    # clients sampled per round: clients_per_round if set, else round(fraction * num_clients)
+    fraction: float = 1.0
+    clients_per_round: int | None = None
+    trainable: str = "classifier"  # all | classifier | a regex over parameter names
+    cache_features: bool = True  # frozen backbone: clients cache its features once
+    quorum: float = 0.5  # fraction of the sampled clients that must report for a round to count
+    round_timeout_s: float | None = None
+    eval_every: int = 1
+    checkpoint: bool = True
+    # robustness tests/demos: [{round (1-based), client, kind: raise|crash|nan|hang}]
+    faults: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class ClientConfig:
+    epochs: int = 1
+    batch_size: int = 32
+    optimizer: Any = MISSING  # {_target_: torch.optim.SGD, _partial_: true, lr: ...}
+    augment: bool = False
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: start a local Ray; "auto" or an address: join a cluster
+    num_cpus: int | None = None  # local Ray only; None = all cores
+    num_gpus: int | None = None
+    client_cpus: float = 0.5
+    client_gpus: float = 0.0
+    max_actors: int | None = None  # None: as many as the cluster's CPUs allow
+    include_dashboard: bool = False
+    shard_cache: int = 8  # client shards an actor keeps in memory between rounds
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = True
+    mode: str = "offline"
+    project: str = "fedray"
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConfig:
+    jsonl: bool = True
+    plots: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class FedrayConfig:
+    data: Any = MISSING
+    partition: Any = MISSING
+    model: Any = MISSING
+    strategy: Any = MISSING
+    client: ClientConfig = field(default_factory=ClientConfig)
+    fl: FLConfig = field(default_factory=FLConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    name: str = "default"
+    stage: str = "federated"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    resume: Any = False  # false | true (latest matching run) | path to a run directory
+    run_dir: str | None = None
+    sweep: Any = None
+
+
+def register_configs() -> None:
+    """Register the schema that conf/config.yaml lists first in its defaults."""
+    ConfigStore.instance().store(name="fedray_schema", node=FedrayConfig)
+
+
+register_configs()

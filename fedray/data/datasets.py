@@ -1,0 +1,186 @@
+"""The one dataset interface every source (synthetic, imported, toy) writes and every client reads.
+
+A classification dataset is a directory:
+
+    meta.json               {"format", "name", "num_classes", "class_names", "image_size", "splits"}
+    {split}_images.npy      uint8 (N, S, S, 3) RGB, memory-mapped on read
+    {split}_labels.npy      int64 (N,)
+
+Datasets are built once into a cache entry named by a hash of the config that made them; a build
+goes into a temporary sibling and is renamed into place only when complete, so an interrupted build
+never leaves an entry that a later run mistakes for finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "fedray-cls-v1"
+COMPLETE_MARKER = ".complete"
+
+# ImageNet statistics: the normalisation every torchvision backbone expects.
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+class DatasetError(ValueError):
+    """A dataset that is missing, empty or malformed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Where a built dataset lives and what it holds."""
+
+    root: str
+    name: str
+    num_classes: int
+    class_names: list[str]
+    image_size: int
+    splits: dict[str, int]
+
+
+def config_hash(config: Any) -> str:
+    """Stable short hash of a JSON-serialisable config (key order does not matter)."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    """Per-user cache: $FEDRAY_CACHE, else $XDG_CACHE_HOME/fedray, else ~/.cache/fedray."""
+    if env := os.environ.get("FEDRAY_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fedray"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def is_complete(root: str | Path) -> bool:
+    """True when `root` is a finished cache entry."""
+    return (Path(root) / COMPLETE_MARKER).exists()
+
+
+def cached_build(
+    cache_dir: str | Path, kind: str, config: Any, build: Callable[[Path], None]
+) -> Path:
+    """Return `cache_dir/kind-<hash(config)>`, calling `build(tmp_dir)` first if it is not complete.
+
+    Concurrent callers (Tune trials, parallel tests) serialise on a lock file; the loser of the race
+    finds the entry complete and returns it without rebuilding.
+    """
+    cache_dir = Path(cache_dir).expanduser()
+    root = cache_dir / f"{kind}-{config_hash(config)}"
+    if is_complete(root):
+        return root
+    with _file_lock(cache_dir / f".{root.name}.lock"):
+        if is_complete(root):
+            return root
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=cache_dir))
+        try:
+            build(tmp)
+            (tmp / "build_config.json").write_text(
+                json.dumps(config, indent=2, sort_keys=True, default=str)
+            )
+            (tmp / COMPLETE_MARKER).write_text("")
+            if root.exists():  # an incomplete leftover from a killed build
+                shutil.rmtree(root)
+            os.replace(tmp, root)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def write_split(root: str | Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """Write one split's arrays (uint8 NHWC images, int labels)."""
+    images = np.asarray(images)
+    labels = np.asarray(labels, dtype=np.int64)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise DatasetError(
+            f"{split}: images must be uint8 (N, S, S, 3), got {images.dtype} {images.shape}"
+        )
+    if len(images) != len(labels):
+        raise DatasetError(f"{split}: {len(images)} images but {len(labels)} labels")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    np.save(root / f"{split}_images.npy", np.ascontiguousarray(images))
+    np.save(root / f"{split}_labels.npy", labels)
+
+
+def write_meta(
+    root: str | Path,
+    name: str,
+    class_names: list[str],
+    image_size: int,
+    splits: dict[str, int],
+    **extra: Any,
+) -> None:
+    """Write meta.json for a dataset directory."""
+    meta = {
+        "format": FORMAT,
+        "name": name,
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "image_size": int(image_size),
+        "splits": {k: int(v) for k, v in splits.items()},
+        **extra,
+    }
+    Path(root, "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def load_info(root: str | Path) -> DatasetInfo:
+    """Read a dataset directory's meta.json."""
+    path = Path(root) / "meta.json"
+    if not path.exists():
+        raise DatasetError(f"{path}: no meta.json — not a fedray dataset directory")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != FORMAT:
+        raise DatasetError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    return DatasetInfo(
+        root=str(root),
+        name=meta["name"],
+        num_classes=int(meta["num_classes"]),
+        class_names=list(meta["class_names"]),
+        image_size=int(meta["image_size"]),
+        splits={k: int(v) for k, v in meta["splits"].items()},
+    )
+
+
+def load_labels(root: str | Path, split: str) -> np.ndarray:
+    """Labels of one split (small; read fully)."""
+    return np.load(Path(root) / f"{split}_labels.npy")
+
+
+def load_images(root: str | Path, split: str, mmap: bool = True) -> np.ndarray:
+    """Images of one split, memory-mapped by default so a client touches only its own shard."""
+    return np.load(Path(root) / f"{split}_images.npy", mmap_mode="r" if mmap else None)
+
+
+def to_tensor_batch(images: np.ndarray):
+    """uint8 (N, H, W, 3) -> normalised float32 torch tensor (N, 3, H, W)."""
+    import torch
+
+    from fedray.kernels import normalize
+
+    return torch.from_numpy(normalize(np.asarray(images)))

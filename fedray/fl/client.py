@@ -1,0 +1,127 @@
+"""ClientActor: one Ray actor serves one or many virtual clients (simulated phones).
+
+The server hands an actor a client id and that client's shard *description* (dataset root +
+indices); the actor loads those images itself, trains, and returns only parameters and counts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedray.data.datasets import load_images, load_labels
+from fedray.fl.train import extract_features, set_params, train_local
+from fedray.fl.types import ClientResult, Params
+
+
+def client_seed(seed: int, round_idx: int, client_id: int) -> int:
+    """Each client's RNG derives from (seed, round, client_id) and nothing else."""
+    return int(np.random.SeedSequence([seed, round_idx, client_id]).generate_state(1)[0])
+
+
+class ClientWorker:
+    """Local training for virtual clients; wrapped as a Ray actor by `ClientActor`."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        from hydra.utils import instantiate
+
+        from fedray.models import build_model
+
+        self.threads = max(1, int(spec.get("num_threads", 1)))
+        torch.set_num_threads(self.threads)
+        self.spec = spec
+        torch.manual_seed(spec["seed"])
+        self.model = build_model(spec["model"], spec["num_classes"])
+        set_params(self.model, spec["init_state"])  # frozen layers identical to the server's
+        self.trainable: list[str] = spec["trainable"]
+        self.travel: list[str] = spec["travel"]
+        self.use_features = bool(spec["cache_features"])
+        client = spec["client"]
+        self.optimizer_factory = instantiate(client["optimizer"])
+        self.shards: OrderedDict[int, tuple[Any, np.ndarray]] = OrderedDict()
+        self.max_shards = int(spec.get("shard_cache", 8))
+        self.images = None
+
+    def _shard(self, client_id: int, indices: np.ndarray) -> tuple[Any, np.ndarray]:
+        if client_id in self.shards:
+            self.shards.move_to_end(client_id)
+            return self.shards[client_id]
+        root = self.spec["dataset_root"]
+        if self.images is None:
+            self.images = load_images(root, "train")
+            self.labels = load_labels(root, "train")
+        idx = np.sort(np.asarray(indices))
+        x = np.asarray(self.images[idx])
+        y = self.labels[idx]
+        if self.use_features:
+            x = extract_features(self.model, x)
+        self.shards[client_id] = (x, y)
+        if len(self.shards) > self.max_shards:
+            self.shards.popitem(last=False)
+        return x, y
+
+    def _inject_fault(self, client_id: int, round_idx: int) -> str | None:
+        for f in self.spec.get("faults") or []:
+            # rounds are 1-based here, as they are logged
+            if int(f.get("client", -1)) == client_id and int(f.get("round", -1)) == round_idx + 1:
+                kind = f.get("kind", "raise")
+                if kind == "raise":
+                    raise RuntimeError(
+                        f"injected fault: client {client_id} raised in round {round_idx}"
+                    )
+                if kind == "crash":
+                    os._exit(1)
+                if kind == "hang":
+                    time.sleep(float(f.get("seconds", 3600)))
+                return kind
+        return None
+
+    def fit(
+        self,
+        client_id: int,
+        indices: np.ndarray,
+        global_params: Params,
+        round_idx: int,
+        extra: dict[str, Any],
+    ) -> ClientResult:
+        """Train on this client's shard starting from `global_params`; return the new params."""
+        t0 = time.perf_counter()
+        fault = self._inject_fault(client_id, round_idx)
+        x, y = self._shard(client_id, indices)
+        set_params(self.model, global_params)
+        client = self.spec["client"]
+        stats = train_local(
+            self.model,
+            x,
+            y,
+            self.trainable,
+            epochs=int(client["epochs"]),
+            batch_size=int(client["batch_size"]),
+            optimizer_factory=self.optimizer_factory,
+            seed=client_seed(self.spec["seed"], round_idx, client_id),
+            features=self.use_features,
+            proximal_mu=float(extra.get("proximal_mu", 0.0)),
+        )
+        state = self.model.state_dict()
+        params = {n: state[n].detach().numpy().astype(np.float32, copy=True) for n in self.travel}
+        if fault == "nan":
+            first = next(iter(params))
+            params[first][...] = np.nan
+        metrics = {"train/loss": stats["loss"], "time/fit_s": time.perf_counter() - t0}
+        return ClientResult(client_id, params, int(stats["num_samples"]), metrics)
+
+    def ping(self) -> int:
+        """Liveness check; returns the process id."""
+        return os.getpid()
+
+
+def make_client_actor(num_cpus: float, num_gpus: float):
+    """The Ray actor class with this experiment's per-client resources."""
+    import ray
+
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(ClientWorker)

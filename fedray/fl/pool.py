@@ -1,0 +1,88 @@
+"""A bounded pool of ClientActors that runs one round's fits and survives failing clients."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from fedray.fl.types import ClientResult
+
+log = logging.getLogger("fedray")
+
+
+@dataclass
+class Dropped:
+    """A sampled client whose update did not make it into the round, and why."""
+
+    client_id: int
+    reason: str
+
+
+class ClientPool:
+    """`size` actors serve any number of virtual clients; a failed actor is replaced."""
+
+    def __init__(self, actor_cls: Any, spec_ref: Any, size: int) -> None:
+        self.actor_cls = actor_cls
+        self.spec_ref = spec_ref
+        self.actors = [actor_cls.remote(spec_ref) for _ in range(size)]
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def _replace(self, i: int) -> None:
+        try:
+            ray.kill(self.actors[i], no_restart=True)
+        except Exception:  # noqa: BLE001 - already dead is fine
+            pass
+        self.actors[i] = self.actor_cls.remote(self.spec_ref)
+
+    def run_round(
+        self,
+        clients: list[int],
+        shard_refs: dict[int, Any],
+        params_ref: Any,
+        round_idx: int,
+        extra: dict[str, Any],
+        timeout_s: float | None,
+    ) -> tuple[list[ClientResult], list[Dropped]]:
+        """Fit every client (round-robin over actors); collect results and the dropped ones."""
+        futures: dict[Any, tuple[int, int]] = {}
+        for j, cid in enumerate(clients):
+            a = j % len(self.actors)
+            fut = self.actors[a].fit.remote(cid, shard_refs[cid], params_ref, round_idx, extra)
+            futures[fut] = (cid, a)
+        ready, pending = ray.wait(list(futures), num_returns=len(futures), timeout=timeout_s)
+        results: list[ClientResult] = []
+        dropped: list[Dropped] = []
+        broken: set[int] = set()
+        for fut in ready:
+            cid, a = futures[fut]
+            try:
+                results.append(ray.get(fut))
+            except RayTaskError as exc:
+                cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                dropped.append(Dropped(cid, f"raised {type(cause).__name__}: {cause}"))
+                broken.add(a)
+            except (RayActorError, GetTimeoutError) as exc:
+                dropped.append(Dropped(cid, f"actor died ({type(exc).__name__})"))
+                broken.add(a)
+        for fut in pending:
+            cid, a = futures[fut]
+            dropped.append(Dropped(cid, f"timed out after {timeout_s}s"))
+            broken.add(a)
+        for a in sorted(broken):
+            self._replace(a)
+        return results, dropped
+
+    def shutdown(self) -> None:
+        """Kill every actor."""
+        for actor in self.actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+        self.actors = []

@@ -1,0 +1,176 @@
+"""Local training and evaluation, shared by clients, the centralized baseline and pretraining."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedray.data.datasets import to_tensor_batch
+from fedray.fl.types import Params
+
+
+def travel_names(model: nn.Module, trainable: list[str]) -> list[str]:
+    """State entries that travel: trainable params plus float buffers (BN stats) of modules whose
+    parameters all train, so a fully trained BN layer brings its running statistics along."""
+    chosen = set(trainable)
+    names = list(trainable)
+    for mod_name, module in model.named_modules():
+        own = [
+            f"{mod_name}.{p}" if mod_name else p for p, _ in module.named_parameters(recurse=False)
+        ]
+        if not own or not all(p in chosen for p in own):
+            continue
+        for buf_name, buf in module.named_buffers(recurse=False):
+            if buf.is_floating_point():
+                names.append(f"{mod_name}.{buf_name}" if mod_name else buf_name)
+    order = {k: i for i, k in enumerate(model.state_dict())}
+    return sorted(set(names), key=order.__getitem__)
+
+
+def get_params(model: nn.Module, names: list[str]) -> Params:
+    """Copy the named state entries out as float32 NumPy arrays (what travels)."""
+    state = model.state_dict()
+    return {n: state[n].detach().cpu().numpy().astype(np.float32, copy=True) for n in names}
+
+
+def set_params(model: nn.Module, params: Params) -> None:
+    """Load travelled arrays into the model in place."""
+    state = model.state_dict()
+    with torch.no_grad():
+        for n, v in params.items():
+            state[n].copy_(torch.from_numpy(np.require(v, requirements="W")))
+
+
+def freeze_except(model: nn.Module, trainable: list[str]) -> None:
+    """requires_grad only on `trainable`; modules with no trainable parameter run in eval mode."""
+    chosen = set(trainable)
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in chosen)
+    model.train()
+    for mod_name, module in model.named_modules():
+        own = [
+            f"{mod_name}.{p}" if mod_name else p for p, _ in module.named_parameters(recurse=False)
+        ]
+        if own and not any(p in chosen for p in own):
+            module.eval()  # frozen BN keeps its running statistics
+
+
+def forward_head(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    """Logits from backbone features (model.classifier then flatten, as torchvision does)."""
+    return torch.flatten(model.classifier(feats), 1)
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module, images: np.ndarray, batch_size: int = 128, device: str = "cpu"
+) -> torch.Tensor:
+    """Backbone features of uint8 NHWC images, in eval mode (the backbone is frozen)."""
+    was_training = model.training
+    model.eval()
+    out = [
+        model.features(to_tensor_batch(images[i : i + batch_size]).to(device)).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def train_local(
+    model: nn.Module,
+    inputs: np.ndarray | torch.Tensor,
+    labels: np.ndarray,
+    trainable: list[str],
+    epochs: int,
+    batch_size: int,
+    optimizer_factory: Callable[..., torch.optim.Optimizer],
+    seed: int,
+    features: bool = False,
+    proximal_mu: float = 0.0,
+    augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Train `trainable` params for `epochs` on (inputs, labels); returns mean loss and count.
+
+    `inputs` is uint8 NHWC images, or cached backbone features when `features=True` (then only the
+    head runs). FedProx: `proximal_mu > 0` adds mu/2 * ||w - w_start||^2 over the trainable params.
+    """
+    n = len(labels)
+    if n == 0:
+        return {"loss": float("nan"), "num_samples": 0}
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    freeze_except(model, trainable)
+    named = dict(model.named_parameters())
+    params = [named[k] for k in trainable]
+    optimizer = optimizer_factory(params)
+    anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else None
+    y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    loss_fn = nn.CrossEntropyLoss()
+    total, seen = 0.0, 0
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        for start in range(0, n, batch_size):
+            idx = np.sort(order[start : start + batch_size])  # sorted: mmap reads stay sequential
+            y = y_all[idx].to(device)
+            if features:
+                logits = forward_head(model, inputs[idx].to(device))
+            else:
+                batch = inputs[idx]
+                if augment is not None:
+                    batch = augment(batch, rng)
+                logits = model(to_tensor_batch(batch).to(device))
+            loss = loss_fn(logits, y)
+            if anchor is not None:
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
+                loss = loss + 0.5 * proximal_mu * prox
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+    return {"loss": total / max(seen, 1), "num_samples": n}
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    inputs: np.ndarray | torch.Tensor,
+    batch_size: int = 256,
+    features: bool = False,
+    device: str = "cpu",
+) -> torch.Tensor:
+    """Logits for uint8 images (or cached features), in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(inputs), batch_size):
+        if features:
+            out.append(forward_head(model, inputs[i : i + batch_size].to(device)).cpu())
+        else:
+            out.append(model(to_tensor_batch(inputs[i : i + batch_size]).to(device)).cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(
+    model: nn.Module,
+    inputs: np.ndarray | torch.Tensor,
+    labels: np.ndarray,
+    num_classes: int,
+    batch_size: int = 256,
+    features: bool = False,
+    device: str = "cpu",
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Metrics dict (acc, loss, macro P/R/F1, top5) and the confusion matrix on (inputs, labels)."""
+    from fedray.metrics import MetricAccumulator
+
+    acc = MetricAccumulator(num_classes)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    for i in range(0, len(labels), batch_size):
+        logits = predict_logits(model, inputs[i : i + batch_size], batch_size, features, device)
+        acc.update(logits, y[i : i + batch_size])
+    return acc.compute(), acc.confusion

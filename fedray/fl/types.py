@@ -1,0 +1,25 @@
+"""Plain data types that cross the client/server boundary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Ordered name -> array mapping of the parameters that travel (float32, C-contiguous).
+Params = dict[str, np.ndarray]
+
+
+@dataclass
+class ClientResult:
+    """What one client returns after local training: never data, only parameters and counts."""
+
+    client_id: int
+    params: Params
+    num_samples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def params_nbytes(params: Params) -> int:
+    """Bytes on the wire for a parameter dict (the raw tensors, no framing)."""
+    return int(sum(a.nbytes for a in params.values()))

@@ -1,0 +1,123 @@
+"""Driver-only run logging: metrics.jsonl, summary.json, config.yaml, plots, and W&B (offline)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("fedray")
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if hasattr(v, "item"):
+        return v.item()
+    return v
+
+
+def setup_console_logging() -> None:
+    """One concise line per event on stdout (idempotent)."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[fedray %(asctime)s] %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+class RunLogger:
+    """Writes everything a run records into its run directory; mirrors it to W&B if enabled."""
+
+    def __init__(
+        self, run_dir: str | Path, cfg: dict[str, Any], resume_rows: list[dict] | None = None
+    ):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg = cfg
+        lcfg = cfg.get("logger", {})
+        import yaml
+
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        self.rows: list[dict[str, Any]] = list(resume_rows or [])
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        # rewrite on resume: rows logged after the checkpoint belong to the killed attempt
+        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        self._fh = open(self.metrics_path, "a") if lcfg.get("jsonl", True) else None
+        self.wandb = None
+        wcfg = lcfg.get("wandb", {})
+        if wcfg.get("enabled") and wcfg.get("mode", "offline") != "disabled":
+            self._init_wandb(wcfg)
+
+    def _init_wandb(self, wcfg: dict[str, Any]) -> None:
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        mode = wcfg.get("mode", "offline")
+        self.wandb = wandb.init(
+            project=wcfg.get("project", "fedray"),
+            entity=wcfg.get("entity"),
+            group=wcfg.get("group"),
+            name=wcfg.get("name") or self.cfg.get("name"),
+            tags=list(wcfg.get("tags") or []),
+            config=flatten(self.cfg),
+            dir=str(self.run_dir),
+            mode=mode,
+            reinit="finish_previous",
+        )
+        for row in self.rows:  # a resumed run replays its history so the W&B run is whole
+            self.wandb.log(row, step=int(row["round"]))
+        log.info("W&B run %s (%s) in %s", self.wandb.id, mode, self.run_dir / "wandb")
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Append one round's metrics (must contain `round`)."""
+        row = {k: _json_safe(v) for k, v in row.items()}
+        self.rows.append(row)
+        if self._fh is not None:
+            self._fh.write(json.dumps(row) + "\n")
+            self._fh.flush()
+        if self.wandb is not None:
+            self.wandb.log(row, step=int(row["round"]))
+
+    def log_image(self, key: str, path: str | Path) -> None:
+        """Attach a saved plot to the W&B run (the PNG itself stays in the run directory)."""
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log(
+                {key: wandb.Image(str(path))}, step=int(self.rows[-1]["round"]) if self.rows else 0
+            )
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        """Write summary.json and the W&B summary."""
+        metrics = {k: _json_safe(v) for k, v in metrics.items()}
+        metrics["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        (self.run_dir / "summary.json").write_text(json.dumps(metrics, indent=2))
+        if self.wandb is not None:
+            self.wandb.summary.update({k: v for k, v in metrics.items() if v is not None})
+
+    def close(self) -> None:
+        """Flush and finish."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None

@@ -1,0 +1,72 @@
+"""Model factory. Every model exposes `.features` (backbone) and `.classifier` (head), so
+`fl.trainable=classifier` and feature caching work the same for all of them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedray.config import ConfigError
+from fedray.models.squeezenet import build_squeezenet
+from fedray.models.tiny_cnn import TinyCNN
+
+MODELS = ("squeezenet", "tiny_cnn")
+
+
+def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
+    """Build the model `cfg` names with a `num_classes`-way head; load `pretrained` if given."""
+    name = cfg.get("name")
+    if name == "squeezenet":
+        model = build_squeezenet(num_classes, version=str(cfg.get("version", "1_1")))
+    elif name == "tiny_cnn":
+        model = TinyCNN(num_classes, width=int(cfg.get("width", 16)))
+    else:
+        raise ConfigError(f"model.name={name!r} is not a known model; choose one of {MODELS}")
+    if cfg.get("pretrained"):
+        load_pretrained(model, cfg["pretrained"])
+    return model
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
+    """Load local weights, skipping a head of another shape (new classes); returns skipped keys."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"model.pretrained={str(path)!r} does not exist. fedray never downloads weights: "
+            "run the pretraining stage (stage=pretrain) or point model.pretrained at a local file"
+        )
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    state = blob.get("model", blob) if isinstance(blob, dict) else blob
+    own = model.state_dict()
+    compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not compatible:
+        raise ConfigError(f"model.pretrained={str(path)!r} has no weights that fit this model")
+    model.load_state_dict(compatible, strict=False)
+    return sorted(set(own) - set(compatible))
+
+
+def trainable_names(model: nn.Module, spec: str) -> list[str]:
+    """Parameter names selected by `fl.trainable`: all | classifier | a regex over names."""
+    names = [n for n, _ in model.named_parameters()]
+    if spec == "all":
+        chosen = names
+    elif spec == "classifier":
+        chosen = [n for n in names if n.startswith("classifier.")]
+    else:
+        try:
+            pattern = re.compile(spec)
+        except re.error as exc:
+            raise ConfigError(f"fl.trainable={spec!r} is not a valid regex: {exc}") from None
+        chosen = [n for n in names if pattern.search(n)]
+    if not chosen:
+        raise ConfigError(f"fl.trainable={spec!r} selects no parameters; the model has {names}")
+    return chosen
+
+
+def head_only(names: list[str]) -> bool:
+    """True when only the classifier head trains, so the backbone's features can be cached."""
+    return all(n.startswith("classifier.") for n in names)

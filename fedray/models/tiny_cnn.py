@@ -1,0 +1,30 @@
+"""A small CNN shaped like SqueezeNet (features -> dropout, 1x1 conv, pool) for tests/benchmarks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TinyCNN(nn.Module):
+    """Three conv blocks and a 1x1-conv classifier head."""
+
+    def __init__(self, num_classes: int, width: int = 16) -> None:
+        super().__init__()
+        w = width
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+
+        self.features = nn.Sequential(*block(3, w), *block(w, 2 * w), *block(2 * w, 4 * w))
+        self.classifier = nn.Sequential(
+            nn.Dropout(0.2), nn.Conv2d(4 * w, num_classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))

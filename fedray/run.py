@@ -1,0 +1,274 @@
+"""run(cfg) -> metrics: the one entry that the CLI, tests and Tune trials all call."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedray.config import ConfigError
+from fedray.data.datasets import config_hash, load_labels
+from fedray.logging import RunLogger, setup_console_logging
+
+log = logging.getLogger("fedray")
+
+STAGES = ("federated", "centralized")
+# keys that do not change what a run computes (so a run may resume under different values)
+_NOT_HASHED = ("run_dir", "resume", "logger", "ray", "sweep")
+
+
+def experiment_hash(cfg: dict[str, Any]) -> str:
+    """Hash of everything that determines the results (fl.rounds excluded: resume may extend)."""
+    key = {k: v for k, v in cfg.items() if k not in _NOT_HASHED and not k.startswith("_")}
+    key["fl"] = {k: v for k, v in cfg["fl"].items() if k != "rounds"}
+    return config_hash(key)
+
+
+def find_resume_dir(cfg: dict[str, Any]) -> Path | None:
+    """The run directory to continue: `resume=PATH`, or the latest matching run if `true`."""
+    from fedray.fl.checkpoint import CHECKPOINT, load_checkpoint
+
+    resume = cfg.get("resume")
+    if resume in (None, False) or str(resume).lower() in ("false", "none", "null", ""):
+        return None
+    if resume is True or str(resume).lower() == "true":
+        root = Path(cfg["run_dir"]).parent
+        want = cfg["_config_hash"]
+        found = sorted(
+            (
+                p.parent
+                for p in root.glob(f"*/{CHECKPOINT}")
+                if p.parent != Path(cfg["run_dir"])
+                and load_checkpoint(p).get("config_hash") == want
+            ),
+            key=lambda d: (d / CHECKPOINT).stat().st_mtime,
+        )
+        if not found:
+            raise ConfigError(
+                f"resume=true: no checkpoint of this experiment's config under {root}"
+            )
+        return found[-1]
+    path = Path(str(resume)).expanduser()
+    if not (path / CHECKPOINT).exists():
+        raise ConfigError(f"resume={resume!r}: {path / CHECKPOINT} does not exist")
+    return path
+
+
+def ensure_ray(ray_cfg: dict[str, Any]) -> bool:
+    """Start (or join) Ray unless already initialised; returns True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {
+        "include_dashboard": bool(ray_cfg.get("include_dashboard", False)),
+        "logging_level": logging.WARNING,
+    }
+    if ray_cfg.get("address"):
+        ray.init(address=ray_cfg["address"], **kwargs)
+    else:
+        ray.init(num_cpus=ray_cfg.get("num_cpus"), num_gpus=ray_cfg.get("num_gpus"), **kwargs)
+    return True
+
+
+def _validate(cfg: dict[str, Any]) -> None:
+    if cfg.get("stage") not in STAGES:
+        raise ConfigError(
+            f"stage={cfg.get('stage')!r} is not a known stage; choose one of {STAGES}"
+        )
+    if not cfg.get("run_dir"):
+        raise ConfigError("run_dir is not set (launch.py sets it to Hydra's output directory)")
+
+
+def run(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run the experiment `cfg` (a plain, resolved dict) and return its final metrics."""
+    from fedray.data.sources import build_dataset
+
+    setup_console_logging()
+    _validate(cfg)
+    cfg = dict(cfg)
+    cfg["_config_hash"] = experiment_hash(cfg)
+    resume_dir = find_resume_dir(cfg)
+    if resume_dir is not None:
+        cfg["run_dir"] = str(resume_dir)
+    run_dir = Path(cfg["run_dir"])
+    log.info("run %s (%s) -> %s", cfg.get("name"), cfg["stage"], run_dir)
+    t0 = time.perf_counter()
+    info = build_dataset(cfg["data"], int(cfg["seed"]))
+    log.info(
+        "dataset %s: %d classes, %s at %s (%.1fs)",
+        info.name,
+        info.num_classes,
+        info.splits,
+        info.root,
+        time.perf_counter() - t0,
+    )
+    if cfg["stage"] == "federated":
+        return _run_federated(cfg, info, run_dir, resume_dir)
+    return _run_centralized(cfg, info, run_dir)
+
+
+def _run_federated(cfg: dict[str, Any], info, run_dir: Path, resume_dir: Path | None) -> dict:
+    from fedray.data.partition import partition, partition_matrix, save_partition_heatmap
+    from fedray.fl.checkpoint import CHECKPOINT, load_checkpoint
+    from fedray.fl.server import FederatedServer
+
+    seed = int(cfg["seed"])
+    labels = load_labels(info.root, "train")
+    num_clients = int(cfg["fl"]["num_clients"])
+    parts = partition(labels, cfg["partition"], num_clients, seed)
+    ckpt_path = run_dir / CHECKPOINT
+    rows = load_checkpoint(ckpt_path)["rows"] if resume_dir is not None else None
+    logger = RunLogger(run_dir, cfg, resume_rows=rows)
+    started = ensure_ray(cfg["ray"])
+    try:
+        matrix = partition_matrix(labels, parts, info.num_classes)
+        if cfg["logger"].get("plots", True):
+            save_partition_heatmap(
+                matrix,
+                run_dir / "partition.png",
+                info.class_names,
+                title=f"{cfg['partition'].get('name')} partition",
+            )
+        server = FederatedServer(cfg, info, parts, logger)
+        if resume_dir is not None:
+            server.restore(ckpt_path)
+            log.info("resuming after round %d from %s", server.start_round, ckpt_path)
+        t0 = time.perf_counter()
+        last = server.run(cfg["ray"], ckpt_path if cfg["fl"].get("checkpoint", True) else None)
+        metrics, cm = server.evaluate()
+        summary = {f"val/{k}": v for k, v in metrics.items()}
+        summary.update(
+            {
+                "rounds": int(cfg["fl"]["rounds"]),
+                "comm/bytes_total": server.bytes_total,
+                "time/train_s": time.perf_counter() - t0,
+                "train/loss": last.get("train/loss"),
+                "num_clients": num_clients,
+                "stage": "federated",
+            }
+        )
+        _finish(cfg, info, run_dir, logger, summary, cm, matrix)
+        return summary
+    finally:
+        logger.close()
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _run_centralized(cfg: dict[str, Any], info, run_dir: Path) -> dict:
+    """All data pooled, same model, same budget (rounds x local epochs), no Ray."""
+    import torch
+    from hydra.utils import instantiate
+
+    from fedray.data.datasets import load_images
+    from fedray.fl.train import evaluate, extract_features, train_local
+    from fedray.models import build_model, head_only, trainable_names
+
+    seed = int(cfg["seed"])
+    torch.manual_seed(seed)
+    model = build_model(cfg["model"], info.num_classes)
+    trainable = trainable_names(model, cfg["fl"]["trainable"])
+    feats = bool(cfg["fl"]["cache_features"]) and head_only(trainable)
+    x = np.asarray(load_images(info.root, "train"))
+    y = load_labels(info.root, "train")
+    vx = np.asarray(load_images(info.root, "val"))
+    vy = load_labels(info.root, "val")
+    if feats:
+        x, vx = extract_features(model, x), extract_features(model, vx)
+    logger = RunLogger(run_dir, cfg)
+    client = cfg["client"]
+    opt = instantiate(client["optimizer"])
+    rounds = int(cfg["fl"]["rounds"])
+    t0 = time.perf_counter()
+    try:
+        for r in range(rounds):
+            t = time.perf_counter()
+            stats = train_local(
+                model,
+                x,
+                y,
+                trainable,
+                int(client["epochs"]),
+                int(client["batch_size"]),
+                opt,
+                seed=seed * 1000 + r,
+                features=feats,
+            )
+            metrics, cm = evaluate(model, vx, vy, info.num_classes, features=feats)
+            row = {
+                "round": r + 1,
+                "train/loss": stats["loss"],
+                **{f"val/{k}": v for k, v in metrics.items()},
+                "comm/bytes_up": 0,
+                "comm/bytes_down": 0,
+                "comm/bytes_total": 0,
+                "time/round_s": time.perf_counter() - t,
+            }
+            logger.log(row)
+            log.info(
+                "epoch-round %d/%d  val/acc %.4f  train/loss %.4f",
+                r + 1,
+                rounds,
+                metrics["acc"],
+                stats["loss"],
+            )
+        summary = {f"val/{k}": v for k, v in metrics.items()}
+        summary.update(
+            {
+                "rounds": rounds,
+                "comm/bytes_total": 0,
+                "stage": "centralized",
+                "time/train_s": time.perf_counter() - t0,
+                "train/loss": stats["loss"],
+            }
+        )
+        _finish(cfg, info, run_dir, logger, summary, cm, None)
+        return summary
+    finally:
+        logger.close()
+
+
+def _finish(
+    cfg,
+    info,
+    run_dir: Path,
+    logger: RunLogger,
+    summary: dict,
+    cm: np.ndarray,
+    matrix: np.ndarray | None,
+) -> None:
+    from fedray.metrics import most_confused
+
+    confused = most_confused(cm, info.class_names, k=5)
+    summary["most_confused"] = [f"{a} -> {b}: {n}" for a, b, n in confused]
+    np.savetxt(run_dir / "confusion_matrix.csv", cm, fmt="%d", delimiter=",")
+    if cfg["logger"].get("plots", True):
+        from fedray.plots import plot_confusion_matrix, plot_curves
+
+        paths = {
+            "plots/confusion": plot_confusion_matrix(
+                cm, info.class_names, run_dir / "confusion.png"
+            ),
+            "plots/acc_vs_round": plot_curves(
+                logger.rows, run_dir / "acc_vs_round.png", x="round", ys=("val/acc",)
+            ),
+            "plots/acc_vs_bytes": plot_curves(
+                logger.rows,
+                run_dir / "acc_vs_bytes.png",
+                x="comm/bytes_total",
+                ys=("val/acc",),
+                xlabel="cumulative bytes communicated",
+            ),
+        }
+        if matrix is not None:
+            paths["plots/partition"] = run_dir / "partition.png"
+        for key, path in paths.items():
+            logger.log_image(key, path)
+    logger.summary(summary)
+    log.info("done: val/acc %.4f -> %s", summary.get("val/acc", float("nan")), run_dir)

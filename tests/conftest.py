@@ -1,0 +1,51 @@
+"""Shared fixtures: compose the real config (shrunk by overrides) and one Ray per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import fedray.config  # noqa: F401  (registers the schema)
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def compose_plain(overrides: list[str]) -> dict:
+    """Compose conf/config.yaml with overrides and resolve it to a plain dict, as launch.py does."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One dataset cache for the whole session (datasets are read-only once built)."""
+    return tmp_path_factory.mktemp("fedray-cache")
+
+
+@pytest.fixture
+def make_cfg(tmp_path, cache_dir):
+    """make_cfg(*overrides) -> plain config dict with run_dir in tmp_path and the shared cache."""
+
+    def _make(*overrides: str, run_dir: Path | None = None) -> dict:
+        cfg = compose_plain(["+experiment=smoke", f"data.cache_dir={cache_dir}", *overrides])
+        cfg["run_dir"] = str(run_dir or tmp_path / "run")
+        return cfg
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray with 2 CPUs, shared by every integration test."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()
