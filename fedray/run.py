@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from fedray.logging import RunLogger, setup_console_logging
 
 log = logging.getLogger("fedray")
 
+OnRound = Callable[[dict[str, Any], Path | None], None]
 STAGES = ("federated", "centralized")
 # keys that do not change what a run computes (so a run may resume under different values)
 _NOT_HASHED = ("run_dir", "resume", "logger", "ray", "sweep")
@@ -83,8 +85,11 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("run_dir is not set (launch.py sets it to Hydra's output directory)")
 
 
-def run(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run the experiment `cfg` (a plain, resolved dict) and return its final metrics."""
+def run(cfg: dict[str, Any], on_round: OnRound | None = None) -> dict[str, Any]:
+    """Run the experiment `cfg` (a plain, resolved dict) and return its final metrics.
+
+    `on_round(row, checkpoint_path)` is called after every round (Tune reports through it).
+    """
     from fedray.data.sources import build_dataset
 
     setup_console_logging()
@@ -107,11 +112,13 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         time.perf_counter() - t0,
     )
     if cfg["stage"] == "federated":
-        return _run_federated(cfg, info, run_dir, resume_dir)
-    return _run_centralized(cfg, info, run_dir)
+        return _run_federated(cfg, info, run_dir, resume_dir, on_round)
+    return _run_centralized(cfg, info, run_dir, on_round)
 
 
-def _run_federated(cfg: dict[str, Any], info, run_dir: Path, resume_dir: Path | None) -> dict:
+def _run_federated(
+    cfg: dict[str, Any], info, run_dir: Path, resume_dir: Path | None, on_round: OnRound | None
+) -> dict:
     from fedray.data.partition import partition, partition_matrix, save_partition_heatmap
     from fedray.fl.checkpoint import CHECKPOINT, load_checkpoint
     from fedray.fl.server import FederatedServer
@@ -138,7 +145,8 @@ def _run_federated(cfg: dict[str, Any], info, run_dir: Path, resume_dir: Path | 
             server.restore(ckpt_path)
             log.info("resuming after round %d from %s", server.start_round, ckpt_path)
         t0 = time.perf_counter()
-        last = server.run(cfg["ray"], ckpt_path if cfg["fl"].get("checkpoint", True) else None)
+        ckpt = ckpt_path if cfg["fl"].get("checkpoint", True) else None
+        last = server.run(cfg["ray"], ckpt, on_round)
         metrics, cm = server.evaluate()
         summary = {f"val/{k}": v for k, v in metrics.items()}
         summary.update(
@@ -161,7 +169,7 @@ def _run_federated(cfg: dict[str, Any], info, run_dir: Path, resume_dir: Path | 
             ray.shutdown()
 
 
-def _run_centralized(cfg: dict[str, Any], info, run_dir: Path) -> dict:
+def _run_centralized(cfg: dict[str, Any], info, run_dir: Path, on_round: OnRound | None) -> dict:
     """All data pooled, same model, same budget (rounds x local epochs), no Ray."""
     import torch
     from hydra.utils import instantiate
@@ -211,6 +219,8 @@ def _run_centralized(cfg: dict[str, Any], info, run_dir: Path) -> dict:
                 "time/round_s": time.perf_counter() - t,
             }
             logger.log(row)
+            if on_round is not None:
+                on_round(row, None)
             log.info(
                 "epoch-round %d/%d  val/acc %.4f  train/loss %.4f",
                 r + 1,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +146,17 @@ class FederatedServer:
             )
         self.params = self.strategy.aggregate(self.params, results)  # sorts by client id
 
-    def run(self, ray_cfg: dict[str, Any], ckpt_path: Path | None) -> dict[str, Any]:
-        """Run rounds start_round..rounds-1; returns the last round's metrics row."""
+    def run(
+        self,
+        ray_cfg: dict[str, Any],
+        ckpt_path: Path | None,
+        on_round: Callable[[dict[str, Any], Path | None], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run rounds start_round..rounds-1; returns the last round's metrics row.
+
+        `on_round(row, checkpoint_path)` is called after each round is logged and checkpointed
+        (Tune trials report through it, so schedulers can stop a trial at round granularity).
+        """
         rounds = int(self.fl["rounds"])
         if rounds < 1:
             raise ConfigError(f"fl.rounds must be >= 1, got {rounds}")
@@ -213,6 +223,8 @@ class FederatedServer:
                             "config_hash": self.cfg.get("_config_hash"),
                         },
                     )
+                if on_round is not None:
+                    on_round(row, ckpt_path)
         finally:
             pool.shutdown()
         return row
