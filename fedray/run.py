@@ -17,7 +17,7 @@ from fedray.logging import RunLogger, setup_console_logging
 log = logging.getLogger("fedray")
 
 OnRound = Callable[[dict[str, Any], Path | None], None]
-STAGES = ("federated", "centralized")
+STAGES = ("federated", "isolated", "centralized")
 # keys that do not change what a run computes (so a run may resume under different values)
 _NOT_HASHED = ("run_dir", "resume", "logger", "ray", "sweep")
 
@@ -111,7 +111,7 @@ def run(cfg: dict[str, Any], on_round: OnRound | None = None) -> dict[str, Any]:
         info.root,
         time.perf_counter() - t0,
     )
-    if cfg["stage"] == "federated":
+    if cfg["stage"] in ("federated", "isolated"):
         return _run_federated(cfg, info, run_dir, resume_dir, on_round)
     return _run_centralized(cfg, info, run_dir, on_round)
 
@@ -147,8 +147,24 @@ def _run_federated(
         t0 = time.perf_counter()
         ckpt = ckpt_path if cfg["fl"].get("checkpoint", True) else None
         last = server.run(cfg["ray"], ckpt, on_round)
-        metrics, cm = server.evaluate()
+        if server.isolated:  # each client's own model on the global val set
+            evals = {c: server.evaluate(p) for c, p in sorted(server.client_params.items())}
+            per_client = {c: m["acc"] for c, (m, _) in evals.items()}
+            metrics = {
+                k: float(np.mean([m[k] for m, _ in evals.values()])) for k in last_keys(evals)
+            }
+            cm = sum(c for _, c in evals.values())
+        else:  # the global model on the val samples of each client's own classes
+            metrics, cm = server.evaluate()
+            per_client = server.per_client_accuracy()
         summary = {f"val/{k}": v for k, v in metrics.items()}
+        summary.update({f"client/{c}/val_acc": a for c, a in per_client.items()})
+        summary["val/acc_client_min"] = min(per_client.values())
+        summary["val/acc_client_max"] = max(per_client.values())
+        if cfg["logger"].get("plots", True):
+            from fedray.plots import plot_per_client
+
+            plot_per_client(per_client, run_dir / "per_client_acc.png")
         summary.update(
             {
                 "rounds": int(cfg["fl"]["rounds"]),
@@ -156,7 +172,7 @@ def _run_federated(
                 "time/train_s": time.perf_counter() - t0,
                 "train/loss": last.get("train/loss"),
                 "num_clients": num_clients,
-                "stage": "federated",
+                "stage": cfg["stage"],
             }
         )
         _finish(cfg, info, run_dir, logger, summary, cm, matrix)
@@ -167,6 +183,11 @@ def _run_federated(
             import ray
 
             ray.shutdown()
+
+
+def last_keys(evals: dict) -> list[str]:
+    """Metric names common to every client's evaluation."""
+    return list(next(iter(evals.values()))[0])
 
 
 def _run_centralized(cfg: dict[str, Any], info, run_dir: Path, on_round: OnRound | None) -> dict:

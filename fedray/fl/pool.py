@@ -49,11 +49,16 @@ class ClientPool:
         extra: dict[str, Any],
         timeout_s: float | None,
     ) -> tuple[list[ClientResult], list[Dropped]]:
-        """Fit every client (round-robin over actors); collect results and the dropped ones."""
+        """Fit every client (round-robin over actors); collect results and the dropped ones.
+
+        `params_ref` is the broadcast global model, or a dict client id -> that client's own
+        params (isolated training).
+        """
         futures: dict[Any, tuple[int, int]] = {}
         for j, cid in enumerate(clients):
             a = j % len(self.actors)
-            fut = self.actors[a].fit.remote(cid, shard_refs[cid], params_ref, round_idx, extra)
+            start = params_ref[cid] if isinstance(params_ref, dict) else params_ref
+            fut = self.actors[a].fit.remote(cid, shard_refs[cid], start, round_idx, extra)
             futures[fut] = (cid, a)
         ready, pending = ray.wait(list(futures), num_returns=len(futures), timeout=timeout_s)
         results: list[ClientResult] = []

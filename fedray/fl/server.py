@@ -87,12 +87,18 @@ class FederatedServer:
         if self.use_features:
             self.val_x = extract_features(self.model, np.asarray(self.val_x))
         self.start_round = 0
+        self.round = 0
         self.bytes_total = 0
+        # isolated baseline: each client trains alone, never averaged (the per-client lower bound)
+        self.isolated = cfg.get("stage") == "isolated"
+        self.client_params: dict[int, Params] = dict.fromkeys(range(len(parts)), self.params)
 
     def restore(self, ckpt_path: Path) -> None:
         """Continue from a checkpoint written after some round."""
         ckpt = load_checkpoint(ckpt_path)
         self.params = ckpt["params"]
+        if ckpt.get("client_params") is not None:
+            self.client_params = ckpt["client_params"]
         self.strategy.load_state_dict(ckpt["strategy"])
         self.start_round = int(ckpt["round"])
         self.bytes_total = int(ckpt["bytes_total"])
@@ -128,23 +134,63 @@ class FederatedServer:
         )
         return ClientPool(actor_cls, ray.put(spec), size)
 
-    def evaluate(self) -> tuple[dict[str, Any], np.ndarray]:
-        """Global model on the held-out split."""
+    def evaluate(self, params: Params | None = None) -> tuple[dict[str, Any], np.ndarray]:
+        """The global model (or `params`) on the held-out split: metrics and confusion matrix."""
         from fedray.fl.train import evaluate
 
-        set_params(self.model, self.params)
+        set_params(self.model, self.params if params is None else params)
         return evaluate(
             self.model, self.val_x, self.val_y, self.info.num_classes, features=self.use_features
         )
 
-    def _aggregate(self, results: list[ClientResult], dropped_n: int, sampled: list[int]) -> None:
+    def per_client_accuracy(self, params: Params | None = None) -> dict[int, float]:
+        """Accuracy of a model on the val samples of the classes each client holds."""
+        from fedray.fl.train import predict_logits
+
+        set_params(self.model, self.params if params is None else params)
+        pred = predict_logits(self.model, self.val_x, features=self.use_features).argmax(1).numpy()
+        train_y = load_labels(self.info.root, "train")
+        out = {}
+        for cid, idx in enumerate(self.parts):
+            mask = np.isin(self.val_y, np.unique(train_y[idx]))
+            out[cid] = float((pred[mask] == self.val_y[mask]).mean()) if mask.any() else 0.0
+        return out
+
+    def _check_quorum(self, good: list[ClientResult], dropped: list[Dropped], sampled: list[int]):
         needed = max(1, math.ceil(float(self.fl["quorum"]) * len(sampled)))
-        if len(results) < needed:
+        if len(good) < needed:
             raise QuorumError(
-                f"only {len(results)} of {len(sampled)} sampled clients returned a usable update "
-                f"({dropped_n} dropped); fl.quorum={self.fl['quorum']} needs {needed}"
+                f"round {self.round + 1}: only {len(good)} of {len(sampled)} sampled clients "
+                f"returned a usable update ({len(dropped)} dropped); "
+                f"fl.quorum={self.fl['quorum']} needs {needed}"
             )
-        self.params = self.strategy.aggregate(self.params, results)  # sorts by client id
+
+    def _fit_round(
+        self,
+        pool: ClientPool,
+        shard_refs: dict[int, Any],
+        sampled: list[int],
+        extra: dict[str, Any],
+    ) -> tuple[list[ClientResult], list[Dropped], int]:
+        """One round of local training; returns usable results, dropped clients, bytes up."""
+        if self.isolated:  # every client continues from its own model; nothing is shared
+            start: Any = {cid: ray.put(self.client_params[cid]) for cid in sampled}
+        else:
+            start = ray.put(self.params)  # broadcast once; actors read the same object
+        results, dropped = pool.run_round(
+            sampled, shard_refs, start, self.round, extra, self.fl.get("round_timeout_s")
+        )
+        bytes_up = sum(params_nbytes(res.params) for res in results)
+        good = []
+        for res in results:
+            if is_finite(res.params):
+                good.append(res)
+            else:
+                dropped.append(Dropped(res.client_id, "non-finite (NaN/Inf) update"))
+        for d in dropped:
+            log.warning("round %d: dropped client %d: %s", self.round + 1, d.client_id, d.reason)
+        self._check_quorum(good, dropped, sampled)
+        return good, dropped, bytes_up
 
     def run(
         self,
@@ -166,32 +212,27 @@ class FederatedServer:
         row: dict[str, Any] = {}
         try:
             for r in range(self.start_round, rounds):
+                self.round = r
                 t0 = time.perf_counter()
                 sampled = sample_clients(int(self.fl["num_clients"]), self.k, self.seed, r)
-                params_ref = ray.put(self.params)  # broadcast once; actors read the same object
-                results, dropped = pool.run_round(
-                    sampled, shard_refs, params_ref, r, extra, self.fl.get("round_timeout_s")
-                )
-                bytes_up = sum(params_nbytes(res.params) for res in results)
-                good = []
-                for res in results:
-                    if is_finite(res.params):
-                        good.append(res)
-                    else:
-                        dropped.append(Dropped(res.client_id, "non-finite (NaN/Inf) update"))
-                for d in dropped:
-                    log.warning("round %d: dropped client %d: %s", r + 1, d.client_id, d.reason)
-                self._aggregate(good, len(dropped), sampled)
-                bytes_down = params_nbytes(self.params) * len(sampled)
+                good, dropped, bytes_up = self._fit_round(pool, shard_refs, sampled, extra)
+                if self.isolated:
+                    self.client_params.update({res.client_id: res.params for res in good})
+                    bytes_up = bytes_down = 0
+                else:
+                    self.params = self.strategy.aggregate(self.params, good)  # sorts by id
+                    bytes_down = params_nbytes(self.params) * len(sampled)
                 self.bytes_total += bytes_up + bytes_down
-                row = {"round": r + 1, "clients": len(sampled), "clients/dropped": len(dropped)}
                 n = sum(res.num_samples for res in good)
-                row["train/loss"] = (
-                    sum(res.metrics["train/loss"] * res.num_samples for res in good) / n
-                )
+                row = {
+                    "round": r + 1,
+                    "clients": len(sampled),
+                    "clients/dropped": len(dropped),
+                    "train/loss": sum(res.metrics["train/loss"] * res.num_samples for res in good)
+                    / n,
+                }
                 if (r + 1) % int(self.fl["eval_every"]) == 0 or r + 1 == rounds:
-                    metrics, _ = self.evaluate()
-                    row.update({f"val/{k}": v for k, v in metrics.items()})
+                    row.update({f"val/{k}": v for k, v in self.round_metrics().items()})
                 row.update(
                     {
                         "comm/bytes_up": bytes_up,
@@ -212,22 +253,30 @@ class FederatedServer:
                     row["time/round_s"],
                 )
                 if ckpt_path is not None:
-                    save_checkpoint(
-                        ckpt_path,
-                        {
-                            "round": r + 1,
-                            "params": self.params,
-                            "strategy": self.strategy.state_dict(),
-                            "bytes_total": self.bytes_total,
-                            "rows": self.logger.rows,
-                            "config_hash": self.cfg.get("_config_hash"),
-                        },
-                    )
+                    save_checkpoint(ckpt_path, self._checkpoint_state(r + 1))
                 if on_round is not None:
                     on_round(row, ckpt_path)
         finally:
             pool.shutdown()
         return row
+
+    def round_metrics(self) -> dict[str, Any]:
+        """Val metrics of the global model; isolated: the mean over the clients' own models."""
+        if not self.isolated:
+            return self.evaluate()[0]
+        per = [self.evaluate(self.client_params[c])[0] for c in sorted(self.client_params)]
+        return {k: float(np.mean([m[k] for m in per])) for k in per[0]}
+
+    def _checkpoint_state(self, next_round: int) -> dict[str, Any]:
+        return {
+            "round": next_round,
+            "params": self.params,
+            "client_params": self.client_params if self.isolated else None,
+            "strategy": self.strategy.state_dict(),
+            "bytes_total": self.bytes_total,
+            "rows": self.logger.rows,
+            "config_hash": self.cfg.get("_config_hash"),
+        }
 
 
 def _fmt(v: Any) -> str:
