@@ -78,6 +78,7 @@ class FedrayConfig:
     partition: Any = MISSING
     model: Any = MISSING
     strategy: Any = MISSING
+    pretrain: Any = MISSING
     client: ClientConfig = field(default_factory=ClientConfig)
     fl: FLConfig = field(default_factory=FLConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

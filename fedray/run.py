@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from fedray.logging import RunLogger, setup_console_logging
 log = logging.getLogger("fedray")
 
 OnRound = Callable[[dict[str, Any], Path | None], None]
-STAGES = ("federated", "isolated", "centralized")
+STAGES = ("federated", "isolated", "centralized", "pretrain")
 # keys that do not change what a run computes (so a run may resume under different values)
 _NOT_HASHED = ("run_dir", "resume", "logger", "ray", "sweep")
 
@@ -101,6 +102,16 @@ def run(cfg: dict[str, Any], on_round: OnRound | None = None) -> dict[str, Any]:
         cfg["run_dir"] = str(resume_dir)
     run_dir = Path(cfg["run_dir"])
     log.info("run %s (%s) -> %s", cfg.get("name"), cfg["stage"], run_dir)
+    if cfg["stage"] == "pretrain":
+        from fedray.pretrain import run_pretrain
+
+        metrics = run_pretrain(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "summary.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
+    from fedray.pretrain import resolve_pretrained
+
+    cfg = resolve_pretrained(cfg)
     t0 = time.perf_counter()
     info = build_dataset(cfg["data"], int(cfg["seed"]))
     log.info(

@@ -20,10 +20,14 @@ def build_dataset(data_cfg: dict[str, Any], seed: int) -> DatasetInfo:
     cache = cache_dir_for(data_cfg)
     key = {k: v for k, v in data_cfg.items() if k != "cache_dir"}
     if name == "toy":
+        from fedray.data.toy import VERSION as TOY_VERSION
         from fedray.data.toy import build_toy
 
         root = cached_build(
-            cache, "toy", {**key, "seed": seed}, lambda d: build_toy(d, data_cfg, seed)
+            cache,
+            "toy",
+            {**key, "seed": seed, "version": TOY_VERSION},
+            lambda d: build_toy(d, data_cfg, seed),
         )
         return load_info(root)
     if name == "yolo_import":

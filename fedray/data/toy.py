@@ -9,6 +9,8 @@ import numpy as np
 
 from fedray.data.datasets import write_meta, write_split
 
+VERSION = 2  # bump when the generator changes: it is part of the cache key
+
 _SHAPES = ("circle", "square", "triangle", "cross", "ring")
 _COLORS = (
     (230, 60, 60),
@@ -51,12 +53,17 @@ def _draw(
 def build_toy(root: Path, cfg: dict, seed: int) -> None:
     """Write a toy classification dataset (num_classes shape x colour combinations) into root."""
     n = int(cfg["num_classes"])
-    if not 2 <= n <= len(_SHAPES) * len(_COLORS):
-        raise ValueError(f"data.num_classes must be in [2, {len(_SHAPES) * len(_COLORS)}] for toy")
+    offset = int(cfg.get("class_offset", 0))  # a disjoint "public" toy set starts further on
+    total = len(_SHAPES) * len(_COLORS)
+    if n < 2 or offset < 0 or offset + n > total:
+        raise ValueError(
+            f"toy data: class_offset + num_classes must be <= {total} and num_classes >= 2, "
+            f"got data.class_offset={offset}, data.num_classes={n}"
+        )
     size = int(cfg["image_size"])
     classes = [
-        (_SHAPES[i % len(_SHAPES)], _COLORS[(i // len(_SHAPES) + i) % len(_COLORS)])
-        for i in range(n)
+        (_SHAPES[i % len(_SHAPES)], _COLORS[i // len(_SHAPES)])  # all 40 pairs distinct
+        for i in range(offset, offset + n)
     ]
     rng = np.random.default_rng(seed)
     counts = {"train": int(cfg["train_per_class"]), "val": int(cfg["val_per_class"])}

@@ -79,6 +79,17 @@ def extract_features(
     return torch.cat(out) if out else torch.empty(0)
 
 
+def augment_pills(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Pills have no canonical orientation: random 90-degree turns and flips, per image."""
+    out = np.empty_like(batch)
+    turns = rng.integers(0, 4, len(batch))
+    flips = rng.integers(0, 2, len(batch))
+    for i, img in enumerate(batch):
+        img = np.rot90(img, turns[i])
+        out[i] = img[:, ::-1] if flips[i] else img
+    return out
+
+
 def train_local(
     model: nn.Module,
     inputs: np.ndarray | torch.Tensor,
@@ -92,6 +103,7 @@ def train_local(
     proximal_mu: float = 0.0,
     augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
     device: str = "cpu",
+    cosine: bool = False,
 ) -> dict[str, float]:
     """Train `trainable` params for `epochs` on (inputs, labels); returns mean loss and count.
 
@@ -107,6 +119,8 @@ def train_local(
     named = dict(model.named_parameters())
     params = [named[k] for k in trainable]
     optimizer = optimizer_factory(params)
+    steps = epochs * -(-n // batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if cosine else None
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else None
     y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     loss_fn = nn.CrossEntropyLoss()
@@ -130,6 +144,8 @@ def train_local(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
     return {"loss": total / max(seen, 1), "num_samples": n}

@@ -1,0 +1,106 @@
+"""Pretraining on the public pill set: the offline stand-in for ImageNet weights.
+
+The public set is built exactly like the private one but from disjoint catalog ids (or disjoint
+toy classes), so the backbone never sees a private class. The full model trains centrally; the
+weights land in the dataset cache, keyed by everything that determines them, so the next run (and
+every Tune trial) reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedray.data.datasets import cached_build, load_images, load_labels
+from fedray.data.sources import build_dataset, cache_dir_for
+
+log = logging.getLogger("fedray")
+WEIGHTS = "model.pt"
+
+
+def public_data_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The public dataset's config: the main data config with pretrain.data's overrides."""
+    return {**cfg["data"], **(cfg["pretrain"].get("data") or {})}
+
+
+def _train(cfg: dict[str, Any], root: Path) -> None:
+    from hydra.utils import instantiate
+
+    from fedray.fl.train import augment_pills, evaluate, train_local
+    from fedray.models import build_model
+
+    pcfg = cfg["pretrain"]
+    info = build_dataset(public_data_cfg(cfg), int(cfg["seed"]))
+    torch.manual_seed(int(cfg["seed"]))
+    model_cfg = {**cfg["model"], "pretrained": None}
+    model = build_model(model_cfg, info.num_classes)
+    x = np.asarray(load_images(info.root, "train"))
+    y = load_labels(info.root, "train")
+    names = [n for n, _ in model.named_parameters()]
+    log.info(
+        "pretraining %s on the public set (%d classes, %d images) for %d epochs",
+        model_cfg["name"],
+        info.num_classes,
+        len(y),
+        pcfg["epochs"],
+    )
+    t0 = time.perf_counter()
+    stats = train_local(
+        model,
+        x,
+        y,
+        names,
+        int(pcfg["epochs"]),
+        int(pcfg["batch_size"]),
+        instantiate(pcfg["optimizer"]),
+        seed=int(cfg["seed"]),
+        augment=augment_pills if pcfg.get("augment", True) else None,
+        cosine=True,
+    )
+    metrics, _ = evaluate(
+        model,
+        np.asarray(load_images(info.root, "val")),
+        load_labels(info.root, "val"),
+        info.num_classes,
+    )
+    torch.save({"model": model.state_dict()}, root / WEIGHTS)
+    report = {
+        "public/val_acc": metrics["acc"],
+        "public/train_loss": stats["loss"],
+        "public/classes": info.num_classes,
+        "time/pretrain_s": time.perf_counter() - t0,
+    }
+    (root / "metrics.json").write_text(json.dumps(report, indent=2))
+    log.info("pretrained: public val/acc %.4f in %.0fs", metrics["acc"], report["time/pretrain_s"])
+
+
+def pretrained_weights(cfg: dict[str, Any]) -> Path:
+    """Path to public-pill weights for cfg's model, training them first if not cached."""
+    key = {
+        "data": {k: v for k, v in public_data_cfg(cfg).items() if k != "cache_dir"},
+        "model": {k: v for k, v in cfg["model"].items() if k != "pretrained"},
+        "pretrain": {k: v for k, v in cfg["pretrain"].items() if k != "data"},
+        "seed": int(cfg["seed"]),
+    }
+    root = cached_build(cache_dir_for(cfg["data"]), "pretrain", key, lambda d: _train(cfg, d))
+    return root / WEIGHTS
+
+
+def resolve_pretrained(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Replace `model.pretrained: public` by the path of the (cached) public-pill weights."""
+    if cfg["model"].get("pretrained") != "public":
+        return cfg
+    return {**cfg, "model": {**cfg["model"], "pretrained": str(pretrained_weights(cfg))}}
+
+
+def run_pretrain(cfg: dict[str, Any]) -> dict[str, Any]:
+    """stage=pretrain: build/train (or find) the public weights and report them."""
+    path = pretrained_weights(cfg)
+    metrics = json.loads((path.parent / "metrics.json").read_text())
+    return {**metrics, "weights": str(path)}

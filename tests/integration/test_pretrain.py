@@ -1,0 +1,44 @@
+"""Pretraining on disjoint public classes: cached, loaded, and never downloaded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedray.config import ConfigError
+from fedray.models import build_model
+from fedray.pretrain import pretrained_weights, resolve_pretrained
+from fedray.run import run
+
+PRETRAIN = ("model.pretrained=public", "pretrain.epochs=2", "data.train_per_class=20")
+
+
+def test_pretrain_stage_is_cached_and_loaded(make_cfg):
+    cfg = make_cfg(*PRETRAIN, "stage=pretrain")
+    first = run(cfg)
+    weights = pretrained_weights(cfg)
+    assert weights.exists() and first["weights"] == str(weights)
+    mtime = weights.stat().st_mtime_ns
+    resolved = resolve_pretrained(make_cfg(*PRETRAIN))
+    assert resolved["model"]["pretrained"] == str(weights)
+    assert weights.stat().st_mtime_ns == mtime  # the second use is a cache hit
+    # backbone comes from the file; the head (other classes) keeps its fresh init
+    loaded = build_model(resolved["model"], num_classes=4)
+    saved = torch.load(weights, weights_only=True)["model"]
+    key = "features.0.weight"
+    assert torch.equal(loaded.state_dict()[key], saved[key])
+
+
+def test_public_classes_are_disjoint(make_cfg):
+    from fedray.data.sources import build_dataset
+    from fedray.pretrain import public_data_cfg
+
+    cfg = make_cfg(*PRETRAIN)
+    private = build_dataset(cfg["data"], 0).class_names
+    public = build_dataset(public_data_cfg(cfg), 0).class_names
+    assert not set(private) & set(public)
+
+
+def test_missing_local_weights_is_a_clear_error(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="never downloads"):
+        build_model({"name": "tiny_cnn", "pretrained": str(tmp_path / "nope.pt")}, 4)
