@@ -228,6 +228,7 @@ class FederatedServer:
                     "round": r + 1,
                     "clients": len(sampled),
                     "clients/dropped": len(dropped),
+                    "actors": len(pool),
                     "train/loss": sum(res.metrics["train/loss"] * res.num_samples for res in good)
                     / n,
                 }

@@ -15,6 +15,7 @@ from fedray.models.squeezenet import build_squeezenet
 from fedray.models.tiny_cnn import TinyCNN
 
 MODELS = ("squeezenet", "tiny_cnn")
+__all__ = ["MODELS", "TinyCNN", "build_model", "head_only", "load_pretrained", "trainable_names"]
 
 
 def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:

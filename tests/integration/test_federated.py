@@ -128,3 +128,17 @@ def test_centralized_baseline_runs_without_ray_actors(make_cfg, tmp_path):
     rows = _rows(tmp_path / "run")
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert metrics["val/acc"] > 1 / 4 + 0.3
+
+
+def test_a_thousand_clients_share_a_small_pool(make_cfg, tmp_path):
+    cfg = make_cfg(
+        "fl.num_clients=1000",
+        "fl.clients_per_round=10",
+        "fl.rounds=2",
+        "ray.max_actors=2",
+        "data.train_per_class=500",
+        "client.batch_size=4",
+    )
+    run(cfg)
+    rows = _rows(tmp_path / "run")
+    assert [(r["clients"], r["actors"], r["clients/dropped"]) for r in rows] == [(10, 2, 0)] * 2

@@ -1,0 +1,105 @@
+"""Server/client building blocks without Ray: sampling, selection of what travels, seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedray.config import ConfigError
+from fedray.fl.client import client_seed
+from fedray.fl.server import clients_per_round, is_finite, sample_clients
+from fedray.fl.train import (
+    augment_pills,
+    freeze_except,
+    get_params,
+    set_params,
+    train_local,
+    travel_names,
+)
+from fedray.models import TinyCNN, head_only, trainable_names
+
+
+def test_sampling_is_seeded_per_round_and_sorted():
+    a = [sample_clients(100, 10, seed=7, round_idx=r) for r in range(5)]
+    b = [sample_clients(100, 10, seed=7, round_idx=r) for r in range(5)]
+    assert a == b
+    assert all(s == sorted(s) and len(set(s)) == 10 for s in a)
+    assert len({tuple(s) for s in a}) == 5  # rounds differ
+    assert sample_clients(100, 10, seed=8, round_idx=0) != a[0]
+    assert sample_clients(5, 5, seed=0, round_idx=3) == [0, 1, 2, 3, 4]
+
+
+def test_clients_per_round_from_fraction_or_count():
+    assert clients_per_round({"num_clients": 100, "fraction": 0.1, "clients_per_round": None}) == 10
+    assert clients_per_round({"num_clients": 100, "fraction": 1.0, "clients_per_round": 7}) == 7
+    with pytest.raises(ConfigError, match="fl.clients_per_round"):
+        clients_per_round({"num_clients": 5, "fraction": 1.0, "clients_per_round": 9})
+
+
+def test_client_seeds_differ_by_round_and_client():
+    seeds = {client_seed(0, r, c) for r in range(3) for c in range(3)}
+    assert len(seeds) == 9 and client_seed(0, 1, 2) == client_seed(0, 1, 2)
+
+
+def test_is_finite_rejects_nan_and_inf():
+    assert is_finite({"a": np.ones(3, np.float32)})
+    assert not is_finite({"a": np.array([1.0, np.nan], np.float32)})
+    assert not is_finite({"a": np.array([np.inf], np.float32)})
+
+
+def test_trainable_selection():
+    model = TinyCNN(3, width=4)
+    head = trainable_names(model, "classifier")
+    assert head == ["classifier.1.weight", "classifier.1.bias"] and head_only(head)
+    assert len(trainable_names(model, "all")) == len(list(model.parameters()))
+    assert trainable_names(model, r"features\.4\.") == ["features.4.weight", "features.4.bias"]
+    with pytest.raises(ConfigError, match="selects no parameters"):
+        trainable_names(model, "nothing_matches")
+    with pytest.raises(ConfigError, match="not a valid regex"):
+        trainable_names(model, "(")
+
+
+def test_bn_statistics_travel_only_with_their_layer():
+    model = TinyCNN(3, width=4)
+    assert "features.1.running_mean" in travel_names(model, trainable_names(model, "all"))
+    assert "features.1.running_mean" not in travel_names(
+        model, trainable_names(model, "classifier")
+    )
+    assert not any(
+        "num_batches_tracked" in n
+        for n in travel_names(model, ["features.1.weight", "features.1.bias"])
+    )
+
+
+def test_frozen_layers_do_not_change_in_local_training():
+    torch.manual_seed(0)
+    model = TinyCNN(3, width=4)
+    names = trainable_names(model, "classifier")
+    before = get_params(model, list(model.state_dict()))
+    x = np.random.default_rng(0).integers(0, 255, (12, 16, 16, 3), dtype=np.uint8)
+    y = np.array([0, 1, 2] * 4)
+    opt = lambda p: torch.optim.SGD(p, lr=0.5)  # noqa: E731
+    train_local(model, x, y, names, epochs=2, batch_size=4, optimizer_factory=opt, seed=0)
+    after = get_params(model, list(model.state_dict()))
+    for k in before:
+        same = np.array_equal(before[k], after[k])
+        assert same != k.startswith("classifier."), k  # head moved, all else (BN stats too) fixed
+
+
+def test_set_params_round_trip_and_freeze_modes():
+    model = TinyCNN(3, width=4)
+    params = {k: np.full_like(v, 0.5) for k, v in get_params(model, ["classifier.1.bias"]).items()}
+    set_params(model, params)
+    assert torch.all(model.state_dict()["classifier.1.bias"] == 0.5)
+    freeze_except(model, ["classifier.1.weight", "classifier.1.bias"])
+    assert not model.features[1].training and model.classifier[0].training
+
+
+def test_pill_augmentation_only_turns_and_flips():
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 255, (8, 5, 5, 3), dtype=np.uint8)
+    out = augment_pills(batch, rng)
+    for a, b in zip(batch, out, strict=True):
+        variants = [np.rot90(a, k) for k in range(4)] + [np.rot90(a, k)[:, ::-1] for k in range(4)]
+        assert any(np.array_equal(v, b) for v in variants)
