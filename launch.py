@@ -2,6 +2,7 @@
 
 python launch.py +experiment=pill_noniid            # the default federated job
 python launch.py +experiment=smoke fl.rounds=3      # any key can be overridden
+python launch.py +experiment=pill_noniid sweep=noniid sweep.num_samples=2   # a Ray Tune sweep
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import fedray.config  # noqa: F401  (registers the typed schema before Hydra composes)
+import fedray.tune  # noqa: F401  (registers sweeps/*.yaml as the Hydra group `sweep`)
 
 
 def seed_everything(seed: int) -> None:
@@ -50,6 +52,11 @@ def main(cfg: DictConfig) -> None:
     plain["run_dir"] = HydraConfig.get().runtime.output_dir
     seed_everything(int(plain["seed"]))
     try:
+        if plain.get("sweep"):
+            from fedray.tune import sweep
+
+            sweep(plain)  # prints the ranked table and every output path
+            return
         metrics = run(plain)
     except (ConfigError, DatasetError) as exc:
         print(f"fedray: error: {exc}", file=sys.stderr)

@@ -24,8 +24,8 @@ def client_seed(seed: int, round_idx: int, client_id: int) -> int:
     return int(np.random.SeedSequence([seed, round_idx, client_id]).generate_state(1)[0])
 
 
-class ClientWorker:
-    """Local training for virtual clients; wrapped as a Ray actor by `ClientActor`."""
+class ClientActor:
+    """Local training for virtual clients; `make_client_actor` turns it into a Ray actor class."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
         from hydra.utils import instantiate
@@ -36,8 +36,11 @@ class ClientWorker:
         torch.set_num_threads(self.threads)
         self.spec = spec
         torch.manual_seed(spec["seed"])
+        # a GPU only when the actor was given one (ray.client_gpus > 0) and CUDA is there
+        self.device = "cuda" if spec.get("num_gpus", 0) > 0 and torch.cuda.is_available() else "cpu"
         self.model = build_model(spec["model"], spec["num_classes"])
         set_params(self.model, spec["init_state"])  # frozen layers identical to the server's
+        self.model.to(self.device)
         self.trainable: list[str] = spec["trainable"]
         self.travel: list[str] = spec["travel"]
         self.use_features = bool(spec["cache_features"])
@@ -59,7 +62,7 @@ class ClientWorker:
         x = np.asarray(self.images[idx])
         y = self.labels[idx]
         if self.use_features:
-            x = extract_features(self.model, x)
+            x = extract_features(self.model, x, device=self.device)
         self.shards[client_id] = (x, y)
         if len(self.shards) > self.max_shards:
             self.shards.popitem(last=False)
@@ -106,9 +109,12 @@ class ClientWorker:
             seed=client_seed(self.spec["seed"], round_idx, client_id),
             features=self.use_features,
             proximal_mu=float(extra.get("proximal_mu", 0.0)),
+            device=self.device,
         )
         state = self.model.state_dict()
-        params = {n: state[n].detach().numpy().astype(np.float32, copy=True) for n in self.travel}
+        params = {
+            n: state[n].detach().cpu().numpy().astype(np.float32, copy=True) for n in self.travel
+        }
         if fault == "nan":
             first = next(iter(params))
             params[first][...] = np.nan
@@ -124,4 +130,4 @@ def make_client_actor(num_cpus: float, num_gpus: float):
     """The Ray actor class with this experiment's per-client resources."""
     import ray
 
-    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(ClientWorker)
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(ClientActor)

@@ -120,6 +120,7 @@ class FederatedServer:
             "client": self.cfg["client"],
             "dataset_root": self.info.root,
             "num_threads": max(1, round(float(ray_cfg["client_cpus"]))),
+            "num_gpus": float(ray_cfg["client_gpus"]),
             "shard_cache": int(ray_cfg.get("shard_cache", 8)),
             "faults": self.fl.get("faults") or [],
         }
