@@ -208,19 +208,20 @@ def _run_centralized(cfg: dict[str, Any], info, run_dir: Path, on_round: OnRound
 
     from fedray.data.datasets import load_images
     from fedray.fl.train import evaluate, extract_features, train_local
-    from fedray.models import build_model, head_only, trainable_names
+    from fedray.models import build_model, frozen_prefix, trainable_names
 
     seed = int(cfg["seed"])
     torch.manual_seed(seed)
     model = build_model(cfg["model"], info.num_classes)
     trainable = trainable_names(model, cfg["fl"]["trainable"])
-    feats = bool(cfg["fl"]["cache_features"]) and head_only(trainable)
+    cached = frozen_prefix(model, trainable) if cfg["fl"]["cache_features"] else 0
     x = np.asarray(load_images(info.root, "train"))
     y = load_labels(info.root, "train")
     vx = np.asarray(load_images(info.root, "val"))
     vy = load_labels(info.root, "val")
-    if feats:
-        x, vx = extract_features(model, x), extract_features(model, vx)
+    if cached:
+        x = extract_features(model, x, upto=cached)
+        vx = extract_features(model, vx, upto=cached)
     logger = RunLogger(run_dir, cfg)
     client = cfg["client"]
     opt = instantiate(client["optimizer"])
@@ -238,9 +239,9 @@ def _run_centralized(cfg: dict[str, Any], info, run_dir: Path, on_round: OnRound
                 int(client["batch_size"]),
                 opt,
                 seed=seed * 1000 + r,
-                features=feats,
+                cached=cached,
             )
-            metrics, cm = evaluate(model, vx, vy, info.num_classes, features=feats)
+            metrics, cm = evaluate(model, vx, vy, info.num_classes, cached=cached)
             row = {
                 "round": r + 1,
                 "train/loss": stats["loss"],

@@ -43,7 +43,7 @@ class ClientActor:
         self.model.to(self.device)
         self.trainable: list[str] = spec["trainable"]
         self.travel: list[str] = spec["travel"]
-        self.use_features = bool(spec["cache_features"])
+        self.cached = int(spec["cached"])  # output of features[:cached] is cached per shard
         client = spec["client"]
         self.optimizer_factory = instantiate(client["optimizer"])
         self.shards: OrderedDict[int, tuple[Any, np.ndarray]] = OrderedDict()
@@ -61,8 +61,8 @@ class ClientActor:
         idx = np.sort(np.asarray(indices))
         x = np.asarray(self.images[idx])
         y = self.labels[idx]
-        if self.use_features:
-            x = extract_features(self.model, x, device=self.device)
+        if self.cached:
+            x = extract_features(self.model, x, upto=self.cached, device=self.device)
         self.shards[client_id] = (x, y)
         if len(self.shards) > self.max_shards:
             self.shards.popitem(last=False)
@@ -107,7 +107,7 @@ class ClientActor:
             batch_size=int(client["batch_size"]),
             optimizer_factory=self.optimizer_factory,
             seed=client_seed(self.spec["seed"], round_idx, client_id),
-            features=self.use_features,
+            cached=self.cached,
             proximal_mu=float(extra.get("proximal_mu", 0.0)),
             device=self.device,
         )

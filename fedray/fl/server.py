@@ -22,7 +22,7 @@ from fedray.fl.pool import ClientPool, Dropped
 from fedray.fl.train import extract_features, get_params, set_params, travel_names
 from fedray.fl.types import ClientResult, Params, params_nbytes
 from fedray.logging import RunLogger
-from fedray.models import build_model, head_only, trainable_names
+from fedray.models import build_model, frozen_prefix, trainable_names
 
 log = logging.getLogger("fedray")
 
@@ -78,14 +78,15 @@ class FederatedServer:
         self.model = build_model(cfg["model"], info.num_classes)
         self.trainable = trainable_names(self.model, self.fl["trainable"])
         self.travel = travel_names(self.model, self.trainable)
-        self.use_features = bool(self.fl["cache_features"]) and head_only(self.trainable)
+        # frozen leading blocks run once: clients and server cache their output
+        self.cached = frozen_prefix(self.model, self.trainable) if self.fl["cache_features"] else 0
         self.strategy = build_strategy(cfg["strategy"])
         self.params: Params = get_params(self.model, self.travel)
         self.k = clients_per_round(self.fl)
         self.val_x: Any = load_images(info.root, "val")
         self.val_y = load_labels(info.root, "val")
-        if self.use_features:
-            self.val_x = extract_features(self.model, np.asarray(self.val_x))
+        if self.cached:
+            self.val_x = extract_features(self.model, np.asarray(self.val_x), upto=self.cached)
         self.start_round = 0
         self.round = 0
         self.bytes_total = 0
@@ -116,7 +117,7 @@ class FederatedServer:
             "init_state": full_state,
             "trainable": self.trainable,
             "travel": self.travel,
-            "cache_features": self.use_features,
+            "cached": self.cached,
             "client": self.cfg["client"],
             "dataset_root": self.info.root,
             "num_threads": max(1, round(float(ray_cfg["client_cpus"]))),
@@ -141,7 +142,7 @@ class FederatedServer:
 
         set_params(self.model, self.params if params is None else params)
         return evaluate(
-            self.model, self.val_x, self.val_y, self.info.num_classes, features=self.use_features
+            self.model, self.val_x, self.val_y, self.info.num_classes, cached=self.cached
         )
 
     def per_client_accuracy(self, params: Params | None = None) -> dict[int, float]:
@@ -149,7 +150,7 @@ class FederatedServer:
         from fedray.fl.train import predict_logits
 
         set_params(self.model, self.params if params is None else params)
-        pred = predict_logits(self.model, self.val_x, features=self.use_features).argmax(1).numpy()
+        pred = predict_logits(self.model, self.val_x, cached=self.cached).argmax(1).numpy()
         train_y = load_labels(self.info.root, "train")
         out = {}
         for cid, idx in enumerate(self.parts):

@@ -59,20 +59,26 @@ def freeze_except(model: nn.Module, trainable: list[str]) -> None:
             module.eval()  # frozen BN keeps its running statistics
 
 
-def forward_head(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
-    """Logits from backbone features (model.classifier then flatten, as torchvision does)."""
-    return torch.flatten(model.classifier(feats), 1)
+def forward_from(model: nn.Module, feats: torch.Tensor, start: int) -> torch.Tensor:
+    """Logits from the output of model.features[:start] (the rest of features, then the head)."""
+    return torch.flatten(model.classifier(model.features[start:](feats)), 1)
 
 
 @torch.no_grad()
 def extract_features(
-    model: nn.Module, images: np.ndarray, batch_size: int = 128, device: str = "cpu"
+    model: nn.Module,
+    images: np.ndarray,
+    upto: int | None = None,
+    batch_size: int = 128,
+    device: str = "cpu",
 ) -> torch.Tensor:
-    """Backbone features of uint8 NHWC images, in eval mode (the backbone is frozen)."""
+    """Output of model.features[:upto] (all of it by default) for uint8 NHWC images, in eval
+    mode: those blocks are frozen, so this is computed once and cached."""
+    blocks = model.features if upto is None else model.features[:upto]
     was_training = model.training
     model.eval()
     out = [
-        model.features(to_tensor_batch(images[i : i + batch_size]).to(device)).cpu()
+        blocks(to_tensor_batch(images[i : i + batch_size]).to(device)).cpu()
         for i in range(0, len(images), batch_size)
     ]
     model.train(was_training)
@@ -99,7 +105,7 @@ def train_local(
     batch_size: int,
     optimizer_factory: Callable[..., torch.optim.Optimizer],
     seed: int,
-    features: bool = False,
+    cached: int = 0,
     proximal_mu: float = 0.0,
     augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
     device: str = "cpu",
@@ -107,8 +113,10 @@ def train_local(
 ) -> dict[str, float]:
     """Train `trainable` params for `epochs` on (inputs, labels); returns mean loss and count.
 
-    `inputs` is uint8 NHWC images, or cached backbone features when `features=True` (then only the
-    head runs). FedProx: `proximal_mu > 0` adds mu/2 * ||w - w_start||^2 over the trainable params.
+    `inputs` is uint8 NHWC images, or when `cached > 0` the cached output of the frozen blocks
+    model.features[:cached] (only the rest of the network runs). FedProx: `proximal_mu > 0` adds
+    mu/2 * ||w - w_start||^2 over the trainable params. `cosine` decays the learning rate to zero
+    over all steps (centralized and pretraining runs).
     """
     n = len(labels)
     if n == 0:
@@ -130,8 +138,8 @@ def train_local(
         for start in range(0, n, batch_size):
             idx = np.sort(order[start : start + batch_size])  # sorted: mmap reads stay sequential
             y = y_all[idx].to(device)
-            if features:
-                logits = forward_head(model, inputs[idx].to(device))
+            if cached:
+                logits = forward_from(model, inputs[idx].to(device), cached)
             else:
                 batch = inputs[idx]
                 if augment is not None:
@@ -156,7 +164,7 @@ def predict_logits(
     model: nn.Module,
     inputs: np.ndarray | torch.Tensor,
     batch_size: int = 256,
-    features: bool = False,
+    cached: int = 0,
     device: str = "cpu",
 ) -> torch.Tensor:
     """Logits for uint8 images (or cached features), in eval mode."""
@@ -164,8 +172,8 @@ def predict_logits(
     model.eval()
     out = []
     for i in range(0, len(inputs), batch_size):
-        if features:
-            out.append(forward_head(model, inputs[i : i + batch_size].to(device)).cpu())
+        if cached:
+            out.append(forward_from(model, inputs[i : i + batch_size].to(device), cached).cpu())
         else:
             out.append(model(to_tensor_batch(inputs[i : i + batch_size]).to(device)).cpu())
     model.train(was_training)
@@ -178,7 +186,7 @@ def evaluate(
     labels: np.ndarray,
     num_classes: int,
     batch_size: int = 256,
-    features: bool = False,
+    cached: int = 0,
     device: str = "cpu",
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Metrics dict (acc, loss, macro P/R/F1, top5) and the confusion matrix on (inputs, labels)."""
@@ -187,6 +195,6 @@ def evaluate(
     acc = MetricAccumulator(num_classes)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     for i in range(0, len(labels), batch_size):
-        logits = predict_logits(model, inputs[i : i + batch_size], batch_size, features, device)
+        logits = predict_logits(model, inputs[i : i + batch_size], batch_size, cached, device)
         acc.update(logits, y[i : i + batch_size])
     return acc.compute(), acc.confusion

@@ -15,14 +15,25 @@ from fedray.models.squeezenet import build_squeezenet
 from fedray.models.tiny_cnn import TinyCNN
 
 MODELS = ("squeezenet", "tiny_cnn")
-__all__ = ["MODELS", "TinyCNN", "build_model", "head_only", "load_pretrained", "trainable_names"]
+__all__ = [
+    "MODELS",
+    "TinyCNN",
+    "build_model",
+    "frozen_prefix",
+    "load_pretrained",
+    "trainable_names",
+]
 
 
 def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
     """Build the model `cfg` names with a `num_classes`-way head; load `pretrained` if given."""
     name = cfg.get("name")
     if name == "squeezenet":
-        model = build_squeezenet(num_classes, version=str(cfg.get("version", "1_1")))
+        model = build_squeezenet(
+            num_classes,
+            version=str(cfg.get("version", "1_1")),
+            batch_norm=bool(cfg.get("batch_norm", True)),
+        )
     elif name == "tiny_cnn":
         model = TinyCNN(num_classes, width=int(cfg.get("width", 16)))
     else:
@@ -68,6 +79,14 @@ def trainable_names(model: nn.Module, spec: str) -> list[str]:
     return chosen
 
 
-def head_only(names: list[str]) -> bool:
-    """True when only the classifier head trains, so the backbone's features can be cached."""
-    return all(n.startswith("classifier.") for n in names)
+def frozen_prefix(model: nn.Module, names: list[str]) -> int:
+    """How many leading `model.features` blocks have no trainable parameter.
+
+    Their output never changes during training, so it can be computed once and cached; 0 means
+    the first block trains (nothing to cache), len(model.features) means only the head trains.
+    """
+    chosen = set(names)
+    for i, block in enumerate(model.features):
+        if any(f"features.{i}.{n}" in chosen for n, _ in block.named_parameters()):
+            return i
+    return len(model.features)

@@ -1,13 +1,74 @@
-"""SqueezeNet (torchvision) with an N-way final 1x1 conv, as in the source recipe."""
+"""SqueezeNet with an N-way final 1x1 conv, as in the source recipe.
+
+`batch_norm: false` is torchvision's SqueezeNet exactly. The source fine-tuned ImageNet weights,
+which cannot be downloaded here; trained from scratch (for the public-pill pretraining stage) plain
+SqueezeNet often collapses to a dead final ReLU, so `batch_norm: true` (the default) adds BN after
+every conv and drops the ReLU on the logits — same Fire topology, same parameter budget (+BN).
+"""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torchvision.models import squeezenet1_0, squeezenet1_1
 
 
-def build_squeezenet(num_classes: int, version: str = "1_1") -> nn.Module:
-    """torchvision SqueezeNet, randomly initialised (weights=None: nothing is downloaded)."""
+class Fire(nn.Module):
+    """Squeeze 1x1 -> expand 1x1 + 3x3 (concatenated), each conv followed by BN + ReLU."""
+
+    def __init__(self, cin: int, squeeze: int, e1: int, e3: int) -> None:
+        super().__init__()
+        self.squeeze = nn.Sequential(
+            nn.Conv2d(cin, squeeze, 1), nn.BatchNorm2d(squeeze), nn.ReLU(inplace=True)
+        )
+        self.expand1x1 = nn.Sequential(
+            nn.Conv2d(squeeze, e1, 1), nn.BatchNorm2d(e1), nn.ReLU(inplace=True)
+        )
+        self.expand3x3 = nn.Sequential(
+            nn.Conv2d(squeeze, e3, 3, padding=1), nn.BatchNorm2d(e3), nn.ReLU(inplace=True)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.squeeze(x)
+        return torch.cat([self.expand1x1(x), self.expand3x3(x)], 1)
+
+
+class SqueezeNetBN(nn.Module):
+    """SqueezeNet 1.1 topology with BatchNorm; `.features` backbone, `.classifier` head."""
+
+    def __init__(self, num_classes: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        pool = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 3, stride=2), nn.BatchNorm2d(64), nn.ReLU(inplace=True), pool,
+            Fire(64, 16, 64, 64), Fire(128, 16, 64, 64), pool,
+            Fire(128, 32, 128, 128), Fire(256, 32, 128, 128), pool,
+            Fire(256, 48, 192, 192), Fire(384, 48, 192, 192),
+            Fire(384, 64, 256, 256), Fire(512, 64, 256, 256),
+        )  # fmt: skip
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout), nn.Conv2d(512, num_classes, 1), nn.AdaptiveAvgPool2d(1)
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.classifier[1].weight, 0, 0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+def build_squeezenet(num_classes: int, version: str = "1_1", batch_norm: bool = True) -> nn.Module:
+    """SqueezeNet, randomly initialised (nothing is downloaded)."""
+    if batch_norm:
+        if version != "1_1":
+            from fedray.config import ConfigError
+
+            raise ConfigError(
+                "model.batch_norm=true is the SqueezeNet 1.1 layout: model.version=1_1"
+            )
+        return SqueezeNetBN(num_classes)
     factory = {"1_0": squeezenet1_0, "1_1": squeezenet1_1}.get(version)
     if factory is None:
         from fedray.config import ConfigError

@@ -11,13 +11,14 @@ from fedray.fl.client import client_seed
 from fedray.fl.server import clients_per_round, is_finite, sample_clients
 from fedray.fl.train import (
     augment_pills,
+    extract_features,
     freeze_except,
     get_params,
     set_params,
     train_local,
     travel_names,
 )
-from fedray.models import TinyCNN, head_only, trainable_names
+from fedray.models import TinyCNN, frozen_prefix, trainable_names
 
 
 def test_sampling_is_seeded_per_round_and_sorted():
@@ -51,7 +52,10 @@ def test_is_finite_rejects_nan_and_inf():
 def test_trainable_selection():
     model = TinyCNN(3, width=4)
     head = trainable_names(model, "classifier")
-    assert head == ["classifier.1.weight", "classifier.1.bias"] and head_only(head)
+    assert head == ["classifier.1.weight", "classifier.1.bias"]
+    assert frozen_prefix(model, head) == len(model.features)
+    assert frozen_prefix(model, trainable_names(model, r"features\.8\.|classifier")) == 8
+    assert frozen_prefix(model, trainable_names(model, "all")) == 0
     assert len(trainable_names(model, "all")) == len(list(model.parameters()))
     assert trainable_names(model, r"features\.4\.") == ["features.4.weight", "features.4.bias"]
     with pytest.raises(ConfigError, match="selects no parameters"):
@@ -103,3 +107,20 @@ def test_pill_augmentation_only_turns_and_flips():
     for a, b in zip(batch, out, strict=True):
         variants = [np.rot90(a, k) for k in range(4)] + [np.rot90(a, k)[:, ::-1] for k in range(4)]
         assert any(np.array_equal(v, b) for v in variants)
+
+
+def test_cached_prefix_trains_like_the_full_forward():
+    x = np.random.default_rng(1).integers(0, 255, (12, 16, 16, 3), dtype=np.uint8)
+    y = np.array([0, 1, 2] * 4)
+    opt = lambda p: torch.optim.SGD(p, lr=0.1)  # noqa: E731
+    results = []
+    for use_cache in (False, True):
+        torch.manual_seed(0)
+        model = TinyCNN(3, width=4)
+        names = trainable_names(model, r"features\.8\.|features\.9\.|classifier")
+        k = frozen_prefix(model, names) if use_cache else 0
+        inputs = extract_features(model, x, upto=k) if k else x
+        train_local(model, inputs, y, names, 2, 4, opt, seed=3, cached=k)
+        results.append(get_params(model, names))
+    for name in results[0]:
+        np.testing.assert_allclose(results[0][name], results[1][name], rtol=1e-4, atol=1e-5)
