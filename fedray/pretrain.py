@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedray.config import ConfigError
 from fedray.data.datasets import cached_build, load_images, load_labels
 from fedray.data.sources import build_dataset, cache_dir_for
 
@@ -25,8 +26,24 @@ WEIGHTS = "model.pt"
 
 
 def public_data_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The public dataset's config: the main data config with pretrain.data's overrides."""
-    return {**cfg["data"], **(cfg["pretrain"].get("data") or {})}
+    """The public dataset's config.
+
+    `pretrain.data` with a `name` is a dataset config of its own (e.g. the synthetic public pills
+    while the private data is imported); otherwise it overlays the main data config together with
+    that source's `data.public_set` (disjoint classes: synthetic pills with offset ids, other toy
+    classes).
+    """
+    extra = dict(cfg["pretrain"].get("data") or {})
+    if "name" in extra:
+        return extra
+    data = cfg["data"]
+    if not data.get("public_set"):
+        raise ConfigError(
+            f"data={data.get('name')} has no public pill set (data.public_set) to pretrain on; "
+            "set pretrain.data to a dataset config (e.g. {name: synthetic, public: true}) or "
+            "model.pretrained to a local weights file"
+        )
+    return {**data, **data["public_set"], **extra, "public_set": None}
 
 
 def _train(cfg: dict[str, Any], root: Path) -> None:

@@ -18,7 +18,7 @@ from fedray.logging import RunLogger, setup_console_logging
 log = logging.getLogger("fedray")
 
 OnRound = Callable[[dict[str, Any], Path | None], None]
-STAGES = ("federated", "isolated", "centralized", "pretrain")
+STAGES = ("federated", "isolated", "centralized", "pretrain", "synth")
 # keys that do not change what a run computes (so a run may resume under different values)
 _NOT_HASHED = ("run_dir", "resume", "logger", "ray", "sweep")
 
@@ -102,6 +102,8 @@ def run(cfg: dict[str, Any], on_round: OnRound | None = None) -> dict[str, Any]:
         cfg["run_dir"] = str(resume_dir)
     run_dir = Path(cfg["run_dir"])
     log.info("run %s (%s) -> %s", cfg.get("name"), cfg["stage"], run_dir)
+    if cfg["stage"] == "synth":
+        return _run_synth(cfg, run_dir)
     if cfg["stage"] == "pretrain":
         from fedray.pretrain import run_pretrain
 
@@ -125,6 +127,23 @@ def run(cfg: dict[str, Any], on_round: OnRound | None = None) -> dict[str, Any]:
     if cfg["stage"] in ("federated", "isolated"):
         return _run_federated(cfg, info, run_dir, resume_dir, on_round)
     return _run_centralized(cfg, info, run_dir, on_round)
+
+
+def _run_synth(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """stage=synth: build (or find) the dataset alone and report what was made."""
+    from fedray.data.sources import build_dataset
+
+    if cfg["data"].get("name") != "synthetic":
+        raise ConfigError(f"stage=synth builds data=synthetic, not data={cfg['data'].get('name')}")
+    from fedray.data.synth import synth_summary
+
+    summary = synth_summary(build_dataset(cfg["data"], int(cfg["seed"])))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    for key in ("contact_sheet", "detection_data_yaml", "manifest", "catalog"):
+        if summary.get(key):
+            log.info("%s: %s", key, summary[key])
+    return summary
 
 
 def _run_federated(

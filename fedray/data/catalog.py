@@ -161,6 +161,14 @@ class Pill:
             self.score_line,
         )
 
+    def side_keys(self) -> tuple[tuple, tuple]:
+        """What one photo of each face shows, size aside (a crop's scale says little about mm)."""
+        colors = tuple(c.name for c in self.colors)
+        return (
+            (self.shape, colors, self.imprint_front, "none"),
+            (self.shape, colors, self.imprint_back, self.score_line),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (colours as {name, rgb})."""
         return {
@@ -326,12 +334,19 @@ def _draw_pill(rng: random.Random, pill_id: int) -> Pill:
 
 
 def make_catalog(
-    num_pills: int, seed: int, id_offset: int = 0, exclude: Iterable[Pill] = ()
+    num_pills: int,
+    seed: int,
+    id_offset: int = 0,
+    exclude: Iterable[Pill] = (),
+    distinct_sides: bool = False,
 ) -> list[Pill]:
     """Draw `num_pills` distinguishable pills with ids `id_offset + i`; same seed, same catalog.
 
     Pills whose key matches one in `exclude` are redrawn, so a public catalog can be made
-    disjoint from the private one in appearance as well as in ids.
+    disjoint from the private one in appearance as well as in ids. With `distinct_sides`, no
+    face of one pill looks like a face of another (size aside): two white round pills may still
+    differ only by imprint, but not both show a blank back, which no photo of that side could
+    tell apart.
     """
     if num_pills < 0:
         raise CatalogError(f"num_pills must be >= 0, got {num_pills}")
@@ -341,17 +356,20 @@ def make_catalog(
     rng = random.Random(f"fedray-catalog:{seed}:{id_offset}")
     pills: list[Pill] = []
     seen: set[tuple] = {p.key() for p in exclude}
+    faces: set[tuple] = set()
     max_redraws = 1000 + 100 * num_pills
     redraws = 0
     while len(pills) < num_pills:
         pill = _draw_pill(rng, id_offset + len(pills))
         key = pill.key()
-        if key in seen:
+        sides = set(pill.side_keys()) if distinct_sides else set()
+        if key in seen or (sides & faces) or len(sides) < (2 if distinct_sides else 0):
             redraws += 1
             if redraws > max_redraws:
                 raise CatalogError(f"could not draw {num_pills} distinct pills (seed {seed})")
             continue
         seen.add(key)
+        faces |= sides
         pills.append(pill)
     return pills
 

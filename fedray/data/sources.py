@@ -18,6 +18,8 @@ def build_dataset(data_cfg: dict[str, Any], seed: int) -> DatasetInfo:
     """Build (or find in the cache) the dataset that `data_cfg` describes."""
     name = data_cfg.get("name")
     cache = cache_dir_for(data_cfg)
+    # public_set only describes this source's public counterpart (for pretraining)
+    data_cfg = {k: v for k, v in data_cfg.items() if k != "public_set"}
     key = {k: v for k, v in data_cfg.items() if k != "cache_dir"}
     if name == "toy":
         from fedray.data.toy import VERSION as TOY_VERSION

@@ -82,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
     "compose": {},
     "consumer_compose": {},
     "public": False,
+    "distinct_sides": True,
     "workers": None,
     "cache_dir": None,
 }
@@ -162,11 +163,12 @@ def synth_config(data_cfg: dict[str, Any]) -> dict[str, Any]:
 
 def make_pills(cfg: dict[str, Any]) -> list[Pill]:
     """The catalog a config describes: private, or public (ids + 100000, disjoint from private)."""
+    sides = bool(cfg["distinct_sides"])
     if not cfg["public"]:
-        return make_catalog(cfg["num_pills"], cfg["catalog_seed"], cfg["id_offset"])
-    private = make_catalog(PRIVATE_EXCLUDE, cfg["catalog_seed"], cfg["id_offset"])
+        return make_catalog(cfg["num_pills"], cfg["catalog_seed"], cfg["id_offset"], (), sides)
+    private = make_catalog(PRIVATE_EXCLUDE, cfg["catalog_seed"], cfg["id_offset"], (), sides)
     return make_catalog(cfg["num_pills"], cfg["catalog_seed"], PUBLIC_ID_OFFSET + cfg["id_offset"],
-                        exclude=private)
+                        exclude=private, distinct_sides=sides)
 
 
 def scene_params(cfg: dict[str, Any], crop_scenes: bool) -> ComposeParams:
