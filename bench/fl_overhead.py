@@ -31,16 +31,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SCENARIOS = {
     "full": [
-        "model=squeezenet", "fl.trainable=all", "fl.num_clients=5", "fl.rounds=3",
-        "data.num_classes=20", "data.image_size=64", "data.train_per_class=50",
-        "data.val_per_class=10", "partition=pathological", "partition.classes_per_client=4",
-        "client.epochs=1", "client.batch_size=32",
+        "model=squeezenet",
+        "fl.trainable=all",
+        "fl.num_clients=5",
+        "fl.rounds=3",
+        "data.num_classes=20",
+        "data.image_size=64",
+        "data.train_per_class=50",
+        "data.val_per_class=10",
+        "partition=pathological",
+        "partition.classes_per_client=4",
+        "client.epochs=1",
+        "client.batch_size=32",
     ],
     "tiny": [
-        "model=tiny_cnn", "model.width=8", "fl.trainable=all", "fl.num_clients=100",
-        "fl.clients_per_round=10", "fl.rounds=30", "data.num_classes=10", "data.image_size=32",
-        "data.train_per_class=200", "data.val_per_class=20", "partition=iid",
-        "client.epochs=1", "client.batch_size=16",
+        "model=tiny_cnn",
+        "model.width=8",
+        "fl.trainable=all",
+        "fl.num_clients=100",
+        "fl.clients_per_round=10",
+        "fl.rounds=30",
+        "data.num_classes=10",
+        "data.image_size=32",
+        "data.train_per_class=200",
+        "data.val_per_class=20",
+        "partition=iid",
+        "client.epochs=1",
+        "client.batch_size=16",
     ],
 }
 
@@ -55,8 +72,10 @@ def compose(overrides: list[str], cache: str, run_dir: str) -> dict:
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = hcompose("config", overrides=["+experiment=smoke", "logger=jsonl", *overrides,
-                                            f"data.cache_dir={cache}"])
+        cfg = hcompose(
+            "config",
+            overrides=["+experiment=smoke", "logger=jsonl", *overrides, f"data.cache_dir={cache}"],
+        )
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain["run_dir"] = run_dir
     return plain
@@ -91,9 +110,10 @@ def plain_loop(cfg: dict) -> float:
             for _ in range(cfg["client"]["epochs"]):
                 order = np.random.permutation(idx)
                 for s in range(0, len(order), bs):
-                    b = np.sort(order[s:s + bs])
+                    b = np.sort(order[s : s + bs])
                     loss = torch.nn.functional.cross_entropy(
-                        model(to_tensor_batch(x[b])), torch.as_tensor(y[b]))
+                        model(to_tensor_batch(x[b])), torch.as_tensor(y[b])
+                    )
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
@@ -146,8 +166,10 @@ def main() -> None:
             loop.append(rl)
             whole.append(tot)
         a, b, c = (statistics.median(v) for v in (base, loop, whole))
-        print(f"[{name}] plain loop {a:.2f}s | fedray rounds {b:.2f}s (ratio {b / a:.3f}) | "
-              f"fedray whole run incl. Ray/actor start {c:.2f}s (ratio {c / a:.3f})")
+        print(
+            f"[{name}] plain loop {a:.2f}s | fedray rounds {b:.2f}s (ratio {b / a:.3f}) | "
+            f"fedray whole run incl. Ray/actor start {c:.2f}s (ratio {c / a:.3f})"
+        )
     if args.only in (None, "cached"):
         cached_vs_uncached(cache, args.repeats)
     ray.shutdown()
@@ -160,8 +182,11 @@ def cached_vs_uncached(cache: str, repeats: int) -> None:
     for flag in ("true", "false"):
         per_round, accs = [], []
         for i in range(repeats):
-            cfg = compose([*over, f"fl.cache_features={flag}"], cache,
-                          tempfile.mkdtemp(prefix=f"fl-cache-{flag}-{i}-"))
+            cfg = compose(
+                [*over, f"fl.cache_features={flag}"],
+                cache,
+                tempfile.mkdtemp(prefix=f"fl-cache-{flag}-{i}-"),
+            )
             from fedray.run import run
 
             metrics = run(cfg)
@@ -170,9 +195,11 @@ def cached_vs_uncached(cache: str, repeats: int) -> None:
             accs.append(metrics["val/acc"])
         out[flag] = (statistics.median(per_round), statistics.median(accs))
     (t_c, acc_c), (t_u, acc_u) = out["true"], out["false"]
-    print(f"[cached] per round: cached {t_c:.3f}s, uncached {t_u:.3f}s, speed-up {t_u / t_c:.1f}x | "
-          f"final val/acc cached {acc_c:.4f} uncached {acc_u:.4f} "
-          f"(diff {abs(acc_c - acc_u) * 100:.2f} pt)")
+    print(
+        f"[cached] per round: cached {t_c:.3f}s, uncached {t_u:.3f}s, speed-up {t_u / t_c:.1f}x | "
+        f"final val/acc cached {acc_c:.4f} uncached {acc_u:.4f} "
+        f"(diff {abs(acc_c - acc_u) * 100:.2f} pt)"
+    )
 
 
 if __name__ == "__main__":
