@@ -47,7 +47,7 @@ class RayConfig:
     address: str | None = None  # None: start a local Ray; "auto" or an address: join a cluster
     num_cpus: int | None = None  # local Ray only; None = all cores
     num_gpus: int | None = None
-    client_cpus: float = 0.5
+    client_cpus: float = 1.0
     client_gpus: float = 0.0
     max_actors: int | None = None  # None: as many as the cluster's CPUs allow
     include_dashboard: bool = False

@@ -29,6 +29,8 @@ class ClientPool:
         self.actor_cls = actor_cls
         self.spec_ref = spec_ref
         self.actors = [actor_cls.remote(spec_ref) for _ in range(size)]
+        # actors start (imports, model build) in parallel; wait so round 1 times training only
+        ray.get([a.ping.remote() for a in self.actors])
 
     def __len__(self) -> int:
         return len(self.actors)
