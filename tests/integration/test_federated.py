@@ -77,7 +77,7 @@ def test_failing_client_is_dropped_and_replaced(make_cfg, tmp_path, kind):
 
 
 def test_straggler_is_dropped_by_timeout(make_cfg, tmp_path):
-    cfg = make_cfg("fl.num_clients=3", "fl.rounds=1", "fl.round_timeout_s=20")
+    cfg = make_cfg("fl.num_clients=3", "fl.rounds=1", "fl.round_timeout_s=10")
     cfg["fl"]["faults"] = [{"round": 1, "client": 2, "kind": "hang", "seconds": 600}]
     run(cfg)
     assert _rows(tmp_path / "run")[0]["clients/dropped"] == 1
