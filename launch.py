@@ -14,6 +14,7 @@ import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 import fedray.config  # noqa: F401  (registers the typed schema before Hydra composes)
 import fedray.tune  # noqa: F401  (registers sweeps/*.yaml as the Hydra group `sweep`)
@@ -48,7 +49,11 @@ def main(cfg: DictConfig) -> None:
     from fedray.data.datasets import DatasetError
     from fedray.run import run
 
-    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        print(f"fedray: error: {exc.full_key} is required ({exc.full_key}=...)", file=sys.stderr)
+        sys.exit(2)
     plain["run_dir"] = HydraConfig.get().runtime.output_dir
     seed_everything(int(plain["seed"]))
     try:

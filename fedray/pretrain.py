@@ -37,6 +37,9 @@ def public_data_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
     if "name" in extra:
         return extra
     data = cfg["data"]
+    public = data.get("public_set") or {}
+    if "name" in public:  # another source altogether (imported data pretrains on synthetic pills)
+        return {**public, "image_size": data.get("image_size", 64), **extra}
     if not data.get("public_set"):
         raise ConfigError(
             f"data={data.get('name')} has no public pill set (data.public_set) to pretrain on; "

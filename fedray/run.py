@@ -111,9 +111,6 @@ def run(cfg: dict[str, Any], on_round: OnRound | None = None) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "summary.json").write_text(json.dumps(metrics, indent=2))
         return metrics
-    from fedray.pretrain import resolve_pretrained
-
-    cfg = resolve_pretrained(cfg)
     t0 = time.perf_counter()
     info = build_dataset(cfg["data"], int(cfg["seed"]))
     log.info(
@@ -124,6 +121,9 @@ def run(cfg: dict[str, Any], on_round: OnRound | None = None) -> dict[str, Any]:
         info.root,
         time.perf_counter() - t0,
     )
+    from fedray.pretrain import resolve_pretrained
+
+    cfg = resolve_pretrained(cfg)  # after the private data: a bad data.root fails first
     if cfg["stage"] in ("federated", "isolated"):
         return _run_federated(cfg, info, run_dir, resume_dir, on_round)
     return _run_centralized(cfg, info, run_dir, on_round)
