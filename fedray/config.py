@@ -63,6 +63,7 @@ class WandbConfig:
     group: str | None = None
     name: str | None = None
     tags: list[str] = field(default_factory=list)
+    id: str | None = None  # null: derived from the run directory (stable across resume/retry)
 
 
 @dataclass

@@ -43,6 +43,15 @@ def setup_console_logging() -> None:
         log.propagate = False
 
 
+def wandb_run_id(run_dir: str | Path) -> str:
+    """A W&B run id that is a function of the run directory: a resumed run or a retried trial
+    (same directory) logs to the same W&B run instead of opening a second one."""
+    import hashlib
+
+    digest = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()
+    return f"fedray-{digest[:16]}"
+
+
 class RunLogger:
     """Writes everything a run records into its run directory; mirrors it to W&B if enabled."""
 
@@ -71,6 +80,9 @@ class RunLogger:
 
         os.environ.setdefault("WANDB_SILENT", "true")
         mode = wcfg.get("mode", "offline")
+        run_id = wcfg.get("id") or wandb_run_id(self.run_dir)
+        if mode == "offline":
+            self._supersede_offline_runs(run_id)
         self.wandb = wandb.init(
             project=wcfg.get("project", "fedray"),
             entity=wcfg.get("entity"),
@@ -80,11 +92,40 @@ class RunLogger:
             config=flatten(self.cfg),
             dir=str(self.run_dir),
             mode=mode,
+            id=run_id,
+            # online, a resumed run or retried trial continues its W&B run; offline runs cannot
+            # resume (W&B ignores it), so the new attempt replays the whole history instead
+            **({"resume": "allow"} if mode == "online" else {}),
             reinit="finish_previous",
         )
-        for row in self.rows:  # a resumed run replays its history so the W&B run is whole
-            self.wandb.log(row, step=int(row["round"]))
+        # a resumed run replays the history it restored, so the W&B run is whole (online, only
+        # the rounds the server does not have yet)
+        first = int(self.wandb.step or 0) if getattr(self.wandb, "resumed", False) else 0
+        for row in self.rows:
+            if int(row["round"]) >= first:
+                self.wandb.log(row, step=int(row["round"]))
         log.info("W&B run %s (%s) in %s", self.wandb.id, mode, self.run_dir / "wandb")
+
+    def _supersede_offline_runs(self, run_id: str) -> None:
+        """Move earlier offline attempts of this run (a killed run, a failed trial) aside.
+
+        They share the run id, and `wandb sync` of two offline runs with one id keeps only one of
+        them; the new attempt replays the restored history, so `wandb sync wandb/offline-run-*`
+        uploads exactly one complete run. The old attempts stay in `wandb/superseded/`.
+        """
+        root = self.run_dir / "wandb"
+        old = sorted(root.glob(f"offline-run-*-{run_id}")) if root.is_dir() else []
+        if not old:
+            return
+        (root / "superseded").mkdir(exist_ok=True)
+        for path in old:
+            path.rename(root / "superseded" / path.name)
+        log.info(
+            "W&B: %d earlier offline attempt(s) of run %s moved to %s",
+            len(old),
+            run_id,
+            root / "superseded",
+        )
 
     def log(self, row: dict[str, Any]) -> None:
         """Append one round's metrics (must contain `round`)."""

@@ -929,6 +929,7 @@ def sweep(cfg: dict[str, Any]) -> dict[str, Any]:
             state = _plan(spec, base, sweep_dir, want)
             grid = _run_tuner(sweep_dir, state, restore=False)
         rows = collect_results(grid, state, sweep_dir)
+        summarize_unfinished(rows)
         out = write_results(sweep_dir, state, rows, wall_s=time.perf_counter() - t0)
     finally:
         if started:
@@ -1116,6 +1117,38 @@ def collect_results(grid: Any, state: dict[str, Any], sweep_dir: Path) -> list[d
     return sorted(rows, key=lambda r: r["index"])
 
 
+def summarize_unfinished(rows: list[dict[str, Any]]) -> None:
+    """summary.json (and the curves) for trials that did not finish their run.
+
+    A trial that ASHA stops, or that fails for good, ends inside a round report, before its run
+    writes summary.json; its metrics.jsonl holds every round it ran. The sweep driver writes the
+    summary from those rows, with the status, so every trial directory reads the same way.
+    """
+    from fedray.plots import plot_curves
+
+    for r in rows:
+        run_dir = Path(r["run_dir"])
+        metrics_path = run_dir / "metrics.jsonl"
+        if r["status"] == "completed" or (run_dir / "summary.json").exists():
+            continue
+        if not metrics_path.exists():
+            continue
+        history = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
+        last = history[-1] if history else {}
+        summary = {k: v for k, v in last.items() if k.startswith(("val/", "comm/", "train/"))}
+        summary.update(
+            status=r["status"],
+            rounds=r["rounds"],
+            max_rounds=r["max_rounds"],
+            stopped_by="scheduler" if r["status"] == "stopped" else None,
+            error=r["error"],
+            finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if history and not (run_dir / "acc_vs_round.png").exists():
+            plot_curves(history, run_dir / "acc_vs_round.png", x="round", ys=("val/acc",))
+
+
 def _error_line(error: BaseException | None) -> str | None:
     """`Type: message` of the exception a trial raised (unwrapped from Ray's task error)."""
     if error is None:
@@ -1143,15 +1176,26 @@ def rank(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
 
 
 def submission_order(spec: SweepSpec, n: int, seed: int) -> list[int]:
-    """The order Tune receives the n trials in: plan order, or seeded random order under ASHA.
+    """The order Tune receives the n trials in.
 
-    ASHA judges a trial against those that reached a rung before it, so a grid in its natural
-    order (e.g. the most skewed partitions first) would set a low bar for everything after it.
+    ASHA judges a trial against those that reached a rung before it, so the first trials set the
+    bar. A grid in its natural order (e.g. the most skewed partitions first) would set a low bar
+    for everything after it, and a random order does so now and then (replaying the measured
+    `noniid` curves over all orders: a 7% chance of saving under 30%). Under ASHA a grid is
+    therefore submitted in van der Corput (bit-reversed) order, so every prefix of the order is
+    spread evenly over the grid: 0, 4, 2, 6, 1, 5, 3, 7 for 8 points. Random draws are already in
+    random order. `seed` is unused (the order is deterministic); kept for the call signature.
     """
-    if spec.scheduler["name"] != "asha":
+    del seed
+    if spec.scheduler["name"] != "asha" or spec.search != "grid":
         return list(range(n))
-    rng = np.random.default_rng(spec.seed if spec.seed is not None else seed)
-    return [int(i) for i in rng.permutation(n)]
+    return spread_order(n)
+
+
+def spread_order(n: int) -> list[int]:
+    """range(n) in van der Corput order: each prefix is spread evenly over the whole range."""
+    bits = max(1, (n - 1).bit_length())
+    return sorted(range(n), key=lambda i: int(format(i, f"0{bits}b")[::-1], 2))
 
 
 def trial_round_savings(rows: list[dict[str, Any]]) -> tuple[int, int, float]:

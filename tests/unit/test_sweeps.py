@@ -7,6 +7,7 @@ composed config.
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -204,15 +205,17 @@ def test_plan_with_no_feasible_trial_is_an_error():
         ft.plan_trials(spec, _base())
 
 
-def test_asha_trials_are_submitted_in_a_seeded_random_order():
+def test_asha_grid_trials_are_submitted_spread_over_the_grid():
     plain = _spec({"client.epochs": [1, 2, 3, 4, 5, 6]})
     assert ft.submission_order(plain, 6, seed=0) == [0, 1, 2, 3, 4, 5]
-    asha = _spec({"client.epochs": [1, 2, 3, 4, 5, 6]}, scheduler="asha")
+    asha = _spec({"client.epochs": [1, 2, 3, 4, 5, 6, 7, 8]}, scheduler="asha")
+    assert ft.submission_order(asha, 8, seed=0) == [0, 4, 2, 6, 1, 5, 3, 7]
     order = ft.submission_order(asha, 6, seed=0)
-    assert sorted(order) == list(range(6)) and order != list(range(6))
-    assert ft.submission_order(asha, 6, seed=0) == order
-    asha.seed = 1
-    assert ft.submission_order(asha, 6, seed=0) != order
+    assert order == [0, 4, 2, 1, 5, 3]
+    # every prefix of two or more reaches both halves of the grid
+    assert all(min(order[:k]) < 3 <= max(order[:k]) for k in range(2, 7))
+    assert ft.spread_order(1) == [0] and ft.spread_order(0) == []
+    assert sorted(ft.spread_order(37)) == list(range(37))
 
 
 # --- trial configs ------------------------------------------------------------------------------
@@ -395,3 +398,27 @@ def test_dockerfiles_pass_hadolint(dockerfile):
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_stopped_trials_get_a_summary_from_their_metrics(tmp_path):
+    done, stopped = tmp_path / "trial_000", tmp_path / "trial_001"
+    for d in (done, stopped):
+        d.mkdir()
+    (done / "summary.json").write_text('{"val/acc": 0.9}')
+    (stopped / "metrics.jsonl").write_text(
+        '{"round": 1, "val/acc": 0.4, "comm/bytes_total": 10, "time/round_s": 1.0}\n'
+        '{"round": 2, "val/acc": 0.5, "comm/bytes_total": 20, "time/round_s": 1.0}\n'
+    )
+    row = {"rounds": 2, "max_rounds": 8, "error": None}
+    ft.summarize_unfinished(
+        [
+            {**row, "status": "completed", "run_dir": str(done)},
+            {**row, "status": "stopped", "run_dir": str(stopped)},
+        ]
+    )
+    assert json.loads((done / "summary.json").read_text()) == {"val/acc": 0.9}  # untouched
+    summary = json.loads((stopped / "summary.json").read_text())
+    assert summary["val/acc"] == 0.5 and summary["comm/bytes_total"] == 20
+    assert (summary["status"], summary["rounds"], summary["max_rounds"]) == ("stopped", 2, 8)
+    assert summary["stopped_by"] == "scheduler" and "time/round_s" not in summary
+    assert (stopped / "acc_vs_round.png").stat().st_size > 0

@@ -1,0 +1,48 @@
+"""RunLogger's W&B side: a resumed run (or retried trial) keeps one W&B run."""
+
+from __future__ import annotations
+
+from fedray.logging import RunLogger, wandb_run_id
+
+
+def _cfg(**wandb):
+    return {
+        "name": "t",
+        "logger": {"jsonl": True, "wandb": {"enabled": True, "mode": "offline", **wandb}},
+    }
+
+
+def test_run_id_is_a_function_of_the_run_dir(tmp_path):
+    assert wandb_run_id(tmp_path / "a") == wandb_run_id(tmp_path / "a")
+    assert wandb_run_id(tmp_path / "a") != wandb_run_id(tmp_path / "b")
+
+
+def test_resumed_run_reuses_its_wandb_id_and_supersedes_the_killed_attempt(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    rows = [{"round": 1, "val/acc": 0.5}, {"round": 2, "val/acc": 0.6}]
+    first = RunLogger(tmp_path, _cfg())
+    for row in rows:
+        first.log(row)
+    first.log({"round": 3, "val/acc": 0.7})  # after the last checkpoint: lost with the attempt
+    first_id = first.wandb.id
+    first.close()
+
+    second = RunLogger(tmp_path, _cfg(), resume_rows=rows)
+    assert second.wandb.id == first_id == wandb_run_id(tmp_path)
+    second.log({"round": 3, "val/acc": 0.65})
+    second.close()
+
+    live = list((tmp_path / "wandb").glob("offline-run-*"))
+    old = list((tmp_path / "wandb" / "superseded").glob("offline-run-*"))
+    assert len(live) == 1 and len(old) == 1
+    assert live[0].name.endswith(first_id) and old[0].name.endswith(first_id)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and '"val/acc": 0.65' in lines[-1]
+
+
+def test_an_explicit_id_wins(tmp_path):
+    logger = RunLogger(tmp_path, _cfg(id="my-run-7"))
+    try:
+        assert logger.wandb.id == "my-run-7"
+    finally:
+        logger.close()
