@@ -60,6 +60,10 @@ def _train(cfg: dict[str, Any], root: Path) -> None:
     torch.manual_seed(int(cfg["seed"]))
     model_cfg = {**cfg["model"], "pretrained": None}
     model = build_model(model_cfg, info.num_classes)
+    if pcfg.get("dropout") is not None:  # no weights: the fine-tuned model keeps its own rate
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = float(pcfg["dropout"])
     x = np.asarray(load_images(info.root, "train"))
     y = load_labels(info.root, "train")
     names = [n for n, _ in model.named_parameters()]
@@ -81,7 +85,8 @@ def _train(cfg: dict[str, Any], root: Path) -> None:
         instantiate(pcfg["optimizer"]),
         seed=int(cfg["seed"]),
         augment=augment_pills if pcfg.get("augment", True) else None,
-        cosine=True,
+        schedule=str(pcfg.get("schedule", "cosine")),
+        label_smoothing=float(pcfg.get("label_smoothing", 0.0)),
     )
     metrics, _ = evaluate(
         model,

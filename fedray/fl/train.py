@@ -96,6 +96,30 @@ def augment_pills(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+SCHEDULES = ("constant", "cosine", "onecycle")
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, name: str, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-step learning-rate schedule `name` (one of SCHEDULES) over `steps` steps."""
+    if name == "constant":
+        return None
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
+    if name == "onecycle":
+        peak = [g["lr"] for g in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            peak,
+            total_steps=max(steps, 8),  # tiny runs: no zero-step warm-up phase
+            pct_start=0.25,
+        )
+    from fedray.config import ConfigError
+
+    raise ConfigError(f"schedule={name!r}: choose one of {SCHEDULES}")
+
+
 def train_local(
     model: nn.Module,
     inputs: np.ndarray | torch.Tensor,
@@ -109,14 +133,16 @@ def train_local(
     proximal_mu: float = 0.0,
     augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
     device: str = "cpu",
-    cosine: bool = False,
+    schedule: str = "constant",
+    label_smoothing: float = 0.0,
 ) -> dict[str, float]:
     """Train `trainable` params for `epochs` on (inputs, labels); returns mean loss and count.
 
     `inputs` is uint8 NHWC images, or when `cached > 0` the cached output of the frozen blocks
     model.features[:cached] (only the rest of the network runs). FedProx: `proximal_mu > 0` adds
-    mu/2 * ||w - w_start||^2 over the trainable params. `cosine` decays the learning rate to zero
-    over all steps (centralized and pretraining runs).
+    mu/2 * ||w - w_start||^2 over the trainable params. `schedule`: `constant` (the optimizer's
+    lr), `cosine` (decays to zero over all steps) or `onecycle` (warms up to the optimizer's lr over
+    the first quarter, then anneals: the fast from-scratch recipe of the pretraining stage).
     """
     n = len(labels)
     if n == 0:
@@ -128,10 +154,10 @@ def train_local(
     params = [named[k] for k in trainable]
     optimizer = optimizer_factory(params)
     steps = epochs * -(-n // batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if cosine else None
+    scheduler = make_schedule(optimizer, schedule, steps)
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else None
     y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
     total, seen = 0.0, 0
     for _ in range(epochs):
         order = rng.permutation(n)

@@ -124,3 +124,30 @@ def test_cached_prefix_trains_like_the_full_forward():
         results.append(get_params(model, names))
     for name in results[0]:
         np.testing.assert_allclose(results[0][name], results[1][name], rtol=1e-4, atol=1e-5)
+
+
+def test_lr_schedules():
+    import torch
+
+    from fedray.config import ConfigError
+    from fedray.fl.train import make_schedule
+
+    def lrs(name, steps=8):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
+        sched = make_schedule(opt, name, steps)
+        out = []
+        for _ in range(steps):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            if sched is not None:
+                sched.step()
+        return out
+
+    assert lrs("constant") == [0.2] * 8
+    cos = lrs("cosine")
+    assert cos[0] == 0.2 and all(a > b for a, b in zip(cos, cos[1:], strict=False))
+    one = lrs("onecycle")
+    assert one[0] < 0.02 and max(one) == pytest.approx(0.2) and one[-1] < 0.01
+    assert one.index(max(one)) == 1  # a quarter of 8 steps warms up
+    with pytest.raises(ConfigError, match="onecycle"):
+        make_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), "step", 4)
