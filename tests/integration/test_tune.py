@@ -71,7 +71,13 @@ def test_smoke_sweep_writes_results_and_one_wandb_run_per_trial(make_cfg, tmp_pa
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_failed_trial_is_retried_and_a_sweep_with_errors_resumes(make_cfg, tmp_path):
-    overrides = ("sweep=noniid", "sweep.num_samples=2", "sweep.scheduler.name=none", *FAST)
+    overrides = (
+        "sweep=noniid",
+        "sweep.num_samples=2",
+        "sweep.scheduler.name=none",
+        "logger=wandb",
+        *FAST,
+    )
     cfg = make_cfg(*overrides, run_dir=tmp_path / "first")
     # trial 0 fails once and is retried (max_failures=1); trial 1 fails after round 1, and its
     # retry (from the round-1 checkpoint) fails after round 2: an error that ends the sweep
@@ -87,6 +93,12 @@ def test_failed_trial_is_retried_and_a_sweep_with_errors_resumes(make_cfg, tmp_p
     retried = _trial(first, 0)
     assert retried["attempts"] == 2 and retried["resumed_from_round"] == 1
     assert _rounds(first, 0) == [1, 2]  # round 1 came from the checkpoint, not a re-run
+    # the retry logs to the same W&B run; the failed attempt's offline run is set aside
+    wandb_dir = first / "trials" / "trial_000" / "wandb"
+    live = list(wandb_dir.glob("offline-run-*"))
+    old = list((wandb_dir / "superseded").glob("offline-run-*"))
+    assert len(live) == 1 and len(old) == 1
+    assert live[0].name.split("-")[-2:] == old[0].name.split("-")[-2:]  # same run id
     assert _trial(first, 1)["attempts"] == 2
     assert "InjectedTrialFault" in out["rows"][-1]["error"]
     done = (first / "trials" / "trial_000" / "summary.json").stat().st_mtime_ns
