@@ -178,9 +178,11 @@ def load_images(root: str | Path, split: str, mmap: bool = True) -> np.ndarray:
 
 
 def to_tensor_batch(images: np.ndarray):
-    """uint8 (N, H, W, 3) -> normalised float32 torch tensor (N, 3, H, W)."""
+    """uint8 (N, H, W, 3) -> normalised float32 torch tensor (N, 3, H, W) in channels-last memory
+    order, the layout the models use (oneDNN convolutions run ~1.5x faster in it on CPU)."""
     import torch
 
     from fedray.kernels import normalize
 
-    return torch.from_numpy(normalize(np.asarray(images)))
+    x = torch.from_numpy(normalize(np.asarray(images)))
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x

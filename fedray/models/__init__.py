@@ -40,7 +40,9 @@ def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
         raise ConfigError(f"model.name={name!r} is not a known model; choose one of {MODELS}")
     if cfg.get("pretrained"):
         load_pretrained(model, cfg["pretrained"])
-    return model
+    # channels-last: the same maths, ~1.5x faster SqueezeNet training on CPU at 64-96 px
+    # (bench/channels_last.py); travelled arrays are copied out C-ordered all the same
+    return model.to(memory_format=torch.channels_last)
 
 
 def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
