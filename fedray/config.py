@@ -26,6 +26,10 @@ class FLConfig:
     clients_per_round: int | None = None
     trainable: str = "classifier"  # all | classifier | a regex over parameter names
     cache_features: bool = True  # frozen backbone: clients cache its features once
+    # random | ridge: the head solved in closed form from the clients' feature sums before round 1
+    head_init: str = "random"
+    ridge_lambda: float = 1e-3  # ridge penalty relative to the mean feature energy
+    ridge_scale: float = 10.0  # logit scale of the solved head (ridge scores are in [0, 1])
     quorum: float = 0.5  # fraction of the sampled clients that must report for a round to count
     round_timeout_s: float | None = None
     eval_every: int = 1
@@ -39,7 +43,8 @@ class ClientConfig:
     epochs: int = 1
     batch_size: int = 32
     optimizer: Any = MISSING  # {_target_: torch.optim.SGD, _partial_: true, lr: ...}
-    augment: bool = False
+    augment: bool = False  # random turns and flips of the images (not with cached features)
+    lr_schedule: str = "constant"  # constant | cosine: the client lr across rounds
 
 
 @dataclass

@@ -188,6 +188,7 @@ def _run_federated(
             metrics, cm = server.evaluate()
             per_client = server.per_client_accuracy()
         summary = {f"val/{k}": v for k, v in metrics.items()}
+        summary.update(server.head_init_metrics)
         summary.update({f"client/{c}/val_acc": a for c, a in per_client.items()})
         summary["val/acc_client_min"] = min(per_client.values())
         summary["val/acc_client_max"] = max(per_client.values())
@@ -226,7 +227,16 @@ def _run_centralized(cfg: dict[str, Any], info, run_dir: Path, on_round: OnRound
     from hydra.utils import instantiate
 
     from fedray.data.datasets import load_images
-    from fedray.fl.train import evaluate, extract_features, train_local
+    from fedray.fl.head_init import check_head_init, feature_stats, solve_head
+    from fedray.fl.server import check_augment
+    from fedray.fl.train import (
+        augment_pills,
+        evaluate,
+        extract_features,
+        round_lr_scale,
+        set_params,
+        train_local,
+    )
     from fedray.models import build_model, frozen_prefix, trainable_names
 
     seed = int(cfg["seed"])
@@ -234,6 +244,7 @@ def _run_centralized(cfg: dict[str, Any], info, run_dir: Path, on_round: OnRound
     model = build_model(cfg["model"], info.num_classes)
     trainable = trainable_names(model, cfg["fl"]["trainable"])
     cached = frozen_prefix(model, trainable) if cfg["fl"]["cache_features"] else 0
+    check_augment(cfg, cached)
     x = np.asarray(load_images(info.root, "train"))
     y = load_labels(info.root, "train")
     vx = np.asarray(load_images(info.root, "val"))
@@ -241,6 +252,14 @@ def _run_centralized(cfg: dict[str, Any], info, run_dir: Path, on_round: OnRound
     if cached:
         x = extract_features(model, x, upto=cached)
         vx = extract_features(model, vx, upto=cached)
+    head_init: dict[str, Any] = {}
+    if check_head_init(cfg["fl"], model, trainable, cached) == "ridge":  # same solve, pooled data
+        fl = cfg["fl"]
+        stats = feature_stats(x, y, info.num_classes)
+        set_params(model, solve_head([stats], model, fl["ridge_lambda"], fl["ridge_scale"]))
+        acc = evaluate(model, vx, vy, info.num_classes, cached=cached)[0]["acc"]
+        head_init = {"head_init/val_acc": acc}
+        log.info("head init (ridge) on the pooled data: val/acc %.4f", acc)
     logger = RunLogger(run_dir, cfg)
     client = cfg["client"]
     opt = instantiate(client["optimizer"])
@@ -259,6 +278,8 @@ def _run_centralized(cfg: dict[str, Any], info, run_dir: Path, on_round: OnRound
                 opt,
                 seed=seed * 1000 + r,
                 cached=cached,
+                augment=augment_pills if client.get("augment") and not cached else None,
+                lr_scale=round_lr_scale(str(client.get("lr_schedule", "constant")), r, rounds),
             )
             metrics, cm = evaluate(model, vx, vy, info.num_classes, cached=cached)
             row = {
@@ -281,6 +302,7 @@ def _run_centralized(cfg: dict[str, Any], info, run_dir: Path, on_round: OnRound
                 stats["loss"],
             )
         summary = {f"val/{k}": v for k, v in metrics.items()}
+        summary.update(head_init)
         summary.update(
             {
                 "rounds": rounds,

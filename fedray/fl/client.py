@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from fedray.data.datasets import load_images, load_labels
-from fedray.fl.train import extract_features, set_params, train_local
+from fedray.fl.head_init import feature_stats
+from fedray.fl.train import augment_pills, extract_features, get_params, set_params, train_local
 from fedray.fl.types import ClientResult, Params
 
 
@@ -97,6 +98,10 @@ class ClientActor:
         fault = self._inject_fault(client_id, round_idx)
         x, y = self._shard(client_id, indices)
         set_params(self.model, global_params)
+        if extra.get("task") == "head_stats":  # fl.head_init=ridge: this client's feature sums
+            stats = feature_stats(x, y, int(self.spec["num_classes"]))
+            metrics = {"train/loss": float("nan"), "time/fit_s": time.perf_counter() - t0}
+            return ClientResult(client_id, stats, len(y), metrics)
         client = self.spec["client"]
         stats = train_local(
             self.model,
@@ -109,12 +114,11 @@ class ClientActor:
             seed=client_seed(self.spec["seed"], round_idx, client_id),
             cached=self.cached,
             proximal_mu=float(extra.get("proximal_mu", 0.0)),
+            augment=augment_pills if client.get("augment") and not self.cached else None,
             device=self.device,
+            lr_scale=float(extra.get("lr_scale", 1.0)),
         )
-        state = self.model.state_dict()
-        params = {
-            n: state[n].detach().cpu().numpy().astype(np.float32, copy=True) for n in self.travel
-        }
+        params = get_params(self.model, self.travel)
         if fault == "nan":
             first = next(iter(params))
             params[first][...] = np.nan

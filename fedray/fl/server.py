@@ -18,8 +18,15 @@ from fedray.config import ConfigError
 from fedray.data.datasets import DatasetInfo, load_images, load_labels
 from fedray.fl.checkpoint import load_checkpoint, save_checkpoint
 from fedray.fl.client import make_client_actor
+from fedray.fl.head_init import check_head_init, solve_head
 from fedray.fl.pool import ClientPool, Dropped
-from fedray.fl.train import extract_features, get_params, set_params, travel_names
+from fedray.fl.train import (
+    extract_features,
+    get_params,
+    round_lr_scale,
+    set_params,
+    travel_names,
+)
 from fedray.fl.types import ClientResult, Params, params_nbytes
 from fedray.logging import RunLogger
 from fedray.models import build_model, frozen_prefix, trainable_names
@@ -47,6 +54,15 @@ def sample_clients(num_clients: int, k: int, seed: int, round_idx: int) -> list[
         return list(range(num_clients))
     rng = np.random.default_rng([seed, round_idx, 0x5A])
     return sorted(int(c) for c in rng.choice(num_clients, size=k, replace=False))
+
+
+def check_augment(cfg: dict[str, Any], cached: int) -> None:
+    """client.augment turns and flips images; cached backbone features cannot be augmented."""
+    if cfg["client"].get("augment") and cached:
+        raise ConfigError(
+            "client.augment=true augments images, but fl.cache_features=true trains on the frozen "
+            "backbone's cached features: set client.augment=false or fl.cache_features=false"
+        )
 
 
 def is_finite(params: Params) -> bool:
@@ -80,6 +96,9 @@ class FederatedServer:
         self.travel = travel_names(self.model, self.trainable)
         # frozen leading blocks run once: clients and server cache their output
         self.cached = frozen_prefix(self.model, self.trainable) if self.fl["cache_features"] else 0
+        check_augment(cfg, self.cached)
+        self.head_init = check_head_init(self.fl, self.model, self.trainable, self.cached)
+        self.head_init_metrics: dict[str, Any] = {}
         self.strategy = build_strategy(cfg["strategy"])
         self.params: Params = get_params(self.model, self.travel)
         self.k = clients_per_round(self.fl)
@@ -213,11 +232,17 @@ class FederatedServer:
         extra = self.strategy.client_config()
         row: dict[str, Any] = {}
         try:
+            if self.head_init == "ridge" and self.start_round == 0:
+                self._init_head(pool, shard_refs)
             for r in range(self.start_round, rounds):
                 self.round = r
                 t0 = time.perf_counter()
                 sampled = sample_clients(int(self.fl["num_clients"]), self.k, self.seed, r)
-                good, dropped, bytes_up = self._fit_round(pool, shard_refs, sampled, extra)
+                schedule = str(self.cfg["client"].get("lr_schedule", "constant"))
+                lr_scale = round_lr_scale(schedule, r, rounds)
+                good, dropped, bytes_up = self._fit_round(
+                    pool, shard_refs, sampled, {**extra, "lr_scale": lr_scale}
+                )
                 if self.isolated:
                     self.client_params.update({res.client_id: res.params for res in good})
                     bytes_up = bytes_down = 0
@@ -262,6 +287,41 @@ class FederatedServer:
         finally:
             pool.shutdown()
         return row
+
+    def _init_head(self, pool: ClientPool, shard_refs: dict[int, Any]) -> None:
+        """fl.head_init=ridge: every client's feature sums once, the head solved from them.
+
+        Runs through the pool like a round (faults, timeouts, quorum and byte counts alike);
+        isolated clients each solve from their own sums only.
+        """
+        t0 = time.perf_counter()
+        self.round = -1  # logged as round 0
+        clients = list(range(int(self.fl["num_clients"])))
+        good, dropped, bytes_up = self._fit_round(pool, shard_refs, clients, {"task": "head_stats"})
+        good = sorted(good, key=lambda res: res.client_id)
+        lam, scale = float(self.fl["ridge_lambda"]), float(self.fl["ridge_scale"])
+        if self.isolated:
+            for res in good:
+                head = solve_head([res.params], self.model, lam, scale)
+                self.client_params[res.client_id] = {**self.client_params[res.client_id], **head}
+        else:
+            head = solve_head([res.params for res in good], self.model, lam, scale)
+            self.params = {**self.params, **head}
+        self.bytes_total += bytes_up
+        metrics = self.round_metrics()
+        self.head_init_metrics = {
+            "head_init/val_acc": metrics["acc"],
+            "head_init/clients": len(good),
+            "head_init/bytes_up": bytes_up,
+            "head_init/time_s": time.perf_counter() - t0,
+        }
+        log.info(
+            "head init (ridge) from %d clients' feature sums: val/acc %.4f, %s up, %.1fs",
+            len(good),
+            metrics["acc"],
+            _human_bytes(bytes_up),
+            self.head_init_metrics["head_init/time_s"],
+        )
 
     def round_metrics(self) -> dict[str, Any]:
         """Val metrics of the global model; isolated: the mean over the clients' own models."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +35,9 @@ def travel_names(model: nn.Module, trainable: list[str]) -> list[str]:
 def get_params(model: nn.Module, names: list[str]) -> Params:
     """Copy the named state entries out as float32 NumPy arrays (what travels)."""
     state = model.state_dict()
-    return {n: state[n].detach().cpu().numpy().astype(np.float32, copy=True) for n in names}
+    return {
+        n: state[n].detach().cpu().numpy().astype(np.float32, order="C", copy=True) for n in names
+    }
 
 
 def set_params(model: nn.Module, params: Params) -> None:
@@ -97,6 +100,23 @@ def augment_pills(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 SCHEDULES = ("constant", "cosine", "onecycle")
+ROUND_SCHEDULES = ("constant", "cosine")
+
+
+def round_lr_scale(name: str, round_idx: int, rounds: int) -> float:
+    """Factor on the client learning rate in round `round_idx` (0-based) of `rounds`.
+
+    `cosine` anneals it from 1 towards 0 across the rounds (never exactly 0: the last round still
+    trains), the server-side decay FedAvg needs to settle on non-IID clients instead of hopping
+    between their local optima; `constant` keeps the optimizer's lr every round.
+    """
+    if name == "constant":
+        return 1.0
+    if name == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * round_idx / max(rounds, 1)))
+    from fedray.config import ConfigError
+
+    raise ConfigError(f"client.lr_schedule={name!r}: choose one of {ROUND_SCHEDULES}")
 
 
 def make_schedule(
@@ -135,6 +155,7 @@ def train_local(
     device: str = "cpu",
     schedule: str = "constant",
     label_smoothing: float = 0.0,
+    lr_scale: float = 1.0,
 ) -> dict[str, float]:
     """Train `trainable` params for `epochs` on (inputs, labels); returns mean loss and count.
 
@@ -143,6 +164,7 @@ def train_local(
     mu/2 * ||w - w_start||^2 over the trainable params. `schedule`: `constant` (the optimizer's
     lr), `cosine` (decays to zero over all steps) or `onecycle` (warms up to the optimizer's lr over
     the first quarter, then anneals: the fast from-scratch recipe of the pretraining stage).
+    `lr_scale` multiplies the optimizer's lr (the round's factor, `round_lr_scale`).
     """
     n = len(labels)
     if n == 0:
@@ -153,6 +175,8 @@ def train_local(
     named = dict(model.named_parameters())
     params = [named[k] for k in trainable]
     optimizer = optimizer_factory(params)
+    for group in optimizer.param_groups:
+        group["lr"] *= float(lr_scale)
     steps = epochs * -(-n // batch_size)
     scheduler = make_schedule(optimizer, schedule, steps)
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else None

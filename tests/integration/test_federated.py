@@ -142,3 +142,17 @@ def test_a_thousand_clients_share_a_small_pool(make_cfg, tmp_path):
     run(cfg)
     rows = _rows(tmp_path / "run")
     assert [(r["clients"], r["actors"], r["clients/dropped"]) for r in rows] == [(10, 2, 0)] * 2
+
+
+def test_ridge_head_init_is_the_centralized_solve_under_label_skew(make_cfg, tmp_path):
+    common = (*LEARNABLE, "fl.trainable=classifier", "fl.head_init=ridge", "fl.rounds=1",
+              "partition=pathological", "partition.classes_per_client=2")
+    fed = run(make_cfg(*common, run_dir=tmp_path / "fed"))
+    cen = run(make_cfg(*common, "stage=centralized", run_dir=tmp_path / "cen"))
+    iso = run(make_cfg(*common, "stage=isolated", run_dir=tmp_path / "iso"))
+    # each client sent its feature sums once; their total solves exactly the pooled-data head
+    assert fed["head_init/clients"] == 2 and fed["head_init/bytes_up"] > 0
+    assert fed["head_init/val_acc"] == pytest.approx(cen["head_init/val_acc"], abs=1e-9)
+    assert _rows(tmp_path / "fed")[0]["comm/bytes_total"] > fed["head_init/bytes_up"]
+    # an isolated client solves from its own 2 classes only
+    assert iso["head_init/val_acc"] <= 0.5 + 1e-9 < fed["head_init/val_acc"]

@@ -151,3 +151,43 @@ def test_lr_schedules():
     assert one.index(max(one)) == 1  # a quarter of 8 steps warms up
     with pytest.raises(ConfigError, match="onecycle"):
         make_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), "step", 4)
+
+
+def test_round_lr_scale_and_lr_scale_in_local_training():
+    from fedray.fl.train import round_lr_scale
+
+    assert [round_lr_scale("constant", r, 4) for r in range(4)] == [1.0] * 4
+    cos = [round_lr_scale("cosine", r, 4) for r in range(4)]
+    assert cos[0] == 1.0 and cos[2] == pytest.approx(0.5) and 0 < cos[3] < 0.2
+    with pytest.raises(ConfigError, match="client.lr_schedule='step'"):
+        round_lr_scale("step", 0, 4)
+    # lr_scale=0 leaves the weights where they were; 1 moves them
+    x = np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3), dtype=np.uint8)
+    y = np.arange(8) % 2
+    for scale, moves in ((0.0, False), (1.0, True)):
+        torch.manual_seed(0)
+        model = TinyCNN(2, width=4)
+        names = trainable_names(model, "classifier")
+        before = get_params(model, names)
+        sgd = lambda p: torch.optim.SGD(p, lr=0.5)  # noqa: E731
+        train_local(model, x, y, names, 1, 4, sgd, seed=0, lr_scale=scale)
+        after = get_params(model, names)
+        assert any(not np.array_equal(before[k], after[k]) for k in names) == moves
+
+
+def test_augment_with_cached_features_is_a_clear_error():
+    from fedray.fl.server import check_augment
+
+    cfg = {"client": {"augment": True}}
+    with pytest.raises(ConfigError, match="client.augment=true .* fl.cache_features"):
+        check_augment(cfg, cached=3)
+    check_augment(cfg, cached=0)  # images: fine
+    check_augment({"client": {"augment": False}}, cached=3)
+
+
+def test_travelled_arrays_are_c_ordered_from_a_channels_last_model():
+    from fedray.models import build_model
+
+    model = build_model({"name": "tiny_cnn"}, 3)
+    params = get_params(model, [n for n, _ in model.named_parameters()])
+    assert all(v.flags.c_contiguous for v in params.values())
