@@ -58,7 +58,8 @@ def _train(cfg: dict[str, Any], root: Path) -> None:
     pcfg = cfg["pretrain"]
     info = build_dataset(public_data_cfg(cfg), int(cfg["seed"]))
     torch.manual_seed(int(cfg["seed"]))
-    model_cfg = {**cfg["model"], "pretrained": None}
+    # augmentation turns the images already; turn-averaging is for the private model only
+    model_cfg = {**cfg["model"], "pretrained": None, "turns": 1}
     model = build_model(model_cfg, info.num_classes)
     if pcfg.get("dropout") is not None:  # no weights: the fine-tuned model keeps its own rate
         for module in model.modules():
@@ -109,7 +110,7 @@ def pretrained_weights(cfg: dict[str, Any]) -> Path:
     """Path to public-pill weights for cfg's model, training them first if not cached."""
     key = {
         "data": {k: v for k, v in public_data_cfg(cfg).items() if k != "cache_dir"},
-        "model": {k: v for k, v in cfg["model"].items() if k != "pretrained"},
+        "model": {k: v for k, v in cfg["model"].items() if k not in ("pretrained", "turns")},
         "pretrain": {k: v for k, v in cfg["pretrain"].items() if k != "data"},
         "seed": int(cfg["seed"]),
     }

@@ -12,6 +12,7 @@ from torch import nn
 
 from fedray.data.datasets import to_tensor_batch
 from fedray.fl.types import Params
+from fedray.models.turns import turn_mean
 
 
 def travel_names(model: nn.Module, trainable: list[str]) -> list[str]:
@@ -77,11 +78,21 @@ def extract_features(
 ) -> torch.Tensor:
     """Output of model.features[:upto] (all of it by default) for uint8 NHWC images, in eval
     mode: those blocks are frozen, so this is computed once and cached."""
-    blocks = model.features if upto is None else model.features[:upto]
+    whole = upto is None or upto >= len(model.features)
+    turns = int(getattr(model, "turns", 1))
+    if turns > 1 and not whole:
+        from fedray.config import ConfigError
+
+        raise ConfigError(
+            f"model.turns={turns} averages the whole backbone's output over image turns, but "
+            f"only its first {upto} blocks are frozen (fl.trainable): use model.turns=1, or train "
+            "only the classifier"
+        )
+    blocks = model.features if whole else model.features[:upto]
     was_training = model.training
     model.eval()
     out = [
-        blocks(to_tensor_batch(images[i : i + batch_size]).to(device)).cpu()
+        turn_mean(blocks, to_tensor_batch(images[i : i + batch_size]).to(device), turns).cpu()
         for i in range(0, len(images), batch_size)
     ]
     model.train(was_training)

@@ -13,6 +13,7 @@ from torch import nn
 from fedray.config import ConfigError
 from fedray.models.squeezenet import build_squeezenet
 from fedray.models.tiny_cnn import TinyCNN
+from fedray.models.turns import check_turns
 
 MODELS = ("squeezenet", "tiny_cnn")
 __all__ = [
@@ -38,6 +39,14 @@ def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
         model = TinyCNN(num_classes, width=int(cfg.get("width", 16)))
     else:
         raise ConfigError(f"model.name={name!r} is not a known model; choose one of {MODELS}")
+    turns = check_turns(cfg.get("turns", 1))
+    if turns > 1:
+        if not hasattr(model, "turns"):
+            raise ConfigError(
+                f"model.turns={turns} needs fedray's own backbone; model.batch_norm=false is "
+                "torchvision's SqueezeNet: use model.turns=1"
+            )
+        model.turns = turns
     if cfg.get("pretrained"):
         load_pretrained(model, cfg["pretrained"])
     # channels-last: the same maths, ~1.5x faster SqueezeNet training on CPU at 64-96 px

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torchvision.models import squeezenet1_0, squeezenet1_1
 
+from fedray.models.turns import turn_mean
+
 
 class Fire(nn.Module):
     """Squeeze 1x1 -> expand 1x1 + 3x3 (concatenated), each conv followed by BN + ReLU."""
@@ -38,6 +40,7 @@ class SqueezeNetBN(nn.Module):
 
     def __init__(self, num_classes: int, dropout: float = 0.5) -> None:
         super().__init__()
+        self.turns = 1  # quarter-turn averaging of the backbone (model.turns, fedray.models.turns)
         pool = nn.MaxPool2d(3, 2, ceil_mode=True)
         self.features = nn.Sequential(
             nn.Conv2d(3, 64, 3, stride=2), nn.BatchNorm2d(64), nn.ReLU(inplace=True), pool,
@@ -56,7 +59,7 @@ class SqueezeNetBN(nn.Module):
         nn.init.normal_(self.classifier[1].weight, 0, 0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.classifier(self.features(x)), 1)
+        return torch.flatten(self.classifier(turn_mean(self.features, x, self.turns)), 1)
 
 
 def build_squeezenet(num_classes: int, version: str = "1_1", batch_norm: bool = True) -> nn.Module:

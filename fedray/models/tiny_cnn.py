@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fedray.models.turns import turn_mean
+
 
 class TinyCNN(nn.Module):
     """Three conv blocks and a 1x1-conv classifier head."""
 
     def __init__(self, num_classes: int, width: int = 16) -> None:
         super().__init__()
+        self.turns = 1  # quarter-turn averaging of the backbone (model.turns, fedray.models.turns)
         w = width
 
         def block(cin: int, cout: int) -> list[nn.Module]:
@@ -27,4 +30,4 @@ class TinyCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        return self.classifier(turn_mean(self.features, x, self.turns))
