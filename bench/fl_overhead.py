@@ -4,6 +4,7 @@
     python bench/fl_overhead.py --only tiny --repeats 1
 
 Scenario `full`: 5 clients, SqueezeNet with every layer trained, 3 rounds x 1 local epoch.
+Scenario `full_half_cpu`: the same with 0.5 CPU per actor (two single-thread actors per core).
 Scenario `tiny`: 100 clients, 10 sampled per round, a tiny CNN, 30 rounds.
 Scenario `cached`: classifier-only FL (frozen, public-pretrained backbone) with and without cached
 features: per-round seconds and final accuracy.
@@ -12,6 +13,9 @@ features: per-round seconds and final accuracy.
 state dicts with no Ray, no logging, no checkpoints. (b) is `fedray.run.run` with everything on
 (metrics.jsonl, checkpoints, evaluation each round). Printed: median seconds of the round loop and
 of the whole run (Ray start and actor spawn included), and (b)/(a).
+
+fedray runs with the default `ray.client_cpus=1` (one single-thread actor per core), not the smoke
+experiment's 0.5: `full_half_cpu` shows what oversubscribing the cores costs.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SCENARIOS = {
     "full": [
+        "ray.client_cpus=1",
         "model=squeezenet",
         "fl.trainable=all",
         "fl.num_clients=5",
@@ -46,6 +51,7 @@ SCENARIOS = {
         "client.batch_size=32",
     ],
     "tiny": [
+        "ray.client_cpus=1",
         "model=tiny_cnn",
         "model.width=8",
         "fl.trainable=all",
@@ -61,6 +67,9 @@ SCENARIOS = {
         "client.batch_size=16",
     ],
 }
+
+
+SCENARIOS["full_half_cpu"] = [*SCENARIOS["full"], "ray.client_cpus=0.5"]
 
 
 def compose(overrides: list[str], cache: str, run_dir: str) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from fedray.config import ConfigError
 from fedray.data.datasets import cached_build, load_images, load_labels
 from fedray.data.sources import build_dataset, cache_dir_for
+from fedray.models.views import VIEW_KEYS
 
 log = logging.getLogger("fedray")
 WEIGHTS = "model.pt"
@@ -58,8 +60,8 @@ def _train(cfg: dict[str, Any], root: Path) -> None:
     pcfg = cfg["pretrain"]
     info = build_dataset(public_data_cfg(cfg), int(cfg["seed"]))
     torch.manual_seed(int(cfg["seed"]))
-    # augmentation turns the images already; turn-averaging is for the private model only
-    model_cfg = {**cfg["model"], "pretrained": None, "turns": 1}
+    # augmentation turns the images already; turned and zoomed views are for the private model
+    model_cfg = {**cfg["model"], "pretrained": None, "turns": 1, "zooms": None}
     model = build_model(model_cfg, info.num_classes)
     if pcfg.get("dropout") is not None:  # no weights: the fine-tuned model keeps its own rate
         for module in model.modules():
@@ -75,6 +77,9 @@ def _train(cfg: dict[str, Any], root: Path) -> None:
         len(y),
         pcfg["epochs"],
     )
+    augment = None
+    if pcfg.get("augment", True):
+        augment = partial(augment_pills, max_zoom=float(pcfg.get("max_zoom") or 1.0))
     t0 = time.perf_counter()
     stats = train_local(
         model,
@@ -85,7 +90,7 @@ def _train(cfg: dict[str, Any], root: Path) -> None:
         int(pcfg["batch_size"]),
         instantiate(pcfg["optimizer"]),
         seed=int(cfg["seed"]),
-        augment=augment_pills if pcfg.get("augment", True) else None,
+        augment=augment,
         schedule=str(pcfg.get("schedule", "cosine")),
         label_smoothing=float(pcfg.get("label_smoothing", 0.0)),
     )
@@ -110,7 +115,7 @@ def pretrained_weights(cfg: dict[str, Any]) -> Path:
     """Path to public-pill weights for cfg's model, training them first if not cached."""
     key = {
         "data": {k: v for k, v in public_data_cfg(cfg).items() if k != "cache_dir"},
-        "model": {k: v for k, v in cfg["model"].items() if k not in ("pretrained", "turns")},
+        "model": {k: v for k, v in cfg["model"].items() if k not in ("pretrained", *VIEW_KEYS)},
         "pretrain": {k: v for k, v in cfg["pretrain"].items() if k != "data"},
         "seed": int(cfg["seed"]),
     }

@@ -6,6 +6,7 @@ indices); the actor loads those images itself, trains, and returns only paramete
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import OrderedDict
@@ -18,6 +19,8 @@ from fedray.data.datasets import load_images, load_labels
 from fedray.fl.head_init import feature_stats
 from fedray.fl.train import augment_pills, extract_features, get_params, set_params, train_local
 from fedray.fl.types import ClientResult, Params
+
+log = logging.getLogger("fedray")
 
 
 def client_seed(seed: int, round_idx: int, client_id: int) -> int:
@@ -42,6 +45,7 @@ class ClientActor:
         self.model = build_model(spec["model"], spec["num_classes"])
         set_params(self.model, spec["init_state"])  # frozen layers identical to the server's
         self.model.to(self.device)
+        self.state = self.model.state_dict()  # aliases the model's tensors; saves a walk per fit
         self.trainable: list[str] = spec["trainable"]
         self.travel: list[str] = spec["travel"]
         self.cached = int(spec["cached"])  # output of features[:cached] is cached per shard
@@ -50,15 +54,52 @@ class ClientActor:
         self.shards: OrderedDict[int, tuple[Any, np.ndarray]] = OrderedDict()
         self.max_shards = int(spec.get("shard_cache", 8))
         self.images = None
+        self._warm_up()
+
+    def _load_dataset(self) -> None:
+        if self.images is None:
+            root = self.spec["dataset_root"]
+            self.images = load_images(root, "train")
+            self.labels = load_labels(root, "train")
+
+    def _warm_up(self) -> None:
+        """One training step on a blank batch of the real shape, the model's state restored after.
+
+        A fresh process pays once for lazy set-up: the dataset's memory map, oneDNN kernels for
+        every conv shape, the optimizer's first step. Paying it while the pool starts lets round 1
+        cost what every later round costs. An error here is left for the real fit to report.
+        """
+        try:
+            self._load_dataset()
+            client = self.spec["client"]
+            bs = min(int(client["batch_size"]), len(self.labels))
+            if bs == 0:
+                return
+            state = {k: v.clone() for k, v in self.model.state_dict().items()}
+            x: Any = np.zeros((bs, *self.images.shape[1:]), dtype=self.images.dtype)
+            if self.cached:
+                x = extract_features(self.model, x, upto=self.cached, device=self.device)
+            train_local(
+                self.model,
+                x,
+                np.zeros(bs, dtype=np.int64),
+                self.trainable,
+                epochs=1,
+                batch_size=bs,
+                optimizer_factory=self.optimizer_factory,
+                seed=0,
+                cached=self.cached,
+                device=self.device,
+            )
+            self.model.load_state_dict(state)
+        except Exception as exc:  # noqa: BLE001 - an optimisation only; fit() reports real errors
+            log.debug("client actor warm-up skipped: %s", exc)
 
     def _shard(self, client_id: int, indices: np.ndarray) -> tuple[Any, np.ndarray]:
         if client_id in self.shards:
             self.shards.move_to_end(client_id)
             return self.shards[client_id]
-        root = self.spec["dataset_root"]
-        if self.images is None:
-            self.images = load_images(root, "train")
-            self.labels = load_labels(root, "train")
+        self._load_dataset()
         idx = np.sort(np.asarray(indices))
         x = np.asarray(self.images[idx])
         y = self.labels[idx]
@@ -95,9 +136,11 @@ class ClientActor:
     ) -> ClientResult:
         """Train on this client's shard starting from `global_params`; return the new params."""
         t0 = time.perf_counter()
+        if self.device == "cpu":  # the pool gives a round's last, partial wave more threads
+            torch.set_num_threads(max(1, int(extra.get("num_threads", self.threads))))
         fault = self._inject_fault(client_id, round_idx)
         x, y = self._shard(client_id, indices)
-        set_params(self.model, global_params)
+        set_params(self.model, global_params, self.state)
         if extra.get("task") == "head_stats":  # fl.head_init=ridge: this client's feature sums
             stats = feature_stats(x, y, int(self.spec["num_classes"]))
             metrics = {"train/loss": float("nan"), "time/fit_s": time.perf_counter() - t0}
@@ -118,7 +161,7 @@ class ClientActor:
             device=self.device,
             lr_scale=float(extra.get("lr_scale", 1.0)),
         )
-        params = get_params(self.model, self.travel)
+        params = get_params(self.model, self.travel, self.state)
         if fault == "nan":
             first = next(iter(params))
             params[first][...] = np.nan

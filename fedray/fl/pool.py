@@ -22,14 +22,36 @@ class Dropped:
     reason: str
 
 
+def wave_threads(num_clients: int, size: int, actor_cpus: float) -> list[int]:
+    """Torch threads for each of a round's clients, dealt round-robin over `size` actors.
+
+    Clients go out in waves of `size`. A last, partial wave of r clients runs while the other
+    actors sit idle, so each of its clients gets the pool's CPUs split r ways instead of one
+    actor's share: 5 clients on 4 single-thread actors no longer end with one thread working
+    while the other cores wait.
+    """
+    base = max(1, round(actor_cpus))
+    full, r = divmod(num_clients, size)
+    last = max(base, int(size * actor_cpus // r)) if r else base
+    return [base if j < full * size else last for j in range(num_clients)]
+
+
 class ClientPool:
     """`size` actors serve any number of virtual clients; a failed actor is replaced."""
 
-    def __init__(self, actor_cls: Any, spec_ref: Any, size: int) -> None:
+    def __init__(
+        self, actor_cls: Any, spec_ref: Any, size: int, actor_cpus: float = 1.0, wait: bool = True
+    ) -> None:
         self.actor_cls = actor_cls
         self.spec_ref = spec_ref
+        self.actor_cpus = float(actor_cpus)
         self.actors = [actor_cls.remote(spec_ref) for _ in range(size)]
-        # actors start (imports, model build) in parallel; wait so round 1 times training only
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Block until every actor has started (imports, model build, warm-up run in parallel),
+        so round 1 times training only."""
         ray.get([a.ping.remote() for a in self.actors])
 
     def __len__(self) -> int:
@@ -57,10 +79,12 @@ class ClientPool:
         params (isolated training).
         """
         futures: dict[Any, tuple[int, int]] = {}
+        threads = wave_threads(len(clients), len(self.actors), self.actor_cpus)
         for j, cid in enumerate(clients):
             a = j % len(self.actors)
             start = params_ref[cid] if isinstance(params_ref, dict) else params_ref
-            fut = self.actors[a].fit.remote(cid, shard_refs[cid], start, round_idx, extra)
+            job = {**extra, "num_threads": threads[j]}
+            fut = self.actors[a].fit.remote(cid, shard_refs[cid], start, round_idx, job)
             futures[fut] = (cid, a)
         ready, pending = ray.wait(list(futures), num_returns=len(futures), timeout=timeout_s)
         results: list[ClientResult] = []

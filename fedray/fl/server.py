@@ -153,7 +153,23 @@ class FederatedServer:
             self.fl["num_clients"],
             self.k,
         )
-        return ClientPool(actor_cls, ray.put(spec), size)
+        return ClientPool(actor_cls, ray.put(spec), size, float(ray_cfg["client_cpus"]), wait=False)
+
+    def _warm_up(self) -> None:
+        """One evaluation batch through the server's model while the actors start: a fresh
+        process's first evaluation (importing torchmetrics, oneDNN kernels for every conv shape)
+        costs seconds that round 1 would otherwise pay."""
+        n = min(len(self.val_y), 256)  # evaluate()'s batch
+        if n:
+            from fedray.fl.train import evaluate
+
+            evaluate(
+                self.model,
+                self.val_x[:n],
+                self.val_y[:n],
+                self.info.num_classes,
+                cached=self.cached,
+            )
 
     def evaluate(self, params: Params | None = None) -> tuple[dict[str, Any], np.ndarray]:
         """The global model (or `params`) on the held-out split: metrics and confusion matrix."""
@@ -232,6 +248,8 @@ class FederatedServer:
         extra = self.strategy.client_config()
         row: dict[str, Any] = {}
         try:
+            self._warm_up()  # while the actors start
+            pool.wait_ready()
             if self.head_init == "ridge" and self.start_round == 0:
                 self._init_head(pool, shard_refs)
             for r in range(self.start_round, rounds):

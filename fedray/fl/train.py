@@ -12,7 +12,7 @@ from torch import nn
 
 from fedray.data.datasets import to_tensor_batch
 from fedray.fl.types import Params
-from fedray.models.turns import turn_mean
+from fedray.models.views import centre_box, has_views, view_features
 
 
 def travel_names(model: nn.Module, trainable: list[str]) -> list[str]:
@@ -33,17 +33,24 @@ def travel_names(model: nn.Module, trainable: list[str]) -> list[str]:
     return sorted(set(names), key=order.__getitem__)
 
 
-def get_params(model: nn.Module, names: list[str]) -> Params:
-    """Copy the named state entries out as float32 NumPy arrays (what travels)."""
-    state = model.state_dict()
+def get_params(
+    model: nn.Module, names: list[str], state: dict[str, torch.Tensor] | None = None
+) -> Params:
+    """Copy the named state entries out as float32 NumPy arrays (what travels).
+
+    `state`: the model's state_dict() if the caller keeps it (its tensors alias the model's).
+    """
+    state = model.state_dict() if state is None else state
     return {
         n: state[n].detach().cpu().numpy().astype(np.float32, order="C", copy=True) for n in names
     }
 
 
-def set_params(model: nn.Module, params: Params) -> None:
-    """Load travelled arrays into the model in place."""
-    state = model.state_dict()
+def set_params(
+    model: nn.Module, params: Params, state: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Load travelled arrays into the model in place (`state`: as in get_params)."""
+    state = model.state_dict() if state is None else state
     with torch.no_grad():
         for n, v in params.items():
             state[n].copy_(torch.from_numpy(np.require(v, requirements="W")))
@@ -79,35 +86,58 @@ def extract_features(
     """Output of model.features[:upto] (all of it by default) for uint8 NHWC images, in eval
     mode: those blocks are frozen, so this is computed once and cached."""
     whole = upto is None or upto >= len(model.features)
-    turns = int(getattr(model, "turns", 1))
-    if turns > 1 and not whole:
+    if has_views(model) and not whole:
         from fedray.config import ConfigError
 
         raise ConfigError(
-            f"model.turns={turns} averages the whole backbone's output over image turns, but "
-            f"only its first {upto} blocks are frozen (fl.trainable): use model.turns=1, or train "
-            "only the classifier"
+            f"model.turns={model.turns} / model.zooms={list(model.zooms)} run the whole backbone "
+            f"on turned and zoomed views of the photo, but only its first {upto} blocks are "
+            "frozen (fl.trainable): use model.turns=1 and model.zooms=[1.0], or train only the "
+            "classifier"
         )
     blocks = model.features if whole else model.features[:upto]
+    turns, zooms = int(getattr(model, "turns", 1)), tuple(getattr(model, "zooms", (1.0,)))
     was_training = model.training
     model.eval()
     out = [
-        turn_mean(blocks, to_tensor_batch(images[i : i + batch_size]).to(device), turns).cpu()
+        view_features(
+            blocks, to_tensor_batch(images[i : i + batch_size]).to(device), turns, zooms
+        ).cpu()
         for i in range(0, len(images), batch_size)
     ]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
 
-def augment_pills(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Pills have no canonical orientation: random 90-degree turns and flips, per image."""
+def augment_pills(batch: np.ndarray, rng: np.random.Generator, max_zoom: float = 1.0) -> np.ndarray:
+    """Pills have no canonical orientation: random 90-degree turns and flips, per image.
+
+    `max_zoom > 1` also enlarges the centre of half the images by a factor drawn from
+    [1, max_zoom] (the pill photographed closer), so the backbone learns the enlarged, softer
+    pills that `model.zooms` shows it.
+    """
     out = np.empty_like(batch)
     turns = rng.integers(0, 4, len(batch))
     flips = rng.integers(0, 2, len(batch))
+    zooms = None
+    if max_zoom > 1.0:
+        zooms = np.where(rng.random(len(batch)) < 0.5, rng.uniform(1.0, max_zoom, len(batch)), 1.0)
     for i, img in enumerate(batch):
+        if zooms is not None and zooms[i] > 1.0:
+            img = _zoom_centre(img, float(zooms[i]))
         img = np.rot90(img, turns[i])
         out[i] = img[:, ::-1] if flips[i] else img
     return out
+
+
+def _zoom_centre(img: np.ndarray, zoom: float) -> np.ndarray:
+    """The centre 1/zoom of an HWC image, resized (bilinear) back to its size."""
+    import cv2
+
+    h, w = img.shape[:2]
+    rows, cols = centre_box(h, w, zoom)
+    crop = np.ascontiguousarray(img[rows, cols])
+    return cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR).reshape(img.shape)
 
 
 SCHEDULES = ("constant", "cosine", "onecycle")

@@ -13,7 +13,7 @@ from torch import nn
 from fedray.config import ConfigError
 from fedray.models.squeezenet import build_squeezenet
 from fedray.models.tiny_cnn import TinyCNN
-from fedray.models.turns import check_turns
+from fedray.models.views import check_turns, check_zooms
 
 MODELS = ("squeezenet", "tiny_cnn")
 __all__ = [
@@ -29,23 +29,24 @@ __all__ = [
 def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
     """Build the model `cfg` names with a `num_classes`-way head; load `pretrained` if given."""
     name = cfg.get("name")
+    turns = check_turns(cfg.get("turns", 1))
+    zooms = check_zooms(cfg.get("zooms"))
     if name == "squeezenet":
+        batch_norm = bool(cfg.get("batch_norm", True))
+        if not batch_norm and (turns > 1 or zooms != (1.0,)):
+            raise ConfigError(
+                f"model.turns={turns} / model.zooms={list(zooms)} need fedray's own backbone; "
+                "model.batch_norm=false is torchvision's SqueezeNet: use model.turns=1 and "
+                "model.zooms=[1.0]"
+            )
         model = build_squeezenet(
-            num_classes,
-            version=str(cfg.get("version", "1_1")),
-            batch_norm=bool(cfg.get("batch_norm", True)),
+            num_classes, version=str(cfg.get("version", "1_1")), batch_norm=batch_norm, zooms=zooms
         )
     elif name == "tiny_cnn":
-        model = TinyCNN(num_classes, width=int(cfg.get("width", 16)))
+        model = TinyCNN(num_classes, width=int(cfg.get("width", 16)), zooms=zooms)
     else:
         raise ConfigError(f"model.name={name!r} is not a known model; choose one of {MODELS}")
-    turns = check_turns(cfg.get("turns", 1))
     if turns > 1:
-        if not hasattr(model, "turns"):
-            raise ConfigError(
-                f"model.turns={turns} needs fedray's own backbone; model.batch_norm=false is "
-                "torchvision's SqueezeNet: use model.turns=1"
-            )
         model.turns = turns
     if cfg.get("pretrained"):
         load_pretrained(model, cfg["pretrained"])

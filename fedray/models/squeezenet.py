@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torchvision.models import squeezenet1_0, squeezenet1_1
 
-from fedray.models.turns import turn_mean
+from fedray.models.dropout import Dropout
+from fedray.models.views import view_features
 
 
 class Fire(nn.Module):
@@ -38,9 +39,10 @@ class Fire(nn.Module):
 class SqueezeNetBN(nn.Module):
     """SqueezeNet 1.1 topology with BatchNorm; `.features` backbone, `.classifier` head."""
 
-    def __init__(self, num_classes: int, dropout: float = 0.5) -> None:
+    def __init__(self, num_classes: int, dropout: float = 0.5, zooms: tuple = (1.0,)) -> None:
         super().__init__()
-        self.turns = 1  # quarter-turn averaging of the backbone (model.turns, fedray.models.turns)
+        self.turns = 1  # quarter-turn averaging of the backbone (model.turns, fedray.models.views)
+        self.zooms = tuple(zooms)  # centre zooms stacked on channels (model.zooms)
         pool = nn.MaxPool2d(3, 2, ceil_mode=True)
         self.features = nn.Sequential(
             nn.Conv2d(3, 64, 3, stride=2), nn.BatchNorm2d(64), nn.ReLU(inplace=True), pool,
@@ -50,7 +52,9 @@ class SqueezeNetBN(nn.Module):
             Fire(384, 64, 256, 256), Fire(512, 64, 256, 256),
         )  # fmt: skip
         self.classifier = nn.Sequential(
-            nn.Dropout(dropout), nn.Conv2d(512, num_classes, 1), nn.AdaptiveAvgPool2d(1)
+            Dropout(dropout),
+            nn.Conv2d(512 * len(self.zooms), num_classes, 1),
+            nn.AdaptiveAvgPool2d(1),
         )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -59,10 +63,13 @@ class SqueezeNetBN(nn.Module):
         nn.init.normal_(self.classifier[1].weight, 0, 0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.classifier(turn_mean(self.features, x, self.turns)), 1)
+        feats = view_features(self.features, x, self.turns, self.zooms)
+        return torch.flatten(self.classifier(feats), 1)
 
 
-def build_squeezenet(num_classes: int, version: str = "1_1", batch_norm: bool = True) -> nn.Module:
+def build_squeezenet(
+    num_classes: int, version: str = "1_1", batch_norm: bool = True, zooms: tuple = (1.0,)
+) -> nn.Module:
     """SqueezeNet, randomly initialised (nothing is downloaded)."""
     if batch_norm:
         if version != "1_1":
@@ -71,7 +78,7 @@ def build_squeezenet(num_classes: int, version: str = "1_1", batch_norm: bool = 
             raise ConfigError(
                 "model.batch_norm=true is the SqueezeNet 1.1 layout: model.version=1_1"
             )
-        return SqueezeNetBN(num_classes)
+        return SqueezeNetBN(num_classes, zooms=zooms)
     factory = {"1_0": squeezenet1_0, "1_1": squeezenet1_1}.get(version)
     if factory is None:
         from fedray.config import ConfigError

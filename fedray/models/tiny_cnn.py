@@ -5,15 +5,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedray.models.turns import turn_mean
+from fedray.models.dropout import Dropout
+from fedray.models.views import view_features
 
 
 class TinyCNN(nn.Module):
     """Three conv blocks and a 1x1-conv classifier head."""
 
-    def __init__(self, num_classes: int, width: int = 16) -> None:
+    def __init__(self, num_classes: int, width: int = 16, zooms: tuple = (1.0,)) -> None:
         super().__init__()
-        self.turns = 1  # quarter-turn averaging of the backbone (model.turns, fedray.models.turns)
+        self.turns = 1  # quarter-turn averaging of the backbone (model.turns, fedray.models.views)
+        self.zooms = tuple(zooms)  # centre zooms stacked on channels (model.zooms)
         w = width
 
         def block(cin: int, cout: int) -> list[nn.Module]:
@@ -26,8 +28,11 @@ class TinyCNN(nn.Module):
 
         self.features = nn.Sequential(*block(3, w), *block(w, 2 * w), *block(2 * w, 4 * w))
         self.classifier = nn.Sequential(
-            nn.Dropout(0.2), nn.Conv2d(4 * w, num_classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+            Dropout(0.2),
+            nn.Conv2d(4 * w * len(self.zooms), num_classes, 1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(turn_mean(self.features, x, self.turns))
+        return self.classifier(view_features(self.features, x, self.turns, self.zooms))

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from fedray.config import ConfigError
-from fedray.fl.client import client_seed
+from fedray.fl.client import ClientActor, client_seed
+from fedray.fl.pool import wave_threads
 from fedray.fl.server import clients_per_round, is_finite, sample_clients
 from fedray.fl.train import (
     augment_pills,
@@ -18,7 +19,8 @@ from fedray.fl.train import (
     train_local,
     travel_names,
 )
-from fedray.models import TinyCNN, frozen_prefix, trainable_names
+from fedray.models import TinyCNN, build_model, frozen_prefix, trainable_names
+from fedray.models.dropout import Dropout
 
 
 def test_sampling_is_seeded_per_round_and_sorted():
@@ -107,6 +109,80 @@ def test_pill_augmentation_only_turns_and_flips():
     for a, b in zip(batch, out, strict=True):
         variants = [np.rot90(a, k) for k in range(4)] + [np.rot90(a, k)[:, ::-1] for k in range(4)]
         assert any(np.array_equal(v, b) for v in variants)
+
+
+def test_zoom_augmentation_enlarges_the_centre_of_some_images():
+    batch = np.zeros((64, 16, 16, 3), dtype=np.uint8)
+    batch[:, 4:12, 4:12] = 255  # a white 8x8 pill in the middle of every 16x16 crop
+    out = augment_pills(batch, np.random.default_rng(0), max_zoom=2.0)
+    white = (out[..., 0] > 127).mean((1, 2))
+    assert np.all(white >= 0.25 - 1e-9)  # never smaller than the pill was
+    assert 0.1 < np.mean(white > 0.3) < 0.9  # some images enlarged, some not
+    # without max_zoom the draws (hence the turns and flips) are the same as before
+    plain = augment_pills(batch, np.random.default_rng(0))
+    assert np.array_equal(plain, augment_pills(batch, np.random.default_rng(0), max_zoom=1.0))
+
+
+def test_dropout_matches_torch_dropout_in_distribution_and_eval():
+    torch.manual_seed(0)
+    drop = Dropout(0.3)
+    x = torch.ones(200, 50, 3, 3)
+    y = drop(x)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    assert abs(float((y == 0).float().mean()) - 0.3) < 0.01
+    assert abs(float(y.mean()) - 1.0) < 0.02  # unbiased, like nn.Dropout
+    drop.eval()
+    assert drop(x) is x
+    x.requires_grad_(True)
+    drop.train()
+    drop(x).sum().backward()
+    g = x.grad[x.grad != 0]
+    torch.testing.assert_close(g, torch.full_like(g, 1 / 0.7))  # the same mask scales the grad
+
+
+def test_wave_threads_give_a_rounds_last_partial_wave_the_idle_cpus():
+    # 5 clients on 4 half-CPU actors (2 CPUs): four at 1 thread, then the fifth alone on both
+    assert wave_threads(5, 4, 0.5) == [1, 1, 1, 1, 2]
+    # 5 clients on 2 one-CPU actors: two full waves, the fifth gets both CPUs
+    assert wave_threads(5, 2, 1.0) == [1, 1, 1, 1, 2]
+    assert wave_threads(4, 2, 1.0) == [1, 1, 1, 1]  # no partial wave
+    assert wave_threads(7, 4, 1.0) == [1, 1, 1, 1, 1, 1, 1]  # 3 left on 4 CPUs: 1 each
+    assert wave_threads(3, 8, 0.25) == [1, 1, 1]  # never fewer than one thread
+    assert wave_threads(1, 1, 2.0) == [2]
+
+
+def test_client_warm_up_leaves_the_model_as_it_was(tmp_path):
+    from fedray.data.datasets import write_split
+
+    rng = np.random.default_rng(0)
+    write_split(
+        tmp_path, "train", rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8), np.arange(6) % 3
+    )
+    torch.manual_seed(0)
+    model = build_model({"name": "tiny_cnn", "width": 4}, 3)
+    floats = [k for k, v in model.state_dict().items() if v.is_floating_point()]
+    init = get_params(model, floats)
+    spec = {
+        "model": {"name": "tiny_cnn", "width": 4},
+        "num_classes": 3,
+        "seed": 0,
+        "init_state": init,
+        "trainable": [n for n, _ in model.named_parameters()],
+        "travel": floats,
+        "cached": 0,
+        "client": {
+            "batch_size": 4,
+            "epochs": 1,
+            "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.5},
+        },
+        "dataset_root": str(tmp_path),
+    }
+    actor = ClientActor(spec)  # warms up: one training step on a blank batch, then restores
+    after = get_params(actor.model, floats)
+    for k in floats:  # weights and BN running statistics alike
+        np.testing.assert_array_equal(after[k], init[k], err_msg=k)
+    assert actor.images is not None  # the dataset is open before round 1
 
 
 def test_cached_prefix_trains_like_the_full_forward():
