@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from fedray.config import ConfigError
-from fedray.fl.head_init import check_head_init, feature_stats, linear_head, solve_head
+from fedray.fl.head_init import (
+    check_head_init,
+    feature_stats,
+    gram_matrix,
+    linear_head,
+    solve_head,
+)
 from fedray.fl.train import get_params, predict_logits, set_params
 from fedray.models import TinyCNN, build_model, frozen_prefix, trainable_names
 
@@ -26,9 +32,11 @@ def test_stats_are_the_two_sums():
     x, y = _features(n=12, dim=3, classes=2)
     s = feature_stats(x, y, 2)
     xa = np.c_[x.double().mean((2, 3)).numpy(), np.ones(12)]
-    np.testing.assert_allclose(s["gram"], xa.T @ xa)
+    np.testing.assert_allclose(gram_matrix(s["gram"]), xa.T @ xa)
     np.testing.assert_allclose(s["xty"], xa.T @ np.eye(2)[y])
-    assert s["gram"].dtype == np.float64 and s["gram"].shape == (4, 4)
+    assert s["gram"].dtype == np.float64 and s["gram"].shape == (4 * 5 // 2,)  # upper triangle
+    with pytest.raises(ValueError, match="upper triangle"):
+        gram_matrix(np.zeros(7))
 
 
 def test_sums_over_label_skewed_clients_solve_the_centralized_head():
@@ -48,8 +56,9 @@ def test_sums_over_label_skewed_clients_solve_the_centralized_head():
     assert (logits.argmax(1).numpy() == y).mean() > 0.95
     # the scale only sharpens the logits
     half = solve_head(clients, model, 1e-3, 5.0)
-    np.testing.assert_allclose(half["classifier.1.bias"] * 2, federated["classifier.1.bias"],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        half["classifier.1.bias"] * 2, federated["classifier.1.bias"], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_ridge_penalty_is_relative_to_feature_energy():
@@ -57,8 +66,9 @@ def test_ridge_penalty_is_relative_to_feature_energy():
     model = TinyCNN(4, width=4)
     a = solve_head([feature_stats(x, y, 4)], model, 1e-2, 1.0)
     b = solve_head([feature_stats(x * 10, y, 4)], model, 1e-2, 1.0)  # same data, 10x the scale
-    np.testing.assert_allclose(b["classifier.1.weight"] * 10, a["classifier.1.weight"],
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        b["classifier.1.weight"] * 10, a["classifier.1.weight"], rtol=1e-4, atol=1e-6
+    )
 
 
 def test_heads_that_are_not_linear_are_refused():
