@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +76,6 @@ def _train(cfg: dict[str, Any], root: Path) -> None:
         len(y),
         pcfg["epochs"],
     )
-    augment = None
-    if pcfg.get("augment", True):
-        augment = partial(augment_pills, max_zoom=float(pcfg.get("max_zoom") or 1.0))
     t0 = time.perf_counter()
     stats = train_local(
         model,
@@ -90,7 +86,7 @@ def _train(cfg: dict[str, Any], root: Path) -> None:
         int(pcfg["batch_size"]),
         instantiate(pcfg["optimizer"]),
         seed=int(cfg["seed"]),
-        augment=augment,
+        augment=augment_pills if pcfg.get("augment", True) else None,
         schedule=str(pcfg.get("schedule", "cosine")),
         label_smoothing=float(pcfg.get("label_smoothing", 0.0)),
     )

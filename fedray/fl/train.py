@@ -12,7 +12,7 @@ from torch import nn
 
 from fedray.data.datasets import to_tensor_batch
 from fedray.fl.types import Params
-from fedray.models.views import centre_box, has_views, view_features
+from fedray.models.views import has_views, view_features
 
 
 def travel_names(model: nn.Module, trainable: list[str]) -> list[str]:
@@ -109,35 +109,15 @@ def extract_features(
     return torch.cat(out) if out else torch.empty(0)
 
 
-def augment_pills(batch: np.ndarray, rng: np.random.Generator, max_zoom: float = 1.0) -> np.ndarray:
-    """Pills have no canonical orientation: random 90-degree turns and flips, per image.
-
-    `max_zoom > 1` also enlarges the centre of half the images by a factor drawn from
-    [1, max_zoom] (the pill photographed closer), so the backbone learns the enlarged, softer
-    pills that `model.zooms` shows it.
-    """
+def augment_pills(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Pills have no canonical orientation: random 90-degree turns and flips, per image."""
     out = np.empty_like(batch)
     turns = rng.integers(0, 4, len(batch))
     flips = rng.integers(0, 2, len(batch))
-    zooms = None
-    if max_zoom > 1.0:
-        zooms = np.where(rng.random(len(batch)) < 0.5, rng.uniform(1.0, max_zoom, len(batch)), 1.0)
     for i, img in enumerate(batch):
-        if zooms is not None and zooms[i] > 1.0:
-            img = _zoom_centre(img, float(zooms[i]))
         img = np.rot90(img, turns[i])
         out[i] = img[:, ::-1] if flips[i] else img
     return out
-
-
-def _zoom_centre(img: np.ndarray, zoom: float) -> np.ndarray:
-    """The centre 1/zoom of an HWC image, resized (bilinear) back to its size."""
-    import cv2
-
-    h, w = img.shape[:2]
-    rows, cols = centre_box(h, w, zoom)
-    crop = np.ascontiguousarray(img[rows, cols])
-    return cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR).reshape(img.shape)
 
 
 SCHEDULES = ("constant", "cosine", "onecycle")

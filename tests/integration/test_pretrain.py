@@ -42,3 +42,10 @@ def test_public_classes_are_disjoint(make_cfg):
 def test_missing_local_weights_is_a_clear_error(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match="never downloads"):
         build_model({"name": "tiny_cnn", "pretrained": str(tmp_path / "nope.pt")}, 4)
+
+
+def test_pretraining_ignores_the_view_keys(make_cfg):
+    # the backbone is the same for any turns/zooms: one cached pretraining serves them all
+    plain = pretrained_weights(make_cfg(*PRETRAIN))
+    viewed = pretrained_weights(make_cfg(*PRETRAIN, "model.turns=4", "model.zooms=[1.0,1.5]"))
+    assert viewed == plain
