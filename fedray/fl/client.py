@@ -137,7 +137,9 @@ class ClientActor:
         """Train on this client's shard starting from `global_params`; return the new params."""
         t0 = time.perf_counter()
         if self.device == "cpu":  # the pool gives a round's last, partial wave more threads
-            torch.set_num_threads(max(1, int(extra.get("num_threads", self.threads))))
+            # (the idle actors' CPUs, which may sit on other nodes: never more than this one's)
+            wanted = int(extra.get("num_threads", self.threads))
+            torch.set_num_threads(max(1, min(wanted, os.cpu_count() or 1)))
         fault = self._inject_fault(client_id, round_idx)
         x, y = self._shard(client_id, indices)
         set_params(self.model, global_params, self.state)
