@@ -26,6 +26,8 @@ class FLConfig:
     clients_per_round: int | None = None
     trainable: str = "classifier"  # all | classifier | a regex over parameter names
     cache_features: bool = True  # frozen backbone: clients cache its features once
+    # fp32 | bf16 | auto (bf16 where the CPU/GPU has it natively): the cached features' pass
+    cache_precision: str = "auto"
     # random | ridge: the head solved in closed form from the clients' feature sums before round 1
     head_init: str = "random"
     ridge_lambda: float = 1e-3  # ridge penalty relative to the mean feature energy

@@ -20,7 +20,7 @@ import torch
 from fedray.config import ConfigError
 from fedray.data.datasets import cached_build, load_images, load_labels
 from fedray.data.sources import build_dataset, cache_dir_for
-from fedray.models.views import VIEW_KEYS
+from fedray.models import HEAD_KEYS
 
 log = logging.getLogger("fedray")
 WEIGHTS = "model.pt"
@@ -53,19 +53,25 @@ def public_data_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
 def _train(cfg: dict[str, Any], root: Path) -> None:
     from hydra.utils import instantiate
 
-    from fedray.fl.train import augment_pills, evaluate, train_local
+    from fedray.fl.train import augment_pills, evaluate, resolve_precision, train_local
     from fedray.models import build_model
 
     pcfg = cfg["pretrain"]
     info = build_dataset(public_data_cfg(cfg), int(cfg["seed"]))
     torch.manual_seed(int(cfg["seed"]))
-    # augmentation turns the images already; turned and zoomed views are for the private model
-    model_cfg = {**cfg["model"], "pretrained": None, "turns": 1, "zooms": None}
+    # augmentation turns the images already; turned and zoomed views, and the head on tapped
+    # blocks, are for the private model: the backbone is pretrained under the plain head
+    # (model.dropout too: pretrain.dropout, or the architecture's own rate when null)
+    model_cfg = {
+        **cfg["model"],
+        "pretrained": None,
+        "turns": 1,
+        "zooms": None,
+        "taps": None,
+        "pool": "avg",
+        "dropout": pcfg.get("dropout"),
+    }
     model = build_model(model_cfg, info.num_classes)
-    if pcfg.get("dropout") is not None:  # no weights: the fine-tuned model keeps its own rate
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = float(pcfg["dropout"])
     x = np.asarray(load_images(info.root, "train"))
     y = load_labels(info.root, "train")
     names = [n for n, _ in model.named_parameters()]
@@ -89,6 +95,7 @@ def _train(cfg: dict[str, Any], root: Path) -> None:
         augment=augment_pills if pcfg.get("augment", True) else None,
         schedule=str(pcfg.get("schedule", "cosine")),
         label_smoothing=float(pcfg.get("label_smoothing", 0.0)),
+        precision=resolve_precision(pcfg.get("precision", "fp32"), "pretrain.precision"),
     )
     metrics, _ = evaluate(
         model,
@@ -111,7 +118,7 @@ def pretrained_weights(cfg: dict[str, Any]) -> Path:
     """Path to public-pill weights for cfg's model, training them first if not cached."""
     key = {
         "data": {k: v for k, v in public_data_cfg(cfg).items() if k != "cache_dir"},
-        "model": {k: v for k, v in cfg["model"].items() if k not in ("pretrained", *VIEW_KEYS)},
+        "model": {k: v for k, v in cfg["model"].items() if k not in ("pretrained", *HEAD_KEYS)},
         "pretrain": {k: v for k, v in cfg["pretrain"].items() if k != "data"},
         "seed": int(cfg["seed"]),
     }

@@ -250,8 +250,9 @@ def _run_centralized(cfg: dict[str, Any], info, run_dir: Path, on_round: OnRound
     vx = np.asarray(load_images(info.root, "val"))
     vy = load_labels(info.root, "val")
     if cached:
-        x = extract_features(model, x, upto=cached)
-        vx = extract_features(model, vx, upto=cached)
+        precision = cfg["fl"].get("cache_precision", "fp32")
+        x = extract_features(model, x, upto=cached, precision=precision)
+        vx = extract_features(model, vx, upto=cached, precision=precision)
     head_init: dict[str, Any] = {}
     if check_head_init(cfg["fl"], model, trainable, cached) == "ridge":  # same solve, pooled data
         fl = cfg["fl"]

@@ -49,6 +49,7 @@ class ClientActor:
         self.trainable: list[str] = spec["trainable"]
         self.travel: list[str] = spec["travel"]
         self.cached = int(spec["cached"])  # output of features[:cached] is cached per shard
+        self.precision = str(spec.get("cache_precision", "fp32"))
         client = spec["client"]
         self.optimizer_factory = instantiate(client["optimizer"])
         self.shards: OrderedDict[int, tuple[Any, np.ndarray]] = OrderedDict()
@@ -78,7 +79,9 @@ class ClientActor:
             state = {k: v.clone() for k, v in self.model.state_dict().items()}
             x: Any = np.zeros((bs, *self.images.shape[1:]), dtype=self.images.dtype)
             if self.cached:
-                x = extract_features(self.model, x, upto=self.cached, device=self.device)
+                x = extract_features(
+                    self.model, x, upto=self.cached, device=self.device, precision=self.precision
+                )
             train_local(
                 self.model,
                 x,
@@ -104,7 +107,9 @@ class ClientActor:
         x = np.asarray(self.images[idx])
         y = self.labels[idx]
         if self.cached:
-            x = extract_features(self.model, x, upto=self.cached, device=self.device)
+            x = extract_features(
+                self.model, x, upto=self.cached, device=self.device, precision=self.precision
+            )
         self.shards[client_id] = (x, y)
         if len(self.shards) > self.max_shards:
             self.shards.popitem(last=False)

@@ -23,6 +23,7 @@ from fedray.fl.pool import ClientPool, Dropped
 from fedray.fl.train import (
     extract_features,
     get_params,
+    resolve_precision,
     round_lr_scale,
     set_params,
     travel_names,
@@ -97,6 +98,7 @@ class FederatedServer:
         # frozen leading blocks run once: clients and server cache their output
         self.cached = frozen_prefix(self.model, self.trainable) if self.fl["cache_features"] else 0
         check_augment(cfg, self.cached)
+        resolve_precision(self.fl.get("cache_precision", "fp32"), "fl.cache_precision")
         self.head_init = check_head_init(self.fl, self.model, self.trainable, self.cached)
         self.head_init_metrics: dict[str, Any] = {}
         self.strategy = build_strategy(cfg["strategy"])
@@ -105,7 +107,12 @@ class FederatedServer:
         self.val_x: Any = load_images(info.root, "val")
         self.val_y = load_labels(info.root, "val")
         if self.cached:
-            self.val_x = extract_features(self.model, np.asarray(self.val_x), upto=self.cached)
+            self.val_x = extract_features(
+                self.model,
+                np.asarray(self.val_x),
+                upto=self.cached,
+                precision=self.fl.get("cache_precision", "fp32"),
+            )
         self.start_round = 0
         self.round = 0
         self.bytes_total = 0
@@ -137,6 +144,7 @@ class FederatedServer:
             "trainable": self.trainable,
             "travel": self.travel,
             "cached": self.cached,
+            "cache_precision": self.fl.get("cache_precision", "fp32"),
             "client": self.cfg["client"],
             "dataset_root": self.info.root,
             "num_threads": max(1, round(float(ray_cfg["client_cpus"]))),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -10,9 +11,41 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedray.config import ConfigError
 from fedray.data.datasets import to_tensor_batch
 from fedray.fl.types import Params
-from fedray.models.views import has_views, view_features
+from fedray.models.views import has_views, view_args, view_features
+
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def bf16_native(device: str = "cpu") -> bool:
+    """Whether `device` runs bfloat16 convolutions natively (AVX512-BF16/AMX CPUs, Ampere+ GPUs);
+    elsewhere bfloat16 is emulated and slower than float32."""
+    if str(device).startswith("cuda"):
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(name: Any, key: str, device: str = "cpu") -> str:
+    """`fp32` or `bf16` for a precision setting; `auto` is bf16 where the device has it natively."""
+    name = str(name)
+    if name not in PRECISIONS:
+        raise ConfigError(f"{key}={name!r}: choose one of {PRECISIONS}")
+    if name == "auto":
+        return "bf16" if bf16_native(device) else "fp32"
+    return name
+
+
+def autocast(precision: str, device: str = "cpu") -> contextlib.AbstractContextManager:
+    """bfloat16 autocast for `bf16` (convolutions and matmuls; the loss and the optimizer's
+    master weights stay float32), nothing for `fp32`."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda" if str(device).startswith("cuda") else "cpu", torch.bfloat16)
 
 
 def travel_names(model: nn.Module, trainable: list[str]) -> list[str]:
@@ -82,29 +115,31 @@ def extract_features(
     upto: int | None = None,
     batch_size: int = 128,
     device: str = "cpu",
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Output of model.features[:upto] (all of it by default) for uint8 NHWC images, in eval
-    mode: those blocks are frozen, so this is computed once and cached."""
+    mode: those blocks are frozen, so this is computed once and cached. `precision`: fp32, bf16
+    (autocast; the features are returned as float32) or auto (`resolve_precision`)."""
+    precision = resolve_precision(precision, "fl.cache_precision", device)
     whole = upto is None or upto >= len(model.features)
     if has_views(model) and not whole:
-        from fedray.config import ConfigError
-
         raise ConfigError(
-            f"model.turns={model.turns} / model.zooms={list(model.zooms)} run the whole backbone "
-            f"on turned and zoomed views of the photo, but only its first {upto} blocks are "
-            "frozen (fl.trainable): use model.turns=1 and model.zooms=[1.0], or train only the "
-            "classifier"
+            f"model.turns={model.turns} / model.zooms={list(model.zooms)} / model.taps="
+            f"{model.taps} run the whole backbone on turned and zoomed views of the photo and "
+            f"pool its blocks, but only its first {upto} blocks are frozen (fl.trainable): use "
+            "model.turns=1, model.zooms=[1.0] and model.taps=null, or train only the classifier"
         )
     blocks = model.features if whole else model.features[:upto]
-    turns, zooms = int(getattr(model, "turns", 1)), tuple(getattr(model, "zooms", (1.0,)))
+    views = view_args(model)
     was_training = model.training
     model.eval()
-    out = [
-        view_features(
-            blocks, to_tensor_batch(images[i : i + batch_size]).to(device), turns, zooms
-        ).cpu()
-        for i in range(0, len(images), batch_size)
-    ]
+    out = []
+    for i in range(0, len(images), batch_size):
+        with autocast(precision, device):
+            feats = view_features(
+                blocks, to_tensor_batch(images[i : i + batch_size]).to(device), *views
+            )
+        out.append(feats.float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
@@ -135,8 +170,6 @@ def round_lr_scale(name: str, round_idx: int, rounds: int) -> float:
         return 1.0
     if name == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * round_idx / max(rounds, 1)))
-    from fedray.config import ConfigError
-
     raise ConfigError(f"client.lr_schedule={name!r}: choose one of {ROUND_SCHEDULES}")
 
 
@@ -156,8 +189,6 @@ def make_schedule(
             total_steps=max(steps, 8),  # tiny runs: no zero-step warm-up phase
             pct_start=0.25,
         )
-    from fedray.config import ConfigError
-
     raise ConfigError(f"schedule={name!r}: choose one of {SCHEDULES}")
 
 
@@ -177,6 +208,7 @@ def train_local(
     schedule: str = "constant",
     label_smoothing: float = 0.0,
     lr_scale: float = 1.0,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Train `trainable` params for `epochs` on (inputs, labels); returns mean loss and count.
 
@@ -186,6 +218,7 @@ def train_local(
     lr), `cosine` (decays to zero over all steps) or `onecycle` (warms up to the optimizer's lr over
     the first quarter, then anneals: the fast from-scratch recipe of the pretraining stage).
     `lr_scale` multiplies the optimizer's lr (the round's factor, `round_lr_scale`).
+    `precision="bf16"` runs the forward pass under bfloat16 autocast (`resolve_precision`).
     """
     n = len(labels)
     if n == 0:
@@ -209,14 +242,15 @@ def train_local(
         for start in range(0, n, batch_size):
             idx = np.sort(order[start : start + batch_size])  # sorted: mmap reads stay sequential
             y = y_all[idx].to(device)
-            if cached:
-                logits = forward_from(model, inputs[idx].to(device), cached)
-            else:
-                batch = inputs[idx]
-                if augment is not None:
-                    batch = augment(batch, rng)
-                logits = model(to_tensor_batch(batch).to(device))
-            loss = loss_fn(logits, y)
+            with autocast(precision, device):
+                if cached:
+                    logits = forward_from(model, inputs[idx].to(device), cached)
+                else:
+                    batch = inputs[idx]
+                    if augment is not None:
+                        batch = augment(batch, rng)
+                    logits = model(to_tensor_batch(batch).to(device))
+            loss = loss_fn(logits.float(), y)
             if anchor is not None:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
                 loss = loss + 0.5 * proximal_mu * prox

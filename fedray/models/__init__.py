@@ -13,10 +13,14 @@ from torch import nn
 from fedray.config import ConfigError
 from fedray.models.squeezenet import build_squeezenet
 from fedray.models.tiny_cnn import TinyCNN
-from fedray.models.views import check_turns, check_zooms
+from fedray.models.views import VIEW_KEYS, check_turns, check_zooms
 
 MODELS = ("squeezenet", "tiny_cnn")
+# model keys that shape only the head fine-tuned on the pretrained backbone: pretraining ignores
+# them (one cached backbone serves every value)
+HEAD_KEYS = (*VIEW_KEYS, "dropout")
 __all__ = [
+    "HEAD_KEYS",
     "MODELS",
     "TinyCNN",
     "build_model",
@@ -31,28 +35,51 @@ def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
     name = cfg.get("name")
     turns = check_turns(cfg.get("turns", 1))
     zooms = check_zooms(cfg.get("zooms"))
+    taps, pool = cfg.get("taps"), cfg.get("pool") or "avg"
     if name == "squeezenet":
         batch_norm = bool(cfg.get("batch_norm", True))
-        if not batch_norm and (turns > 1 or zooms != (1.0,)):
+        if not batch_norm and (turns > 1 or zooms != (1.0,) or taps is not None):
             raise ConfigError(
-                f"model.turns={turns} / model.zooms={list(zooms)} need fedray's own backbone; "
-                "model.batch_norm=false is torchvision's SqueezeNet: use model.turns=1 and "
-                "model.zooms=[1.0]"
+                f"model.turns={turns} / model.zooms={list(zooms)} / model.taps={taps} need "
+                "fedray's own backbone; model.batch_norm=false is torchvision's SqueezeNet: use "
+                "model.turns=1, model.zooms=[1.0] and model.taps=null"
             )
         model = build_squeezenet(
-            num_classes, version=str(cfg.get("version", "1_1")), batch_norm=batch_norm, zooms=zooms
+            num_classes,
+            version=str(cfg.get("version", "1_1")),
+            batch_norm=batch_norm,
+            zooms=zooms,
+            taps=taps,
+            pool=pool,
         )
     elif name == "tiny_cnn":
-        model = TinyCNN(num_classes, width=int(cfg.get("width", 16)), zooms=zooms)
+        model = TinyCNN(
+            num_classes, width=int(cfg.get("width", 16)), zooms=zooms, taps=taps, pool=pool
+        )
     else:
         raise ConfigError(f"model.name={name!r} is not a known model; choose one of {MODELS}")
     if turns > 1:
         model.turns = turns
+    if cfg.get("dropout") is not None:
+        set_dropout(model, cfg["dropout"])
     if cfg.get("pretrained"):
         load_pretrained(model, cfg["pretrained"])
     # channels-last: the same maths, ~1.5x faster SqueezeNet training on CPU at 64-96 px
     # (bench/channels_last.py); travelled arrays are copied out C-ordered all the same
     return model.to(memory_format=torch.channels_last)
+
+
+def set_dropout(model: nn.Module, p: Any) -> None:
+    """Set the rate of every dropout layer (the head's) to p, checked to lie in [0, 1)."""
+    try:
+        rate = float(p)
+    except (TypeError, ValueError):
+        rate = -1.0
+    if not 0.0 <= rate < 1.0:
+        raise ConfigError(f"dropout={p!r}: give a rate in [0, 1)")
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = rate
 
 
 def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:

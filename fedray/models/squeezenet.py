@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.models import squeezenet1_0, squeezenet1_1
 
 from fedray.models.dropout import Dropout
-from fedray.models.views import view_features
+from fedray.models.views import check_pool, check_taps, head_width, view_features
 
 
 class Fire(nn.Module):
@@ -39,21 +39,32 @@ class Fire(nn.Module):
 class SqueezeNetBN(nn.Module):
     """SqueezeNet 1.1 topology with BatchNorm; `.features` backbone, `.classifier` head."""
 
-    def __init__(self, num_classes: int, dropout: float = 0.5, zooms: tuple = (1.0,)) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        dropout: float = 0.5,
+        zooms: tuple = (1.0,),
+        taps: list | None = None,
+        pool: str = "avg",
+    ) -> None:
         super().__init__()
         self.turns = 1  # quarter-turn averaging of the backbone (model.turns, fedray.models.views)
         self.zooms = tuple(zooms)  # centre zooms stacked on channels (model.zooms)
-        pool = nn.MaxPool2d(3, 2, ceil_mode=True)
+        down = nn.MaxPool2d(3, 2, ceil_mode=True)
         self.features = nn.Sequential(
-            nn.Conv2d(3, 64, 3, stride=2), nn.BatchNorm2d(64), nn.ReLU(inplace=True), pool,
-            Fire(64, 16, 64, 64), Fire(128, 16, 64, 64), pool,
-            Fire(128, 32, 128, 128), Fire(256, 32, 128, 128), pool,
+            nn.Conv2d(3, 64, 3, stride=2), nn.BatchNorm2d(64), nn.ReLU(inplace=True), down,
+            Fire(64, 16, 64, 64), Fire(128, 16, 64, 64), down,
+            Fire(128, 32, 128, 128), Fire(256, 32, 128, 128), down,
             Fire(256, 48, 192, 192), Fire(384, 48, 192, 192),
             Fire(384, 64, 256, 256), Fire(512, 64, 256, 256),
         )  # fmt: skip
+        # pooled outputs of these blocks feed the head (model.taps; None: the last block's map)
+        self.taps = check_taps(taps, len(self.features))
+        self.pool = check_pool(pool, self.taps)
+        width = head_width(self.features, self.zooms, self.taps, self.pool)
         self.classifier = nn.Sequential(
             Dropout(dropout),
-            nn.Conv2d(512 * len(self.zooms), num_classes, 1),
+            nn.Conv2d(width, num_classes, 1),
             nn.AdaptiveAvgPool2d(1),
         )
         for m in self.modules():
@@ -63,12 +74,17 @@ class SqueezeNetBN(nn.Module):
         nn.init.normal_(self.classifier[1].weight, 0, 0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = view_features(self.features, x, self.turns, self.zooms)
+        feats = view_features(self.features, x, self.turns, self.zooms, self.taps, self.pool)
         return torch.flatten(self.classifier(feats), 1)
 
 
 def build_squeezenet(
-    num_classes: int, version: str = "1_1", batch_norm: bool = True, zooms: tuple = (1.0,)
+    num_classes: int,
+    version: str = "1_1",
+    batch_norm: bool = True,
+    zooms: tuple = (1.0,),
+    taps: list | None = None,
+    pool: str = "avg",
 ) -> nn.Module:
     """SqueezeNet, randomly initialised (nothing is downloaded)."""
     if batch_norm:
@@ -78,7 +94,7 @@ def build_squeezenet(
             raise ConfigError(
                 "model.batch_norm=true is the SqueezeNet 1.1 layout: model.version=1_1"
             )
-        return SqueezeNetBN(num_classes, zooms=zooms)
+        return SqueezeNetBN(num_classes, zooms=zooms, taps=taps, pool=pool)
     factory = {"1_0": squeezenet1_0, "1_1": squeezenet1_1}.get(version)
     if factory is None:
         from fedray.config import ConfigError

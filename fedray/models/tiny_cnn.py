@@ -6,13 +6,20 @@ import torch
 from torch import nn
 
 from fedray.models.dropout import Dropout
-from fedray.models.views import view_features
+from fedray.models.views import check_pool, check_taps, head_width, view_features
 
 
 class TinyCNN(nn.Module):
     """Three conv blocks and a 1x1-conv classifier head."""
 
-    def __init__(self, num_classes: int, width: int = 16, zooms: tuple = (1.0,)) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        width: int = 16,
+        zooms: tuple = (1.0,),
+        taps: list | None = None,
+        pool: str = "avg",
+    ) -> None:
         super().__init__()
         self.turns = 1  # quarter-turn averaging of the backbone (model.turns, fedray.models.views)
         self.zooms = tuple(zooms)  # centre zooms stacked on channels (model.zooms)
@@ -27,12 +34,15 @@ class TinyCNN(nn.Module):
             ]
 
         self.features = nn.Sequential(*block(3, w), *block(w, 2 * w), *block(2 * w, 4 * w))
+        self.taps = check_taps(taps, len(self.features))  # pooled blocks for the head (views.py)
+        self.pool = check_pool(pool, self.taps)
         self.classifier = nn.Sequential(
             Dropout(0.2),
-            nn.Conv2d(4 * w * len(self.zooms), num_classes, 1),
+            nn.Conv2d(head_width(self.features, self.zooms, self.taps, self.pool), num_classes, 1),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(view_features(self.features, x, self.turns, self.zooms))
+        feats = view_features(self.features, x, self.turns, self.zooms, self.taps, self.pool)
+        return self.classifier(feats)

@@ -11,6 +11,15 @@ and resized back, and stacks those feature maps along the channels: the head see
 scales. A pill photographed from afar fills a third of its crop, and a backbone pretrained on
 studio crops reads its imprint better when it is enlarged; a pill that fills the crop is still
 seen whole at zoom 1. Costs `turns` passes per zoom, and the head grows to D x len(zooms) inputs.
+
+`model.taps=[4, 5, 7, 8, 10, 11, 12, 13]` feeds the head the globally pooled outputs of those
+backbone blocks (indices into `model.features`; for SqueezeNet these are its 8 Fire modules)
+instead of the last block's feature map alone: a hypercolumn of every scale the backbone sees.
+An imprint a few pixels high is resolved by the early blocks' 15 x 15 and 7 x 7 maps and averaged
+away by the last 3 x 3 one. `model.pool` pools each tap: `avg`, `max` (the strongest response
+anywhere: is there an imprint stroke like this one) or `avgmax` (both, twice the width). The head
+is still one 1x1 conv, now on a 1 x 1 map; no extra backbone pass is run, and cached features
+shrink to one vector per image. `taps: null` is the plain SqueezeNet head on the last block.
 """
 
 from __future__ import annotations
@@ -25,8 +34,10 @@ from torch import nn
 from fedray.config import ConfigError
 
 TURNS = (1, 2, 4)
-# model config keys that choose views, not weights: pretraining ignores them (it augments instead)
-VIEW_KEYS = ("turns", "zooms")
+POOLS = ("avg", "max", "avgmax")
+# model config keys that choose views and the head's inputs, not the backbone's weights:
+# pretraining ignores them (it augments instead, and trains the plain head)
+VIEW_KEYS = ("turns", "zooms", "taps", "pool")
 
 
 def check_turns(turns: Any) -> int:
@@ -54,6 +65,39 @@ def check_zooms(zooms: Any) -> tuple[float, ...]:
             "e.g. [1.0, 1.6]"
         )
     return out
+
+
+def check_taps(taps: Any, num_blocks: int) -> tuple[int, ...] | None:
+    """model.taps as sorted distinct block indices in [0, num_blocks) (negative ones count from
+    the end), or None for the plain head on the last block; a clear error otherwise."""
+    if taps is None:
+        return None
+    if isinstance(taps, int):
+        taps = [taps]
+    ok = isinstance(taps, list | tuple) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in taps
+    )
+    idx = list(taps) if ok else []
+    out = sorted({i + num_blocks if i < 0 else i for i in idx})
+    if not ok or not out or any(not 0 <= i < num_blocks for i in out) or len(out) != len(idx):
+        raise ConfigError(
+            f"model.taps={taps!r}: give distinct indices of backbone blocks in "
+            f"[0, {num_blocks}) (or negative, from the end), e.g. [-1]; null for the plain head"
+        )
+    return tuple(out)
+
+
+def check_pool(pool: Any, taps: tuple[int, ...] | None) -> str:
+    """model.pool as one of POOLS; anything but `avg` needs model.taps."""
+    pool = "avg" if pool is None else str(pool)
+    if pool not in POOLS:
+        raise ConfigError(f"model.pool={pool!r}: choose one of {POOLS}")
+    if pool != "avg" and taps is None:
+        raise ConfigError(
+            f"model.pool={pool} pools the tapped blocks' outputs: set model.taps too "
+            "(e.g. [-1] for the last block alone)"
+        )
+    return pool
 
 
 def centre_box(h: int, w: int, zoom: float) -> tuple[slice, slice]:
@@ -88,14 +132,79 @@ def turn_mean(features: nn.Module, x: torch.Tensor, turns: int = 1) -> torch.Ten
     return out / turns
 
 
-def view_features(
-    features: nn.Module, x: torch.Tensor, turns: int = 1, zooms: Sequence[float] = (1.0,)
+def tapped(
+    features: nn.Sequential, x: torch.Tensor, taps: Sequence[int], pool: str
 ) -> torch.Tensor:
-    """The backbone's output over the views: turn-averaged per zoom, zooms stacked on channels."""
-    maps = [turn_mean(features, centre_zoom(x, z), turns) for z in zooms]
-    return maps[0] if len(maps) == 1 else torch.cat(maps, 1)
+    """The pooled outputs of blocks `taps` of `features` on x, stacked: (N, D)."""
+    out = []
+    for i, block in enumerate(features[: taps[-1] + 1]):
+        x = block(x)
+        if i in taps:
+            if pool in ("avg", "avgmax"):
+                out.append(x.mean((2, 3)))
+            if pool in ("max", "avgmax"):
+                out.append(x.amax((2, 3)))
+    return torch.cat(out, 1)
+
+
+def view_features(
+    features: nn.Module,
+    x: torch.Tensor,
+    turns: int = 1,
+    zooms: Sequence[float] = (1.0,),
+    taps: Sequence[int] | None = None,
+    pool: str = "avg",
+) -> torch.Tensor:
+    """The backbone's output over the views: turn-averaged per zoom, zooms stacked on channels.
+
+    With `taps`, each view's tapped blocks are pooled (global pooling does not care which way
+    the view was turned, so the pooled vectors are averaged as they are): (N, D, 1, 1).
+    """
+    if taps is None:
+        maps = [turn_mean(features, centre_zoom(x, z), turns) for z in zooms]
+        return maps[0] if len(maps) == 1 else torch.cat(maps, 1)
+    if turns > 1 and x.shape[-1] != x.shape[-2]:
+        raise ConfigError(f"model.turns={turns} needs square images, got {tuple(x.shape[-2:])}")
+    step = 4 // turns
+    vecs = []
+    for z in zooms:
+        view = centre_zoom(x, z)
+        acc = tapped(features, view, taps, pool)
+        for k in range(1, turns):
+            acc = acc + tapped(features, torch.rot90(view, k * step, (2, 3)), taps, pool)
+        vecs.append(acc / turns)
+    out = vecs[0] if len(vecs) == 1 else torch.cat(vecs, 1)
+    return out[:, :, None, None]
+
+
+@torch.no_grad()
+def head_width(
+    features: nn.Module, zooms: Sequence[float], taps: Sequence[int] | None, pool: str
+) -> int:
+    """Channels of view_features' output: what the head's 1x1 conv takes in."""
+    was_training = features.training
+    features.eval()  # a probe, not a batch: BatchNorm's running statistics stay as they are
+    try:
+        probe = torch.zeros(1, 3, 64, 64)
+        return int(view_features(features, probe, 1, zooms, taps, pool).shape[1])
+    finally:
+        features.train(was_training)
 
 
 def has_views(model: nn.Module) -> bool:
-    """True when the model's backbone runs on more than the one plain view."""
-    return int(getattr(model, "turns", 1)) > 1 or tuple(getattr(model, "zooms", (1.0,))) != (1.0,)
+    """True when the head sees more than the last block's output on the one plain view."""
+    return (
+        int(getattr(model, "turns", 1)) > 1
+        or tuple(getattr(model, "zooms", (1.0,))) != (1.0,)
+        or getattr(model, "taps", None) is not None
+    )
+
+
+def view_args(model: nn.Module) -> tuple[int, tuple[float, ...], tuple[int, ...] | None, str]:
+    """(turns, zooms, taps, pool) of a model, for view_features."""
+    return (
+        int(getattr(model, "turns", 1)),
+        tuple(getattr(model, "zooms", (1.0,))),
+        getattr(model, "taps", None),
+        str(getattr(model, "pool", "avg")),
+    )

@@ -44,8 +44,17 @@ def test_missing_local_weights_is_a_clear_error(make_cfg, tmp_path):
         build_model({"name": "tiny_cnn", "pretrained": str(tmp_path / "nope.pt")}, 4)
 
 
-def test_pretraining_ignores_the_view_keys(make_cfg):
-    # the backbone is the same for any turns/zooms: one cached pretraining serves them all
+def test_pretraining_ignores_the_head_keys(make_cfg):
+    # the backbone is the same for any turns/zooms/taps/pool/dropout: one pretraining serves all
     plain = pretrained_weights(make_cfg(*PRETRAIN))
-    viewed = pretrained_weights(make_cfg(*PRETRAIN, "model.turns=4", "model.zooms=[1.0,1.5]"))
+    viewed = pretrained_weights(
+        make_cfg(
+            *PRETRAIN,
+            "model.turns=4",
+            "model.zooms=[1.0,1.5]",
+            "model.taps=[-1]",
+            "model.pool=max",
+            "model.dropout=0.0",
+        )
+    )
     assert viewed == plain

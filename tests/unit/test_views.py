@@ -1,4 +1,5 @@
-"""model.turns and model.zooms: the backbone over turned (averaged) and zoomed (stacked) views."""
+"""model.turns, model.zooms and model.taps: the backbone over turned (averaged) and zoomed
+(stacked) views, and the head on pooled outputs of chosen blocks."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from fedray.config import ConfigError
 from fedray.fl.train import extract_features, predict_logits
 from fedray.models import build_model
-from fedray.models.views import centre_zoom, turn_mean, view_features
+from fedray.models.views import centre_zoom, tapped, turn_mean, view_features
 
 
 def _images(n=6, size=16, seed=0):
@@ -110,3 +111,114 @@ def test_zoomed_models_refuse_a_partly_frozen_backbone_and_torchvision():
         extract_features(build_model({"name": "tiny_cnn", "zooms": [1.0, 2.0]}, 2), _images(), 4)
     with pytest.raises(ConfigError, match="torchvision's SqueezeNet"):
         build_model({"name": "squeezenet", "batch_norm": False, "zooms": [1.0, 2.0]}, 2)
+
+
+def test_taps_pool_the_chosen_blocks_and_size_the_head():
+    torch.manual_seed(0)
+    model = build_model({"name": "tiny_cnn", "width": 4, "taps": [3, -1], "pool": "avgmax"}, 3)
+    model.eval()
+    assert model.taps == (3, 11)
+    # block 3 has 4 channels, block 11 has 16; avg and max of each: 2 x (4 + 16)
+    assert model.classifier[1].in_channels == 40
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        out = view_features(model.features, x, 1, (1.0,), model.taps, model.pool)
+        b3 = model.features[:4](x)
+        b11 = model.features[4:](b3)
+    assert out.shape == (2, 40, 1, 1)
+    want = torch.cat([b3.mean((2, 3)), b3.amax((2, 3)), b11.mean((2, 3)), b11.amax((2, 3))], 1)
+    torch.testing.assert_close(out[:, :, 0, 0], want)
+
+
+def test_tapped_features_are_turn_averaged_and_zoom_stacked():
+    torch.manual_seed(0)
+    model = build_model(
+        {
+            "name": "tiny_cnn",
+            "width": 4,
+            "turns": 4,
+            "zooms": [1.0, 2.0],
+            "taps": [7, 11],
+            "pool": "max",
+        },
+        3,
+    ).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        got = view_features(model.features, x, 4, (1.0, 2.0), (7, 11), "max")[:, :, 0, 0]
+        per_zoom = [
+            sum(
+                tapped(model.features, torch.rot90(centre_zoom(x, z), k, (2, 3)), (7, 11), "max")
+                for k in range(4)
+            )
+            / 4
+            for z in (1.0, 2.0)
+        ]
+    torch.testing.assert_close(got, torch.cat(per_zoom, 1))
+    # pooled features do not care how the photo was held
+    x90 = np.ascontiguousarray(np.rot90(_images(), 1, axes=(1, 2)))
+    torch.testing.assert_close(
+        predict_logits(model, _images()), predict_logits(model, x90), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_cached_features_equal_the_full_forward_with_taps():
+    torch.manual_seed(0)
+    cfg = {"name": "squeezenet", "turns": 2, "zooms": [1.0, 1.6], "taps": [4, 13], "pool": "max"}
+    model = build_model(cfg, 5).eval()
+    x = _images(n=3, size=64)
+    feats = extract_features(model, x)
+    assert feats.shape == (3, 2 * (128 + 512), 1, 1)  # one pooled vector per image, not a map
+    torch.testing.assert_close(
+        predict_logits(model, feats, cached=len(model.features)),
+        predict_logits(model, x),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        ({"taps": [12]}, r"model.taps=\[12\]"),
+        ({"taps": [1, 1]}, "model.taps"),
+        ({"taps": "last"}, "model.taps"),
+        ({"taps": [1.5]}, "model.taps"),
+        ({"taps": []}, "model.taps"),
+        ({"taps": [-1], "pool": "median"}, "model.pool='median'"),
+        ({"pool": "max"}, "set model.taps too"),
+        ({"dropout": 1.0}, r"dropout=1.0: give a rate in \[0, 1\)"),
+    ],
+)
+def test_bad_taps_pool_and_dropout_are_clear_errors(cfg, match):
+    with pytest.raises(ConfigError, match=match):
+        build_model({"name": "tiny_cnn", **cfg}, 2)
+
+
+def test_tapped_models_refuse_a_partly_frozen_backbone_and_torchvision():
+    with pytest.raises(ConfigError, match="only its first 4 blocks are frozen"):
+        extract_features(build_model({"name": "tiny_cnn", "taps": [-1]}, 2), _images(), 4)
+    with pytest.raises(ConfigError, match="torchvision's SqueezeNet"):
+        build_model({"name": "squeezenet", "batch_norm": False, "taps": [-1]}, 2)
+
+
+def test_model_dropout_sets_the_heads_rate():
+    model = build_model({"name": "squeezenet", "dropout": 0.0}, 2)
+    assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] == [0.0]
+
+
+def test_cache_precision_is_checked_and_bf16_features_match_fp32():
+    from fedray.fl.train import resolve_precision
+
+    with pytest.raises(ConfigError, match="fl.cache_precision='half'"):
+        resolve_precision("half", "fl.cache_precision")
+    assert resolve_precision("auto", "k") in ("fp32", "bf16")
+    torch.manual_seed(0)
+    model = build_model({"name": "squeezenet", "taps": [7, 13], "pool": "max"}, 3).eval()
+    x = _images(n=4, size=64)
+    fp32 = extract_features(model, x, precision="fp32")
+    bf16 = extract_features(model, x, precision="bf16")
+    assert bf16.dtype == torch.float32  # cached as float32 whatever the pass ran in
+    assert not torch.equal(bf16, fp32)  # it did run in bfloat16 ...
+    # ... to bfloat16's precision: about 3 significant digits per op, over 13 blocks
+    assert float((bf16 - fp32).norm() / fp32.norm()) < 0.02
