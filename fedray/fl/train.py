@@ -91,16 +91,26 @@ def set_params(
 
 def freeze_except(model: nn.Module, trainable: list[str]) -> None:
     """requires_grad only on `trainable`; modules with no trainable parameter run in eval mode."""
-    chosen = set(trainable)
-    for n, p in model.named_parameters():
-        p.requires_grad_(n in chosen)
+    key = tuple(trainable)
+    plan = getattr(model, "_fedray_freeze_plan", None)
+    if plan is None or plan[0] != key:  # walk the modules once per trainable set, not per fit
+        chosen = set(trainable)
+        params = [(p, n in chosen) for n, p in model.named_parameters()]
+        frozen = []
+        for mod_name, module in model.named_modules():
+            own = [
+                f"{mod_name}.{p}" if mod_name else p
+                for p, _ in module.named_parameters(recurse=False)
+            ]
+            if own and not any(p in chosen for p in own):
+                frozen.append(module)
+        plan = (key, params, frozen)
+        model._fedray_freeze_plan = plan
+    for p, on in plan[1]:
+        p.requires_grad_(on)
     model.train()
-    for mod_name, module in model.named_modules():
-        own = [
-            f"{mod_name}.{p}" if mod_name else p for p, _ in module.named_parameters(recurse=False)
-        ]
-        if own and not any(p in chosen for p in own):
-            module.eval()  # frozen BN keeps its running statistics
+    for module in plan[2]:
+        module.eval()  # frozen BN keeps its running statistics
 
 
 def forward_from(model: nn.Module, feats: torch.Tensor, start: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.models import squeezenet1_0, squeezenet1_1
 
 from fedray.models.dropout import Dropout
-from fedray.models.views import check_pool, check_taps, head_width, view_features
+from fedray.models.views import check_pool, check_taps, head_width, tapped_head, view_features
 
 
 class Fire(nn.Module):
@@ -62,16 +62,18 @@ class SqueezeNetBN(nn.Module):
         self.taps = check_taps(taps, len(self.features))
         self.pool = check_pool(pool, self.taps)
         width = head_width(self.features, self.zooms, self.taps, self.pool)
-        self.classifier = nn.Sequential(
-            Dropout(dropout),
-            nn.Conv2d(width, num_classes, 1),
-            nn.AdaptiveAvgPool2d(1),
-        )
+        if self.taps is None:
+            self.classifier = nn.Sequential(
+                Dropout(dropout), nn.Conv2d(width, num_classes, 1), nn.AdaptiveAvgPool2d(1)
+            )
+        else:
+            self.classifier = tapped_head(width, num_classes, dropout)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.classifier[1].weight, 0, 0.01)
+        nn.init.zeros_(self.classifier[1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = view_features(self.features, x, self.turns, self.zooms, self.taps, self.pool)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fedray.models.dropout import Dropout
-from fedray.models.views import check_pool, check_taps, head_width, view_features
+from fedray.models.views import check_pool, check_taps, head_width, tapped_head, view_features
 
 
 class TinyCNN(nn.Module):
@@ -36,12 +36,16 @@ class TinyCNN(nn.Module):
         self.features = nn.Sequential(*block(3, w), *block(w, 2 * w), *block(2 * w, 4 * w))
         self.taps = check_taps(taps, len(self.features))  # pooled blocks for the head (views.py)
         self.pool = check_pool(pool, self.taps)
-        self.classifier = nn.Sequential(
-            Dropout(0.2),
-            nn.Conv2d(head_width(self.features, self.zooms, self.taps, self.pool), num_classes, 1),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
+        width = head_width(self.features, self.zooms, self.taps, self.pool)
+        if self.taps is None:
+            self.classifier = nn.Sequential(
+                Dropout(0.2),
+                nn.Conv2d(width, num_classes, 1),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+            )
+        else:
+            self.classifier = tapped_head(width, num_classes, 0.2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = view_features(self.features, x, self.turns, self.zooms, self.taps, self.pool)

@@ -100,6 +100,14 @@ def test_set_params_round_trip_and_freeze_modes():
     assert torch.all(model.state_dict()["classifier.1.bias"] == 0.5)
     freeze_except(model, ["classifier.1.weight", "classifier.1.bias"])
     assert not model.features[1].training and model.classifier[0].training
+    # the module walk is planned once, but every call re-applies it: after a model.train()
+    # (evaluate and extract_features restore the mode) and for another trainable set
+    model.train()
+    freeze_except(model, ["classifier.1.weight", "classifier.1.bias"])
+    assert not model.features[1].training and not model.features[0].weight.requires_grad
+    freeze_except(model, ["features.0.weight", "features.0.bias"])
+    assert model.features[0].training and not model.features[1].training
+    assert model.features[0].weight.requires_grad and not model.classifier[1].weight.requires_grad
 
 
 def test_pill_augmentation_only_turns_and_flips():
