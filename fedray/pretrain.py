@@ -116,10 +116,18 @@ def _train(cfg: dict[str, Any], root: Path) -> None:
 
 def pretrained_weights(cfg: dict[str, Any]) -> Path:
     """Path to public-pill weights for cfg's model, training them first if not cached."""
+    from fedray.fl.train import resolve_precision
+
     key = {
         "data": {k: v for k, v in public_data_cfg(cfg).items() if k != "cache_dir"},
         "model": {k: v for k, v in cfg["model"].items() if k not in ("pretrained", *HEAD_KEYS)},
-        "pretrain": {k: v for k, v in cfg["pretrain"].items() if k != "data"},
+        # `auto` as what it resolves to here: a bf16 and an fp32 backbone are different weights
+        "pretrain": {
+            **{k: v for k, v in cfg["pretrain"].items() if k != "data"},
+            "precision": resolve_precision(
+                cfg["pretrain"].get("precision", "fp32"), "pretrain.precision"
+            ),
+        },
         "seed": int(cfg["seed"]),
     }
     root = cached_build(cache_dir_for(cfg["data"]), "pretrain", key, lambda d: _train(cfg, d))

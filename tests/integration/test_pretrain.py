@@ -58,3 +58,13 @@ def test_pretraining_ignores_the_head_keys(make_cfg):
         )
     )
     assert viewed == plain
+
+
+def test_auto_precision_is_cached_as_what_it_resolves_to(make_cfg):
+    from fedray.fl.train import resolve_precision
+
+    here = resolve_precision("auto", "pretrain.precision")
+    auto = pretrained_weights(make_cfg(*PRETRAIN, "pretrain.precision=auto"))
+    assert auto == pretrained_weights(make_cfg(*PRETRAIN, f"pretrain.precision={here}"))
+    with pytest.raises(ConfigError, match="pretrain.precision='fp16'"):
+        pretrained_weights(make_cfg(*PRETRAIN, "pretrain.precision=fp16"))
