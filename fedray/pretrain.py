@@ -50,6 +50,28 @@ def public_data_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
     return {**data, **data["public_set"], **extra, "public_set": None}
 
 
+def pretrain_head(cfg: dict[str, Any]) -> tuple[Any, str]:
+    """The head the backbone is pretrained under: (taps, pool).
+
+    `pretrain.taps: model` takes the private model's `model.taps` (null there: the plain head on
+    the last block), so the blocks the private head reads are the ones pretraining trains to tell
+    pills apart; a list of block indices or null chooses them outright. `pretrain.pool` pools each
+    tap (avg by default).
+    """
+    from fedray.models.views import POOLS
+
+    pcfg = cfg["pretrain"]
+    taps = pcfg.get("taps")
+    if taps == "model":
+        taps = cfg["model"].get("taps")
+    pool = pcfg.get("pool") or "avg"
+    if pool not in POOLS:
+        raise ConfigError(f"pretrain.pool={pool!r}: choose one of {POOLS}")
+    if taps is None:
+        pool = "avg"  # the plain head pools its own way: nothing to choose
+    return (list(taps) if isinstance(taps, list | tuple) else taps), pool
+
+
 def _train(cfg: dict[str, Any], root: Path) -> None:
     from hydra.utils import instantiate
 
@@ -59,16 +81,17 @@ def _train(cfg: dict[str, Any], root: Path) -> None:
     pcfg = cfg["pretrain"]
     info = build_dataset(public_data_cfg(cfg), int(cfg["seed"]))
     torch.manual_seed(int(cfg["seed"]))
-    # augmentation turns the images already; turned and zoomed views, and the head on tapped
-    # blocks, are for the private model: the backbone is pretrained under the plain head
-    # (model.dropout too: pretrain.dropout, or the architecture's own rate when null)
+    # augmentation turns the images already; turned and zoomed views are for the private model.
+    # The head is pretrain.taps/pool's (`pretrain_head`), its dropout pretrain.dropout (null: the
+    # architecture's own rate)
+    taps, pool = pretrain_head(cfg)
     model_cfg = {
         **cfg["model"],
         "pretrained": None,
         "turns": 1,
         "zooms": None,
-        "taps": None,
-        "pool": "avg",
+        "taps": taps,
+        "pool": pool,
         "dropout": pcfg.get("dropout"),
     }
     model = build_model(model_cfg, info.num_classes)
@@ -118,12 +141,16 @@ def pretrained_weights(cfg: dict[str, Any]) -> Path:
     """Path to public-pill weights for cfg's model, training them first if not cached."""
     from fedray.fl.train import resolve_precision
 
+    taps, pool = pretrain_head(cfg)
     key = {
         "data": {k: v for k, v in public_data_cfg(cfg).items() if k != "cache_dir"},
         "model": {k: v for k, v in cfg["model"].items() if k not in ("pretrained", *HEAD_KEYS)},
-        # `auto` as what it resolves to here: a bf16 and an fp32 backbone are different weights
+        # `auto` as what it resolves to here: a bf16 and an fp32 backbone are different weights;
+        # `taps: model` as the taps it stands for
         "pretrain": {
             **{k: v for k, v in cfg["pretrain"].items() if k != "data"},
+            "taps": taps,
+            "pool": pool,
             "precision": resolve_precision(
                 cfg["pretrain"].get("precision", "fp32"), "pretrain.precision"
             ),

@@ -17,7 +17,7 @@ from fedray.models.views import VIEW_KEYS, check_turns, check_zooms
 
 MODELS = ("squeezenet", "tiny_cnn")
 # model keys that shape only the head fine-tuned on the pretrained backbone: pretraining ignores
-# them (one cached backbone serves every value)
+# them (one cached backbone serves every value), but for model.taps when pretrain.taps=model
 HEAD_KEYS = (*VIEW_KEYS, "dropout")
 __all__ = [
     "HEAD_KEYS",

@@ -37,7 +37,7 @@ from fedray.config import ConfigError
 TURNS = (1, 2, 4)
 POOLS = ("avg", "max", "avgmax")
 # model config keys that choose views and the head's inputs, not the backbone's weights:
-# pretraining ignores them (it augments instead, and trains the plain head)
+# pretraining ignores them (it augments instead), but for taps with pretrain.taps=model
 VIEW_KEYS = ("turns", "zooms", "taps", "pool")
 
 

@@ -44,20 +44,44 @@ def test_missing_local_weights_is_a_clear_error(make_cfg, tmp_path):
         build_model({"name": "tiny_cnn", "pretrained": str(tmp_path / "nope.pt")}, 4)
 
 
-def test_pretraining_ignores_the_head_keys(make_cfg):
-    # the backbone is the same for any turns/zooms/taps/pool/dropout: one pretraining serves all
+def test_pretraining_ignores_the_view_keys(make_cfg):
+    # the backbone is the same for any turns/zooms/pool/dropout: one pretraining serves all
     plain = pretrained_weights(make_cfg(*PRETRAIN))
     viewed = pretrained_weights(
         make_cfg(
             *PRETRAIN,
             "model.turns=4",
             "model.zooms=[1.0,1.5]",
-            "model.taps=[-1]",
             "model.pool=max",
             "model.dropout=0.0",
         )
     )
     assert viewed == plain
+    # model.taps picks the blocks the head reads: with pretrain.taps=null they do not matter
+    assert pretrained_weights(make_cfg(*PRETRAIN, "pretrain.taps=null")) == pretrained_weights(
+        make_cfg(*PRETRAIN, "pretrain.taps=null", "model.taps=[-1]")
+    )
+
+
+def test_pretraining_trains_under_the_models_tapped_head(make_cfg):
+    from fedray.pretrain import pretrain_head
+
+    # pretrain.taps=model (the default): the backbone is pretrained under the private model's
+    # taps (average-pooled), so another model.taps is another backbone
+    cfg = make_cfg(*PRETRAIN, "model.taps=[-2,-1]", "model.pool=max")
+    assert cfg["pretrain"]["taps"] == "model"
+    assert pretrain_head(cfg) == ([-2, -1], "avg")
+    tapped = pretrained_weights(cfg)
+    assert tapped != pretrained_weights(make_cfg(*PRETRAIN))
+    # the saved head is the tapped one: a linear map of the pooled blocks
+    state = torch.load(tapped, weights_only=True)["model"]
+    model = build_model({**cfg["model"], "pretrained": str(tapped)}, num_classes=4)
+    width = model.state_dict()["classifier.1.weight"].shape[1]
+    assert state["classifier.1.weight"].shape[1] == width
+    assert pretrain_head(make_cfg(*PRETRAIN, "pretrain.taps=[1]")) == ([1], "avg")
+    assert pretrain_head(make_cfg(*PRETRAIN, "pretrain.taps=null", "model.taps=[1]"))[0] is None
+    with pytest.raises(ConfigError, match="pretrain.pool='mean'"):
+        pretrain_head(make_cfg(*PRETRAIN, "model.taps=[1]", "pretrain.pool=mean"))
 
 
 def test_auto_precision_is_cached_as_what_it_resolves_to(make_cfg):
