@@ -9,7 +9,7 @@ from setuptools.command.build_ext import build_ext
 # module name -> .pyx source; every module here must have a NumPy fallback in the package.
 EXTENSIONS = {
     "fedray._kernels": "fedray/_kernels.pyx",
-    "fedray.data._compose": "fedray/data/_compose.pyx",
+    "fedray.pill._compose": "fedray/pill/_compose.pyx",
 }
 
 

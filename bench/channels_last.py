@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedray.models.squeezenet import build_squeezenet  # noqa: E402
+from fedray.pill.squeezenet import build_squeezenet  # noqa: E402
 
 
 def ms_per_image(size: int, channels_last: bool, batch: int, steps: int) -> float:

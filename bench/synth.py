@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fedray.data.compose import ComposeParams  # noqa: E402
+from fedray.pill.compose import ComposeParams  # noqa: E402
 
 CROP = 96
 CUTOUT_PX_PER_MM = 10.0
@@ -57,7 +57,7 @@ def demo_cutouts(n: int, seed: int) -> list[np.ndarray]:
 
 def workload(n_scenes: int, seed: int, max_pills: int) -> tuple[list, list, list]:
     """(textures, cut-outs, [(texture index, cut-out indices, scene seed)])."""
-    from fedray.data.textures import make_textures
+    from fedray.pill.textures import make_textures
 
     textures = make_textures(12, 512, seed, bundled=False)
     cutouts = demo_cutouts(20, seed)
@@ -158,7 +158,7 @@ def albumentations_scene(texture: np.ndarray, cutouts: list[np.ndarray], rng: np
 
 def _make_runner(path: str, args: argparse.Namespace) -> Any:
     """Build the workload and return run(specs) -> number of crops for one path."""
-    from fedray.data import compose as C
+    from fedray.pill import compose as C
 
     params = ComposeParams(max_pills=args.max_pills)
     textures, raw_cutouts, specs = workload(args.scenes, args.seed, args.max_pills)
@@ -183,7 +183,7 @@ def _make_runner(path: str, args: argparse.Namespace) -> Any:
     elif path.startswith("torch"):
         import torch
 
-        from fedray.data.compose_torch import render_plans
+        from fedray.pill.compose_torch import render_plans
 
         torch.set_num_threads(args.threads)
         device = "cuda" if path == "torch-cuda" else "cpu"

@@ -98,7 +98,7 @@ def main() -> None:
     cfg["workers"] = args.workers
     load_before = os.getloadavg()
 
-    from fedray.data.synth import build_synthetic, synth_summary
+    from fedray.pill.synth import build_synthetic, synth_summary
 
     cache = Path(tempfile.mkdtemp(prefix="fedray-synth-bench-"))
     with TreeMemory() as mem:

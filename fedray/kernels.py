@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
 
 import numpy as np
 
-from fedray.data.datasets import MEAN, STD
+# ImageNet statistics: the normalisation every torchvision backbone expects.
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
-try:
-    if os.environ.get("FEDRAY_NO_CYTHON"):
-        raise ImportError("disabled by FEDRAY_NO_CYTHON")
-    from fedray import _kernels
-except ImportError:
-    _kernels = None
+# The one switch for every optional compiled kernel (this one and the pill compositor's).
+NO_CYTHON_ENV = "FEDRAY_NO_CYTHON"
+
+
+def optional_extension(module: str) -> ModuleType | None:
+    """Import a compiled extension, or None when it is not built or FEDRAY_NO_CYTHON is set."""
+    if os.environ.get(NO_CYTHON_ENV, "").strip() not in ("", "0"):
+        return None
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+_kernels = optional_extension("fedray._kernels")
 
 BACKEND = "cython" if _kernels is not None else "numpy"
 

@@ -105,9 +105,7 @@ def run(cfg: dict[str, Any], on_round: OnRound | None = None) -> dict[str, Any]:
     if cfg["stage"] == "synth":
         return _run_synth(cfg, run_dir)
     if cfg["stage"] == "pretrain":
-        from fedray.pretrain import run_pretrain
-
-        metrics = run_pretrain(cfg)
+        metrics = run_pretrain_stage(cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "summary.json").write_text(json.dumps(metrics, indent=2))
         return metrics
@@ -121,8 +119,6 @@ def run(cfg: dict[str, Any], on_round: OnRound | None = None) -> dict[str, Any]:
         info.root,
         time.perf_counter() - t0,
     )
-    from fedray.pretrain import resolve_pretrained
-
     cfg = resolve_pretrained(cfg)  # after the private data: a bad data.root fails first
     if cfg["stage"] in ("federated", "isolated"):
         return _run_federated(cfg, info, run_dir, resume_dir, on_round)
@@ -130,20 +126,63 @@ def run(cfg: dict[str, Any], on_round: OnRound | None = None) -> dict[str, Any]:
 
 
 def _run_synth(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """stage=synth: build (or find) the dataset alone and report what was made."""
+    """stage=synth: build (or find) the dataset alone and report what was made.
+
+    A dataset config may name a `describe` callable (DatasetInfo -> dict) that lists what its
+    build wrote (the synthetic pills' contact sheet, manifest, YOLO scenes).
+    """
+    from hydra.utils import get_method
+
     from fedray.data.sources import build_dataset
 
-    if cfg["data"].get("name") != "synthetic":
-        raise ConfigError(f"stage=synth builds data=synthetic, not data={cfg['data'].get('name')}")
-    from fedray.data.synth import synth_summary
-
-    summary = synth_summary(build_dataset(cfg["data"], int(cfg["seed"])))
+    describe = cfg["data"].get("describe")
+    if not describe:
+        raise ConfigError(
+            f"stage=synth builds a synthesized dataset; data={cfg['data'].get('name')} has no "
+            "`describe` (use data=synthetic)"
+        )
+    summary = get_method(describe)(build_dataset(cfg["data"], int(cfg["seed"])))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     for key in ("contact_sheet", "detection_data_yaml", "manifest", "catalog"):
         if summary.get(key):
             log.info("%s: %s", key, summary[key])
     return summary
+
+
+def _pretrain_resolver(cfg: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+    """The `pretrain._target_` callable (cfg -> cfg with model.pretrained a path), if any."""
+    from hydra.utils import get_method
+
+    target = (cfg.get("pretrain") or {}).get("_target_")
+    return get_method(target) if target else None
+
+
+def resolve_pretrained(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`model.pretrained: <pretrain.name>` -> the weights path that the pretrain stage produces.
+
+    Any other value (a local path, null) is left as it is; the pretraining itself is the
+    `pretrain` group's `_target_` (the pill application's public-pill pretraining by default).
+    """
+    pretrained = cfg["model"].get("pretrained")
+    name = (cfg.get("pretrain") or {}).get("name")
+    if pretrained is None or pretrained != name:
+        return cfg
+    resolver = _pretrain_resolver(cfg)
+    if resolver is None:
+        raise ConfigError(f"model.pretrained={pretrained!r} but the pretrain group has no _target_")
+    return resolver(cfg)
+
+
+def run_pretrain_stage(cfg: dict[str, Any]) -> dict[str, Any]:
+    """stage=pretrain: build/train (or find) the pretrained weights and report them."""
+    resolver = _pretrain_resolver(cfg)
+    if resolver is None:
+        raise ConfigError("stage=pretrain needs a pretrain group with a _target_ (pretrain=public)")
+    path = Path(resolver(cfg)["model"]["pretrained"])
+    report = path.parent / "metrics.json"
+    metrics = json.loads(report.read_text()) if report.exists() else {}
+    return {**metrics, "weights": str(path)}
 
 
 def _run_federated(
@@ -230,7 +269,7 @@ def _run_centralized(cfg: dict[str, Any], info, run_dir: Path, on_round: OnRound
     from fedray.fl.head_init import check_head_init, feature_stats, solve_head
     from fedray.fl.server import check_augment
     from fedray.fl.train import (
-        augment_pills,
+        augment_turns_flips,
         evaluate,
         extract_features,
         round_lr_scale,
@@ -279,7 +318,7 @@ def _run_centralized(cfg: dict[str, Any], info, run_dir: Path, on_round: OnRound
                 opt,
                 seed=seed * 1000 + r,
                 cached=cached,
-                augment=augment_pills if client.get("augment") and not cached else None,
+                augment=augment_turns_flips if client.get("augment") and not cached else None,
                 lr_scale=round_lr_scale(str(client.get("lr_schedule", "constant")), r, rounds),
             )
             metrics, cm = evaluate(model, vx, vy, info.num_classes, cached=cached)

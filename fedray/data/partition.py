@@ -209,52 +209,51 @@ def partition_quantity_skew(
     return _finish(np.split(perm, np.cumsum(sizes)[:-1]))
 
 
-# name -> (required params, optional params with defaults)
-_SCHEMES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "iid": ((), {}),
-    "pathological": (("classes_per_client",), {}),
-    "dirichlet": (("alpha",), {"min_size": 10}),
-    "quantity_skew": (("alpha",), {}),
-}
-
-
 def partition(
     labels: np.ndarray, cfg: Mapping[str, Any], num_clients: int, seed: int
 ) -> list[np.ndarray]:
-    """Dispatch on `cfg["name"]` (the plain-dict Hydra `partition` group) to a partitioner."""
+    """Split `labels` with the partitioner `cfg["_target_"]` names (the Hydra `partition` group).
+
+    A partitioner is any callable `fn(labels, num_clients, seed, **params) -> list[index array]`
+    (the group's other keys are its params; `name` is a label). The result is checked: one index
+    array per client, disjoint, covering every sample.
+    """
+    from fedray.models import instantiate_target
+
     if not isinstance(cfg, Mapping):
         raise PartitionError(f"partition config must be a mapping, got {type(cfg).__name__}")
-    name = cfg.get("name")
-    if name not in _SCHEMES:
-        raise PartitionError(f"partition.name={name!r} is not one of {sorted(_SCHEMES)}")
-    required, optional = _SCHEMES[name]
-    unknown = sorted(set(cfg) - {"name", *required, *optional})
-    if unknown:
-        raise PartitionError(
-            f"partition.{unknown[0]} is not a parameter of the {name!r} scheme "
-            f"(expected {sorted([*required, *optional]) or 'none'})"
-        )
-    missing = [key for key in required if key not in cfg]
-    if missing:
-        raise PartitionError(f"partition.{missing[0]} is required by the {name!r} scheme")
-    params = {**optional, **{k: v for k, v in cfg.items() if k != "name"}}
+    labels = _check_labels(labels)
     try:
-        if name == "iid":
-            return partition_iid(labels, num_clients, seed)
-        if name == "pathological":
-            return partition_pathological(labels, num_clients, params["classes_per_client"], seed)
-        if name == "dirichlet":
-            return partition_dirichlet(
-                labels, num_clients, params["alpha"], seed, min_size=params["min_size"]
-            )
-        return partition_quantity_skew(labels, num_clients, params["alpha"], seed)
+        parts = instantiate_target(
+            dict(cfg), "partition", skip=("name",), labels=labels, num_clients=num_clients,
+            seed=seed,
+        )
     except PartitionError as err:
         msg = str(err)
-        for key in (*required, *optional):
-            if msg.startswith(f"{key} ") or msg.startswith(f"{key}="):
-                msg = f"partition.{msg}"
-                break
+        if not msg.startswith(("partition.", "labels", "num_clients")):
+            msg = f"partition.{msg}"
         raise PartitionError(msg) from None
+    except ValueError as err:  # ConfigError from the instantiation names partition.<key>
+        raise PartitionError(str(err)) from None
+    return check_partition(parts, labels.size, num_clients, str(cfg.get("_target_")))
+
+
+def check_partition(
+    parts: Sequence[Any], n: int, num_clients: int, target: str
+) -> list[np.ndarray]:
+    """One int index array per client, disjoint and covering range(n): else PartitionError."""
+    if not isinstance(parts, Sequence) or len(parts) != num_clients:
+        got = len(parts) if isinstance(parts, Sequence) else type(parts).__name__
+        raise PartitionError(f"partition._target_={target}: returned {got} parts, "
+                             f"expected one per client ({num_clients})")
+    parts = _finish(parts)
+    flat = np.concatenate(parts) if parts else np.empty(0, np.int64)
+    if flat.size != n or (flat.size and (flat.min() < 0 or flat.max() >= n)) or np.unique(
+        flat
+    ).size != n:
+        raise PartitionError(f"partition._target_={target}: the parts must be disjoint and cover "
+                             f"all {n} samples exactly once")
+    return parts
 
 
 def partition_matrix(

@@ -1,12 +1,34 @@
-"""One door for every dataset source: config in, a built (cached) dataset directory out."""
+"""One door for every dataset: `data._target_` in, a built (cached) dataset directory out.
+
+Two kinds of callable can stand behind `data._target_`:
+
+- a *dataset builder* (marked with `@dataset_builder`): `fn(cfg, seed, cache_dir) -> DatasetInfo`;
+  it writes the dataset-directory format of `fedray.data.datasets` into the cache itself (the
+  toy set, the synthetic pills, the pill importers);
+- any other callable: called with the config's keys as keyword arguments; what it returns is
+  written into the cache by fedray (see `fedray.data.materialize`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fedray.config import ConfigError
-from fedray.data.datasets import DatasetInfo, cached_build, default_cache_dir, load_info
+from fedray.data.datasets import DatasetInfo, default_cache_dir
+
+# data keys that are fedray's, never the builder's: where the cache is, the public counterpart a
+# pretraining stage may use, and the callable that describes a build (stage=synth)
+NOT_BUILDER_KEYS = ("_target_", "cache_dir", "public_set", "describe")
+
+Builder = Callable[[dict[str, Any], int, Path], DatasetInfo]
+
+
+def dataset_builder(fn: Builder) -> Builder:
+    """Mark `fn(cfg, seed, cache_dir) -> DatasetInfo` as a builder that caches its own output."""
+    fn.fedray_dataset_builder = True  # type: ignore[attr-defined]
+    return fn
 
 
 def cache_dir_for(data_cfg: dict[str, Any]) -> Path:
@@ -16,34 +38,22 @@ def cache_dir_for(data_cfg: dict[str, Any]) -> Path:
 
 def build_dataset(data_cfg: dict[str, Any], seed: int) -> DatasetInfo:
     """Build (or find in the cache) the dataset that `data_cfg` describes."""
-    name = data_cfg.get("name")
-    cache = cache_dir_for(data_cfg)
-    # public_set only describes this source's public counterpart (for pretraining)
-    data_cfg = {k: v for k, v in data_cfg.items() if k != "public_set"}
-    key = {k: v for k, v in data_cfg.items() if k != "cache_dir"}
-    if name == "toy":
-        from fedray.data.toy import VERSION as TOY_VERSION
-        from fedray.data.toy import build_toy
+    from hydra.utils import get_object
 
-        root = cached_build(
-            cache,
-            "toy",
-            {**key, "seed": seed, "version": TOY_VERSION},
-            lambda d: build_toy(d, data_cfg, seed),
+    target = data_cfg.get("_target_")
+    if not target:
+        raise ConfigError(
+            "data._target_ is missing: name the callable that builds the dataset "
+            "(e.g. data=toy, data=synthetic, data=image_folder)"
         )
-        return load_info(root)
-    if name == "yolo_import":
-        from fedray.data.importers import import_yolo
+    try:
+        fn = get_object(str(target))
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps import errors of every kind
+        raise ConfigError(f"data._target_={target!r} cannot be imported: {exc}") from None
+    cache = cache_dir_for(data_cfg)
+    if getattr(fn, "fedray_dataset_builder", False):
+        cfg = {k: v for k, v in data_cfg.items() if k not in NOT_BUILDER_KEYS}
+        return fn(cfg, seed, cache)
+    from fedray.data.materialize import materialize
 
-        return import_yolo({**data_cfg, "seed": data_cfg.get("seed", seed)}, cache)
-    if name == "epillid":
-        from fedray.data.importers import import_epillid
-
-        return import_epillid({**data_cfg, "seed": data_cfg.get("seed", seed)}, cache)
-    if name == "synthetic":
-        from fedray.data.synth import build_synthetic
-
-        return build_synthetic(data_cfg, seed, cache)
-    raise ConfigError(
-        f"data.name={name!r} is not a known dataset (toy, synthetic, yolo_import, epillid)"
-    )
+    return materialize(fn, data_cfg, seed, cache)

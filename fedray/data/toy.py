@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from fedray.data.datasets import write_meta, write_split
+from fedray.data.datasets import DatasetInfo, cached_build, load_info, write_meta, write_split
+from fedray.data.sources import dataset_builder
 
 VERSION = 2  # bump when the generator changes: it is part of the cache key
 
@@ -48,6 +50,13 @@ def _draw(
         cv2.circle(img, (cx, cy), ri, col, max(1, ri // 3), cv2.LINE_AA)
     noise_px = rng.normal(0, 255 * noise * 0.3, img.shape)
     return np.clip(img + noise_px, 0, 255).astype(np.uint8)
+
+
+@dataset_builder
+def toy_dataset(cfg: dict[str, Any], seed: int, cache_dir: Path) -> DatasetInfo:
+    """The toy dataset `cfg` describes, built into (or found in) the cache."""
+    key = {**cfg, "seed": seed, "version": VERSION}
+    return load_info(cached_build(cache_dir, "toy", key, lambda d: build_toy(d, cfg, seed)))
 
 
 def build_toy(root: Path, cfg: dict, seed: int) -> None:

@@ -17,7 +17,7 @@ import torch
 
 from fedray.data.datasets import load_images, load_labels
 from fedray.fl.head_init import feature_stats
-from fedray.fl.train import augment_pills, extract_features, get_params, set_params, train_local
+from fedray.fl.train import augment_turns_flips, extract_features, get_params, set_params, train_local
 from fedray.fl.types import ClientResult, Params
 
 log = logging.getLogger("fedray")
@@ -164,7 +164,7 @@ class ClientActor:
             seed=client_seed(self.spec["seed"], round_idx, client_id),
             cached=self.cached,
             proximal_mu=float(extra.get("proximal_mu", 0.0)),
-            augment=augment_pills if client.get("augment") and not self.cached else None,
+            augment=augment_turns_flips if client.get("augment") and not self.cached else None,
             device=self.device,
             lr_scale=float(extra.get("lr_scale", 1.0)),
         )

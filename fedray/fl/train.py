@@ -154,8 +154,8 @@ def extract_features(
     return torch.cat(out) if out else torch.empty(0)
 
 
-def augment_pills(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Pills have no canonical orientation: random 90-degree turns and flips, per image."""
+def augment_turns_flips(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random 90-degree turns and flips, per image (for subjects with no canonical orientation)."""
     out = np.empty_like(batch)
     turns = rng.integers(0, 4, len(batch))
     flips = rng.integers(0, 2, len(batch))

@@ -1,8 +1,21 @@
-"""Model factory. Every model exposes `.features` (backbone) and `.classifier` (head), so
-`fl.trainable=classifier` and feature caching work the same for all of them."""
+"""Models from config: `model._target_` names any callable that returns an `nn.Module`.
+
+The model contract (what partial training and feature caching use): a model may expose
+`features`, an `nn.Sequential` of backbone blocks, and `classifier`, its head. `fl.trainable=
+classifier` then trains only the head, and the frozen leading blocks' output is computed once and
+cached (`fl.cache_features`). `fedray.models.torchvision_split` gives any torchvision classifier
+that split. A model without it still trains with `fl.trainable=all` (or a regex), uncached.
+
+Keys every model config may carry besides its constructor's own: `name` (a label), `pretrained`
+(a local weights file, or the name of the pretrain stage), `turns` (backbone averaged over that
+many quarter turns of the image), `dropout` (the head's rate). The callable receives
+`num_classes` when it takes that argument and the config does not set it.
+"""
 
 from __future__ import annotations
 
+import inspect
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -11,62 +24,109 @@ import torch
 from torch import nn
 
 from fedray.config import ConfigError
-from fedray.models.squeezenet import build_squeezenet
 from fedray.models.tiny_cnn import TinyCNN
 from fedray.models.views import VIEW_KEYS, check_turns, check_zooms
 
-MODELS = ("squeezenet", "tiny_cnn")
 # model keys that shape only the head fine-tuned on the pretrained backbone: pretraining ignores
 # them (one cached backbone serves every value), but for model.taps when pretrain.taps=model
 HEAD_KEYS = (*VIEW_KEYS, "dropout")
+# keys fedray handles itself; the rest go to the model's `_target_`
+GENERIC_KEYS = ("_target_", "name", "pretrained", "turns", "dropout", "channels_last")
 __all__ = [
     "HEAD_KEYS",
-    "MODELS",
     "TinyCNN",
     "build_model",
     "frozen_prefix",
+    "has_split",
     "load_pretrained",
     "trainable_names",
 ]
 
 
+def instantiate_target(
+    cfg: dict[str, Any], group: str, skip: tuple = (), drop_unknown: bool = False, **given: Any
+) -> Any:
+    """Call `cfg['_target_']` with the config's other keys (minus `skip`) as keyword arguments.
+
+    Each `given` keyword is passed only when the callable accepts it and the config does not set
+    it. A key the callable does not take is an error naming `<group>.<key>`, or, with
+    `drop_unknown` (a user's `_target_` swapped into a group whose file set other keys), left out
+    with a logged warning.
+    """
+    from hydra.utils import get_object
+
+    target = cfg.get("_target_")
+    if not target:
+        raise ConfigError(f"{group}._target_ is missing: name the callable that builds the {group}")
+    try:
+        fn = get_object(str(target))
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps import errors of every kind
+        raise ConfigError(f"{group}._target_={target!r} cannot be imported: {exc}") from None
+    kwargs = {k: v for k, v in cfg.items() if k not in ("_target_", *skip)}
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [k for k in kwargs if params and not takes_any and k not in params]
+    if unknown and drop_unknown:
+        logging.getLogger("fedray").warning(
+            "%s: %s takes no %s; left out (set %s=... to a group without them)",
+            group, target, ", ".join(unknown), group,
+        )
+        kwargs = {k: v for k, v in kwargs.items() if k not in unknown}
+    elif unknown:
+        raise ConfigError(
+            f"{group}.{unknown[0]} is not an argument of {target}; it takes {sorted(params)}"
+        )
+    for key, value in given.items():
+        if key not in kwargs and (takes_any or key in params):
+            kwargs[key] = value
+    missing = [
+        k for k, p in params.items()
+        if p.default is inspect.Parameter.empty and k not in kwargs
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    if missing:
+        raise ConfigError(f"{group}.{missing[0]} is required by {target} ({group}.{missing[0]}=...)")
+    return fn(**kwargs)
+
+
 def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
     """Build the model `cfg` names with a `num_classes`-way head; load `pretrained` if given."""
-    name = cfg.get("name")
     turns = check_turns(cfg.get("turns", 1))
-    zooms = check_zooms(cfg.get("zooms"))
-    taps, pool = cfg.get("taps"), cfg.get("pool") or "avg"
-    if name == "squeezenet":
-        batch_norm = bool(cfg.get("batch_norm", True))
-        if not batch_norm and (turns > 1 or zooms != (1.0,) or taps is not None):
-            raise ConfigError(
-                f"model.turns={turns} / model.zooms={list(zooms)} / model.taps={taps} need "
-                "fedray's own backbone; model.batch_norm=false is torchvision's SqueezeNet: use "
-                "model.turns=1, model.zooms=[1.0] and model.taps=null"
-            )
-        model = build_squeezenet(
-            num_classes,
-            version=str(cfg.get("version", "1_1")),
-            batch_norm=batch_norm,
-            zooms=zooms,
-            taps=taps,
-            pool=pool,
-        )
-    elif name == "tiny_cnn":
-        model = TinyCNN(
-            num_classes, width=int(cfg.get("width", 16)), zooms=zooms, taps=taps, pool=pool
-        )
-    else:
-        raise ConfigError(f"model.name={name!r} is not a known model; choose one of {MODELS}")
+    if "zooms" in cfg:
+        cfg = {**cfg, "zooms": check_zooms(cfg.get("zooms"))}
+    model = instantiate_target(
+        cfg, "model", skip=GENERIC_KEYS, drop_unknown=True, num_classes=num_classes
+    )
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model._target_={cfg['_target_']!r} returned {type(model).__name__}, "
+                          "not a torch.nn.Module")
     if turns > 1:
+        if not has_split(model) or not hasattr(model, "turns"):
+            raise ConfigError(
+                f"model.turns={turns} needs a model whose forward averages its backbone over "
+                f"quarter turns (a `turns` attribute: TinyCNN, the pill SqueezeNet-BN); "
+                f"{type(model).__name__} has none: use model.turns=1"
+            )
         model.turns = turns
     if cfg.get("dropout") is not None:
         set_dropout(model, cfg["dropout"])
     if cfg.get("pretrained"):
         load_pretrained(model, cfg["pretrained"])
+    if not cfg.get("channels_last", True):
+        return model
     # channels-last: the same maths, ~1.5x faster SqueezeNet training on CPU at 64-96 px
     # (bench/channels_last.py); travelled arrays are copied out C-ordered all the same
     return model.to(memory_format=torch.channels_last)
+
+
+def has_split(model: nn.Module) -> bool:
+    """True when the model follows the backbone/head contract (`features` + `classifier`)."""
+    return isinstance(getattr(model, "features", None), nn.Sequential) and isinstance(
+        getattr(model, "classifier", None), nn.Module
+    )
 
 
 def set_dropout(model: nn.Module, p: Any) -> None:
@@ -106,6 +166,11 @@ def trainable_names(model: nn.Module, spec: str) -> list[str]:
     if spec == "all":
         chosen = names
     elif spec == "classifier":
+        if not has_split(model):
+            raise ConfigError(
+                "fl.trainable=classifier needs a model with a `classifier` head (the backbone/head "
+                f"contract, fedray.models); {type(model).__name__} has none: use fl.trainable=all"
+            )
         chosen = [n for n in names if n.startswith("classifier.")]
     else:
         try:
@@ -124,6 +189,8 @@ def frozen_prefix(model: nn.Module, names: list[str]) -> int:
     Their output never changes during training, so it can be computed once and cached; 0 means
     the first block trains (nothing to cache), len(model.features) means only the head trains.
     """
+    if not has_split(model):
+        return 0  # no backbone/head split: nothing can be cached
     chosen = set(names)
     for i, block in enumerate(model.features):
         if any(f"features.{i}.{n}" in chosen for n, _ in block.named_parameters()):

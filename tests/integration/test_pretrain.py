@@ -7,7 +7,7 @@ import torch
 
 from fedray.config import ConfigError
 from fedray.models import build_model
-from fedray.pretrain import pretrained_weights, resolve_pretrained
+from fedray.pill.pretrain import pretrained_weights, resolve_pretrained
 from fedray.run import run
 
 PRETRAIN = ("model.pretrained=public", "pretrain.epochs=2", "data.train_per_class=20")
@@ -31,7 +31,7 @@ def test_pretrain_stage_is_cached_and_loaded(make_cfg):
 
 def test_public_classes_are_disjoint(make_cfg):
     from fedray.data.sources import build_dataset
-    from fedray.pretrain import public_data_cfg
+    from fedray.pill.pretrain import public_data_cfg
 
     cfg = make_cfg(*PRETRAIN)
     private = build_dataset(cfg["data"], 0).class_names
@@ -41,7 +41,7 @@ def test_public_classes_are_disjoint(make_cfg):
 
 def test_missing_local_weights_is_a_clear_error(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match="never downloads"):
-        build_model({"name": "tiny_cnn", "pretrained": str(tmp_path / "nope.pt")}, 4)
+        build_model({"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn", "pretrained": str(tmp_path / "nope.pt")}, 4)
 
 
 def test_pretraining_ignores_the_view_keys(make_cfg):
@@ -64,7 +64,7 @@ def test_pretraining_ignores_the_view_keys(make_cfg):
 
 
 def test_pretraining_trains_under_the_models_tapped_head(make_cfg):
-    from fedray.pretrain import pretrain_head
+    from fedray.pill.pretrain import pretrain_head
 
     # pretrain.taps=model (the default): the backbone is pretrained under the private model's
     # taps (average-pooled), so another model.taps is another backbone

@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
-from fedray.data import catalog as catalog_module
-from fedray.data.catalog import (
+from fedray.pill import catalog as catalog_module
+from fedray.pill.catalog import (
     CAPSULE_SHAPES,
     COLOR_NAMES,
     MAX_LENGTH_MM,

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fedray.data import compose as C
-from fedray.data.compose import ComposeError, ComposeParams
+from fedray.pill import compose as C
+from fedray.pill.compose import ComposeError, ComposeParams
 
 SIZE = 96
 HAS_KERNEL = C._ckernel is not None
@@ -205,7 +205,7 @@ def test_render_batch_matches_one_by_one(background, cutouts):
 
 def test_torch_cpu_is_close_to_numpy(background, cutouts):
     pytest.importorskip("torch")
-    from fedray.data.compose_torch import render_plans
+    from fedray.pill.compose_torch import render_plans
 
     plans = [_plan(background, cutouts, s, blur_prob=0.5, jpeg_prob=float(s % 2))
              for s in range(6)]
@@ -231,7 +231,7 @@ def test_noise_hash_matches_reference_and_torch():
     expected = [lowbias32(int(i) ^ 99) for i in index]
     assert C.noise_hash(index, 99).tolist() == expected
     torch = pytest.importorskip("torch")
-    from fedray.data.compose_torch import noise_hash_torch
+    from fedray.pill.compose_torch import noise_hash_torch
 
     assert noise_hash_torch(torch.from_numpy(index.astype(np.int64)), 99).tolist() == expected
 
@@ -282,26 +282,22 @@ def test_bad_inputs_name_the_culprit(background, cutouts):
         C.render_plan(_plan(background, cutouts, 0), backend="fortran")
 
 
-def _backend_in_subprocess(value: str, block_kernel: bool = False) -> (
+def _backend_in_subprocess(no_cython: str, block_kernel: bool = False) -> (
         subprocess.CompletedProcess):
-    env = {**os.environ, "FEDRAY_COMPOSE_BACKEND": value}
-    block = "import sys; sys.modules['fedray.data._compose'] = None; " if block_kernel else ""
-    code = block + "from fedray.data import compose; print(compose.BACKEND)"
+    env = {**os.environ, "FEDRAY_NO_CYTHON": no_cython}
+    block = "import sys; sys.modules['fedray.pill._compose'] = None; " if block_kernel else ""
+    code = block + "from fedray.pill import compose; print(compose.BACKEND)"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
 
 
-def test_backend_env_var_forces_numpy_and_rejects_nonsense():
-    forced = _backend_in_subprocess("numpy")
+def test_one_switch_forces_numpy():
+    forced = _backend_in_subprocess("1")
     assert forced.returncode == 0 and forced.stdout.strip() == "numpy"
-    bad = _backend_in_subprocess("gpu")
-    assert bad.returncode != 0 and "FEDRAY_COMPOSE_BACKEND" in bad.stderr
-    if not os.environ.get("FEDRAY_COMPOSE_BACKEND"):
+    if not os.environ.get("FEDRAY_NO_CYTHON"):
         assert C.BACKEND == ("cython" if HAS_KERNEL else "numpy")
 
 
-def test_missing_kernel_falls_back_to_numpy_unless_cython_is_forced():
+def test_missing_kernel_falls_back_to_numpy():
     fallback = _backend_in_subprocess("", block_kernel=True)
     assert fallback.returncode == 0 and fallback.stdout.strip() == "numpy"
-    forced = _backend_in_subprocess("cython", block_kernel=True)
-    assert forced.returncode != 0 and "build_ext" in forced.stderr

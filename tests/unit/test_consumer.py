@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedray.data import consumer
-from fedray.data.catalog import Color, Pill
-from fedray.data.compose import ComposeError, ComposeParams, plan_scene, prepare_cutout, render_plan
-from fedray.data.render import default_px_per_mm, render_reference
-from fedray.data.segment import segment_reference
+from fedray.pill import consumer
+from fedray.pill.catalog import Color, Pill
+from fedray.pill.compose import ComposeError, ComposeParams, plan_scene, prepare_cutout, render_plan
+from fedray.pill.render import default_px_per_mm, render_reference
+from fedray.pill.segment import segment_reference
 
 RED = (200, 40, 40)
 

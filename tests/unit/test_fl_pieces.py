@@ -11,7 +11,7 @@ from fedray.fl.client import ClientActor, client_seed
 from fedray.fl.pool import wave_threads
 from fedray.fl.server import clients_per_round, is_finite, sample_clients
 from fedray.fl.train import (
-    augment_pills,
+    augment_turns_flips,
     extract_features,
     freeze_except,
     get_params,
@@ -113,7 +113,7 @@ def test_set_params_round_trip_and_freeze_modes():
 def test_pill_augmentation_only_turns_and_flips():
     rng = np.random.default_rng(0)
     batch = rng.integers(0, 255, (8, 5, 5, 3), dtype=np.uint8)
-    out = augment_pills(batch, rng)
+    out = augment_turns_flips(batch, rng)
     for a, b in zip(batch, out, strict=True):
         variants = [np.rot90(a, k) for k in range(4)] + [np.rot90(a, k)[:, ::-1] for k in range(4)]
         assert any(np.array_equal(v, b) for v in variants)
@@ -156,11 +156,11 @@ def test_client_warm_up_leaves_the_model_as_it_was(tmp_path):
         tmp_path, "train", rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8), np.arange(6) % 3
     )
     torch.manual_seed(0)
-    model = build_model({"name": "tiny_cnn", "width": 4}, 3)
+    model = build_model({"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn", "width": 4}, 3)
     floats = [k for k, v in model.state_dict().items() if v.is_floating_point()]
     init = get_params(model, floats)
     spec = {
-        "model": {"name": "tiny_cnn", "width": 4},
+        "model": {"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn", "width": 4},
         "num_classes": 3,
         "seed": 0,
         "init_state": init,
@@ -260,6 +260,6 @@ def test_augment_with_cached_features_is_a_clear_error():
 def test_travelled_arrays_are_c_ordered_from_a_channels_last_model():
     from fedray.models import build_model
 
-    model = build_model({"name": "tiny_cnn"}, 3)
+    model = build_model({"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn"}, 3)
     params = get_params(model, [n for n, _ in model.named_parameters()])
     assert all(v.flags.c_contiguous for v in params.values())

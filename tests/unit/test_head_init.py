@@ -73,10 +73,10 @@ def test_ridge_penalty_is_relative_to_feature_energy():
 
 
 def test_heads_that_are_not_linear_are_refused():
-    plain = build_model({"name": "squeezenet", "batch_norm": False}, 5)  # ReLU on the logits
+    plain = build_model({"_target_": "fedray.pill.squeezenet.build_squeezenet", "name": "squeezenet", "batch_norm": False}, 5)  # ReLU on the logits
     with pytest.raises(ConfigError, match=r"fl.head_init=ridge needs .*ReLU"):
         linear_head(plain)
-    assert isinstance(linear_head(build_model({"name": "squeezenet"}, 5)), torch.nn.Conv2d)
+    assert isinstance(linear_head(build_model({"_target_": "fedray.pill.squeezenet.build_squeezenet", "name": "squeezenet"}, 5)), torch.nn.Conv2d)
 
 
 def test_head_init_needs_a_frozen_cached_backbone():

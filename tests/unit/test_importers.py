@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from fedray.data.datasets import DatasetError, load_images, load_labels
-from fedray.data.importers import (
+from fedray.pill.importers import (
     center_square,
     crop_box,
     import_epillid,
@@ -249,7 +249,7 @@ def test_yolo_corrupt_image_is_skipped_counted_and_reported(tmp_path, caplog):
     bad.write_bytes(np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes())
     (root / "labels" / "train" / "zz_broken.txt").write_text("0 0.5 0.5 0.2 0.2\n")
     (root / "images" / "train" / "empty.png").write_bytes(b"")
-    with caplog.at_level(logging.WARNING, logger="fedray.data.importers"):
+    with caplog.at_level(logging.WARNING, logger="fedray.pill.importers"):
         info = import_yolo(_cfg(root), tmp_path / "cache")
     assert info.splits == {"train": 6, "val": 2}
     meta = _meta(info.root)
@@ -343,7 +343,7 @@ def test_epillid_happy_path_with_skips(tmp_path, caplog):
     (root / "imgs" / "bad.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     with open(root / "all_labels.csv", "a") as fh:
         fh.write("imgs/bad.jpg,51285-0092,0,1\nimgs/gone.jpg,0781-1506,0,0\n")
-    with caplog.at_level(logging.WARNING, logger="fedray.data.importers"):
+    with caplog.at_level(logging.WARNING, logger="fedray.pill.importers"):
         info = import_epillid(_ecfg(root), tmp_path / "cache")
     assert info.class_names == ["00093-7180", "0781-1506", "51285-0092"]
     # 15 readable: round(15 * 0.2) = 3 per held-out split, one per class

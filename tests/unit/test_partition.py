@@ -169,13 +169,13 @@ def test_partition_matrix_exact_counts():
 def test_dispatch_matches_direct_calls():
     labels = _labels(20, 30)
     cases = [
-        ({"name": "iid"}, partition_iid(labels, 5, 1)),
+        ({"_target_": "fedray.data.partition.partition_iid", "name": "iid"}, partition_iid(labels, 5, 1)),
         (
-            {"name": "pathological", "classes_per_client": 4},
+            {"_target_": "fedray.data.partition.partition_pathological", "name": "pathological", "classes_per_client": 4},
             partition_pathological(labels, 5, 4, 1),
         ),
-        ({"name": "dirichlet", "alpha": 0.5}, partition_dirichlet(labels, 5, 0.5, 1, 10)),
-        ({"name": "quantity_skew", "alpha": 2.0}, partition_quantity_skew(labels, 5, 2.0, 1)),
+        ({"_target_": "fedray.data.partition.partition_dirichlet", "name": "dirichlet", "alpha": 0.5}, partition_dirichlet(labels, 5, 0.5, 1, 10)),
+        ({"_target_": "fedray.data.partition.partition_quantity_skew", "name": "quantity_skew", "alpha": 2.0}, partition_quantity_skew(labels, 5, 2.0, 1)),
     ]
     for cfg, expected in cases:
         got = partition(labels, cfg, num_clients=5, seed=1)
@@ -194,15 +194,15 @@ def test_conf_files_drive_partition(conf):
 @pytest.mark.parametrize(
     ("cfg", "match"),
     [
-        ({"name": "shards"}, "partition.name='shards'"),
-        ({}, "partition.name=None"),
-        ({"name": "dirichlet"}, "partition.alpha is required"),
-        ({"name": "dirichlet", "alpha": 0.5, "alpah": 1}, "partition.alpah is not a parameter"),
-        ({"name": "dirichlet", "alpha": -1.0}, "partition.alpha must be"),
-        ({"name": "quantity_skew", "alpha": "big"}, "partition.alpha must be"),
-        ({"name": "pathological", "classes_per_client": 2.5}, "partition.classes_per_client"),
-        ({"name": "pathological", "classes_per_client": 30}, "partition.classes_per_client=30"),
-        ({"name": "dirichlet", "alpha": 0.5, "min_size": -1}, "partition.min_size must be"),
+        ({"_target_": "fedray.data.partition.shards", "name": "shards"}, "cannot be imported"),
+        ({}, "partition._target_ is missing"),
+        ({"_target_": "fedray.data.partition.partition_dirichlet", "name": "dirichlet"}, "partition.alpha is required"),
+        ({"_target_": "fedray.data.partition.partition_dirichlet", "name": "dirichlet", "alpha": 0.5, "alpah": 1}, "partition.alpah is not an argument"),
+        ({"_target_": "fedray.data.partition.partition_dirichlet", "name": "dirichlet", "alpha": -1.0}, "partition.alpha must be"),
+        ({"_target_": "fedray.data.partition.partition_quantity_skew", "name": "quantity_skew", "alpha": "big"}, "partition.alpha must be"),
+        ({"_target_": "fedray.data.partition.partition_pathological", "name": "pathological", "classes_per_client": 2.5}, "partition.classes_per_client"),
+        ({"_target_": "fedray.data.partition.partition_pathological", "name": "pathological", "classes_per_client": 30}, "partition.classes_per_client=30"),
+        ({"_target_": "fedray.data.partition.partition_dirichlet", "name": "dirichlet", "alpha": 0.5, "min_size": -1}, "partition.min_size must be"),
     ],
 )
 def test_dispatch_bad_config_names_the_key(cfg, match):

@@ -5,8 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fedray.data.catalog import MAX_LENGTH_MM, SHAPES, Color, Pill, make_catalog
-from fedray.data.render import (
+from fedray.pill.catalog import MAX_LENGTH_MM, SHAPES, Color, Pill, make_catalog
+from fedray.pill.render import (
     BACKGROUND_RGB,
     default_px_per_mm,
     outline_mm,

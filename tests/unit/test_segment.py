@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-from fedray.data.catalog import COLOR_NAMES, SHAPES, make_catalog
-from fedray.data.render import BACKGROUND_RGB, render_reference
-from fedray.data.segment import SegmentationError, segment_reference
+from fedray.pill.catalog import COLOR_NAMES, SHAPES, make_catalog
+from fedray.pill.render import BACKGROUND_RGB, render_reference
+from fedray.pill.segment import SegmentationError, segment_reference
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

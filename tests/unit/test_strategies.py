@@ -54,6 +54,7 @@ def test_config_file_builds_and_matches_constructor_defaults(name: str) -> None:
     # Assert: the YAML names every knob with the constructor's default, so the two cannot drift
     assert type(strategy) is STRATEGIES[name]
     assert strategy.name == name
+    assert cfg.pop("_target_") == f"{STRATEGIES[name].__module__}.{STRATEGIES[name].__name__}"
     assert cfg == {"name": name, **strategy_defaults(name)}
 
 

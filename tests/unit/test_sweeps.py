@@ -174,10 +174,10 @@ def test_plan_skips_points_the_experiment_cannot_deal_and_caps_the_grid():
     spec = _spec(
         {
             "partition": [
-                {"name": "pathological", "classes_per_client": 1},
-                {"name": "pathological", "classes_per_client": 2},
-                {"name": "dirichlet", "alpha": 1.0},
-                {"name": "iid"},
+                {"_target_": "fedray.data.partition.partition_pathological", "name": "pathological", "classes_per_client": 1},
+                {"_target_": "fedray.data.partition.partition_pathological", "name": "pathological", "classes_per_client": 2},
+                {"_target_": "fedray.data.partition.partition_dirichlet", "name": "dirichlet", "alpha": 1.0},
+                {"_target_": "fedray.data.partition.partition_iid", "name": "iid"},
             ]
         },
         num_samples=2,
@@ -232,10 +232,10 @@ def test_switching_a_group_starts_from_that_options_defaults():
         {"partition.name": "dirichlet", "partition.alpha": 0.3, "strategy.name": "fedprox"},
         options,
     )
-    assert cfg["partition"] == {"name": "dirichlet", "alpha": 0.3, "min_size": 10}
+    assert cfg["partition"] == {"_target_": "fedray.data.partition.partition_dirichlet", "name": "dirichlet", "alpha": 0.3, "min_size": 10}
     assert cfg["strategy"] == {"name": "fedprox", "mu": 0.01}
     assert skipped == []
-    assert base["partition"] == {"name": "iid"}  # the base is not mutated
+    assert base["partition"] == {"_target_": "fedray.data.partition.partition_iid", "name": "iid"}  # the base is not mutated
 
 
 def test_key_of_another_option_does_not_apply_and_is_reported():
@@ -245,7 +245,7 @@ def test_key_of_another_option_does_not_apply_and_is_reported():
     cfg, skipped = ft.trial_config(
         base, {"partition.name": "pathological", "partition.alpha": 0.3}, options
     )
-    assert cfg["partition"] == {"name": "pathological", "classes_per_client": 2}  # kept as composed
+    assert cfg["partition"] == {"_target_": "fedray.data.partition.partition_pathological", "name": "pathological", "classes_per_client": 2}  # kept as composed
     assert skipped == ["partition.alpha"]
 
 

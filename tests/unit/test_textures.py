@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fedray.data.textures import (
+from fedray.pill.textures import (
     FAMILIES,
     TextureError,
     bundled_textures,

@@ -1,8 +1,9 @@
-"""Server aggregation rules, one per file, built by name from the ``strategy`` config group.
+"""Server aggregation rules, one per file, built from the ``strategy`` config group.
 
-``build_strategy({"name": "fedadam", "eta": 0.01})`` looks the name up in ``STRATEGIES`` and passes
-the other keys to the rule's keyword-only constructor; an unknown name or key, or an invalid value,
-is a ConfigError (a ValueError) that names ``strategy.<key>``.
+``build_strategy({"_target_": "fedray.fl.strategies.fedadam.FedAdam", "eta": 0.01})`` calls the
+class (any ``Strategy`` subclass, a user's included) with the other keys; the ready-made rules
+can also be named by ``name`` alone (``STRATEGIES``). An unknown key or an invalid value is a
+ConfigError (a ValueError) that names ``strategy.<key>``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,15 @@ def strategy_defaults(name: str) -> dict[str, Any]:
 def build_strategy(cfg: Mapping[str, Any]) -> Strategy:
     """Build the strategy named by ``cfg["name"]`` with the remaining keys as its parameters."""
     if not isinstance(cfg, Mapping):
-        raise ConfigError(f"strategy must be a mapping with a 'name' key, got {cfg!r}")
+        raise ConfigError(f"strategy must be a mapping with a '_target_' key, got {cfg!r}")
+    if cfg.get("_target_"):
+        from fedray.models import instantiate_target
+
+        strategy = instantiate_target(dict(cfg), "strategy", skip=("name",))
+        if not isinstance(strategy, Strategy):
+            raise ConfigError(f"strategy._target_={cfg['_target_']!r} is not a fedray Strategy "
+                              "(subclass fedray.fl.strategies.base.Strategy)")
+        return strategy
     if "name" not in cfg:
         raise ConfigError(f"strategy.name is missing; choose one of {sorted(STRATEGIES)}")
     name = cfg["name"]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedray.data.compose import (
+from fedray.pill.compose import (
     DEN_EPS,
     LABEL_ALPHA,
     ComposeError,

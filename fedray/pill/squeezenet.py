@@ -89,6 +89,15 @@ def build_squeezenet(
     pool: str = "avg",
 ) -> nn.Module:
     """SqueezeNet, randomly initialised (nothing is downloaded)."""
+    zooms = tuple(zooms)
+    if not batch_norm and (zooms != (1.0,) or taps is not None):
+        from fedray.config import ConfigError
+
+        raise ConfigError(
+            f"model.zooms={list(zooms)} / model.taps={taps} need fedray's own backbone; "
+            "model.batch_norm=false is torchvision's SqueezeNet: use model.zooms=[1.0] and "
+            "model.taps=null"
+        )
     if batch_norm:
         if version != "1_1":
             from fedray.config import ConfigError

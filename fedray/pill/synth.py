@@ -4,7 +4,7 @@ catalog -> studio references (front + back, 256 px) -> segmented cut-outs -> tex
   * reference composites: scenes of 1..k pills on textures; every box becomes a labelled crop
     (`reference_crops` in all, balanced over pills);
   * consumer photos: one pill per phone-like photo, size-class centre crop, albumentations
-    (`consumer_crops` in all, balanced over pills; see fedray/data/consumer.py);
+    (`consumer_crops` in all, balanced over pills; see fedray/pill/consumer.py);
   * detection scenes (`scene_size` px) in ultralytics YOLO layout, one class `pill`.
 The crops are split train/val per source and class (consumer crops by photo, so no photo feeds
 both splits) and written in the dataset-directory format of fedray/data/datasets.py, next to
@@ -33,9 +33,9 @@ import numpy as np
 import yaml
 
 from fedray.config import ConfigError
-from fedray.data import consumer
-from fedray.data.catalog import Pill, make_catalog, save_catalog
-from fedray.data.compose import (
+from fedray.pill import consumer
+from fedray.pill.catalog import Pill, make_catalog, save_catalog
+from fedray.pill.compose import (
     ComposeParams,
     PreparedCutout,
     crop_boxes,
@@ -43,6 +43,7 @@ from fedray.data.compose import (
     prepare_cutout,
     render_plan,
 )
+from fedray.data.sources import dataset_builder
 from fedray.data.datasets import (
     DatasetError,
     DatasetInfo,
@@ -52,10 +53,10 @@ from fedray.data.datasets import (
     write_meta,
     write_split,
 )
-from fedray.data.importers import IMAGE_SUFFIXES, fingerprint, stratified_split
-from fedray.data.render import default_px_per_mm, render_reference
-from fedray.data.segment import SegmentationError, segment_reference
-from fedray.data.textures import FAMILIES, bundled_textures, load_user_textures, make_textures
+from fedray.pill.importers import IMAGE_SUFFIXES, fingerprint, stratified_split
+from fedray.pill.render import default_px_per_mm, render_reference
+from fedray.pill.segment import SegmentationError, segment_reference
+from fedray.pill.textures import FAMILIES, bundled_textures, load_user_textures, make_textures
 
 log = logging.getLogger("fedray")
 
@@ -427,6 +428,7 @@ def code_fingerprint() -> dict[str, str]:
     return out
 
 
+@dataset_builder
 def build_synthetic(data_cfg: dict[str, Any], seed: int, cache_dir: str | Path) -> DatasetInfo:
     """Build (or find in the cache) the synthetic pill dataset that `data_cfg` describes."""
     cfg = synth_config(data_cfg)

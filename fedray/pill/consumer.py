@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from fedray.data.compose import ComposeParams, PreparedCutout, ScenePlan, plan_scene, render_plan
+from fedray.pill.compose import ComposeParams, PreparedCutout, ScenePlan, plan_scene, render_plan
 
 # Pill length (mm) thresholds between the size classes: S < 8 <= M < 14 <= L.
 SIZE_CLASS_LIMITS_MM = (8.0, 14.0)

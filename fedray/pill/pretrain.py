@@ -35,16 +35,16 @@ def public_data_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
     classes).
     """
     extra = dict(cfg["pretrain"].get("data") or {})
-    if "name" in extra:
+    if "_target_" in extra:
         return extra
     data = cfg["data"]
     public = data.get("public_set") or {}
-    if "name" in public:  # another source altogether (imported data pretrains on synthetic pills)
+    if "_target_" in public:  # another source altogether (imported data pretrains on synthetic pills)
         return {**public, "image_size": data.get("image_size", 64), **extra}
     if not data.get("public_set"):
         raise ConfigError(
             f"data={data.get('name')} has no public pill set (data.public_set) to pretrain on; "
-            "set pretrain.data to a dataset config (e.g. {name: synthetic, public: true}) or "
+            "set pretrain.data to a dataset config (e.g. {_target_: fedray.pill.synth.build_synthetic, name: synthetic, public: true}) or "
             "model.pretrained to a local weights file"
         )
     return {**data, **data["public_set"], **extra, "public_set": None}
@@ -75,7 +75,7 @@ def pretrain_head(cfg: dict[str, Any]) -> tuple[Any, str]:
 def _train(cfg: dict[str, Any], root: Path) -> None:
     from hydra.utils import instantiate
 
-    from fedray.fl.train import augment_pills, evaluate, resolve_precision, train_local
+    from fedray.fl.train import augment_turns_flips, evaluate, resolve_precision, train_local
     from fedray.models import build_model
 
     pcfg = cfg["pretrain"]
@@ -115,7 +115,7 @@ def _train(cfg: dict[str, Any], root: Path) -> None:
         int(pcfg["batch_size"]),
         instantiate(pcfg["optimizer"]),
         seed=int(cfg["seed"]),
-        augment=augment_pills if pcfg.get("augment", True) else None,
+        augment=augment_turns_flips if pcfg.get("augment", True) else None,
         schedule=str(pcfg.get("schedule", "cosine")),
         label_smoothing=float(pcfg.get("label_smoothing", 0.0)),
         precision=resolve_precision(pcfg.get("precision", "fp32"), "pretrain.precision"),
@@ -148,7 +148,7 @@ def pretrained_weights(cfg: dict[str, Any]) -> Path:
         # `auto` as what it resolves to here: a bf16 and an fp32 backbone are different weights;
         # `taps: model` as the taps it stands for
         "pretrain": {
-            **{k: v for k, v in cfg["pretrain"].items() if k != "data"},
+            **{k: v for k, v in cfg["pretrain"].items() if k not in ("data", "_target_", "name")},
             "taps": taps,
             "pool": pool,
             "precision": resolve_precision(
@@ -162,14 +162,5 @@ def pretrained_weights(cfg: dict[str, Any]) -> Path:
 
 
 def resolve_pretrained(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Replace `model.pretrained: public` by the path of the (cached) public-pill weights."""
-    if cfg["model"].get("pretrained") != "public":
-        return cfg
+    """The pretrain group's `_target_`: `model.pretrained` set to the cached public-pill weights."""
     return {**cfg, "model": {**cfg["model"], "pretrained": str(pretrained_weights(cfg))}}
-
-
-def run_pretrain(cfg: dict[str, Any]) -> dict[str, Any]:
-    """stage=pretrain: build/train (or find) the public weights and report them."""
-    path = pretrained_weights(cfg)
-    metrics = json.loads((path.parent / "metrics.json").read_text())
-    return {**metrics, "weights": str(path)}

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 import yaml
 
+from fedray.data.sources import dataset_builder
 from fedray.data.datasets import (
     DatasetError,
     DatasetInfo,
@@ -414,6 +415,18 @@ def parse_yolo_labels(path: Path, class_index: dict[int, int]) -> tuple[list[_Bo
             continue
         boxes.append(_Box(class_index[int(cls_f)], float(cx), float(cy), float(w), float(h)))
     return boxes, degenerate
+
+
+@dataset_builder
+def yolo_dataset(cfg: dict, seed: int, cache_dir: Path) -> DatasetInfo:
+    """data=yolo_import: the builder behind `data._target_` (seed: the carved val split's)."""
+    return import_yolo({**cfg, "seed": cfg.get("seed", seed)}, cache_dir)
+
+
+@dataset_builder
+def epillid_dataset(cfg: dict, seed: int, cache_dir: Path) -> DatasetInfo:
+    """data=epillid: the builder behind `data._target_` (seed: the stratified split's)."""
+    return import_epillid({**cfg, "seed": cfg.get("seed", seed)}, cache_dir)
 
 
 def import_yolo(cfg: dict, cache_dir: str | Path) -> DatasetInfo:

@@ -32,19 +32,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-try:
-    from fedray.data import _compose as _ckernel
-except ImportError:  # not built: the NumPy twin serves
-    _ckernel = None
+from fedray.kernels import optional_extension
 
-_BACKEND_ENV = "FEDRAY_COMPOSE_BACKEND"
-_env_backend = os.environ.get(_BACKEND_ENV, "").strip().lower()
-if _env_backend not in ("", "numpy", "cython"):
-    raise ValueError(f"{_BACKEND_ENV}={_env_backend!r}: expected 'numpy' or 'cython'")
-if _env_backend == "cython" and _ckernel is None:
-    raise ImportError(f"{_BACKEND_ENV}=cython but fedray.data._compose is not built; "
-                      "run `python setup.py build_ext --inplace`")
-BACKEND: str = _env_backend or ("cython" if _ckernel is not None else "numpy")
+# not built, or FEDRAY_NO_CYTHON=1: the NumPy twin serves
+_ckernel = optional_extension("fedray.pill._compose")
+BACKEND: str = "cython" if _ckernel is not None else "numpy"
 
 LABEL_ALPHA = np.float32(0.5)  # a pixel belongs to a pill where the pill's alpha reaches this
 DEN_EPS = np.float32(1e-6)  # homography denominators at or below this: behind the camera
@@ -605,7 +597,7 @@ def render_plan(plan: ScenePlan, backend: str | None = None, num_threads: int = 
     if backend not in ("numpy", "cython"):
         raise ComposeError(f"backend={backend!r}: expected 'numpy' or 'cython'")
     if backend == "cython" and _ckernel is None:
-        raise ComposeError("backend='cython' but fedray.data._compose is not built; "
+        raise ComposeError("backend='cython' but fedray.pill._compose is not built; "
                            "run `python setup.py build_ext --inplace`")
     # noise follows blur (sensor after optics), so it fuses into the kernel pass only without blur
     fused = plan.add_noise and plan.blur_kernel is None

@@ -20,7 +20,7 @@ from statistics import NormalDist
 import cv2
 import numpy as np
 
-from fedray.data.catalog import CAPSULE_SHAPES, MAX_LENGTH_MM, Pill
+from fedray.pill.catalog import CAPSULE_SHAPES, MAX_LENGTH_MM, Pill
 
 SUPERSAMPLE = 2
 BACKGROUND_RGB = (204, 204, 201)
