@@ -1,0 +1,1 @@
+"""Knowledge distillation: losses, the `stage=distill` teacher -> student stage, model profiles."""
