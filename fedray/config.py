@@ -98,6 +98,7 @@ class FedrayConfig:
     resume: Any = False  # false | true (latest matching run) | path to a run directory
     run_dir: str | None = None
     sweep: Any = None
+    detect: Any = None  # stage=detect: the detector group (+detect=NAME), its _target_ runs it
 
 
 def register_configs() -> None:

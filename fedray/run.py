@@ -19,6 +19,8 @@ log = logging.getLogger("fedray")
 
 OnRound = Callable[[dict[str, Any], Path | None], None]
 STAGES = ("federated", "isolated", "centralized", "pretrain", "synth")
+# any other stage is a config group naming its own `_target_` (cfg -> metrics), e.g. stage=detect
+# with +detect=yolov3_tiny: the application's stages plug in without fedray importing them
 # keys that do not change what a run computes (so a run may resume under different values)
 _NOT_HASHED = ("run_dir", "resume", "logger", "ray", "sweep")
 
@@ -77,10 +79,17 @@ def ensure_ray(ray_cfg: dict[str, Any]) -> bool:
     return True
 
 
+def stage_target(cfg: dict[str, Any]) -> str | None:
+    """The `_target_` of the config group named like the stage (a plug-in stage), if any."""
+    group = cfg.get(str(cfg.get("stage")))
+    return group.get("_target_") if isinstance(group, dict) else None
+
+
 def _validate(cfg: dict[str, Any]) -> None:
-    if cfg.get("stage") not in STAGES:
+    if cfg.get("stage") not in STAGES and not stage_target(cfg):
         raise ConfigError(
-            f"stage={cfg.get('stage')!r} is not a known stage; choose one of {STAGES}"
+            f"stage={cfg.get('stage')!r} is not a known stage; choose one of {STAGES}, or add a "
+            f"config group of that name with a _target_ (e.g. stage=detect +detect=yolov3_tiny)"
         )
     if not cfg.get("run_dir"):
         raise ConfigError("run_dir is not set (launch.py sets it to Hydra's output directory)")
@@ -104,6 +113,10 @@ def run(cfg: dict[str, Any], on_round: OnRound | None = None) -> dict[str, Any]:
     log.info("run %s (%s) -> %s", cfg.get("name"), cfg["stage"], run_dir)
     if cfg["stage"] == "synth":
         return _run_synth(cfg, run_dir)
+    if cfg["stage"] not in STAGES:  # a plug-in stage: its group's callable does the whole run
+        from hydra.utils import get_method
+
+        return get_method(stage_target(cfg))(cfg)
     if cfg["stage"] == "pretrain":
         metrics = run_pretrain_stage(cfg)
         run_dir.mkdir(parents=True, exist_ok=True)

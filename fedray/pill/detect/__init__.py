@@ -1,0 +1,1 @@
+"""The pill detector: an ultralytics YOLOv3 trained on synthetic scenes (`stage=detect`)."""

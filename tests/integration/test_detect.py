@@ -1,0 +1,190 @@
+"""stage=detect on a tiny scene set: offline training, caching, scoring, eval-folder checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from fedray.config import ConfigError
+from fedray.data.datasets import DatasetError
+from fedray.run import run
+from tests.conftest import compose_plain
+
+TINY_DATA = [
+    "data.num_pills=3",
+    "data.image_size=16",
+    "data.reference_crops=6",
+    "data.consumer_crops=6",
+    "data.consumer_photos_per_pill=1",
+    "data.detection_scenes=8",
+    "data.scene_size=160",
+    "data.crop_scene_size=160",
+    "data.num_textures=9",
+    "data.workers=1",
+]
+TINY_DETECT = [
+    "detect.epochs=1",
+    "detect.imgsz=160",
+    "detect.batch=4",
+    "detect.workers=0",
+    "detect.sheet_images=2",
+    "logger=jsonl",
+]
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every way out of the machine raises and is recorded."""
+    attempts: list[str] = []
+
+    def refuse(name):
+        def _refuse(*args, **kwargs):
+            attempts.append(f"{name}{args[:2]}")
+            raise OSError(f"network access attempted: {name}")
+
+        return _refuse
+
+    monkeypatch.setattr(socket.socket, "connect", refuse("connect"))
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse("connect_ex"))
+    monkeypatch.setattr(socket, "create_connection", refuse("create_connection"))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
+    return attempts
+
+
+@pytest.fixture(scope="module")
+def yolo_env(tmp_path_factory):
+    """Ultralytics' config dir (settings, fonts) in a fresh temporary folder for this module."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("YOLO_CONFIG_DIR", str(tmp_path_factory.mktemp("yolo-config")))
+    yield
+    mp.undo()
+
+
+def _cfg(make_cfg, cache_dir, run_dir, *extra):
+    cfg = compose_plain(["+experiment=pill_detect", f"data.cache_dir={cache_dir}", *TINY_DATA,
+                         *TINY_DETECT, *extra])
+    cfg["run_dir"] = str(run_dir)
+    return cfg
+
+
+@pytest.mark.slow  # ~1 min on 2 cores: synth build, 1 epoch, 3 evaluations
+def test_detect_trains_offline_caches_and_scores(make_cfg, cache_dir, tmp_path, yolo_env,
+                                                 no_network):
+    # Prepare
+    cfg = _cfg(make_cfg, cache_dir, tmp_path / "run1")
+    # Execute
+    metrics = run(cfg)
+    # Assert: figures in range, files written, progress rows logged, no socket touched
+    assert no_network == []
+    for k in ("val/AP50", "val/AP80", "val/mAP50-95", "val/precision", "val/recall"):
+        assert 0.0 <= metrics[k] <= 1.0, k
+    assert metrics["val/AP80"] <= metrics["val/AP50"] + 1e-9
+    weights = Path(metrics["weights"])
+    assert weights.is_file() and weights.parent.name.startswith("detector-")
+    run_dir = tmp_path / "run1"
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1] and "train/box_loss" in rows[0]
+    for png in ("pr_curve.png", "predictions.png"):
+        assert cv2.imread(str(run_dir / png)) is not None, png
+    assert json.loads((run_dir / "summary.json").read_text())["stage"] == "detect"
+    fonts = [p.name for p in (Path(yolo_env_dir()) / "Ultralytics").iterdir()]
+    assert "Arial.ttf" in fonts
+
+    # a second run of the same config finds the weights in the cache: no training rows
+    again = run(_cfg(make_cfg, cache_dir, tmp_path / "run2"))
+    assert again["weights"] == metrics["weights"]
+    assert (tmp_path / "run2" / "metrics.jsonl").read_text() == ""
+    assert again["val/AP50"] == pytest.approx(metrics["val/AP50"])
+
+    # the trained detector scores a real-photo-style YOLO folder, any class ids -> pill
+    real = _yolo_folder(tmp_path / "real", weights)
+    scored = run(_cfg(make_cfg, cache_dir, tmp_path / "run3", f"detect.eval_data={real}"))
+    assert scored["eval/images"] == 3 and scored["eval/boxes"] == 4
+    assert 0.0 <= scored["eval/AP80"] <= 1.0
+    assert no_network == []
+
+
+def yolo_env_dir() -> str:
+    import os
+
+    return os.environ["YOLO_CONFIG_DIR"]
+
+
+def _yolo_folder(root: Path, near: Path) -> Path:
+    """Three scenes copied from the tiny synthetic set, labels with class ids 3 and 7."""
+    scenes = near.parents[1]  # the cache dir: pick the synthetic entry's val/train scenes
+    images = sorted(scenes.glob("synthetic-*/detection/images/*/*.jpg"))[:3]
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "labels" / "val").mkdir(parents=True)
+    boxes = [["3 0.3 0.3 0.2 0.2"], ["7 0.5 0.5 0.3 0.2", "3 0.7 0.7 0.1 0.1"],
+             ["7 0.4 0.6 0.2 0.3"]]
+    for i, (image, lines) in enumerate(zip(images, boxes, strict=True)):
+        shutil.copyfile(image, root / "images" / "val" / f"photo{i}.jpg")
+        (root / "labels" / "val" / f"photo{i}.txt").write_text("\n".join(lines) + "\n")
+    names = {3: "aspirin", 7: "ibuprofen"}
+    (root / "data.yaml").write_text(yaml.safe_dump({"names": names, "val": "images/val",
+                                                    "train": "images/val"}))
+    return root
+
+
+def _tiny_folder(root: Path) -> Path:
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "labels" / "val").mkdir(parents=True)
+    img = np.full((64, 64, 3), 128, np.uint8)
+    cv2.imwrite(str(root / "images" / "val" / "a.jpg"), img)
+    (root / "labels" / "val" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "data.yaml").write_text(yaml.safe_dump({"names": ["pill"], "train": "images/val",
+                                                    "val": "images/val"}))
+    return root
+
+
+def test_eval_folder_corrupt_image_names_the_file(tmp_path):
+    from fedray.pill.detect.evaluate import prepare_eval_folder
+
+    root = _tiny_folder(tmp_path / "f")
+    bad = root / "images" / "val" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 this is not a jpeg")
+    with pytest.raises(DatasetError, match="broken.jpg"):
+        prepare_eval_folder(root, "val", tmp_path / "out")
+
+
+def test_eval_folder_bad_label_line_names_the_file_and_line(tmp_path):
+    from fedray.pill.detect.evaluate import prepare_eval_folder
+
+    root = _tiny_folder(tmp_path / "f")
+    (root / "labels" / "val" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n0 0.5 oops 0.2\n")
+    with pytest.raises(DatasetError, match=r"a\.txt, line 2"):
+        prepare_eval_folder(root, "val", tmp_path / "out")
+
+
+def test_eval_folder_collapses_classes(tmp_path):
+    from fedray.pill.detect.evaluate import prepare_eval_folder
+
+    root = _tiny_folder(tmp_path / "f")
+    (root / "data.yaml").write_text(yaml.safe_dump({"names": ["a", "b", "c"],
+                                                    "val": "images/val", "train": "images/val"}))
+    (root / "labels" / "val" / "a.txt").write_text("2 0.5 0.5 0.2 0.2\n1 0.2 0.2 0.1 0.1\n")
+    data_yaml, n_img, n_box = prepare_eval_folder(root, "val", tmp_path / "out")
+    labels = list((tmp_path / "out" / "labels" / "val").glob("*.txt"))
+    assert (n_img, n_box) == (1, 2)
+    assert [line.split()[0] for line in labels[0].read_text().splitlines()] == ["0", "0"]
+    assert yaml.safe_load(data_yaml.read_text())["names"] == ["pill"]
+
+
+def test_bad_detect_config_is_a_config_error(make_cfg, cache_dir, tmp_path):
+    cfg = _cfg(make_cfg, cache_dir, tmp_path, "detect.weights=/no/such/weights.pt")
+    with pytest.raises(ConfigError, match="detect.weights"):
+        run(cfg)
+    cfg = _cfg(make_cfg, cache_dir, tmp_path, "detect.model=yolov9000.yaml")
+    with pytest.raises(ConfigError, match="detect.model"):
+        run(cfg)
+    cfg = make_cfg("stage=detect")
+    with pytest.raises(ConfigError, match="stage='detect'"):
+        run(cfg)
