@@ -18,6 +18,16 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class SecAggConfig:
+    clip: float = 2.0  # each update coordinate is clipped to [-clip, clip] before encoding
+    quant_bits: int = 16  # fixed-point levels 2^quant_bits over [-clip, clip]
+    mod_bits: int = 32  # the masking ring Z/2^mod_bits (32 | 64); sum of weights x levels must fit
+    threshold: float = 0.5  # shares that rebuild a client's seeds, as a share of its neighbours
+    degree: int | None = None  # secagg+ neighbours per client (even); None: about 2 log2(n)
+    drop_after_mask: float = 0.0  # simulation: share of senders that vanish before unmasking
+
+
+@dataclass
 class FLConfig:
     rounds: int = 10
     num_clients: int = 5
@@ -38,6 +48,9 @@ class FLConfig:
     checkpoint: bool = True
     # robustness tests/demos: [{round (1-based), client, kind: raise|crash|nan|hang}]
     faults: list[Any] = field(default_factory=list)
+    # secure aggregation (fedray/privacy/secagg.py): none | secagg | secagg+
+    secure_agg: str = "none"
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
 
 @dataclass
@@ -98,6 +111,8 @@ class FedrayConfig:
     resume: Any = False  # false | true (latest matching run) | path to a run directory
     run_dir: str | None = None
     sweep: Any = None
+    dp: Any = None  # differential privacy (conf/dp/): none | central | local
+    attack: Any = None  # malicious clients (conf/attack/): none | label_flip | sign_flip | ...
     detect: Any = None  # stage=detect: the detector group (+detect=NAME), its _target_ runs it
 
 

@@ -19,6 +19,7 @@ from fedray.data.datasets import load_images, load_labels
 from fedray.fl.head_init import feature_stats
 from fedray.fl.train import augment_turns_flips, extract_features, get_params, set_params, train_local
 from fedray.fl.types import ClientResult, Params
+from fedray.privacy.pipeline import poison_shard, protect_update
 
 log = logging.getLogger("fedray")
 
@@ -152,6 +153,9 @@ class ClientActor:
             stats = feature_stats(x, y, int(self.spec["num_classes"]))
             metrics = {"train/loss": float("nan"), "time/fit_s": time.perf_counter() - t0}
             return ClientResult(client_id, stats, len(y), metrics)
+        privacy = extra.get("privacy")  # fedray/privacy: attacks, DP, secure-aggregation masking
+        if privacy:
+            x, y = poison_shard(x, y, client_id, round_idx, privacy)
         client = self.spec["client"]
         stats = train_local(
             self.model,
@@ -173,6 +177,11 @@ class ClientActor:
             first = next(iter(params))
             params[first][...] = np.nan
         metrics = {"train/loss": stats["loss"], "time/fit_s": time.perf_counter() - t0}
+        if privacy:  # the update leaves the client attacked / clipped / noised / masked
+            params, extra_metrics = protect_update(
+                client_id, round_idx, global_params, params, int(stats["num_samples"]), privacy
+            )
+            metrics.update(extra_metrics)
         return ClientResult(client_id, params, int(stats["num_samples"]), metrics)
 
     def ping(self) -> int:

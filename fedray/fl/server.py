@@ -31,6 +31,7 @@ from fedray.fl.train import (
 from fedray.fl.types import ClientResult, Params, params_nbytes
 from fedray.logging import RunLogger
 from fedray.models import build_model, frozen_prefix, trainable_names
+from fedray.privacy.pipeline import build_privacy
 
 log = logging.getLogger("fedray")
 
@@ -104,6 +105,8 @@ class FederatedServer:
         self.strategy = build_strategy(cfg["strategy"])
         self.params: Params = get_params(self.model, self.travel)
         self.k = clients_per_round(self.fl)
+        # fedray/privacy: secure aggregation, DP, attacks (None when all are off)
+        self.privacy = build_privacy(cfg, self.strategy, self.k, info.num_classes, self.cached)
         self.val_x: Any = load_images(info.root, "val")
         self.val_y = load_labels(info.root, "val")
         if self.cached:
@@ -127,6 +130,8 @@ class FederatedServer:
         if ckpt.get("client_params") is not None:
             self.client_params = ckpt["client_params"]
         self.strategy.load_state_dict(ckpt["strategy"])
+        if self.privacy is not None and ckpt.get("privacy") is not None:
+            self.privacy.load_state_dict(ckpt["privacy"])
         self.start_round = int(ckpt["round"])
         self.bytes_total = int(ckpt["bytes_total"])
         set_params(self.model, self.params)
@@ -266,14 +271,23 @@ class FederatedServer:
                 sampled = sample_clients(int(self.fl["num_clients"]), self.k, self.seed, r)
                 schedule = str(self.cfg["client"].get("lr_schedule", "constant"))
                 lr_scale = round_lr_scale(schedule, r, rounds)
-                good, dropped, bytes_up = self._fit_round(
-                    pool, shard_refs, sampled, {**extra, "lr_scale": lr_scale}
-                )
+                job = {**extra, "lr_scale": lr_scale}
+                if self.privacy is not None:  # Poisson sampling, epsilon budget, client secrets
+                    sampled = self.privacy.sample(sampled, r)
+                    if self.privacy.budget_exhausted(r, sampled):
+                        break
+                    if not sampled:  # Poisson drew nobody: nothing is trained or released
+                        continue
+                    job.update(self.privacy.client_extra(sampled, r, self.params))
+                good, dropped, bytes_up = self._fit_round(pool, shard_refs, sampled, job)
                 if self.isolated:
                     self.client_params.update({res.client_id: res.params for res in good})
                     bytes_up = bytes_down = 0
                 else:
-                    self.params = self.strategy.aggregate(self.params, good)  # sorts by id
+                    to_aggregate = good  # masked / DP updates: the privacy seam sums them first
+                    if self.privacy is not None:
+                        to_aggregate = self.privacy.server_input(self.params, good, r)
+                    self.params = self.strategy.aggregate(self.params, to_aggregate)  # sorts by id
                     bytes_down = params_nbytes(self.params) * len(sampled)
                 self.bytes_total += bytes_up + bytes_down
                 n = sum(res.num_samples for res in good)
@@ -295,6 +309,8 @@ class FederatedServer:
                         "time/round_s": time.perf_counter() - t0,
                     }
                 )
+                if self.privacy is not None:  # privacy/epsilon, dp/clip_norm, secagg/*, attack/*
+                    row.update(self.privacy.round_metrics(self, r))
                 self.logger.log(row)
                 log.info(
                     "round %d/%d  val/acc %s  val/loss %s  train/loss %.4f  up %s  %.1fs",
@@ -362,6 +378,7 @@ class FederatedServer:
             "params": self.params,
             "client_params": self.client_params if self.isolated else None,
             "strategy": self.strategy.state_dict(),
+            "privacy": self.privacy.state_dict() if self.privacy is not None else None,
             "bytes_total": self.bytes_total,
             "rows": self.logger.rows,
             "config_hash": self.cfg.get("_config_hash"),

@@ -1,0 +1,158 @@
+"""DP-FedAvg pieces (McMahan et al. 2018; adaptive clipping: Andrew et al. 2021).
+
+Pure functions over flat update vectors (update = client params - global params): L2 clipping,
+Gaussian noise, the adaptive clip-norm step, and an accountant wrapper over Google's
+`dp-accounting` (RDP or PLD) that turns the rounds run so far into epsilon at a given delta.
+
+Central DP: every sampled client clips its update to norm C; the server adds N(0, (z·C)^2) to
+the sum and divides by the expected number of clients. Local DP: each client adds N(0, (z·C)^2)
+to its own clipped update before it leaves the phone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedray.config import ConfigError
+
+NOISE = ("central", "local")
+SAMPLING = ("poisson", "fixed")
+ACCOUNTANTS = ("rdp", "pld")
+
+
+def l2_clip(update: np.ndarray, clip_norm: float) -> tuple[np.ndarray, float]:
+    """Scale `update` down to L2 norm <= clip_norm; returns it and its norm before clipping."""
+    norm = float(np.linalg.norm(update))
+    if norm <= clip_norm or norm == 0.0:
+        return update, norm
+    return update * (clip_norm / norm), norm
+
+
+def gaussian_noise(shape: tuple[int, ...], std: float, rng: np.random.Generator) -> np.ndarray:
+    """N(0, std^2) noise of the given shape (float64)."""
+    return rng.normal(0.0, std, size=shape)
+
+
+def adaptive_clip_step(
+    clip_norm: float, unclipped_frac: float, quantile: float, lr: float
+) -> float:
+    """Andrew et al.'s geometric update: C <- C·exp(-lr·(b - quantile)).
+
+    `unclipped_frac` is the (noisy) fraction b of clients whose update norm was <= C; the clip
+    norm drifts to the `quantile`-th quantile of the update norms.
+    """
+    return float(clip_norm * math.exp(-lr * (unclipped_frac - quantile)))
+
+
+def split_noise_multiplier(z: float, count_stddev: float) -> float:
+    """The updates' noise multiplier when the clipped-count query also spends budget.
+
+    Andrew et al. (Thm. 1): z_update = (z^-2 - (2·sigma_b)^-2)^(-1/2), so the two Gaussian
+    queries together cost exactly what one with multiplier z would.
+    """
+    rest = z**-2 - (2 * count_stddev) ** -2
+    if rest <= 0:
+        raise ConfigError(
+            f"dp.clipped_count_stddev={count_stddev} is too small for dp.noise_multiplier={z}: "
+            f"need 2 x stddev > noise_multiplier"
+        )
+    return rest**-0.5
+
+
+@dataclass
+class DpAccountant:
+    """epsilon(delta) of the rounds run so far, from `dp-accounting`'s RDP or PLD accountant.
+
+    Central DP, Poisson sampling (rate q): each round is PoissonSampled(q, Gaussian(z)) under
+    add/remove-one adjacency. Fixed-size sampling (k of n): SampledWithoutReplacement(n, k,
+    Gaussian(z)) under replace-one adjacency (RDP only). Local DP: a client's release is
+    Gaussian(z / 2) under replace-one adjacency (its clipped update may move anywhere in the
+    ball, sensitivity 2C), composed over the rounds it took part in, with no amplification (the
+    server sees who took part).
+    """
+
+    noise_multiplier: float
+    delta: float
+    noise: str = "central"
+    sampling: str = "poisson"
+    num_clients: int = 1
+    clients_per_round: int = 1
+    accountant: str = "rdp"
+
+    def round_event(self):
+        """The dp-accounting event of one round (per client for local DP)."""
+        import dp_accounting as dpa
+
+        z = self.noise_multiplier
+        if self.noise == "local":
+            return dpa.GaussianDpEvent(z / 2)
+        if self.sampling == "poisson":
+            return dpa.PoissonSampledDpEvent(self.sampling_rate, dpa.GaussianDpEvent(z))
+        return dpa.SampledWithoutReplacementDpEvent(
+            self.num_clients, self.clients_per_round, dpa.GaussianDpEvent(z)
+        )
+
+    @property
+    def sampling_rate(self) -> float:
+        """q = clients per round / clients."""
+        return self.clients_per_round / self.num_clients
+
+    def _new(self):
+        from dp_accounting import NeighboringRelation, pld, rdp
+
+        replace = self.noise == "local" or self.sampling == "fixed"
+        relation = (
+            NeighboringRelation.REPLACE_ONE if replace else NeighboringRelation.ADD_OR_REMOVE_ONE
+        )
+        if self.accountant == "pld":
+            if replace and self.noise != "local":
+                raise ConfigError(
+                    "dp.accountant=pld does not support dp.sampling=fixed (sampling without "
+                    "replacement); use dp.accountant=rdp or dp.sampling=poisson"
+                )
+            return pld.PLDAccountant(neighboring_relation=relation)
+        return rdp.RdpAccountant(neighboring_relation=relation)
+
+    def epsilon(self, rounds: int) -> float:
+        """epsilon at `delta` after `rounds` rounds (0 rounds: 0)."""
+        if rounds <= 0:
+            return 0.0
+        if self.noise_multiplier <= 0:
+            return math.inf
+        import dp_accounting as dpa
+
+        acc = self._new()
+        acc.compose(dpa.SelfComposedDpEvent(self.round_event(), rounds))
+        return float(acc.get_epsilon(self.delta))
+
+
+def check_dp(dp: dict, num_clients: int, clients_per_round: int) -> None:
+    """ConfigError naming the dp.<key> that makes no sense."""
+    if dp.get("noise") not in NOISE:
+        raise ConfigError(f"dp.noise={dp.get('noise')!r}: choose one of {NOISE}")
+    if dp.get("sampling", "poisson") not in SAMPLING:
+        raise ConfigError(f"dp.sampling={dp.get('sampling')!r}: choose one of {SAMPLING}")
+    if dp.get("accountant", "rdp") not in ACCOUNTANTS:
+        raise ConfigError(f"dp.accountant={dp.get('accountant')!r}: choose one of {ACCOUNTANTS}")
+    for key in ("clip_norm", "delta"):
+        if not float(dp.get(key, 0)) > 0:
+            raise ConfigError(f"dp.{key} must be > 0, got {dp.get(key)!r}")
+    if not float(dp["delta"]) < 1:
+        raise ConfigError(f"dp.delta must be < 1, got {dp['delta']!r}")
+    if float(dp.get("noise_multiplier", -1)) < 0:
+        raise ConfigError(f"dp.noise_multiplier must be >= 0, got {dp.get('noise_multiplier')!r}")
+    if dp.get("adaptive_clip") and not 0 < float(dp.get("target_quantile", 0.5)) < 1:
+        raise ConfigError(f"dp.target_quantile must be in (0, 1), got {dp['target_quantile']!r}")
+    if dp.get("max_epsilon") is not None and not float(dp["max_epsilon"]) > 0:
+        raise ConfigError(f"dp.max_epsilon must be > 0 or null, got {dp['max_epsilon']!r}")
+    if clients_per_round > num_clients:
+        raise ConfigError(f"dp: {clients_per_round} clients per round > {num_clients} clients")
+
+
+def poisson_sample(num_clients: int, rate: float, seed: int, round_idx: int) -> list[int]:
+    """Each client joins independently with probability `rate`; seeded by (seed, round)."""
+    rng = np.random.default_rng([seed, round_idx, 0xD9])
+    return [int(c) for c in np.flatnonzero(rng.random(num_clients) < rate)]

@@ -1,0 +1,92 @@
+"""Attacks change exactly what they say: labels, images, updates; who attacks follows the seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedray.config import ConfigError
+from fedray.fl.strategies.norm_bounded import NormBoundedFedAvg
+from fedray.fl.types import ClientResult
+from fedray.privacy import attacks
+from fedray.privacy.pipeline import poison_shard, protect_update
+
+
+def test_malicious_clients_are_a_function_of_seed():
+    a = attacks.malicious_clients(10, 0.2, seed=0)
+    assert len(a) == 2 and a == attacks.malicious_clients(10, 0.2, seed=0)
+    assert any(attacks.malicious_clients(10, 0.2, seed=s) != a for s in range(1, 5))
+    assert attacks.malicious_clients(10, 0.0, seed=0) == []
+
+
+def test_label_flip():
+    y = np.array([0, 1, 2, 3])
+    assert attacks.flip_labels(y, 4).tolist() == [3, 2, 1, 0]
+
+
+def test_trigger_and_backdoor_shard():
+    x = np.zeros((5, 8, 8, 3), np.uint8)
+    t = attacks.add_trigger(x, 3)
+    assert x.sum() == 0  # not in place
+    assert t[:, :5].sum() == 0 and t[:, :, :5].sum() == 0  # only the bottom-right 3x3 corner
+    assert t[0, -1, -1, 0] == 255 and t[0, -1, -2, 0] == 0  # checkerboard
+    y = np.array([1, 2, 3, 1, 2])
+    px, py = attacks.backdoor_shard(x, y, target=0, poison_frac=0.4, patch=3, seed=0)
+    assert len(py) == 7 and py[:5].tolist() == y.tolist() and py[5:].tolist() == [0, 0]
+    assert px[5:, -3:, -3:].sum() > 0 and px[:5].sum() == 0
+
+
+def test_update_attacks():
+    u = {"w": np.array([1.0, -2.0])}
+    rng = np.random.default_rng(0)
+    assert attacks.poison_update(u, {"name": "sign_flip", "scale": 2.0}, rng)["w"].tolist() == [
+        -2.0,
+        4.0,
+    ]
+    assert attacks.poison_update(u, {"name": "scaled", "scale": 10.0}, rng)["w"].tolist() == [
+        10.0,
+        -20.0,
+    ]
+    noise = attacks.poison_update({"w": np.zeros(5000)}, {"name": "gaussian", "std": 3.0}, rng)
+    assert np.std(noise["w"]) == pytest.approx(3.0, rel=0.05)
+    assert attacks.poison_update(u, {"name": "backdoor", "boost": 1.0}, rng) is u
+
+
+def test_only_malicious_clients_are_changed():
+    plan = {
+        "seed": 0,
+        "attack": {
+            "name": "sign_flip",
+            "scale": 1.0,
+            "clients": [1],
+            "num_classes": 3,
+            "fraction": 0.5,
+        },
+    }
+    g = {"w": np.ones(3, np.float32)}
+    p = {"w": np.array([2.0, 1.0, 0.0], np.float32)}
+    honest, _ = protect_update(0, 0, g, p, 5, plan)
+    evil, _ = protect_update(1, 0, g, p, 5, plan)
+    assert honest["w"].tolist() == [2.0, 1.0, 0.0]
+    assert evil["w"].tolist() == [0.0, 1.0, 2.0]  # 1 - (p - 1)
+    y = np.array([0, 1, 2])
+    plan["attack"]["name"] = "label_flip"
+    assert poison_shard(None, y, 0, 0, plan)[1].tolist() == [0, 1, 2]
+    assert poison_shard(None, y, 1, 0, plan)[1].tolist() == [2, 1, 0]
+
+
+def test_attack_config_errors():
+    with pytest.raises(ConfigError, match="attack.name"):
+        attacks.check_attack({"name": "nope"}, 3)
+    with pytest.raises(ConfigError, match="attack.target"):
+        attacks.check_attack({"name": "backdoor", "target": 5}, 3)
+
+
+def test_norm_bounded_fedavg_clips_each_update():
+    g = {"w": np.zeros(2, np.float32)}
+    results = [
+        ClientResult(0, {"w": np.array([30.0, 40.0], np.float32)}, 1),
+        ClientResult(1, {"w": np.array([0.3, 0.4], np.float32)}, 1),
+    ]
+    out = NormBoundedFedAvg(max_norm=1.0).aggregate(g, results)
+    assert np.allclose(out["w"], [(0.6 + 0.3) / 2, (0.8 + 0.4) / 2])

@@ -1,0 +1,128 @@
+"""DP-FedAvg: the accountant wrapper against dp-accounting, clipping, noise, the epsilon budget."""
+
+from __future__ import annotations
+
+import dp_accounting as dpa
+import numpy as np
+import pytest
+from dp_accounting import pld, rdp
+
+from fedray.config import ConfigError
+from fedray.fl.types import ClientResult
+from fedray.privacy import dp
+from fedray.privacy.pipeline import build_privacy, flatten_update, protect_update
+
+
+def _event(q, z, rounds):
+    return dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(z)), rounds)
+
+
+def test_rdp_epsilon_matches_dp_accounting():
+    acc = dp.DpAccountant(noise_multiplier=1.1, delta=1e-5, num_clients=100, clients_per_round=10)
+    direct = rdp.RdpAccountant()
+    direct.compose(_event(0.1, 1.1, 50))
+    assert acc.epsilon(50) == pytest.approx(direct.get_epsilon(1e-5), rel=1e-12)
+    assert acc.epsilon(0) == 0.0 and acc.epsilon(10) < acc.epsilon(50)
+
+
+def test_pld_epsilon_matches_dp_accounting():
+    acc = dp.DpAccountant(
+        noise_multiplier=1.5, delta=1e-5, num_clients=50, clients_per_round=5, accountant="pld"
+    )
+    direct = pld.PLDAccountant()
+    direct.compose(_event(0.1, 1.5, 20))
+    assert acc.epsilon(20) == pytest.approx(direct.get_epsilon(1e-5), rel=1e-9)
+
+
+def test_fixed_size_and_local_events():
+    acc = dp.DpAccountant(
+        noise_multiplier=1.0, delta=1e-5, sampling="fixed", num_clients=100, clients_per_round=10
+    )
+    direct = rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
+    ev = dpa.SampledWithoutReplacementDpEvent(100, 10, dpa.GaussianDpEvent(1.0))
+    direct.compose(dpa.SelfComposedDpEvent(ev, 30))
+    assert acc.epsilon(30) == pytest.approx(direct.get_epsilon(1e-5), rel=1e-12)
+    local = dp.DpAccountant(noise_multiplier=4.0, delta=1e-5, noise="local")
+    direct = rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
+    direct.compose(dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(2.0), 3))
+    assert local.epsilon(3) == pytest.approx(direct.get_epsilon(1e-5), rel=1e-12)
+    with pytest.raises(ConfigError, match="dp.accountant=pld"):
+        dp.DpAccountant(1.0, 1e-5, sampling="fixed", accountant="pld").epsilon(1)
+
+
+def test_l2_clip():
+    v = np.array([3.0, 4.0])
+    clipped, norm = dp.l2_clip(v, 1.0)
+    assert norm == 5.0 and np.allclose(clipped, [0.6, 0.8])
+    same, norm = dp.l2_clip(v, 10.0)
+    assert same is v and norm == 5.0
+
+
+def test_adaptive_clip_moves_towards_the_quantile():
+    # every update unclipped (b = 1 > 0.5): the norm shrinks; none (b = 0): it grows
+    assert dp.adaptive_clip_step(1.0, 1.0, 0.5, 0.2) == pytest.approx(np.exp(-0.1))
+    assert dp.adaptive_clip_step(1.0, 0.0, 0.5, 0.2) == pytest.approx(np.exp(0.1))
+    z = dp.split_noise_multiplier(1.0, 1.0)
+    assert z > 1.0 and z**-2 + (2 * 1.0) ** -2 == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="dp.clipped_count_stddev"):
+        dp.split_noise_multiplier(1.0, 0.5)
+
+
+def _cfg(**dpc):
+    base = {
+        "name": "central",
+        "noise": "central",
+        "noise_multiplier": 0.0,
+        "clip_norm": 0.5,
+        "sampling": "fixed",
+        "accountant": "rdp",
+        "delta": 1e-5,
+        "max_epsilon": None,
+    }
+    return {
+        "seed": 0,
+        "stage": "federated",
+        "logger": {"plots": False},
+        "fl": {"num_clients": 20, "rounds": 100, "secure_agg": "none"},
+        "dp": {**base, **dpc},
+    }
+
+
+def test_max_epsilon_stops_before_the_budget_is_exceeded():
+    from fedray.fl.strategies import FedAvg
+
+    privacy = build_privacy(_cfg(noise_multiplier=1.0, max_epsilon=3.0), FedAvg(), 5, 3, 0)
+    stop = next(r for r in range(100) if privacy.budget_exhausted(r))
+    assert privacy.epsilon(stop) <= 3.0 < privacy.epsilon(stop + 1)
+
+
+def test_central_dp_sums_clipped_updates_and_divides_by_expected_clients():
+    from fedray.fl.strategies import FedAvg, Median
+
+    with pytest.raises(ConfigError, match="needs each client's update"):
+        build_privacy(_cfg(), Median(), 4, 3, 0)
+    privacy = build_privacy(_cfg(), FedAvg(), 4, 3, 0)  # z = 0: no noise
+    g = {"w": np.zeros(4, np.float32)}
+    local = [{"w": np.array([3.0, 4.0, 0, 0], np.float32)}, {"w": np.full(4, 0.1, np.float32)}]
+    plan = privacy.client_extra([0, 1], 0, g)["privacy"]
+    results = []
+    for cid, p in enumerate(local):
+        sent, metrics = protect_update(cid, 0, g, p, 10, plan)
+        assert np.linalg.norm(flatten_update(sent, g)) <= 0.5 + 1e-6
+        results.append(ClientResult(cid, sent, 10, {"train/loss": 0.0, **metrics}))
+    (agg,) = privacy.server_input(g, results, 0)
+    ref = (np.array([0.3, 0.4, 0, 0]) + np.full(4, 0.1)) / 4  # expected clients per round: 4
+    assert np.allclose(agg.params["w"], ref, atol=1e-6)
+    assert privacy.round_metrics(None, 0)["dp/unclipped_frac"] == 0.5
+
+
+def test_local_dp_noises_each_update():
+    from fedray.fl.strategies import Median
+
+    privacy = build_privacy(
+        _cfg(name="local", noise="local", noise_multiplier=1.0), Median(), 4, 3, 0
+    )
+    g = {"w": np.zeros(1000, np.float32)}
+    plan = privacy.client_extra([0], 0, g)["privacy"]
+    sent, _ = protect_update(0, 0, g, {"w": np.zeros(1000, np.float32)}, 10, plan)
+    assert np.std(sent["w"]) == pytest.approx(0.5, rel=0.1)  # z * C
