@@ -7,6 +7,7 @@ python launch.py +experiment=pill_noniid sweep=noniid sweep.num_samples=2   # a 
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 
@@ -17,13 +18,17 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 import fedray.config  # noqa: F401  (registers the typed schema before Hydra composes)
-import fedray.tune  # noqa: F401  (registers sweeps/*.yaml as the Hydra group `sweep`)
+import fedray.sweep  # noqa: F401  (registers sweeps/*.yaml as the Hydra group `sweep`)
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch in the driver (clients derive their own seeds)."""
     import torch
 
+    from fedray.config import ConfigError
+
+    if not 0 <= seed < 2**32:  # NumPy's range
+        raise ConfigError(f"seed: {seed} is not an integer in [0, 2**32)")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -45,8 +50,6 @@ def print_summary(metrics: dict) -> None:
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from fedray.config import ConfigError
-    from fedray.data.datasets import DatasetError
     from fedray.run import run
 
     try:
@@ -55,19 +58,67 @@ def main(cfg: DictConfig) -> None:
         print(f"fedray: error: {exc.full_key} is required ({exc.full_key}=...)", file=sys.stderr)
         sys.exit(2)
     plain["run_dir"] = HydraConfig.get().runtime.output_dir
-    seed_everything(int(plain["seed"]))
     try:
+        seed_everything(int(plain["seed"]))
         if plain.get("sweep"):
-            from fedray.tune import sweep
+            from fedray.sweep import sweep
 
             sweep(plain)  # prints the ranked table and every output path
             return
         metrics = run(plain)
-    except (ConfigError, DatasetError) as exc:
-        print(f"fedray: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as exc:
+        fail_if_user_error(exc)
+        raise
     print_summary(metrics)
 
 
+def user_error(exc: BaseException) -> str | None:
+    """One line for a user's mistake (a bad override, value, path or target), else None (a bug).
+
+    Mistakes are fedray's ConfigError/DatasetError/PartitionError (also raised inside a Ray task),
+    Hydra's composition, override and instantiation errors, and OmegaConf's type and key errors.
+    """
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from fedray.config import ConfigError
+    from fedray.data.datasets import DatasetError
+    from fedray.data.partition import PartitionError
+
+    cause = getattr(exc, "cause", None)  # a RayTaskError carries the remote exception
+    if isinstance(cause, BaseException) and cause is not exc:
+        return user_error(cause)
+    if isinstance(exc, ConfigError | DatasetError | PartitionError):
+        text = str(exc)
+    elif isinstance(exc, OmegaConfBaseException):
+        key, msg = getattr(exc, "full_key", None), getattr(exc, "msg", None) or str(exc)
+        msg = msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__
+        text = f"{key}: {msg}" if key else msg  # (the lines after the first repeat the key)
+    elif isinstance(exc, MissingConfigException) and exc.options is not None:
+        group, _, name = str(exc.missing_cfg_file).rpartition("/")
+        text = f"{group or 'config'}: {name!r} is not one of {', '.join(exc.options)}"
+    elif isinstance(exc, HydraException):
+        inner = exc.__cause__
+        text = (user_error(inner) if inner is not None else None) or str(exc)
+    else:
+        return None
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def fail_if_user_error(exc: BaseException) -> None:
+    """Print a user's mistake as `fedray: error: <key>: <what>` and exit 2; return for a bug."""
+    message = user_error(exc)
+    if message is not None:
+        print(f"fedray: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    main()
+    # Hydra re-raises what fails (composing, overriding, the run) instead of printing a trimmed
+    # traceback itself, so a user's mistake is one line here and a bug keeps its whole traceback
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except Exception as exc:
+        fail_if_user_error(exc)
+        raise

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import fedray.tune as ft
+from fedray.sweep import trainable, tuner
 
 ROOT = Path(__file__).resolve().parents[2]
 # each trial: 1 driver CPU + 1 client actor (0.5 CPU), so the tests' 2 CPUs hold one trial
@@ -22,18 +22,20 @@ FAST = ("ray.max_actors=1", "fl.rounds=2")
 
 
 def _trial(sweep_dir: Path, index: int) -> dict:
-    return json.loads((sweep_dir / "trials" / ft.trial_name(index) / "trial.json").read_text())
+    return json.loads(
+        (sweep_dir / "trials" / trainable.trial_name(index) / "trial.json").read_text()
+    )
 
 
 def _rounds(sweep_dir: Path, index: int) -> list[int]:
-    path = sweep_dir / "trials" / ft.trial_name(index) / "metrics.jsonl"
+    path = sweep_dir / "trials" / trainable.trial_name(index) / "metrics.jsonl"
     return [json.loads(line)["round"] for line in path.read_text().splitlines()]
 
 
 @pytest.mark.usefixtures("ray_session")
 def test_smoke_sweep_writes_results_and_one_wandb_run_per_trial(make_cfg, tmp_path):
     cfg = make_cfg("sweep=noniid", "sweep.num_samples=2", "logger=wandb", *FAST)
-    out = ft.sweep(cfg)
+    out = tuner.sweep(cfg)
     sweep_dir = tmp_path / "run"
     assert out["sweep_dir"] == str(sweep_dir) and out["trials"] == 2
     with open(sweep_dir / "sweep_results.csv") as fh:
@@ -57,10 +59,12 @@ def test_smoke_sweep_writes_results_and_one_wandb_run_per_trial(make_cfg, tmp_pa
         # the trial's placement group: its driver + one bundle per client actor
         assert info["bundles"] == [{"CPU": 1.0}, {"CPU": 0.5}]
         assert info["attempts"] == 1
-        runs = list((sweep_dir / "trials" / ft.trial_name(i) / "wandb").glob("offline-run-*"))
+        runs = list(
+            (sweep_dir / "trials" / trainable.trial_name(i) / "wandb").glob("offline-run-*")
+        )
         assert len(runs) == 1, runs  # one W&B run per trial, from the trial driver only
         record = next(runs[0].glob("*.wandb")).read_bytes()
-        assert b"noniid" in record and f"noniid-{ft.trial_name(i)}".encode() in record
+        assert b"noniid" in record and f"noniid-{trainable.trial_name(i)}".encode() in record
     for r in table:  # every trial has its summary, ASHA-stopped ones too
         summary = json.loads((sweep_dir / "trials" / r["trial"] / "summary.json").read_text())
         assert summary["val/acc"] == pytest.approx(float(r["val/acc"]))
@@ -86,7 +90,7 @@ def test_failed_trial_is_retried_and_a_sweep_with_errors_resumes(make_cfg, tmp_p
         {"trial": 1, "round": 1},
         {"trial": 1, "round": 2, "attempts": 2},
     ]
-    out = ft.sweep(cfg)
+    out = tuner.sweep(cfg)
     first = tmp_path / "first"
     status = {r["trial"]: r["status"] for r in out["rows"]}
     assert status == {"trial_000": "completed", "trial_001": "error"}
@@ -104,7 +108,7 @@ def test_failed_trial_is_retried_and_a_sweep_with_errors_resumes(make_cfg, tmp_p
     done = (first / "trials" / "trial_000" / "summary.json").stat().st_mtime_ns
 
     # the faults travel with the sweep's saved state: attempt 3 of trial 1 runs clean
-    out = ft.sweep(make_cfg(*overrides, "sweep.resume=true", run_dir=tmp_path / "second"))
+    out = tuner.sweep(make_cfg(*overrides, "sweep.resume=true", run_dir=tmp_path / "second"))
     assert out["sweep_dir"] == str(first)  # continued in place
     assert {r["trial"]: r["status"] for r in out["rows"]} == {
         "trial_000": "completed",

@@ -1,7 +1,7 @@
 """Sweep specs, search spaces, trial configs and resources, results; and the docker/ files.
 
-No Ray here: everything a sweep decides before Tune starts is a pure function of the YAML and the
-composed config.
+No Ray cluster here: everything a sweep decides before Tune starts is a pure function of the YAML
+and the composed config (Tune's search-space objects need no running Ray).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import csv
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ import pytest
 import yaml
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-import fedray.tune as ft
+from fedray.sweep import groups, plan, resources, results, space, trainable, tuner
+from fedray.sweep import spec as sp
 from tests.conftest import compose_plain
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,8 +34,8 @@ def _base(*overrides: str) -> dict:
     return cfg
 
 
-def _spec(space: dict, **fields) -> ft.SweepSpec:
-    return ft.load_sweep({"name": "t", "file": "t.yaml", "space": space, **fields}, _base())
+def _spec(space: dict, **fields) -> sp.SweepSpec:
+    return sp.load_sweep({"name": "t", "file": "t.yaml", "space": space, **fields}, _base())
 
 
 # --- the Hydra `sweep` group ------------------------------------------------------------------
@@ -41,7 +43,7 @@ def _spec(space: dict, **fields) -> ft.SweepSpec:
 
 def test_shipped_sweeps_are_registered_and_include_the_issue_ones():
     assert {"noniid", "local_epochs", "aggregation", "grid"} <= set(SWEEPS)
-    assert set(SWEEPS) <= set(ft.sweep_files())
+    assert set(SWEEPS) <= set(sp.sweep_files())
 
 
 def test_sweep_group_composes_and_sweep_fields_are_hydra_overrides():
@@ -64,10 +66,14 @@ def test_unknown_sweep_or_sweep_field_is_rejected_by_hydra():
 def test_every_shipped_sweep_validates_and_plans_one_trial(experiment, name):
     cfg = compose_plain([f"+experiment={experiment}", f"sweep={name}", "sweep.num_samples=1"])
     base = {**cfg, "sweep": None}
-    spec = ft.load_sweep(cfg["sweep"], base)
-    points, _, swept = ft.plan_trials(spec, base)
-    assert len(points) == 1
+    spec = sp.load_sweep(cfg["sweep"], base)
+    points, _, swept = plan.plan_trials(spec, base)
+    # a grid is planned (num_samples of its points); any other search is Tune's to draw
+    assert len(points) == (1 if spec.search == "grid" else 0)
     assert swept  # every shipped sweep varies something
+    if spec.search != "grid":
+        fixed, domains = space.split_constants(space.tune_space(spec))
+        assert domains  # something for Tune to sample
 
 
 # --- validation names the file and the key ----------------------------------------------------
@@ -98,8 +104,8 @@ def test_every_shipped_sweep_validates_and_plans_one_trial(experiment, name):
     ],
 )
 def test_bad_sweeps_name_file_and_key(sweep, match):
-    with pytest.raises(ft.SweepError, match=match):
-        ft.load_sweep({"name": "t", "file": "t.yaml", **sweep}, _base())
+    with pytest.raises(sp.SweepError, match=match):
+        sp.load_sweep({"name": "t", "file": "t.yaml", **sweep}, _base())
 
 
 def test_sweep_error_is_a_config_error_and_broken_yaml_names_its_file(tmp_path):
@@ -108,7 +114,7 @@ def test_sweep_error_is_a_config_error_and_broken_yaml_names_its_file(tmp_path):
     bad = tmp_path / "broken.yaml"
     bad.write_text("space: {fl.rounds: [1, 2\n")
     with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
-        ft.load_sweep(bad, _base())
+        sp.load_sweep(bad, _base())
 
 
 # --- search space -------------------------------------------------------------------------------
@@ -122,7 +128,7 @@ def test_grid_points_expand_variants_and_lists_in_order():
             "fl.rounds": 3,
         }
     )
-    assert ft.grid_points(spec.dims) == [
+    assert space.grid_points(spec.dims) == [
         {"strategy.name": "fedavg", "client.epochs": 1, "fl.rounds": 3},
         {"strategy.name": "fedavg", "client.epochs": 2, "fl.rounds": 3},
         {"strategy.name": "fedprox", "strategy.mu": 0.01, "client.epochs": 1, "fl.rounds": 3},
@@ -134,39 +140,122 @@ def test_grid_points_expand_variants_and_lists_in_order():
 
 
 def test_spread_picks_evenly_including_both_ends():
-    assert ft.spread(11, 1) == [0]
-    assert ft.spread(11, 3) == [0, 5, 10]
-    assert ft.spread(9, 5) == [0, 2, 4, 6, 8]
-    assert ft.spread(3, 8) == [0, 1, 2]
+    assert plan.spread(11, 1) == [0]
+    assert plan.spread(11, 3) == [0, 5, 10]
+    assert plan.spread(9, 5) == [0, 2, 4, 6, 8]
+    assert plan.spread(3, 8) == [0, 1, 2]
 
 
-def test_random_points_respect_ranges_and_are_seeded():
+def test_random_space_maps_onto_tunes_own_domains():
+    from ray.tune.search import sample
+
     spec = _spec(
         {
             "client.optimizer.lr": {"loguniform": [1.0e-3, 1.0e-1]},
             "fl.fraction": {"uniform": [0.5, 1.0]},
             "client.epochs": {"randint": [1, 3]},
             "client.batch_size": [4, 8],
+            "fl.rounds": 3,
         },
         num_samples=40,
         seed=3,
     )
     assert spec.search == "random"
-    a, _, swept = ft.plan_trials(spec, _base())
-    b, _, _ = ft.plan_trials(spec, _base())
-    assert a == b and len(a) == 40
-    assert all(1e-3 <= p["client.optimizer.lr"] <= 1e-1 for p in a)
-    assert all(0.5 <= p["fl.fraction"] <= 1.0 for p in a)
-    assert {p["client.epochs"] for p in a} == {1, 2, 3}  # randint bounds are inclusive
-    assert {p["client.batch_size"] for p in a} == {4, 8}
+    tspace = space.tune_space(spec)
+    assert isinstance(tspace["client.optimizer.lr"], sample.Float)
+    assert isinstance(tspace["client.optimizer.lr"].sampler, sample.LogUniform)
+    assert (tspace["fl.fraction"].lower, tspace["fl.fraction"].upper) == (0.5, 1.0)
+    assert isinstance(tspace["client.batch_size"], sample.Categorical)
+    assert tspace["client.batch_size"].categories == [4, 8]
+    assert tspace["fl.rounds"] == 3  # fixed
+    rng = np.random.default_rng(3)
+    epochs = set(tspace["client.epochs"].sample(size=200, random_state=rng))
+    assert epochs == {1, 2, 3}  # the YAML's randint bounds are inclusive
+    lrs = tspace["client.optimizer.lr"].sample(size=200, random_state=rng)
+    assert all(1e-3 <= x <= 1e-1 for x in lrs)
+    points, _, swept = plan.plan_trials(spec, _base())
+    assert points == []  # Tune draws them
     assert set(swept) == {
         "client.optimizer.lr",
         "fl.fraction",
         "client.epochs",
         "client.batch_size",
     }
-    spec.seed = 4
-    assert ft.plan_trials(spec, _base())[0] != a
+
+
+def test_grid_values_map_onto_grid_search_and_variants_onto_an_index_choice():
+    spec = _spec(
+        {
+            "strategy": [
+                {"name": "fedavg"},
+                {"name": "fedprox", "mu": {"loguniform": [1e-3, 1.0]}},
+            ],
+            "client.epochs": [1, 2],
+        },
+        num_samples=4,
+    )
+    tspace = space.tune_space(spec)
+    assert set(tspace) == {"strategy", "strategy[1].mu", "client.epochs"}
+    assert tspace["strategy"].categories == [0, 1]
+    variants = space.variant_table(spec.dims)
+    assert space.decode({"strategy": 1, "strategy[1].mu": 0.05, "client.epochs": 2}, variants) == {
+        "strategy.name": "fedprox",
+        "strategy.mu": 0.05,
+        "client.epochs": 2,
+    }
+    # the inactive variant's key is not applied; a searcher's trial number is not a config key
+    assert space.decode({"strategy": 0, "strategy[1].mu": 0.05, "_index": 3}, variants) == {
+        "strategy.name": "fedavg"
+    }
+    # grid points are dotted keys already
+    assert space.decode({"strategy.name": "fedavg", "client.epochs": 1}, variants) == {
+        "strategy.name": "fedavg",
+        "client.epochs": 1,
+    }
+
+
+def test_searchers_and_pbt_are_validated_with_file_and_key():
+    base = _base()
+    lr = {"client.optimizer.lr": {"loguniform": [1.0e-3, 0.3]}}
+    spec = _spec(lr, search="optuna", num_samples=2, scheduler="asha")
+    assert spec.search == "optuna" and spec.scheduler["name"] == "asha"
+    for bad, match in (
+        ({"search": "optuna"}, r"t\.yaml.*sweep\.num_samples: search: optuna needs"),
+        ({"search": "bayes", "num_samples": 2}, r"sweep\.search: must be one of"),
+        (
+            {"search": "optuna", "num_samples": 2, "scheduler": "pbt"},
+            r"sweep\.scheduler\.name: pbt cannot be combined with search: optuna",
+        ),
+    ):
+        with pytest.raises(sp.SweepError, match=match):
+            sp.load_sweep({"name": "t", "file": "t.yaml", "space": lr, **bad}, base)
+    pbt = {"name": "pbt", "perturbation_interval": 2}
+    spec = _spec({**lr, "client.epochs": [1, 2], "partition.name": ["iid"]}, num_samples=3,
+                 scheduler=pbt)  # fmt: skip
+    assert spec.scheduler["mutate"] == ["client.optimizer.lr", "client.epochs"]
+    muts = space.pbt_mutations(spec)
+    assert muts["client.epochs"] == [1, 2] and muts["client.optimizer.lr"].lower == 1.0e-3
+    with pytest.raises(
+        sp.SweepError, match=r"sweep\.scheduler\.mutate\.data\.train_per_class: PBT"
+    ):
+        _spec({**lr, "data.train_per_class": [8, 12]}, num_samples=2,
+              scheduler={**pbt, "mutate": ["data.train_per_class"]})  # fmt: skip
+    with pytest.raises(sp.SweepError, match=r"sweep\.scheduler\.mutate: pbt needs a space key"):
+        _spec({"strategy.name": ["fedavg", "fedprox"]}, search="random", num_samples=2,
+              scheduler="pbt")  # fmt: skip
+
+
+def test_missing_searcher_package_is_a_one_line_error(monkeypatch):
+    from fedray.sweep.search import check_search_available
+
+    spec = _spec({"client.optimizer.lr": {"loguniform": [1.0e-3, 0.3]}}, search="hyperopt",
+                 num_samples=2)  # fmt: skip
+    monkeypatch.setitem(sys.modules, "hyperopt", None)  # `import hyperopt` raises ImportError
+    with pytest.raises(sp.SweepError) as info:
+        check_search_available(spec)
+    msg = str(info.value)
+    assert "\n" not in msg and "t.yaml" in msg and "sweep.search" in msg
+    assert 'pip install "fedray[sweep]"' in msg
 
 
 def test_plan_skips_points_the_experiment_cannot_deal_and_caps_the_grid():
@@ -174,15 +263,15 @@ def test_plan_skips_points_the_experiment_cannot_deal_and_caps_the_grid():
     spec = _spec(
         {
             "partition": [
-                {"_target_": "fedray.data.partition.partition_pathological", "name": "pathological", "classes_per_client": 1},
-                {"_target_": "fedray.data.partition.partition_pathological", "name": "pathological", "classes_per_client": 2},
-                {"_target_": "fedray.data.partition.partition_dirichlet", "name": "dirichlet", "alpha": 1.0},
-                {"_target_": "fedray.data.partition.partition_iid", "name": "iid"},
+                {"name": "pathological", "classes_per_client": 1},
+                {"name": "pathological", "classes_per_client": 2},
+                {"name": "dirichlet", "alpha": 1.0},
+                {"name": "iid"},
             ]
         },
         num_samples=2,
     )
-    points, notes, swept = ft.plan_trials(spec, _base(), lambda cfg: labels)
+    points, notes, swept = plan.plan_trials(spec, _base(), lambda cfg: labels)
     # classes_per_client=1: 2 clients x 1 < 4 classes; the rest spread: first and last
     assert points == [
         {"partition.name": "pathological", "partition.classes_per_client": 2},
@@ -194,28 +283,28 @@ def test_plan_skips_points_the_experiment_cannot_deal_and_caps_the_grid():
 
 def test_plan_skips_strategies_that_cannot_aggregate_one_round():
     spec = _spec({"strategy": [{"name": "krum", "num_byzantine": 1}, {"name": "median"}]})
-    points, notes, _ = ft.plan_trials(spec, _base())
+    points, notes, _ = plan.plan_trials(spec, _base())
     assert points == [{"strategy.name": "median"}]
     assert "needs at least 5 updates" in notes[0]
 
 
 def test_plan_with_no_feasible_trial_is_an_error():
     spec = _spec({"strategy": [{"name": "krum", "num_byzantine": 1}]})
-    with pytest.raises(ft.SweepError, match="no trial can run"):
-        ft.plan_trials(spec, _base())
+    with pytest.raises(sp.SweepError, match="no trial can run"):
+        plan.plan_trials(spec, _base())
 
 
 def test_asha_grid_trials_are_submitted_spread_over_the_grid():
     plain = _spec({"client.epochs": [1, 2, 3, 4, 5, 6]})
-    assert ft.submission_order(plain, 6, seed=0) == [0, 1, 2, 3, 4, 5]
+    assert plan.submission_order(plain, 6, seed=0) == [0, 1, 2, 3, 4, 5]
     asha = _spec({"client.epochs": [1, 2, 3, 4, 5, 6, 7, 8]}, scheduler="asha")
-    assert ft.submission_order(asha, 8, seed=0) == [0, 4, 2, 6, 1, 5, 3, 7]
-    order = ft.submission_order(asha, 6, seed=0)
+    assert plan.submission_order(asha, 8, seed=0) == [0, 4, 2, 6, 1, 5, 3, 7]
+    order = plan.submission_order(asha, 6, seed=0)
     assert order == [0, 4, 2, 1, 5, 3]
     # every prefix of two or more reaches both halves of the grid
     assert all(min(order[:k]) < 3 <= max(order[:k]) for k in range(2, 7))
-    assert ft.spread_order(1) == [0] and ft.spread_order(0) == []
-    assert sorted(ft.spread_order(37)) == list(range(37))
+    assert plan.spread_order(1) == [0] and plan.spread_order(0) == []
+    assert sorted(plan.spread_order(37)) == list(range(37))
 
 
 # --- trial configs ------------------------------------------------------------------------------
@@ -226,34 +315,64 @@ def test_switching_a_group_starts_from_that_options_defaults():
     spec = _spec(
         {"partition.name": ["dirichlet"], "partition.alpha": [0.3], "strategy.name": ["fedprox"]}
     )
-    options = ft.group_options(spec, base)
-    cfg, skipped = ft.trial_config(
+    options = sp.group_options(spec, base)
+    cfg, skipped = plan.trial_config(
         base,
         {"partition.name": "dirichlet", "partition.alpha": 0.3, "strategy.name": "fedprox"},
         options,
     )
-    assert cfg["partition"] == {"_target_": "fedray.data.partition.partition_dirichlet", "name": "dirichlet", "alpha": 0.3, "min_size": 10}
-    assert cfg["strategy"] == {"name": "fedprox", "mu": 0.01}
+    # the option's YAML, `_target_` included, with the assigned key on top
+    assert cfg["partition"] == {
+        "_target_": "fedray.data.partition.partition_dirichlet",
+        "name": "dirichlet",
+        "alpha": 0.3,
+        "min_size": 10,
+    }
+    assert cfg["strategy"] == {
+        "_target_": "fedray.fl.strategies.fedprox.FedProx",
+        "name": "fedprox",
+        "mu": 0.01,
+    }
     assert skipped == []
-    assert base["partition"] == {"_target_": "fedray.data.partition.partition_iid", "name": "iid"}  # the base is not mutated
+    iid = {"_target_": "fedray.data.partition.partition_iid", "name": "iid"}
+    assert base["partition"] == iid  # the base is not mutated
+
+
+def test_a_variant_naming_an_option_starts_from_its_yaml_and_builds():
+    from fedray.fl.strategies import build_strategy
+    from fedray.fl.strategies.fedprox import FedProx
+
+    base = _base()  # strategy fedavg
+    spec = _spec({"strategy": [{"name": "fedavg"}, {"name": "fedprox", "mu": [0.1]}]})
+    points, _, _ = plan.plan_trials(spec, base)
+    assert points[1] == {"strategy.name": "fedprox", "strategy.mu": 0.1}
+    cfg, _ = plan.trial_config(base, points[1], sp.group_options(spec, base))
+    assert cfg["strategy"]["_target_"] == "fedray.fl.strategies.fedprox.FedProx"
+    strategy = build_strategy(cfg["strategy"])
+    assert isinstance(strategy, FedProx) and strategy.mu == 0.1
 
 
 def test_key_of_another_option_does_not_apply_and_is_reported():
     base = _base("partition=pathological", "partition.classes_per_client=2")
-    space = {"partition.name": ["pathological", "dirichlet"], "partition.alpha": [0.3]}
-    options = ft.group_options(ft.load_sweep({"name": "t", "space": space}, base), base)
-    cfg, skipped = ft.trial_config(
+    sweep = {"name": "t", "space": {"partition.name": ["pathological", "dirichlet"],
+                                    "partition.alpha": [0.3]}}  # fmt: skip
+    options = sp.group_options(sp.load_sweep(sweep, base), base)
+    cfg, skipped = plan.trial_config(
         base, {"partition.name": "pathological", "partition.alpha": 0.3}, options
     )
-    assert cfg["partition"] == {"_target_": "fedray.data.partition.partition_pathological", "name": "pathological", "classes_per_client": 2}  # kept as composed
+    assert cfg["partition"] == {  # kept as composed
+        "_target_": "fedray.data.partition.partition_pathological",
+        "name": "pathological",
+        "classes_per_client": 2,
+    }
     assert skipped == ["partition.alpha"]
 
 
 def test_strategy_without_a_yaml_falls_back_to_constructor_defaults(monkeypatch, tmp_path):
-    monkeypatch.setattr(ft, "CONF_DIR", tmp_path)  # no conf/strategy/*.yaml at all
+    monkeypatch.setattr(groups, "CONF_DIR", tmp_path)  # no conf/strategy/*.yaml at all
     from fedray.fl.strategies import strategy_defaults
 
-    assert ft.group_option("strategy", "fedadam", _base()) == {
+    assert groups.group_option("strategy", "fedadam", _base()) == {
         "name": "fedadam",
         **strategy_defaults("fedadam"),
     }
@@ -264,12 +383,12 @@ def test_strategy_without_a_yaml_falls_back_to_constructor_defaults(monkeypatch,
 
 def test_trial_bundles_cover_the_driver_and_one_bundle_per_client_actor():
     cfg = _base("fl.num_clients=5", "fl.clients_per_round=3", "ray.client_cpus=0.5")
-    assert ft.trial_bundles(cfg, 1.0, 8) == [{"CPU": 1.0}] + [{"CPU": 0.5}] * 3
+    assert resources.trial_bundles(cfg, 1.0, 8) == [{"CPU": 1.0}] + [{"CPU": 0.5}] * 3
     # only what fits next to the driver: (2 - 1) / 0.5 = 2 actors
-    assert ft.trial_bundles(cfg, 1.0, 2) == [{"CPU": 1.0}] + [{"CPU": 0.5}] * 2
+    assert resources.trial_bundles(cfg, 1.0, 2) == [{"CPU": 1.0}] + [{"CPU": 0.5}] * 2
     cfg["ray"]["max_actors"] = 1
     cfg["ray"]["client_gpus"] = 0.25
-    assert ft.trial_bundles(cfg, 0.5, 8) == [{"CPU": 0.5}, {"CPU": 0.5, "GPU": 0.25}]
+    assert resources.trial_bundles(cfg, 0.5, 8) == [{"CPU": 0.5}, {"CPU": 0.5, "GPU": 0.25}]
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -277,7 +396,7 @@ def test_trial_bundles_cover_the_driver_and_one_bundle_per_client_actor():
 
 def _row(index, status, rounds, metric, assignment, history=()):
     return {
-        "trial": ft.trial_name(index),
+        "trial": trainable.trial_name(index),
         "index": index,
         "status": status,
         "rounds": rounds,
@@ -303,9 +422,9 @@ def test_rank_and_trial_round_savings_are_exact():
         _row(2, "error", 0, None, {}),
         _row(3, "stopped", 2, 0.7, {}),
     ]
-    assert [r["index"] for r in ft.rank(rows, "max")] == [3, 0, 1, 2]
-    assert [r["index"] for r in ft.rank(rows, "min")] == [1, 0, 3, 2]
-    assert ft.trial_round_savings(rows) == (7, 16, 1 - 7 / 16)
+    assert [r["index"] for r in results.rank(rows, "max")] == [3, 0, 1, 2]
+    assert [r["index"] for r in results.rank(rows, "min")] == [1, 0, 3, 2]
+    assert results.trial_round_savings(rows) == (7, 16, 1 - 7 / 16)
 
 
 def test_write_results_writes_a_ranked_csv_markdown_and_plots(tmp_path):
@@ -326,7 +445,7 @@ def test_write_results_writes_a_ranked_csv_markdown_and_plots(tmp_path):
         "base": {"name": "smoke"},
         "notes": ["skipped x"],
     }
-    out = ft.write_results(tmp_path, state, rows)
+    out = results.write_results(tmp_path, state, rows)
     with open(out["results_csv"]) as fh:
         table = list(csv.DictReader(fh))
     assert [r["trial"] for r in table] == ["trial_001", "trial_000"]
@@ -350,15 +469,15 @@ def test_find_sweep_dir_picks_the_latest_matching_sweep(tmp_path):
 
     for name, h, t in (("a", "H", 1), ("b", "H", 2), ("c", "other", 3)):
         d = tmp_path / name
-        (d / ft.TUNE_DIR).mkdir(parents=True)
-        (d / ft.SWEEP_STATE).write_text(json.dumps({"hash": h}))
-        os.utime(d / ft.SWEEP_STATE, (t, t))
+        (d / tuner.TUNE_DIR).mkdir(parents=True)
+        (d / tuner.SWEEP_STATE).write_text(json.dumps({"hash": h}))
+        os.utime(d / tuner.SWEEP_STATE, (t, t))
     new = tmp_path / "new"
-    assert ft.find_sweep_dir(False, new, "H") is None
-    assert ft.find_sweep_dir(True, new, "H") == tmp_path / "b"
-    assert ft.find_sweep_dir(str(tmp_path / "a"), new, "H") == tmp_path / "a"
-    with pytest.raises(ft.SweepError, match="no earlier run"):
-        ft.find_sweep_dir(True, new, "missing")
+    assert tuner.find_sweep_dir(False, new, "H") is None
+    assert tuner.find_sweep_dir(True, new, "H") == tmp_path / "b"
+    assert tuner.find_sweep_dir(str(tmp_path / "a"), new, "H") == tmp_path / "a"
+    with pytest.raises(sp.SweepError, match="no earlier run"):
+        tuner.find_sweep_dir(True, new, "missing")
 
 
 # --- docker/ (no Docker engine here: parse and lint) -------------------------------------------
@@ -410,7 +529,7 @@ def test_stopped_trials_get_a_summary_from_their_metrics(tmp_path):
         '{"round": 2, "val/acc": 0.5, "comm/bytes_total": 20, "time/round_s": 1.0}\n'
     )
     row = {"rounds": 2, "max_rounds": 8, "error": None}
-    ft.summarize_unfinished(
+    results.summarize_unfinished(
         [
             {**row, "status": "completed", "run_dir": str(done)},
             {**row, "status": "stopped", "run_dir": str(stopped)},

@@ -1,0 +1,160 @@
+"""Tune's search algorithms and schedulers, built from a sweep spec (imports Ray: load lazily).
+
+search: grid      the planned grid points as Tune's BasicVariantGenerator presets, in order
+        random    Tune's own random sampling of the space (BasicVariantGenerator, seeded)
+        optuna    ray.tune.search.optuna.OptunaSearch (TPE), `pip install fedray[sweep]`
+        hyperopt  ray.tune.search.hyperopt.HyperOptSearch, `pip install fedray[sweep]`
+scheduler: none | asha (ASHAScheduler) | pbt (PopulationBasedTraining), all on time_attr round
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from typing import Any
+
+from ray.tune.search import Searcher
+
+from fedray.sweep.space import (
+    INDEX_KEY,
+    grid_presets,
+    pbt_mutations,
+    split_constants,
+    tune_space,
+)
+from fedray.sweep.spec import SweepError, SweepSpec
+
+EXTRA_HINT = 'pip install "fedray[sweep]" (or: pip install {pkg})'
+
+
+class NumberedSearcher(Searcher):
+    """A Tune searcher that numbers its suggestions (trial_000, ...) and fills in fixed keys.
+
+    Tune's searcher trial ids carry no counter, and a searcher's space holds only the keys it
+    samples; the number travels in the config under `_index` and survives `sweep.resume`.
+    """
+
+    def __init__(self, searcher: Any, space: dict[str, Any], fixed: dict[str, Any]) -> None:
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+        self.searcher, self.space, self.fixed, self.count = searcher, space, fixed, 0
+
+    def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
+        """Pass metric and mode on, with this sweep's own space (Tune's param space is empty)."""
+        self._metric, self._mode = metric, mode
+        return self.searcher.set_search_properties(metric, mode, self.space, **spec)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        """The inner searcher's suggestion with the fixed keys and the trial's number."""
+        config = self.searcher.suggest(trial_id)
+        if not isinstance(config, dict):
+            return config
+        self.count += 1
+        return {**self.fixed, **config, INDEX_KEY: self.count - 1}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Forward intermediate results (a searcher may prune on them)."""
+        self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        """Forward the final result."""
+        self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    def save(self, checkpoint_path: str) -> None:
+        """One pickle: the counter and the inner searcher's own saved state."""
+        with tempfile.TemporaryDirectory() as d:
+            inner = os.path.join(d, "inner.pkl")
+            self.searcher.save(inner)
+            with open(inner, "rb") as fh:
+                blob = fh.read()
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump({"count": self.count, "inner": blob}, fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Undo `save`."""
+        with open(checkpoint_path, "rb") as fh:
+            state = pickle.load(fh)
+        self.count = int(state["count"])
+        with tempfile.TemporaryDirectory() as d:
+            inner = os.path.join(d, "inner.pkl")
+            with open(inner, "wb") as fh:
+                fh.write(state["inner"])
+            self.searcher.restore(inner)
+
+
+def _require(spec: SweepSpec, pkg: str) -> None:
+    try:
+        __import__(pkg)
+    except ImportError:
+        raise spec.fail(
+            "search", f"search: {spec.search} needs {pkg}: " + EXTRA_HINT.format(pkg=pkg)
+        ) from None
+
+
+def check_search_available(spec: SweepSpec) -> None:
+    """A one-line SweepError when the searcher's optional package is not installed."""
+    if spec.search in ("optuna", "hyperopt"):
+        _require(spec, spec.search)
+
+
+def build_search(
+    spec: SweepSpec, points: list[dict[str, Any]], seed: int
+) -> tuple[Any, dict[str, Any], int]:
+    """(search_alg, Tuner param_space, num_samples) for this sweep."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if spec.search == "grid":
+        # the planned points in order, each one trial, every key preset (Tune samples nothing)
+        space, presets = grid_presets(points)
+        return BasicVariantGenerator(points_to_evaluate=presets), space, len(points)
+    space = tune_space(spec)
+    n = int(spec.num_samples or 1)
+    if spec.search == "random":
+        return BasicVariantGenerator(random_state=seed), space, n
+    check_search_available(spec)
+    fixed, domains = split_constants(space)
+    if not domains:
+        raise spec.fail("space", f"search: {spec.search} needs a range or a list to search")
+    if spec.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        inner = OptunaSearch(metric=spec.metric, mode=spec.mode, seed=seed)
+    elif spec.search == "hyperopt":
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        inner = HyperOptSearch(
+            metric=spec.metric,
+            mode=spec.mode,
+            random_state_seed=seed,
+            n_initial_points=max(1, min(20, n // 2)),  # TPE after the random start
+        )
+    else:  # pragma: no cover - load_sweep validated the name
+        raise SweepError(f"unknown search {spec.search!r}")
+    return NumberedSearcher(inner, domains, fixed), {}, n
+
+
+def build_scheduler(spec: SweepSpec, max_t: int) -> Any:
+    """ASHA or PBT on the `round` each trial reports; None for `scheduler: none`."""
+    sched = spec.scheduler
+    if sched["name"] == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        return ASHAScheduler(
+            time_attr="round",
+            max_t=int(sched.get("max_t") or max_t),
+            grace_period=int(sched["grace_period"]),
+            reduction_factor=float(sched["reduction_factor"]),
+            stop_last_trials=False,  # a trial at max_t finishes its run (summary, plots, W&B)
+        )
+    if sched["name"] == "pbt":
+        from ray.tune.schedulers import PopulationBasedTraining
+
+        return PopulationBasedTraining(
+            time_attr="round",
+            perturbation_interval=int(sched["perturbation_interval"]),
+            hyperparam_mutations=pbt_mutations(spec),
+            quantile_fraction=float(sched["quantile_fraction"]),
+            resample_probability=float(sched["resample_probability"]),
+            log_config=True,  # pbt_global.txt / pbt_policy_*.txt in the Tune directory
+        )
+    return None

@@ -1,0 +1,176 @@
+"""The Tune trainable: one federated run per trial, reporting every round with its checkpoint.
+
+Each round's report carries the run's `checkpoint.pkl` (and who wrote it), so Tune can retry a
+failed trial from its last round (`max_failures`), continue a killed sweep (`sweep.resume`), and
+PBT can continue a trial from a better trial's checkpoint under a mutated config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedray.sweep.groups import is_number
+from fedray.sweep.plan import check_feasible, fmt_value, train_labels, trial_config
+from fedray.sweep.space import INDEX_KEY, decode
+
+TRIALS_DIR = "trials"
+ORIGIN = "origin.json"  # beside checkpoint.pkl in a reported checkpoint: which trial, which round
+
+
+class InjectedTrialFault(RuntimeError):
+    """`sweep.faults`: a trial that fails on purpose after a round, on its first `attempts` tries.
+
+    For tests and demos of `max_failures` and `sweep.resume`, like `fl.faults` for clients.
+    """
+
+
+def trial_name(index: int) -> str:
+    """Stable name of trial `index` (its run directory and W&B run name)."""
+    return f"trial_{index:03d}"
+
+
+def trial_index(trial_id: str, config: dict[str, Any]) -> int:
+    """A trial's number: from a searcher's config, else the counter in Tune's trial id."""
+    if INDEX_KEY in config:
+        return int(config[INDEX_KEY])
+    return int(str(trial_id).rsplit("_", 1)[-1])
+
+
+def trial_dirname(trial: Any) -> str:
+    """Tune's directory of a trial: its fedray name and Tune id."""
+    return f"{trial_name(trial_index(trial.trial_id, trial.config))}_{trial.trial_id}"
+
+
+def trial_name_creator(trial: Any) -> str:
+    """Tune's name of a trial: trial_NNN."""
+    return trial_name(trial_index(trial.trial_id, trial.config))
+
+
+def numeric(row: dict[str, Any]) -> dict[str, float]:
+    """The row's scalar numbers as floats (what Tune may compare)."""
+    return {
+        k: float(v)
+        for k, v in row.items()
+        if is_number(v) or (hasattr(v, "item") and np.ndim(v) == 0)
+    }
+
+
+def name_wandb_run(
+    cfg: dict[str, Any], meta: dict[str, Any], index: int, applied: dict[str, Any]
+) -> None:
+    """W&B run of a trial: grouped by sweep, named after the trial, tagged with swept values."""
+    wcfg = cfg["logger"].setdefault("wandb", {})
+    wcfg["group"] = wcfg.get("group") or meta["name"]
+    wcfg["name"] = f"{meta['name']}-{trial_name(index)}"
+    tags = [*(wcfg.get("tags") or []), str(cfg.get("name")), f"sweep:{meta['name']}"]
+    tags += [f"{k}={fmt_value(applied[k])}"[:64] for k in meta["swept"] if k in applied]
+    wcfg["tags"] = list(dict.fromkeys(tags))
+
+
+def _restore(restored: Any, run_dir: Path, index: int, info: dict[str, Any]) -> int:
+    """Copy a Tune checkpoint into the run dir; returns its round and records a PBT exploit."""
+    from fedray.fl.checkpoint import CHECKPOINT, load_checkpoint
+
+    with restored.as_directory() as d:
+        shutil.copy2(Path(d) / CHECKPOINT, run_dir / CHECKPOINT)
+        origin_path = Path(d) / ORIGIN
+        origin = json.loads(origin_path.read_text()) if origin_path.exists() else {}
+    start = int(load_checkpoint(run_dir / CHECKPOINT)["round"])
+    if origin and int(origin["trial"]) != index:  # PBT: continue from a better trial's model
+        info.setdefault("exploits", []).append(
+            {"from": trial_name(int(origin["trial"])), "round": start}
+        )
+    return start
+
+
+def run_trial(
+    config: dict[str, Any], *, base: dict[str, Any], options: dict, meta: dict[str, Any]
+) -> None:
+    """Tune function trainable: one federated run, reporting every round with a checkpoint."""
+    import ray
+    from ray import tune
+
+    from fedray.fl.checkpoint import CHECKPOINT
+    from fedray.run import run
+
+    if meta.get("cwd") and Path(meta["cwd"]).is_dir():
+        os.chdir(meta["cwd"])  # relative paths in the config mean what they meant at launch
+    ctx = tune.get_context()
+    index = trial_index(ctx.get_trial_id(), config)
+    assignment = decode(config, meta["variants"])
+    cfg, skipped = trial_config(base, assignment, options)
+    bundles = ctx.get_trial_resources().bundles
+    cfg["ray"]["max_actors"] = max(1, len(bundles) - 1)  # the pool fills this trial's bundles
+    run_dir = Path(meta["sweep_dir"]) / TRIALS_DIR / trial_name(index)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg["run_dir"] = str(run_dir)
+    cfg["resume"] = False
+    cfg["sweep"] = {"name": meta["name"], "trial": index, "assignment": assignment}
+    name_wandb_run(cfg, meta, index, {k: v for k, v in assignment.items() if k not in skipped})
+    info_path = run_dir / "trial.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {"attempts": 0}
+    info.update(
+        index=index,
+        trial_id=ctx.get_trial_id(),
+        assignment=assignment,
+        not_applicable=skipped,
+        node_id=ray.get_runtime_context().get_node_id(),
+        bundles=bundles,
+        attempts=int(info["attempts"]) + 1,
+        resumed_from_round=0,
+    )
+    if meta.get("check_feasible"):  # Tune drew this point: can the experiment run it?
+        why = check_feasible(cfg, train_labels(cfg))
+        if why:
+            info["skipped"] = why
+            info_path.write_text(json.dumps(info, indent=2, default=str))
+            return  # ends the trial without a result: it is listed as skipped
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        info["resumed_from_round"] = _restore(restored, run_dir, index, info)
+        cfg["resume"] = str(run_dir)
+    info_path.write_text(json.dumps(info, indent=2, default=str))
+    # round -> how many first attempts fail after it
+    faults = {f["round"]: f["attempts"] for f in meta.get("faults", []) if f["trial"] == index}
+    staging = run_dir / ".tune_checkpoint"
+    rounds = int(cfg["fl"]["rounds"])
+    last: list[tuple[dict[str, Any], Path | None]] = []
+
+    def report(row: dict[str, Any], ckpt_path: Path | None) -> None:
+        metrics = numeric(row)
+        if ckpt_path is None:
+            tune.report(metrics)
+        else:
+            # a fixed staging dir: report may block until Tune continues or stops this trial
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            shutil.copy2(ckpt_path, staging / CHECKPOINT)
+            origin = {"trial": index, "round": int(row["round"])}
+            (staging / ORIGIN).write_text(json.dumps(origin))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(staging)))
+        if info["attempts"] <= faults.get(int(row["round"]), 0):
+            raise InjectedTrialFault(
+                f"sweep.faults: trial {index} fails after round {row['round']} "
+                f"(attempt {info['attempts']})"
+            )
+
+    def on_round(row: dict[str, Any], ckpt_path: Path | None) -> None:
+        if int(row["round"]) < rounds:
+            report(row, ckpt_path)
+        else:
+            # the last round is reported once the run has finished (summary, plots, W&B run),
+            # since a scheduler's decision at that report may end this process
+            last.append((dict(row), ckpt_path))
+
+    summary = run(cfg, on_round)
+    if last:
+        report(*last[-1])
+    else:  # resumed after its last round: report the final state once
+        report({"round": rounds, **numeric(summary)}, None)
+    shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,237 @@
+"""Drive a sweep: plan it, build Tune's Tuner (searcher, scheduler, resources), run, write results.
+
+`sweep(cfg)` is what `launch.py ... sweep=NAME` calls. The sweep's directory is the Hydra run
+directory: `sweep.json` (the plan, for `sweep.resume`), `tune/` (Tune's experiment state),
+`trials/trial_NNN/` (each trial's run directory) and the results (`fedray/sweep/results.py`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedray.sweep.plan import (
+    fmt_point,
+    max_rounds,
+    plan_trials,
+    submission_order,
+    train_labels,
+    trial_config,
+)
+from fedray.sweep.resources import check_fits, trial_resources
+from fedray.sweep.space import variant_table
+from fedray.sweep.spec import SweepError, SweepSpec, group_options, load_sweep
+from fedray.sweep.trainable import run_trial, trial_dirname, trial_name_creator
+
+log = logging.getLogger("fedray")
+SWEEP_STATE = "sweep.json"
+TUNE_DIR = "tune"
+
+
+def sweep_hash(base: dict[str, Any], spec: SweepSpec) -> str:
+    """What a resumed sweep must match: the experiment's hash and the sweep's name."""
+    from fedray.run import experiment_hash
+
+    return f"{experiment_hash(base)}-{spec.name}"
+
+
+def find_sweep_dir(resume: Any, sweep_dir: Path, want: str) -> Path | None:
+    """The sweep to continue: `sweep.resume=PATH`, or the latest matching one if `true`."""
+    if resume in (None, False) or str(resume).lower() in ("false", "none", "null", ""):
+        return None
+    if resume is True or str(resume).lower() == "true":
+        found = sorted(
+            (
+                p.parent
+                for p in sweep_dir.parent.glob(f"*/{SWEEP_STATE}")
+                if p.parent != sweep_dir
+                and json.loads(p.read_text()).get("hash") == want
+                and (p.parent / TUNE_DIR).is_dir()
+            ),
+            key=lambda d: (d / SWEEP_STATE).stat().st_mtime,
+        )
+        if not found:
+            raise SweepError(
+                f"sweep.resume=true: no earlier run of this sweep and experiment under "
+                f"{sweep_dir.parent}"
+            )
+        return found[-1]
+    path = Path(str(resume)).expanduser()
+    if not (path / SWEEP_STATE).exists():
+        raise SweepError(f"sweep.resume={resume!r}: {path / SWEEP_STATE} does not exist")
+    return path
+
+
+def sweep(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run the sweep `cfg["sweep"]` over the experiment `cfg`; returns the results and paths."""
+    from fedray.logging import setup_console_logging
+    from fedray.run import ensure_ray
+    from fedray.sweep.results import (
+        collect_results,
+        print_results,
+        summarize_unfinished,
+        write_results,
+    )
+    from fedray.sweep.search import check_search_available
+
+    setup_console_logging()
+    t0 = time.perf_counter()
+    if not cfg.get("run_dir"):
+        raise SweepError("run_dir is not set (launch.py sets it to Hydra's output directory)")
+    base = copy.deepcopy(cfg)
+    sweep_node = base.pop("sweep")
+    base["sweep"] = None
+    spec = load_sweep(sweep_node, base)
+    check_search_available(spec)  # before Ray starts: a missing extra is a one-line error
+    sweep_dir = Path(cfg["run_dir"]).resolve()
+    want = sweep_hash(base, spec)
+    resume_dir = find_sweep_dir(spec.resume, sweep_dir, want)
+    started = ensure_ray(cfg["ray"])
+    try:
+        if resume_dir is not None:
+            state = json.loads((resume_dir / SWEEP_STATE).read_text())
+            log.info("resuming sweep %s in %s", spec.name, resume_dir)
+            grid = run_tuner(resume_dir, state, restore=True)
+            sweep_dir = resume_dir
+        else:
+            state = plan(spec, base, sweep_dir, want)
+            grid = run_tuner(sweep_dir, state, restore=False)
+        rows = collect_results(grid, state, sweep_dir)
+        summarize_unfinished(rows)
+        out = write_results(sweep_dir, state, rows, wall_s=time.perf_counter() - t0)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    print_results(out)
+    return out
+
+
+def plan(spec: SweepSpec, base: dict[str, Any], sweep_dir: Path, want: str) -> dict[str, Any]:
+    """Plan the sweep (grid points, resources) and save it as `sweep.json`; returns the state."""
+    import ray
+
+    labels: dict[str, np.ndarray] = {}
+    points, notes, swept = plan_trials(spec, base, lambda c: train_labels(c, labels))
+    for note in notes:
+        log.info("sweep %s: %s", spec.name, note)
+    options = group_options(spec, base)
+    cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    if spec.driver_cpus > cluster_cpus:
+        raise spec.fail(
+            "driver_cpus", f"{spec.driver_cpus} exceeds the cluster's {cluster_cpus:g} CPUs"
+        )
+    for p in points or [{}]:  # a drawn trial has at least the base's clients
+        tcfg, _ = trial_config(base, p, options)
+        need = check_fits(tcfg, spec.driver_cpus, cluster_cpus)
+        if need > cluster_cpus + 1e-9:
+            raise SweepError(
+                f"sweep {spec.name!r}: trial {fmt_point(p) or '(base)'} needs {need:g} CPUs, the "
+                f"cluster has {cluster_cpus:g}; lower ray.client_cpus or sweep.driver_cpus"
+            )
+    order = submission_order(spec, len(points), int(base["seed"]))
+    state = {
+        "name": spec.name,
+        "hash": want,
+        "spec": {k: v for k, v in asdict(spec).items() if k != "dims"},
+        "base": base,
+        "options": options,
+        "variants": variant_table(spec.dims),
+        "trials": [points[i] for i in order],  # grid points in submission order (else empty)
+        "max_rounds": max_rounds(spec, base, points),
+        "swept": swept,
+        "notes": notes,
+        "cluster_cpus": cluster_cpus,
+        "cwd": os.getcwd(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / SWEEP_STATE).write_text(json.dumps(state, indent=2, default=str))
+    log.info(
+        "sweep %s: %s (%s search, scheduler %s) over %s -> %s",
+        spec.name,
+        f"{len(points)} trials" if points else f"{spec.num_samples} trials",
+        spec.search,
+        spec.scheduler["name"],
+        ", ".join(swept) or "-",
+        sweep_dir,
+    )
+    return state
+
+
+def _trainable(state: dict[str, Any], sweep_dir: Path) -> Any:
+    from ray import tune
+
+    spec = state["spec"]
+    meta = {
+        "name": state["name"],
+        "sweep_dir": str(sweep_dir),
+        "swept": state["swept"],
+        "faults": spec["faults"],
+        "cwd": state["cwd"],
+        "variants": state["variants"],
+        "check_feasible": spec["search"] != "grid",  # a planned grid is feasible already
+    }
+    fn = tune.with_parameters(run_trial, base=state["base"], options=state["options"], meta=meta)
+    return tune.with_resources(
+        fn,
+        partial(
+            trial_resources,
+            base=state["base"],
+            options=state["options"],
+            variants=state["variants"],
+            driver_cpus=float(spec["driver_cpus"]),
+            cluster_cpus=float(state["cluster_cpus"]),
+        ),
+    )
+
+
+def run_tuner(sweep_dir: Path, state: dict[str, Any], restore: bool) -> Any:
+    """Run (or continue) the sweep's Tune experiment; returns Tune's ResultGrid."""
+    from ray import tune
+
+    from fedray.sweep.search import build_scheduler, build_search
+
+    spec_d = state["spec"]
+    trainable = _trainable(state, sweep_dir)
+    if restore:
+        tuner = tune.Tuner.restore(
+            str(sweep_dir / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=True
+        )
+        return tuner.fit()
+    spec = load_sweep({k: v for k, v in spec_d.items() if k != "resume"}, state["base"])
+    seed = spec.seed if spec.seed is not None else int(state["base"]["seed"])
+    search_alg, param_space, num_samples = build_search(spec, state["trials"], seed)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=spec.metric,
+            mode=spec.mode,
+            search_alg=search_alg,
+            scheduler=build_scheduler(spec, int(state["max_rounds"])),
+            num_samples=num_samples,
+            max_concurrent_trials=spec.max_concurrent_trials,
+            reuse_actors=False,  # trials share no process, hence no mutable state
+            trial_name_creator=trial_name_creator,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=str(sweep_dir),
+            failure_config=tune.FailureConfig(max_failures=int(spec.max_failures)),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1,
+        ),
+    )
+    return tuner.fit()
