@@ -1,0 +1,169 @@
+"""`stage=retrieval`: the paper's protocol on the synthetic catalog, cfg -> metrics.
+
+Per fold (5-fold cross-validation by pill): train the teacher streams with triplet loss, the
+student the same way (the paper's "student without KD"), then distil the teacher into a copy of
+that student with the l2 loss ("student with KD"); score each on the fold's consumer photos
+against the gallery of every reference. Rows go to metrics.jsonl (and W&B), the mean and std over
+folds to summary.json, the CMC curves to cmc.png.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedray.config import ConfigError
+from fedray.logging import RunLogger
+from fedray.pill.retrieval.data import build_retrieval_data
+from fedray.pill.retrieval.evaluate import evaluate_fold
+from fedray.pill.retrieval.metrics import ASSIGNMENTS, folds_by_pill
+from fedray.pill.retrieval.nets import ARCHS, STREAM_CHANNELS, MultiStream
+
+log = logging.getLogger("fedray")
+
+MODELS = ("teacher", "student", "student_kd")
+REPORTED = ("map", "top1", "top5")
+_KEYS = {"_target_", "catalog", "folds", "run_folds", "train_photos", "models", "streams",
+         "assignment", "norm", "threads", "train", "kd", "federated"}
+
+
+def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
+    """The retrieval config, checked; a bad value raises ConfigError naming the key."""
+    unknown = sorted(set(rcfg) - _KEYS)
+    if unknown:
+        raise ConfigError(f"retrieval: unknown key(s) {unknown}; known: {sorted(_KEYS)}")
+    models = list(rcfg.get("models") or [])
+    if not models or set(models) - set(MODELS):
+        raise ConfigError(f"retrieval.models={models}: choose from {list(MODELS)}")
+    if "student_kd" in models and not {"teacher", "student"} <= set(models):
+        raise ConfigError("retrieval.models: student_kd needs teacher and student trained first")
+    streams = list(rcfg.get("streams") or [])
+    if not streams or set(streams) - set(STREAM_CHANNELS):
+        raise ConfigError(f"retrieval.streams={streams}: choose from {list(STREAM_CHANNELS)}")
+    if rcfg.get("assignment", "best") not in ASSIGNMENTS:
+        raise ConfigError(f"retrieval.assignment must be one of {ASSIGNMENTS}")
+    cat = rcfg["catalog"]
+    folds = int(rcfg["folds"])
+    if not 2 <= folds <= int(cat["num_pills"]):
+        raise ConfigError(f"retrieval.folds={folds} must be in [2, catalog.num_pills]")
+    run_folds = rcfg.get("run_folds")
+    run_folds = list(range(folds)) if run_folds is None else [int(f) for f in run_folds]
+    if not run_folds or any(not 0 <= f < folds for f in run_folds):
+        raise ConfigError(f"retrieval.run_folds={run_folds} must be fold indices in [0, {folds})")
+    q = int(cat["photos_per_side"])
+    if not 1 <= int(rcfg["train_photos"]) <= q:
+        raise ConfigError(f"retrieval.train_photos must be in [1, catalog.photos_per_side={q}]")
+    size = int(cat["image_size"])
+    for arch in {"teacher" if m == "teacher" else "student" for m in models}:
+        try:
+            MultiStream(arch, streams[:1], size)
+        except ValueError as e:
+            raise ConfigError(f"retrieval.catalog.image_size: {e}") from None
+    return {**rcfg, "models": models, "streams": streams, "run_folds": run_folds}
+
+
+def _pool(data, pills: np.ndarray, train_photos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training images (references of `pills`, then their first photos), their pills, and
+    which of them are references."""
+    refs = data.references[pills].reshape(-1, *data.references.shape[-3:])
+    photos = data.photos[pills][:, :, :train_photos].reshape(-1, *data.photos.shape[-3:])
+    ids = data.pill_ids[pills]
+    pool = np.concatenate([refs, photos])
+    pool_pill = np.concatenate([np.repeat(ids, 2), np.repeat(ids, 2 * train_photos)])
+    return pool, pool_pill, np.arange(len(refs))
+
+
+def _flat(prefix: str, res: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}/{k}/{m}": v[m] for k, v in res.items() if isinstance(v, dict)
+            for m in REPORTED}
+
+
+def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Train and score the configured models on every configured fold; returns the summary."""
+    rcfg = check_config(cfg["retrieval"])
+    seed, run_dir = int(cfg["seed"]), Path(cfg["run_dir"])
+    torch.set_num_threads(int(rcfg.get("threads") or torch.get_num_threads()))
+    torch.manual_seed(seed)
+    cat = rcfg["catalog"]
+    data = build_retrieval_data(int(cat["num_pills"]), int(cat["image_size"]),
+                                int(cat["photos_per_side"]), int(cat["catalog_seed"]), seed,
+                                int(cat["num_textures"]), cat.get("cache_dir"))
+    folds = folds_by_pill(np.arange(data.num_pills), int(rcfg["folds"]), seed)
+    logger = RunLogger(run_dir, cfg)
+    step = 0
+    per_model: dict[str, list[dict[str, Any]]] = {m: [] for m in rcfg["models"]}
+    t_start = time.perf_counter()
+    try:
+        for f in rcfg["run_folds"]:
+            test = folds[f]
+            train = np.setdiff1d(np.arange(data.num_pills), test)
+            pool, pool_pill, ref_index = _pool(data, train, int(rcfg["train_photos"]))
+            trained: dict[str, MultiStream] = {}
+
+            def log_epoch(row: dict[str, Any], f=f, name="") -> None:
+                nonlocal step
+                step += 1
+                logger.log({"round": step, "fold": f, "model": name, **row})
+                log.info("fold %d %s epoch %d: %s", f, name, row["epoch"],
+                         {k: round(v, 4) for k, v in row.items() if k != "epoch"})
+
+            for name in rcfg["models"]:
+                t0 = time.perf_counter()
+                if name == "student_kd":
+                    model = copy.deepcopy(trained["student"])
+                    from fedray.pill.retrieval.train import distill
+
+                    distill(model, trained["teacher"], pool, {**rcfg["train"], **rcfg["kd"]},
+                            seed + 1000 * f + 2, lambda r, n=name: log_epoch(r, name=n))
+                else:
+                    from fedray.pill.retrieval.train import train_triplet
+
+                    arch = "teacher" if name == "teacher" else "student"
+                    model = MultiStream(arch, rcfg["streams"], int(cat["image_size"]),
+                                        norm=bool(rcfg.get("norm", True)))
+                    train_triplet(model, pool, pool_pill, ref_index, rcfg["train"],
+                                  seed + 1000 * f + ARCHS.index(arch),
+                                  lambda r, n=name: log_epoch(r, name=n))
+                trained[name] = model
+                res = evaluate_fold(model, data, test, train, int(rcfg["train_photos"]), rcfg,
+                                    seed + f)
+                res["time_s"] = time.perf_counter() - t0
+                per_model[name].append(res)
+                step += 1
+                logger.log({"round": step, "fold": f, "model": name, **_flat("eval", res)})
+                log.info("fold %d %s: two-side MAP %.3f top-1 %.3f top-5 %.3f (%.0fs)", f, name,
+                         res["consumer/multi/two_side"]["map"],
+                         res["consumer/multi/two_side"]["top1"],
+                         res["consumer/multi/two_side"]["top5"], res["time_s"])
+        summary = summarize_folds(per_model)
+        summary.update({"stage": "retrieval", "folds_run": rcfg["run_folds"],
+                        "num_pills": data.num_pills, "time/total_s": time.perf_counter() - t_start})
+        if cfg.get("logger", {}).get("plots", True):
+            from fedray.pill.retrieval.plots import plot_cmc
+
+            path = plot_cmc(per_model, run_dir / "cmc.png")
+            logger.log_image("plots/cmc", path)
+            summary["plots/cmc"] = str(path)
+        logger.summary(summary)
+        return summary
+    finally:
+        logger.close()
+
+
+def summarize_folds(per_model: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """{model/key/metric: mean over folds, .../metric_std: std, model/key/cmc: mean curve}."""
+    out: dict[str, Any] = {}
+    for name, folds in per_model.items():
+        for key in (k for k in folds[0] if isinstance(folds[0][k], dict)):
+            for m in REPORTED:
+                vals = [r[key][m] for r in folds]
+                out[f"{name}/{key}/{m}"] = float(np.mean(vals))
+                out[f"{name}/{key}/{m}_std"] = float(np.std(vals))
+            out[f"{name}/{key}/cmc"] = np.mean([r[key]["cmc"] for r in folds], 0).tolist()
+    return out

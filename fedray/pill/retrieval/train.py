@@ -1,0 +1,179 @@
+"""Training of the embedding streams: triplet loss with the paper's online triplets, then
+(student) knowledge distillation from a trained teacher with the l2 loss (paper §5.4, eq. 8).
+
+Augmentation is the paper's (§4.1.2): Gaussian blur, zoom in (0.8, 1.2), translation of +-5 px
+(at 227 px; scaled with the input) and a small rotation; `rotate_deg` widens the rotation
+because the synthetic consumer photos turn the pill freely, where the paper's crops were upright.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedray.pill.retrieval.nets import MultiStream
+from fedray.pill.retrieval.streams import stream_inputs, to_float
+from fedray.pill.retrieval.triplet import mine_triplets, triplet_loss
+
+log = logging.getLogger("fedray")
+
+OnEpoch = Callable[[dict[str, Any]], None]
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, aug: dict[str, Any]) -> torch.Tensor:
+    """Random blur, zoom, shift and rotation of (B, 3, S, S) images in [0, 1]."""
+    b, _, s, _ = x.shape
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(b, generator=gen)  # noqa: E731
+    angle = u(-1.0, 1.0) * math.radians(float(aug.get("rotate_deg", 6.0)))
+    zoom = u(*aug.get("zoom", (0.8, 1.2)))
+    shift = 2.0 * float(aug.get("translate_px", 5.0)) / 227.0  # of the half-width, as 5 px of 227
+    tx, ty = u(-shift, shift), u(-shift, shift)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    p = float(aug.get("blur_prob", 0.3))
+    if p > 0:
+        sigma = float(torch.empty(1).uniform_(0.5, 1.5, generator=gen))
+        r = torch.arange(-2, 3, dtype=x.dtype)
+        k = torch.exp(-(r**2) / (2 * sigma**2))
+        k = (k / k.sum()).view(1, 1, 1, 5).repeat(3, 1, 1, 1)
+        blurred = F.conv2d(F.pad(x, (2, 2, 0, 0), mode="replicate"), k, groups=3)
+        blurred = F.conv2d(F.pad(blurred, (0, 0, 2, 2), mode="replicate"),
+                           k.transpose(2, 3), groups=3)
+        pick = (torch.rand(b, generator=gen) < p).view(b, 1, 1, 1)
+        x = torch.where(pick, blurred, x)
+    return x
+
+
+@torch.no_grad()
+def embed(model: MultiStream, images: np.ndarray, batch_size: int = 128,
+          standardize: bool = True, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """{stream: (N, D)} embeddings of uint8 (N, S, S, 3) images, eval mode, on the CPU."""
+    was = model.training
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {s: [] for s in model.streams}
+    for i in range(0, len(images), batch_size):
+        x = to_float(images[i:i + batch_size]).to(device)
+        out = model(stream_inputs(x, model.streams, standardize))
+        for s, e in out.items():
+            parts[s].append(e.float().cpu())
+    model.train(was)
+    return {s: torch.cat(v) for s, v in parts.items()}
+
+
+def _optimizer(model: torch.nn.Module, tcfg: dict[str, Any]) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=float(tcfg["lr"]),
+                            weight_decay=float(tcfg.get("weight_decay", 0.0)))
+
+
+def train_triplet(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
+                  ref_index: np.ndarray, tcfg: dict[str, Any], seed: int,
+                  on_epoch: OnEpoch | None = None, device: str = "cpu") -> list[dict[str, Any]]:
+    """Train every stream with triplet loss on `pool` (uint8 (N, S, S, 3), pills `pool_pill`).
+
+    `ref_index`: the pool indices of the reference images; negatives are drawn among them from
+    each stream's own ranking, refreshed at the start of every epoch (eval-mode embeddings).
+    """
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    opt = _optimizer(model, tcfg)
+    bs, window = int(tcfg["batch_size"]), int(tcfg["window"])
+    std, aug = bool(tcfg.get("standardize", True)), dict(tcfg.get("augment") or {})
+    history = []
+    model.to(device).train()
+    for epoch in range(int(tcfg["epochs"])):
+        t0 = time.perf_counter()
+        emb = embed(model, pool, standardize=std, device=device)
+        sims = {s: (e @ e[ref_index].T).numpy() for s, e in emb.items()}
+        order = rng.permutation(len(pool))
+        losses, active = [], []
+        for i in range(0, len(order), bs):
+            anchors = order[i:i + bs]
+            batch, counts = [], {}
+            for s in model.streams:
+                pos, neg = mine_triplets(sims[s][anchors], anchors, pool_pill,
+                                         pool_pill[ref_index], window, rng)
+                batch.append((anchors, pos, ref_index[neg]))
+            # one forward per stream of its own (anchor, positive, negative) images
+            loss = torch.zeros((), device=device)
+            for s, (a, p, n) in zip(model.streams, batch, strict=True):
+                idx = np.concatenate([a, p, n])
+                x = augment_batch(to_float(pool[idx]), gen, aug).to(device)
+                e = model.nets[s](stream_inputs(x, [s], std)[s])
+                ea, ep, en = e.split(len(a))
+                ls = triplet_loss(ea, ep, en, float(tcfg["margin"]))
+                counts[s] = float(((ea - ep).pow(2).sum(1) + float(tcfg["margin"])
+                                   > (ea - en).pow(2).sum(1)).float().mean())
+                loss = loss + ls
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            active.append(float(np.mean(list(counts.values()))))
+        row = {"epoch": epoch + 1, "train/loss": float(np.mean(losses)),
+               "train/active_triplets": float(np.mean(active)),
+               "time/epoch_s": time.perf_counter() - t0}
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+    return history
+
+
+def _l2_loss() -> Callable[..., torch.Tensor]:
+    """The distillation issue's l2 (eq. 8) when present, else the same formula here."""
+    try:
+        from fedray.distill.losses import l2
+
+        return l2
+    except ImportError:  # fedray.distill not installed in this checkout
+        def l2(student: torch.Tensor, teacher: torch.Tensor, labels=None) -> torch.Tensor:
+            return (student - teacher).pow(2).sum(1).mean()
+
+        return l2
+
+
+def distill(student: MultiStream, teacher: MultiStream, pool: np.ndarray, tcfg: dict[str, Any],
+            seed: int, on_epoch: OnEpoch | None = None,
+            device: str = "cpu") -> list[dict[str, Any]]:
+    """Stage 2 of the paper's recipe: each student stream imitates its teacher stream's
+    embedding of the same (augmented) image, l2 loss, no labels."""
+    if student.streams != teacher.streams:
+        raise ValueError(f"student streams {student.streams} != teacher's {teacher.streams}")
+    l2 = _l2_loss()
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    opt = _optimizer(student, tcfg)
+    std, aug = bool(tcfg.get("standardize", True)), dict(tcfg.get("augment") or {})
+    bs = int(tcfg["batch_size"])
+    teacher.to(device).eval()
+    student.to(device).train()
+    history = []
+    for epoch in range(int(tcfg["epochs"])):
+        t0 = time.perf_counter()
+        losses = []
+        order = rng.permutation(len(pool))
+        for i in range(0, len(order), 3 * bs):  # as many images per step as a triplet batch
+            x = augment_batch(to_float(pool[order[i:i + 3 * bs]]), gen, aug).to(device)
+            inputs = stream_inputs(x, student.streams, std)
+            with torch.no_grad():
+                target = teacher(inputs)
+            out = student(inputs)
+            loss = sum(l2(out[s], target[s]) for s in student.streams)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        row = {"epoch": epoch + 1, "train/kd_loss": float(np.mean(losses)),
+               "time/epoch_s": time.perf_counter() - t0}
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+    return history

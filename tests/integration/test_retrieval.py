@@ -1,0 +1,64 @@
+"""stage=retrieval end to end on a tiny catalog: the plug-in stage seam, metrics files, the CMC."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import compose_plain
+
+from fedray.config import ConfigError
+from fedray.run import run
+
+
+def _cfg(tmp_path, *overrides: str) -> dict:
+    cfg = compose_plain([
+        "+experiment=pill_retrieval", "logger=jsonl",
+        "retrieval.catalog.num_pills=4", "retrieval.catalog.photos_per_side=2",
+        "retrieval.catalog.num_textures=6", f"retrieval.catalog.cache_dir={tmp_path / 'cache'}",
+        "retrieval.train.epochs=1", "retrieval.kd.epochs=1", "retrieval.train.batch_size=4",
+        *overrides,
+    ])
+    cfg["run_dir"] = str(tmp_path / "run")
+    return cfg
+
+
+@pytest.mark.slow  # ~10 s on an idle 2-core machine, minutes on a loaded one
+def test_teacher_run_writes_table5_metrics_and_cmc(tmp_path):
+    cfg = _cfg(tmp_path, "retrieval.models=[teacher]", "retrieval.streams=[color,gray]",
+               "retrieval.catalog.image_size=68")
+
+    summary = run(cfg)
+
+    run_dir = tmp_path / "run"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["model"] for r in rows] == ["teacher", "teacher"]  # one epoch, one evaluation
+    assert 0.0 <= rows[-1]["eval/consumer/multi/two_side/map"] <= 1.0
+    for key in ("consumer/multi/one_side", "consumer/multi/two_side", "consumer/color/two_side",
+                "shifted/multi/two_side", "seen/multi/two_side"):
+        for m in ("map", "top1", "top5"):
+            assert 0.0 <= summary[f"teacher/{key}/{m}"] <= 1.0
+    cmc = summary["teacher/consumer/multi/two_side/cmc"]
+    assert len(cmc) == 20 and cmc == sorted(cmc) and cmc[-1] == 1.0  # 4 pills: all within 20
+    assert (run_dir / "cmc.png").stat().st_size > 0
+    assert json.loads((run_dir / "summary.json").read_text())["stage"] == "retrieval"
+
+
+@pytest.mark.slow
+def test_teacher_student_and_kd_student(tmp_path):
+    summary = run(_cfg(tmp_path))
+
+    for name in ("teacher", "student", "student_kd"):
+        assert 0.0 <= summary[f"{name}/consumer/multi/two_side/top5"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("retrieval.models=[resnet]", "retrieval.models"),
+     ("retrieval.models=[student_kd]", "student_kd"),
+     ("retrieval.catalog.image_size=64", "retrieval.catalog.image_size"),
+     ("retrieval.run_folds=[7]", "retrieval.run_folds")],
+)
+def test_bad_retrieval_config_names_the_key(tmp_path, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        run(_cfg(tmp_path, override))
