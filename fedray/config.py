@@ -111,6 +111,7 @@ class FedrayConfig:
     resume: Any = False  # false | true (latest matching run) | path to a run directory
     run_dir: str | None = None
     sweep: Any = None
+    distill: Any = None  # stage=distill's knobs (conf/distill/)
     dp: Any = None  # differential privacy (conf/dp/): none | central | local
     attack: Any = None  # malicious clients (conf/attack/): none | label_flip | sign_flip | ...
     detect: Any = None  # stage=detect: the detector group (+detect=NAME), its _target_ runs it

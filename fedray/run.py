@@ -18,7 +18,7 @@ from fedray.logging import RunLogger, setup_console_logging
 log = logging.getLogger("fedray")
 
 OnRound = Callable[[dict[str, Any], Path | None], None]
-STAGES = ("federated", "isolated", "centralized", "pretrain", "synth")
+STAGES = ("federated", "isolated", "centralized", "pretrain", "synth", "distill")
 # any other stage is a config group naming its own `_target_` (cfg -> metrics), e.g. stage=detect
 # with +detect=yolov3_tiny: the application's stages plug in without fedray importing them
 # keys that do not change what a run computes (so a run may resume under different values)
@@ -113,6 +113,10 @@ def run(cfg: dict[str, Any], on_round: OnRound | None = None) -> dict[str, Any]:
     log.info("run %s (%s) -> %s", cfg.get("name"), cfg["stage"], run_dir)
     if cfg["stage"] == "synth":
         return _run_synth(cfg, run_dir)
+    if cfg["stage"] == "distill":  # teacher run -> small student (fedray/distill/)
+        from fedray.distill.stage import run_distill
+
+        return run_distill(cfg, on_round)
     if cfg["stage"] not in STAGES:  # a plug-in stage: its group's callable does the whole run
         from hydra.utils import get_method
 

@@ -5,6 +5,8 @@ A classification dataset is a directory:
     meta.json               {"format", "name", "num_classes", "class_names", "image_size", "splits"}
     {split}_images.npy      uint8 (N, S, S, 3) RGB, memory-mapped on read
     {split}_labels.npy      int64 (N,)
+    {split}_masks.npy       uint8 (N, S, S) class ids (segmentation datasets only)
+    {split}_groups.npy      int64 (N,) site/device id per sample (optional; natural partitions)
 
 Datasets are built once into a cache entry named by a hash of the config that made them; a build
 goes into a temporary sibling and is renamed into place only when complete, so an interrupted build
@@ -174,6 +176,46 @@ def load_labels(root: str | Path, split: str) -> np.ndarray:
 def load_images(root: str | Path, split: str, mmap: bool = True) -> np.ndarray:
     """Images of one split, memory-mapped by default so a client touches only its own shard."""
     return np.load(Path(root) / f"{split}_images.npy", mmap_mode="r" if mmap else None)
+
+
+def write_masks(root: str | Path, split: str, masks: np.ndarray) -> None:
+    """Write one split's segmentation masks: uint8 (N, S, S) class ids, beside its images."""
+    masks = np.asarray(masks)
+    if masks.dtype != np.uint8 or masks.ndim != 3:
+        raise DatasetError(
+            f"{split}: masks must be uint8 (N, S, S), got {masks.dtype} {masks.shape}"
+        )
+    images = Path(root) / f"{split}_images.npy"
+    if images.exists():
+        shape = np.load(images, mmap_mode="r").shape
+        if masks.shape != shape[:3]:
+            raise DatasetError(f"{split}: masks {masks.shape} do not match images {shape}")
+    np.save(Path(root) / f"{split}_masks.npy", np.ascontiguousarray(masks))
+
+
+def load_masks(root: str | Path, split: str, mmap: bool = True) -> np.ndarray:
+    """Segmentation masks of one split (uint8 (N, S, S)), memory-mapped by default."""
+    path = Path(root) / f"{split}_masks.npy"
+    if not path.exists():
+        raise DatasetError(f"{path}: no masks; this dataset directory has no segmentation targets")
+    return np.load(path, mmap_mode="r" if mmap else None)
+
+
+def write_groups(root: str | Path, split: str, groups: np.ndarray) -> None:
+    """Write one split's per-sample group ids (int64 (N,): the site or device a sample is from)."""
+    groups = np.asarray(groups)
+    if groups.ndim != 1 or not np.issubdtype(groups.dtype, np.integer) or (
+        groups.size and groups.min() < 0
+    ):
+        raise DatasetError(f"{split}: groups must be non-negative ints (N,), got {groups.dtype} "
+                           f"{groups.shape}")
+    np.save(Path(root) / f"{split}_groups.npy", groups.astype(np.int64))
+
+
+def load_groups(root: str | Path, split: str) -> np.ndarray | None:
+    """Per-sample group ids of one split, or None when the dataset has none."""
+    path = Path(root) / f"{split}_groups.npy"
+    return np.load(path) if path.exists() else None
 
 
 def to_tensor_batch(images: np.ndarray):

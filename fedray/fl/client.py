@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedray.data.datasets import load_images, load_labels
+from fedray.data.datasets import load_images
 from fedray.fl.head_init import feature_stats
 from fedray.fl.train import augment_turns_flips, extract_features, get_params, set_params, train_local
 from fedray.fl.types import ClientResult, Params
@@ -36,10 +36,12 @@ class ClientActor:
         from hydra.utils import instantiate
 
         from fedray.models import build_model
+        from fedray.tasks import build_task
 
         self.threads = max(1, int(spec.get("num_threads", 1)))
         torch.set_num_threads(self.threads)
         self.spec = spec
+        self.task = build_task(spec.get("task"))  # the loss, and what a shard's targets are
         torch.manual_seed(spec["seed"])
         # a GPU only when the actor was given one (ray.client_gpus > 0) and CUDA is there
         self.device = "cuda" if spec.get("num_gpus", 0) > 0 and torch.cuda.is_available() else "cpu"
@@ -62,7 +64,7 @@ class ClientActor:
         if self.images is None:
             root = self.spec["dataset_root"]
             self.images = load_images(root, "train")
-            self.labels = load_labels(root, "train")
+            self.labels = self.task.load_targets(root, "train")
 
     def _warm_up(self) -> None:
         """One training step on a blank batch of the real shape, the model's state restored after.
@@ -86,7 +88,7 @@ class ClientActor:
             train_local(
                 self.model,
                 x,
-                np.zeros(bs, dtype=np.int64),
+                np.zeros((bs, *self.labels.shape[1:]), dtype=np.int64),
                 self.trainable,
                 epochs=1,
                 batch_size=bs,
@@ -94,6 +96,7 @@ class ClientActor:
                 seed=0,
                 cached=self.cached,
                 device=self.device,
+                task=self.task,
             )
             self.model.load_state_dict(state)
         except Exception as exc:  # noqa: BLE001 - an optimisation only; fit() reports real errors
@@ -171,6 +174,7 @@ class ClientActor:
             augment=augment_turns_flips if client.get("augment") and not self.cached else None,
             device=self.device,
             lr_scale=float(extra.get("lr_scale", 1.0)),
+            task=self.task,
         )
         params = get_params(self.model, self.travel, self.state)
         if fault == "nan":

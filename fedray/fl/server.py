@@ -15,7 +15,7 @@ import ray
 import torch
 
 from fedray.config import ConfigError
-from fedray.data.datasets import DatasetInfo, load_images, load_labels
+from fedray.data.datasets import DatasetInfo, load_groups, load_images, load_labels
 from fedray.fl.checkpoint import load_checkpoint, save_checkpoint
 from fedray.fl.client import make_client_actor
 from fedray.fl.head_init import check_head_init, solve_head
@@ -32,6 +32,7 @@ from fedray.fl.types import ClientResult, Params, params_nbytes
 from fedray.logging import RunLogger
 from fedray.models import build_model, frozen_prefix, trainable_names
 from fedray.privacy.pipeline import build_privacy
+from fedray.tasks import build_task
 
 log = logging.getLogger("fedray")
 
@@ -108,7 +109,9 @@ class FederatedServer:
         # fedray/privacy: secure aggregation, DP, attacks (None when all are off)
         self.privacy = build_privacy(cfg, self.strategy, self.k, info.num_classes, self.cached)
         self.val_x: Any = load_images(info.root, "val")
-        self.val_y = load_labels(info.root, "val")
+        self.task = build_task(cfg.get("task"))  # loss, targets and metrics (fedray.tasks)
+        self.val_y = np.array(self.task.load_targets(info.root, "val"))
+        self.val_groups = load_groups(info.root, "val")  # sites/devices, if the data has them
         if self.cached:
             self.val_x = extract_features(
                 self.model,
@@ -152,6 +155,7 @@ class FederatedServer:
             "cache_precision": self.fl.get("cache_precision", "fp32"),
             "client": self.cfg["client"],
             "dataset_root": self.info.root,
+            "task": self.cfg.get("task"),
             "num_threads": max(1, round(float(ray_cfg["client_cpus"]))),
             "num_gpus": float(ray_cfg["client_gpus"]),
             "shard_cache": int(ray_cfg.get("shard_cache", 8)),
@@ -182,16 +186,44 @@ class FederatedServer:
                 self.val_y[:n],
                 self.info.num_classes,
                 cached=self.cached,
+                task=self.task,
             )
 
-    def evaluate(self, params: Params | None = None) -> tuple[dict[str, Any], np.ndarray]:
-        """The global model (or `params`) on the held-out split: metrics and confusion matrix."""
+    def evaluate(
+        self, params: Params | None = None, subset: np.ndarray | None = None
+    ) -> tuple[dict[str, Any], np.ndarray | None]:
+        """The global model (or `params`) on the held-out split (or the val indices `subset`):
+        the task's metrics and its confusion matrix."""
         from fedray.fl.train import evaluate
 
         set_params(self.model, self.params if params is None else params)
-        return evaluate(
-            self.model, self.val_x, self.val_y, self.info.num_classes, cached=self.cached
-        )
+        x, y = self.val_x, self.val_y
+        if subset is not None:
+            x, y = x[subset], y[subset]
+        return evaluate(self.model, x, y, self.info.num_classes, cached=self.cached, task=self.task)
+
+    def group_metrics(self, params: Params | None = None) -> dict[str, float]:
+        """Metrics on each group's (site's) val samples, `group<g>/<metric>`; {} without groups."""
+        if self.val_groups is None:
+            return {}
+        out = {}
+        for g in np.unique(self.val_groups):
+            metrics, _ = self.evaluate(params, np.flatnonzero(self.val_groups == g))
+            out.update({f"group{int(g)}/{k}": v for k, v in metrics.items()})
+        return out
+
+    def per_client_scores(self, params: Params | None = None) -> dict[int, float]:
+        """`task.metric` of a model on the val samples whose partition key (class, or group) the
+        client holds; for classification by label, `per_client_accuracy`."""
+        if self.task.partition_by == "label" and self.task.metric == "acc":
+            return self.per_client_accuracy(params)
+        train_keys = self.task.partition_keys(self.info.root, "train")
+        val_keys = self.task.partition_keys(self.info.root, "val")
+        out = {}
+        for cid, idx in enumerate(self.parts):
+            mine = np.flatnonzero(np.isin(val_keys, np.unique(train_keys[idx])))
+            out[cid] = self.evaluate(params, mine)[0][self.task.metric] if mine.size else 0.0
+        return out
 
     def per_client_accuracy(self, params: Params | None = None) -> dict[int, float]:
         """Accuracy of a model on the val samples of the classes each client holds."""
@@ -263,6 +295,13 @@ class FederatedServer:
         try:
             self._warm_up()  # while the actors start
             pool.wait_ready()
+            if self.cached:  # the first call on each client is longer than the rest: say why
+                log.info(
+                    "clients compute their frozen backbone's features once (%d blocks, %d train "
+                    "images), then train on the cached features",
+                    self.cached,
+                    sum(len(p) for p in self.parts),
+                )
             if self.head_init == "ridge" and self.start_round == 0:
                 self._init_head(pool, shard_refs)
             for r in range(self.start_round, rounds):
@@ -313,10 +352,11 @@ class FederatedServer:
                     row.update(self.privacy.round_metrics(self, r))
                 self.logger.log(row)
                 log.info(
-                    "round %d/%d  val/acc %s  val/loss %s  train/loss %.4f  up %s  %.1fs",
+                    "round %d/%d  %s %s  val/loss %s  train/loss %.4f  up %s  %.1fs",
                     r + 1,
                     rounds,
-                    _fmt(row.get("val/acc")),
+                    self.task.rank_key,
+                    _fmt(row.get(self.task.rank_key)),
                     _fmt(row.get("val/loss")),
                     row["train/loss"],
                     _human_bytes(bytes_up),

@@ -15,6 +15,7 @@ from fedray.config import ConfigError
 from fedray.data.datasets import to_tensor_batch
 from fedray.fl.types import Params
 from fedray.models.views import has_views, view_args, view_features
+from fedray.tasks.base import Task
 
 PRECISIONS = ("fp32", "bf16", "auto")
 
@@ -219,6 +220,7 @@ def train_local(
     label_smoothing: float = 0.0,
     lr_scale: float = 1.0,
     precision: str = "fp32",
+    task: Task | None = None,
 ) -> dict[str, float]:
     """Train `trainable` params for `epochs` on (inputs, labels); returns mean loss and count.
 
@@ -229,6 +231,8 @@ def train_local(
     the first quarter, then anneals: the fast from-scratch recipe of the pretraining stage).
     `lr_scale` multiplies the optimizer's lr (the round's factor, `round_lr_scale`).
     `precision="bf16"` runs the forward pass under bfloat16 autocast (`resolve_precision`).
+    `task` gives the loss and what `labels` are (`fedray.tasks`: class ids, masks, ...); None is
+    classification with cross-entropy (`label_smoothing`).
     """
     n = len(labels)
     if n == 0:
@@ -244,14 +248,15 @@ def train_local(
     steps = epochs * -(-n // batch_size)
     scheduler = make_schedule(optimizer, schedule, steps)
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else None
-    y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
+    y_all = torch.as_tensor(np.asarray(labels))  # int64 per batch: masks stay uint8 until then
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=float(label_smoothing)) if task is None \
+        else task.loss
     total, seen = 0.0, 0
     for _ in range(epochs):
         order = rng.permutation(n)
         for start in range(0, n, batch_size):
             idx = np.sort(order[start : start + batch_size])  # sorted: mmap reads stay sequential
-            y = y_all[idx].to(device)
+            y = y_all[idx].to(device, torch.long)
             with autocast(precision, device):
                 if cached:
                     logits = forward_from(model, inputs[idx].to(device), cached)
@@ -303,13 +308,17 @@ def evaluate(
     batch_size: int = 256,
     cached: int = 0,
     device: str = "cpu",
-) -> tuple[dict[str, Any], np.ndarray]:
-    """Metrics dict (acc, loss, macro P/R/F1, top5) and the confusion matrix on (inputs, labels)."""
+    task: Task | None = None,
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The task's metrics dict and its confusion matrix (None if it has none) on (inputs, labels).
+
+    Classification (`task=None`): acc, loss, macro P/R/F1, top5 and the (C, C) confusion matrix.
+    """
     from fedray.metrics import MetricAccumulator
 
-    acc = MetricAccumulator(num_classes)
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    acc = MetricAccumulator(num_classes) if task is None else task.accumulator(num_classes)
+    y = torch.as_tensor(np.asarray(labels))
     for i in range(0, len(labels), batch_size):
         logits = predict_logits(model, inputs[i : i + batch_size], batch_size, cached, device)
-        acc.update(logits, y[i : i + batch_size])
+        acc.update(logits, y[i : i + batch_size].long())
     return acc.compute(), acc.confusion

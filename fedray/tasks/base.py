@@ -1,0 +1,113 @@
+"""The task seam: a task decides its targets, its loss and its metrics; the loop stays generic.
+
+The training loop (`fedray.fl.train`), the client actors, the server's evaluation and the
+runners only ever call a `Task`:
+
+- `load_targets(root, split)`: the split's targets, indexable like the images (labels (N,) for
+  classification, masks (N, S, S) for segmentation);
+- `loss(outputs, targets)`: the scalar training loss of one batch (mean over the batch);
+- `accumulator(num_classes)`: streams an evaluation over batches (`update(outputs, targets)`,
+  `compute() -> {name: float}`); `evaluate` in `fedray.fl.train` runs the model and feeds it;
+- `partition_keys(root, split)`: what the partitioner splits (class labels, or per-sample group
+  ids such as the site or device a sample came from);
+- `metric`: the key that summaries, per-client scores and sweeps rank by (`val/<metric>`), and
+  `confusion`: whether the run writes a confusion matrix and its plots.
+
+Detection or retrieval plug in the same way: a new `Task` subclass with its own targets, loss and
+accumulator, named by `task._target_`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedray.config import ConfigError
+
+PARTITION_BY = ("label", "group")
+
+
+class Accumulator(ABC):
+    """Streams a task's metrics over batches, keeping sums (never the outputs)."""
+
+    @abstractmethod
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add one batch of model outputs and their targets."""
+
+    @abstractmethod
+    def compute(self) -> dict[str, float]:
+        """Metrics over everything added so far."""
+
+    @property
+    def confusion(self) -> np.ndarray | None:
+        """A (C, C) count matrix (rows true, columns predicted) when the task has one."""
+        return None
+
+
+class Task(ABC):
+    """Loss, metrics, targets and partition keys of one kind of problem."""
+
+    name: str = "task"
+    metric: str = "acc"  # the summary key `val/<metric>` that runs and sweeps rank by
+    mode: str = "max"  # whether a higher `metric` is better
+    confusion: bool = False  # the run writes a confusion matrix (+ most_confused, plots)
+    augments: bool = False  # client.augment (turns and flips of the images alone) is valid
+
+    def __init__(self, partition_by: str = "label") -> None:
+        if partition_by not in PARTITION_BY:
+            raise ConfigError(f"task.partition_by={partition_by!r}: choose one of {PARTITION_BY}")
+        self.partition_by = partition_by
+
+    @property
+    def rank_key(self) -> str:
+        """The namespaced metric runs are compared by, e.g. `val/acc` or `val/iou`."""
+        return f"val/{self.metric}"
+
+    @abstractmethod
+    def load_targets(self, root: str | Path, split: str) -> np.ndarray:
+        """Targets of one split of a dataset directory, in the images' order."""
+
+    @abstractmethod
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean loss of one batch (outputs float32, targets int64)."""
+
+    @abstractmethod
+    def accumulator(self, num_classes: int) -> Accumulator:
+        """A fresh streaming evaluator for `num_classes` classes."""
+
+    def partition_keys(self, root: str | Path, split: str) -> np.ndarray:
+        """Per-sample keys the partitioner splits: class labels, or group ids (`{split}_groups`)."""
+        from fedray.data.datasets import DatasetError, load_groups, load_labels
+
+        if self.partition_by == "label":
+            return load_labels(root, split)
+        groups = load_groups(root, split)
+        if groups is None:
+            raise DatasetError(
+                f"task.partition_by=group but {Path(root) / f'{split}_groups.npy'} does not "
+                "exist: this dataset has no per-sample groups (sites, devices)"
+            )
+        return groups
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(partition_by={self.partition_by!r})"
+
+
+def build_task(cfg: dict[str, Any] | None) -> Task:
+    """The task `cfg['_target_']` names (classification when the config has no task)."""
+    from fedray.models import instantiate_target
+    from fedray.tasks.classification import Classification
+
+    if not cfg:
+        return Classification()
+    task = instantiate_target(dict(cfg), "task", skip=("name",))
+    if not isinstance(task, Task):
+        raise ConfigError(
+            f"task._target_={cfg.get('_target_')!r} returned {type(task).__name__}, not a "
+            "fedray.tasks.Task"
+        )
+    return task
