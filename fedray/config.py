@@ -100,6 +100,7 @@ class FedrayConfig:
     model: Any = MISSING
     strategy: Any = MISSING
     pretrain: Any = MISSING
+    task: Any = None  # loss, targets and metrics (conf/task/); None: classification
     client: ClientConfig = field(default_factory=ClientConfig)
     fl: FLConfig = field(default_factory=FLConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -111,10 +112,10 @@ class FedrayConfig:
     resume: Any = False  # false | true (latest matching run) | path to a run directory
     run_dir: str | None = None
     sweep: Any = None
-    distill: Any = None  # stage=distill's knobs (conf/distill/)
     dp: Any = None  # differential privacy (conf/dp/): none | central | local
     attack: Any = None  # malicious clients (conf/attack/): none | label_flip | sign_flip | ...
     detect: Any = None  # stage=detect: the detector group (+detect=NAME), its _target_ runs it
+    distill: Any = None  # stage=distill's knobs (conf/distill/)
 
 
 def register_configs() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from fedray.config import ConfigError
-from fedray.data.datasets import config_hash, load_labels
+from fedray.data.datasets import config_hash
 from fedray.logging import RunLogger, setup_console_logging
 
 log = logging.getLogger("fedray")
@@ -113,14 +113,14 @@ def run(cfg: dict[str, Any], on_round: OnRound | None = None) -> dict[str, Any]:
     log.info("run %s (%s) -> %s", cfg.get("name"), cfg["stage"], run_dir)
     if cfg["stage"] == "synth":
         return _run_synth(cfg, run_dir)
-    if cfg["stage"] == "distill":  # teacher run -> small student (fedray/distill/)
-        from fedray.distill.stage import run_distill
-
-        return run_distill(cfg, on_round)
     if cfg["stage"] not in STAGES:  # a plug-in stage: its group's callable does the whole run
         from hydra.utils import get_method
 
         return get_method(stage_target(cfg))(cfg)
+    if cfg["stage"] == "distill":  # teacher run -> small student (fedray/distill/)
+        from fedray.distill.stage import run_distill
+
+        return run_distill(cfg, on_round)
     if cfg["stage"] == "pretrain":
         metrics = run_pretrain_stage(cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -210,7 +210,8 @@ def _run_federated(
     from fedray.fl.server import FederatedServer
 
     seed = int(cfg["seed"])
-    labels = load_labels(info.root, "train")
+    task = _build_task(cfg)
+    labels = task.partition_keys(info.root, "train")  # class labels, or groups (sites, devices)
     num_clients = int(cfg["fl"]["num_clients"])
     parts = partition(labels, cfg["partition"], num_clients, seed)
     ckpt_path = run_dir / CHECKPOINT
@@ -218,12 +219,14 @@ def _run_federated(
     logger = RunLogger(run_dir, cfg, resume_rows=rows)
     started = ensure_ray(cfg["ray"])
     try:
-        matrix = partition_matrix(labels, parts, info.num_classes)
+        by_label = task.partition_by == "label"
+        keys = info.num_classes if by_label else int(labels.max()) + 1
+        matrix = partition_matrix(labels, parts, keys)
         if cfg["logger"].get("plots", True):
             save_partition_heatmap(
                 matrix,
                 run_dir / "partition.png",
-                info.class_names,
+                info.class_names if by_label else [f"group {g}" for g in range(keys)],
                 title=f"{cfg['partition'].get('name')} partition",
             )
         server = FederatedServer(cfg, info, parts, logger)
@@ -233,22 +236,29 @@ def _run_federated(
         t0 = time.perf_counter()
         ckpt = ckpt_path if cfg["fl"].get("checkpoint", True) else None
         last = server.run(cfg["ray"], ckpt, on_round)
+        metric = task.metric
+        groups: dict[str, float] = {}  # per site/device val metrics, when the data has groups
         if server.isolated:  # each client's own model on the global val set
             evals = {c: server.evaluate(p) for c, p in sorted(server.client_params.items())}
-            per_client = {c: m["acc"] for c, (m, _) in evals.items()}
+            per_client = {c: m[metric] for c, (m, _) in evals.items()}
             metrics = {
                 k: float(np.mean([m[k] for m, _ in evals.values()])) for k in last_keys(evals)
             }
-            cm = sum(c for _, c in evals.values())
+            cm = sum(c for _, c in evals.values()) if task.confusion else None
+            for c, p in sorted(server.client_params.items()):  # and on each group's val
+                own = server.group_metrics(p)
+                groups.update({f"client/{c}/val/{k}": v for k, v in own.items()})
         else:  # the global model on the val samples of each client's own classes
             metrics, cm = server.evaluate()
-            per_client = server.per_client_accuracy()
+            per_client = server.per_client_scores()
+            groups = {f"val/{k}": v for k, v in server.group_metrics().items()}
         summary = {f"val/{k}": v for k, v in metrics.items()}
+        summary.update(groups)
         summary.update(server.head_init_metrics)
-        summary.update({f"client/{c}/val_acc": a for c, a in per_client.items()})
-        summary["val/acc_client_min"] = min(per_client.values())
-        summary["val/acc_client_max"] = max(per_client.values())
-        if cfg["logger"].get("plots", True):
+        summary.update({f"client/{c}/val_{metric}": a for c, a in per_client.items()})
+        summary[f"val/{metric}_client_min"] = min(per_client.values())
+        summary[f"val/{metric}_client_max"] = max(per_client.values())
+        if cfg["logger"].get("plots", True) and metric == "acc":  # the plot's axis: accuracy
             from fedray.plots import plot_per_client
 
             plot_per_client(per_client, run_dir / "per_client_acc.png")
@@ -262,7 +272,7 @@ def _run_federated(
                 "stage": cfg["stage"],
             }
         )
-        _finish(cfg, info, run_dir, logger, summary, cm, matrix)
+        _finish(cfg, info, run_dir, logger, summary, cm, matrix, task)
         return summary
     finally:
         logger.close()
@@ -270,6 +280,19 @@ def _run_federated(
             import ray
 
             ray.shutdown()
+
+
+def _build_task(cfg: dict[str, Any]):
+    """The config's task (classification when it names none), checked against client.augment."""
+    from fedray.tasks import build_task
+
+    task = build_task(cfg.get("task"))
+    if cfg["client"].get("augment") and not task.augments:
+        raise ConfigError(
+            f"client.augment=true turns and flips the images only, but the {task.name} task's "
+            "targets would have to turn with them: set client.augment=false"
+        )
+    return task
 
 
 def last_keys(evals: dict) -> list[str]:
@@ -296,15 +319,16 @@ def _run_centralized(cfg: dict[str, Any], info, run_dir: Path, on_round: OnRound
     from fedray.models import build_model, frozen_prefix, trainable_names
 
     seed = int(cfg["seed"])
+    task = _build_task(cfg)
     torch.manual_seed(seed)
     model = build_model(cfg["model"], info.num_classes)
     trainable = trainable_names(model, cfg["fl"]["trainable"])
     cached = frozen_prefix(model, trainable) if cfg["fl"]["cache_features"] else 0
     check_augment(cfg, cached)
     x = np.asarray(load_images(info.root, "train"))
-    y = load_labels(info.root, "train")
+    y = np.array(task.load_targets(info.root, "train"))
     vx = np.asarray(load_images(info.root, "val"))
-    vy = load_labels(info.root, "val")
+    vy = np.array(task.load_targets(info.root, "val"))
     if cached:
         precision = cfg["fl"].get("cache_precision", "fp32")
         x = extract_features(model, x, upto=cached, precision=precision)
@@ -337,8 +361,9 @@ def _run_centralized(cfg: dict[str, Any], info, run_dir: Path, on_round: OnRound
                 cached=cached,
                 augment=augment_turns_flips if client.get("augment") and not cached else None,
                 lr_scale=round_lr_scale(str(client.get("lr_schedule", "constant")), r, rounds),
+                task=task,
             )
-            metrics, cm = evaluate(model, vx, vy, info.num_classes, cached=cached)
+            metrics, cm = evaluate(model, vx, vy, info.num_classes, cached=cached, task=task)
             row = {
                 "round": r + 1,
                 "train/loss": stats["loss"],
@@ -352,10 +377,11 @@ def _run_centralized(cfg: dict[str, Any], info, run_dir: Path, on_round: OnRound
             if on_round is not None:
                 on_round(row, None)
             log.info(
-                "epoch-round %d/%d  val/acc %.4f  train/loss %.4f",
+                "epoch-round %d/%d  %s %.4f  train/loss %.4f",
                 r + 1,
                 rounds,
-                metrics["acc"],
+                task.rank_key,
+                metrics[task.metric],
                 stats["loss"],
             )
         summary = {f"val/{k}": v for k, v in metrics.items()}
@@ -369,7 +395,7 @@ def _run_centralized(cfg: dict[str, Any], info, run_dir: Path, on_round: OnRound
                 "train/loss": stats["loss"],
             }
         )
-        _finish(cfg, info, run_dir, logger, summary, cm, None)
+        _finish(cfg, info, run_dir, logger, summary, cm, None, task)
         return summary
     finally:
         logger.close()
@@ -381,35 +407,43 @@ def _finish(
     run_dir: Path,
     logger: RunLogger,
     summary: dict,
-    cm: np.ndarray,
+    cm: np.ndarray | None,
     matrix: np.ndarray | None,
+    task=None,
 ) -> None:
     from fedray.metrics import most_confused
 
-    confused = most_confused(cm, info.class_names, k=5)
-    summary["most_confused"] = [f"{a} -> {b}: {n}" for a, b, n in confused]
-    np.savetxt(run_dir / "confusion_matrix.csv", cm, fmt="%d", delimiter=",")
+    confusion = task is None or task.confusion  # classification: confusion matrix and plot
+    metric, rank_key = ("acc", "val/acc") if task is None else (task.metric, task.rank_key)
+    if confusion:
+        confused = most_confused(cm, info.class_names, k=5)
+        summary["most_confused"] = [f"{a} -> {b}: {n}" for a, b, n in confused]
+        np.savetxt(run_dir / "confusion_matrix.csv", cm, fmt="%d", delimiter=",")
     if cfg["logger"].get("plots", True):
         from fedray.plots import plot_confusion_matrix, plot_curves
 
         paths = {
-            "plots/confusion": plot_confusion_matrix(
-                cm, info.class_names, run_dir / "confusion.png"
+            f"plots/{metric}_vs_round": plot_curves(
+                logger.rows, run_dir / f"{metric}_vs_round.png", x="round", ys=(rank_key,)
             ),
-            "plots/acc_vs_round": plot_curves(
-                logger.rows, run_dir / "acc_vs_round.png", x="round", ys=("val/acc",)
-            ),
-            "plots/acc_vs_bytes": plot_curves(
+            f"plots/{metric}_vs_bytes": plot_curves(
                 logger.rows,
-                run_dir / "acc_vs_bytes.png",
+                run_dir / f"{metric}_vs_bytes.png",
                 x="comm/bytes_total",
-                ys=("val/acc",),
+                ys=(rank_key,),
                 xlabel="cumulative bytes communicated",
             ),
         }
+        if confusion:
+            paths = {
+                "plots/confusion": plot_confusion_matrix(
+                    cm, info.class_names, run_dir / "confusion.png"
+                ),
+                **paths,
+            }
         if matrix is not None:
             paths["plots/partition"] = run_dir / "partition.png"
         for key, path in paths.items():
             logger.log_image(key, path)
     logger.summary(summary)
-    log.info("done: val/acc %.4f -> %s", summary.get("val/acc", float("nan")), run_dir)
+    log.info("done: %s %.4f -> %s", rank_key, summary.get(rank_key, float("nan")), run_dir)
