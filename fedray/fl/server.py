@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 import math
 import time
@@ -104,6 +106,8 @@ class FederatedServer:
         self.head_init = check_head_init(self.fl, self.model, self.trainable, self.cached)
         self.head_init_metrics: dict[str, Any] = {}
         self.strategy = build_strategy(cfg["strategy"])
+        if hasattr(self.strategy, "bind"):  # rules that need the model itself (FedDF)
+            self.strategy.bind(functools.partial(copy.deepcopy, self.model), cfg)
         self.params: Params = get_params(self.model, self.travel)
         self.k = clients_per_round(self.fl)
         # fedray/privacy: secure aggregation, DP, attacks (None when all are off)

@@ -52,9 +52,7 @@ def test_l2_is_the_mean_squared_distance():
     teacher = torch.tensor([[0.0, 0.0], [3.0, 4.0]])  # squared distances 5 and 25
     assert l2(student, teacher).item() == pytest.approx(15.0)
     y = torch.tensor([1, 0])
-    ce = (
-        -math.log(math.exp(2) / (math.exp(1) + math.exp(2))) + math.log(2.0)
-    ) / 2
+    ce = (-math.log(math.exp(2) / (math.exp(1) + math.exp(2))) + math.log(2.0)) / 2
     assert l2(student, teacher, y, lam=0.5).item() == pytest.approx(0.5 * 15 + 0.5 * ce, abs=1e-5)
 
 

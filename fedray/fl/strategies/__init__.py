@@ -17,6 +17,7 @@ from fedray.fl.strategies.base import Strategy
 from fedray.fl.strategies.fedadagrad import FedAdagrad
 from fedray.fl.strategies.fedadam import FedAdam
 from fedray.fl.strategies.fedavg import FedAvg
+from fedray.fl.strategies.feddf import FedDF
 from fedray.fl.strategies.fedopt import FedOpt
 from fedray.fl.strategies.fedprox import FedProx
 from fedray.fl.strategies.fedyogi import FedYogi
@@ -27,7 +28,9 @@ from fedray.fl.strategies.trimmed_mean import TrimmedMean
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (FedAvg, Polyak, FedProx, FedAdam, FedYogi, FedAdagrad, Median, TrimmedMean, Krum)
+    for cls in (
+        FedAvg, Polyak, FedProx, FedAdam, FedYogi, FedAdagrad, Median, TrimmedMean, Krum, FedDF
+    )
 }
 
 __all__ = [
@@ -35,6 +38,7 @@ __all__ = [
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
+    "FedDF",
     "FedOpt",
     "FedProx",
     "FedYogi",

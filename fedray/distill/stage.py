@@ -1,0 +1,337 @@
+"""stage=distill: a trained teacher's knowledge into a small on-device student.
+
+Teacher (`distill.teacher`): a run directory (its `config.yaml` + `checkpoint.pkl`: the model and
+dataset of that run, its final params), a saved state_dict of `model`, or null (train `model`
+here first, centrally). Student: `distill.student`, any `_target_` model. Two-stage recipe: the
+student is first trained alone on the hard labels (`pre_epochs`), then distilled (`epochs`) with
+`distill.loss` on the transfer set; the same student continued alone for `epochs` is the
+no-teacher bar (`baseline`). Reports both models' parameters, MACs, file size, CPU latency and
+accuracy, and the compression ratios.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedray.config import ConfigError
+from fedray.data.datasets import DatasetInfo, load_images, load_labels, to_tensor_batch
+from fedray.distill.losses import LOSSES, distill_loss
+from fedray.distill.profile import profile
+from fedray.logging import RunLogger
+
+log = logging.getLogger("fedray")
+
+KEYS = (
+    "teacher",
+    "teacher_epochs",
+    "student",
+    "loss",
+    "temperature",
+    "lam",
+    "transfer",
+    "transfer_size",
+    "pre_epochs",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "baseline",
+    "latency_runs",
+)
+
+
+def check_distill(dcfg: Any) -> dict[str, Any]:
+    """The `distill` config, checked: every key known, numbers in range (ConfigError names it)."""
+    if not isinstance(dcfg, dict):
+        raise ConfigError("stage=distill needs the distill group (distill=default)")
+    unknown = sorted(set(dcfg) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"distill.{unknown[0]} is not a distill key; known: {sorted(KEYS)}")
+    if dcfg.get("loss") not in LOSSES:
+        raise ConfigError(f"distill.loss={dcfg.get('loss')!r}: choose one of {LOSSES}")
+    if not isinstance(dcfg.get("student"), dict) or not dcfg["student"].get("_target_"):
+        raise ConfigError("distill.student needs a _target_ (e.g. distill/student=tiny_cnn_narrow)")
+    for key, low in (
+        ("epochs", 1),
+        ("pre_epochs", 0),
+        ("teacher_epochs", 1),
+        ("batch_size", 2),
+        ("latency_runs", 1),
+    ):
+        v = dcfg.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ConfigError(f"distill.{key} must be an integer >= {low}, got {v!r}")
+    for key, low, high in (("temperature", 0.0, math.inf), ("lam", 0.0, 1.0), ("lr", 0.0, 1.0)):
+        v = dcfg.get(key)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not low <= v <= high:
+            raise ConfigError(f"distill.{key} must be a number in [{low}, {high}], got {v!r}")
+    if dcfg["temperature"] <= 0:
+        raise ConfigError(f"distill.temperature must be > 0, got {dcfg['temperature']!r}")
+    size = dcfg.get("transfer_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 2):
+        raise ConfigError(f"distill.transfer_size must be null or an integer >= 2, got {size!r}")
+    transfer = dcfg.get("transfer")
+    if transfer != "train" and not (isinstance(transfer, dict) and transfer.get("_target_")):
+        raise ConfigError(
+            f"distill.transfer={transfer!r}: 'train' (the teacher's train split) or a data config "
+            "with a _target_ (used unlabelled)"
+        )
+    return dcfg
+
+
+def _device(cfg: dict[str, Any]) -> str:
+    want = str(cfg.get("device", "auto"))
+    if want == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return want
+
+
+def load_teacher(cfg: dict[str, Any], dcfg: dict[str, Any]) -> tuple[nn.Module | None, dict, str]:
+    """(teacher model or None to train here, the data config it was trained on, its source)."""
+    import yaml
+
+    from fedray.fl.checkpoint import CHECKPOINT, load_checkpoint
+    from fedray.fl.train import set_params
+    from fedray.models import build_model
+
+    source = dcfg.get("teacher")
+    if source in (None, "", "null"):
+        return None, cfg["data"], "trained here"
+    path = Path(str(source)).expanduser()
+    if path.is_dir():
+        if not (path / "config.yaml").exists() or not (path / CHECKPOINT).exists():
+            raise ConfigError(
+                f"distill.teacher={source!r}: a run directory needs config.yaml and {CHECKPOINT} "
+                "(a federated run with fl.checkpoint=true)"
+            )
+        tcfg = yaml.safe_load((path / "config.yaml").read_text())
+        if tcfg.get("stage") == "isolated":
+            raise ConfigError(f"distill.teacher={source!r} is an isolated run: no global model")
+        from fedray.data.sources import build_dataset
+
+        info = build_dataset(tcfg["data"], int(tcfg["seed"]))
+        torch.manual_seed(int(tcfg["seed"]))  # as the server: frozen layers get the same init
+        model = build_model(tcfg["model"], info.num_classes)
+        set_params(model, load_checkpoint(path / CHECKPOINT)["params"])
+        return model, tcfg["data"], str(path)
+    if not path.is_file():
+        raise ConfigError(f"distill.teacher={source!r} is neither a run directory nor a file")
+    from fedray.data.sources import build_dataset
+
+    info = build_dataset(cfg["data"], int(cfg["seed"]))
+    model = build_model({**cfg["model"], "pretrained": None}, info.num_classes)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"distill.teacher={source!r} does not fit model={cfg['model'].get('name')}"
+            f": {str(exc).splitlines()[0]}"
+        ) from None
+    return model, cfg["data"], str(path)
+
+
+def fit(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    epochs: int,
+    dcfg: dict[str, Any],
+    seed: int,
+    teacher_logits: torch.Tensor | None = None,
+    device: str = "cpu",
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> float:
+    """Adam with a cosine schedule: CE on (x, y), or `distill.loss` against `teacher_logits`
+    (y None: the teacher's term alone). Returns the last epoch's mean loss."""
+    n = len(x)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    bs = int(dcfg["batch_size"])
+    opt = torch.optim.Adam(
+        model.parameters(), lr=float(dcfg["lr"]), weight_decay=float(dcfg["weight_decay"])
+    )
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * -(-n // bs)))
+    y_all = None if y is None else torch.as_tensor(np.asarray(y), dtype=torch.long)
+    ce = nn.CrossEntropyLoss()
+    model.train()
+    mean = float("nan")
+    for ep in range(epochs):
+        order = rng.permutation(n)
+        total, seen = 0.0, 0
+        for start in range(0, n, bs):
+            idx = np.sort(order[start : start + bs])
+            if len(idx) < 2:  # BatchNorm cannot train on one sample
+                continue
+            out = model(to_tensor_batch(x[idx]).to(device)).float()
+            yb = None if y_all is None else y_all[idx].to(device)
+            if teacher_logits is None:
+                loss = ce(out, yb)
+            else:
+                t = teacher_logits[idx].to(device)
+                loss = distill_loss(
+                    dcfg["loss"], out, t, yb, float(dcfg["temperature"]), float(dcfg["lam"])
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        mean = total / max(seen, 1)
+        if on_epoch is not None:
+            on_epoch(ep, mean)
+    return mean
+
+
+def transfer_set(
+    dcfg: dict[str, Any], info: DatasetInfo, seed: int
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(images, labels or None when unlabelled, description) of the distillation transfer set."""
+    from fedray.data.sources import build_dataset
+
+    if dcfg["transfer"] == "train":
+        x, y, name = (
+            np.asarray(load_images(info.root, "train")),
+            load_labels(info.root, "train"),
+            "train",
+        )
+    else:
+        tinfo = build_dataset(dcfg["transfer"], seed)
+        if tinfo.image_size != info.image_size:
+            raise ConfigError(
+                f"distill.transfer.image_size={tinfo.image_size} differs from the teacher's "
+                f"data ({info.image_size})"
+            )
+        x, y, name = np.asarray(load_images(tinfo.root, "train")), None, tinfo.name
+    size = dcfg.get("transfer_size")
+    if size is not None and size < len(x):
+        keep = np.sort(np.random.default_rng([seed, 0x7D]).permutation(len(x))[:size])
+        x, y = x[keep], None if y is None else y[keep]
+    return x, y, name
+
+
+def run_distill(
+    cfg: dict[str, Any], on_round: Callable[[dict[str, Any], Path | None], None] | None = None
+) -> dict[str, Any]:
+    """stage=distill: teacher -> student; returns the summary (also in summary.json)."""
+    from fedray.data.sources import build_dataset
+    from fedray.fl.train import evaluate, predict_logits
+    from fedray.models import build_model
+
+    dcfg = check_distill(copy.deepcopy(cfg.get("distill")))
+    seed = int(cfg["seed"])
+    device = _device(cfg)
+    run_dir = Path(cfg["run_dir"])
+    teacher, data_cfg, source = load_teacher(cfg, dcfg)
+    info = build_dataset(data_cfg, seed)
+    x = np.asarray(load_images(info.root, "train"))
+    y = load_labels(info.root, "train")
+    vx = np.asarray(load_images(info.root, "val"))
+    vy = load_labels(info.root, "val")
+    logger = RunLogger(run_dir, {**cfg, "data": data_cfg})
+    t0 = time.perf_counter()
+    try:
+        if teacher is None:
+            torch.manual_seed(seed)
+            teacher = build_model(cfg["model"], info.num_classes).to(device)
+            fit(teacher, x, y, int(dcfg["teacher_epochs"]), dcfg, seed + 1, device=device)
+        teacher = teacher.to(device)
+        t_acc = evaluate(teacher, vx, vy, info.num_classes, device=device)[0]
+        log.info("teacher (%s): val/acc %.4f", source, t_acc["acc"])
+        tx, ty, tname = transfer_set(dcfg, info, seed)
+        t_logits = predict_logits(teacher, tx, device=device)  # fixed teacher: computed once
+
+        torch.manual_seed(seed)
+        student = build_model(dcfg["student"], info.num_classes).to(device)
+        pre = int(dcfg["pre_epochs"])
+        if pre:  # stage one of the two-stage recipe: the student alone on the hard labels
+            fit(student, x, y, pre, dcfg, seed + 2, device=device)
+        pre_acc = (
+            evaluate(student, vx, vy, info.num_classes, device=device)[0]["acc"] if pre else None
+        )
+        epochs = int(dcfg["epochs"])
+        alone_acc: dict[int, float] = {}
+        alone = None
+        if dcfg["baseline"]:  # the no-teacher bar: stage two on the hard labels only
+            alone = copy.deepcopy(student)
+
+            def alone_epoch(ep: int, _loss: float) -> None:
+                alone_acc[ep] = evaluate(alone, vx, vy, info.num_classes, device=device)[0]["acc"]
+
+            fit(alone, x, y, epochs, dcfg, seed + 3, device=device, on_epoch=alone_epoch)
+        rows: list[dict[str, Any]] = []
+
+        def student_epoch(ep: int, loss: float) -> None:
+            metrics = evaluate(student, vx, vy, info.num_classes, device=device)[0]
+            row = {
+                "round": ep + 1,
+                "train/loss": loss,
+                **{f"val/{k}": v for k, v in metrics.items()},
+            }
+            if ep in alone_acc:
+                row["val/acc_alone"] = alone_acc[ep]
+            logger.log(row)
+            rows.append(row)
+            if on_round is not None:
+                on_round(row, None)
+
+        fit(student, tx, ty, epochs, dcfg, seed + 3, t_logits, device, on_epoch=student_epoch)
+        s_metrics = evaluate(student, vx, vy, info.num_classes, device=device)[0]
+        a_metrics = (
+            evaluate(alone, vx, vy, info.num_classes, device=device)[0] if alone is not None else {}
+        )
+
+        runs = int(dcfg["latency_runs"])
+        tp = profile(teacher, info.image_size, run_dir / "teacher.pt", runs)
+        sp = profile(student, info.image_size, run_dir / "student.pt", runs)
+        summary: dict[str, Any] = {
+            "stage": "distill",
+            "teacher/source": source,
+            "transfer/name": tname,
+            "transfer/size": len(tx),
+            "transfer/labelled": ty is not None,
+            **{f"teacher/{k}": v for k, v in tp.items()},
+            "teacher/val_acc": t_acc["acc"],
+            "teacher/val_top5": t_acc.get("top5"),
+            **{f"student/{k}": v for k, v in sp.items()},
+            "student/val_acc": s_metrics["acc"],
+            "student/val_top5": s_metrics.get("top5"),
+            "student/val_acc_stage1": pre_acc,
+            "student_alone/val_acc": a_metrics.get("acc"),
+            "student_alone/val_top5": a_metrics.get("top5"),
+            "compression/params": tp["params"] / sp["params"],
+            "compression/macs": tp["macs"] / max(sp["macs"], 1),
+            "compression/size": tp["size_bytes"] / sp["size_bytes"],
+            "speedup/latency": tp["latency_ms_p50"] / sp["latency_ms_p50"],
+            **{f"val/{k}": v for k, v in s_metrics.items()},
+            "val/acc_gap_to_teacher": t_acc["acc"] - s_metrics["acc"],
+            "rounds": epochs,
+            "train/loss": rows[-1]["train/loss"],
+            "time/train_s": time.perf_counter() - t0,
+        }
+        if a_metrics:
+            summary["val/acc_gain_over_alone"] = s_metrics["acc"] - a_metrics["acc"]
+        logger.summary(summary)
+        log.info(
+            "distill: teacher %.4f (%d params)  student %.4f (%d params, %.1fx fewer)  alone %s",
+            t_acc["acc"],
+            tp["params"],
+            s_metrics["acc"],
+            sp["params"],
+            summary["compression/params"],
+            "-" if not a_metrics else f"{a_metrics['acc']:.4f}",
+        )
+        return summary
+    finally:
+        logger.close()
