@@ -3,7 +3,8 @@
 Keys: `acc` (top-1, micro), `precision_macro`, `recall_macro`, `f1_macro`, `top5` (top-k with
 k = min(5, num_classes)), `loss` (mean cross-entropy). Macro averages follow torchmetrics: a
 class's score is 0 when its denominator is 0, and classes that appear in neither targets nor
-predictions are left out of the mean.
+predictions are left out of the mean. Two-class tasks also get `precision`, `recall` and `f1` of
+class 1, the positive class (0 when their denominator is 0).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torchmetrics.functional.classification import (
 )
 
 METRIC_KEYS = ("acc", "precision_macro", "recall_macro", "f1_macro", "top5", "loss")
+BINARY_KEYS = ("precision", "recall", "f1")  # of class 1, added when num_classes == 2
 
 
 class MetricsError(ValueError):
@@ -66,6 +68,7 @@ def classification_metrics(
             multiclass_accuracy(logits, targets, average="micro", top_k=min(5, num_classes), **kw)
         ),
         "loss": float(F.cross_entropy(logits, targets)),
+        **(binary_scores(confusion_matrix(logits, targets, 2)) if num_classes == 2 else {}),
     }
 
 
@@ -111,6 +114,19 @@ def macro_scores(cm: np.ndarray) -> dict[str, float]:
     }
 
 
+def binary_scores(cm: np.ndarray) -> dict[str, float]:
+    """Precision, recall and F1 of class 1 (the positive class) from a 2 x 2 confusion matrix."""
+    cm = np.asarray(cm, dtype=np.float64)
+    if cm.shape != (2, 2):
+        raise MetricsError(f"binary scores need a 2 x 2 confusion matrix, got shape {cm.shape}")
+    tp, fp, fn = cm[1, 1], cm[0, 1], cm[1, 0]
+    return {
+        "precision": float(tp / (tp + fp)) if tp + fp else 0.0,
+        "recall": float(tp / (tp + fn)) if tp + fn else 0.0,
+        "f1": float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0,
+    }
+
+
 class MetricAccumulator:
     """Streams evaluation over batches: keeps the confusion matrix and sums, never the logits."""
 
@@ -148,6 +164,7 @@ class MetricAccumulator:
             **macro_scores(self.cm),
             "top5": self.topk_correct / self.count,
             "loss": self.loss_sum / self.count,
+            **(binary_scores(self.cm) if self.num_classes == 2 else {}),
         }
 
     @property
