@@ -1,0 +1,7 @@
+"""python -m fedray.pill.identify identify PHOTO ... (the same as the `fedray` console script)."""
+
+import sys
+
+from fedray.pill.identify.cli import main
+
+sys.exit(main())

@@ -1,0 +1,172 @@
+"""The pill classifier of a finished run: its model, class names and calibrated threshold.
+
+A run directory holds `config.yaml` (the resolved config: the pretrained backbone's path
+included) and `checkpoint.pkl` (the final trainable parameters); the model is rebuilt from both.
+The confidence threshold below which a crop reads "unknown" is calibrated once on the run's val
+split (temperature scaling, then the lowest threshold whose accepted predictions are right at
+least `precision` of the time) and kept beside the run as `identify_calibration.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from fedray.config import ConfigError
+from fedray.data.datasets import DatasetInfo, load_images, load_labels, to_tensor_batch
+from fedray.data.sources import build_dataset
+from fedray.fl.checkpoint import CHECKPOINT, load_checkpoint
+from fedray.fl.train import set_params
+from fedray.models import build_model
+
+log = logging.getLogger("fedray")
+CALIBRATION = "identify_calibration.json"
+TRAIN_HINT = "python launch.py +experiment=pill_noniid"
+
+
+@dataclass
+class Classifier:
+    """A trained pill classifier and what it needs to name a crop."""
+
+    model: torch.nn.Module
+    class_names: list[str]
+    image_size: int
+    data_root: str
+    temperature: float = 1.0
+    threshold: float = 0.0
+    session: Any = None  # an onnxruntime session of the exported model: used instead of torch
+
+    def logits(self, crops: np.ndarray) -> np.ndarray:
+        """uint8 crops (N, S, S, 3) -> logits (N, K), by onnxruntime when exported, else torch."""
+        x = to_tensor_batch(np.asarray(crops))
+        if self.session is not None:
+            return self.session.run(None, {"images": x.contiguous().numpy()})[0]
+        with torch.inference_mode():
+            return self.model(x).float().numpy()
+
+    def probabilities(self, crops: np.ndarray, batch: int = 64) -> np.ndarray:
+        """uint8 crops (N, S, S, 3) at `image_size` -> calibrated class probabilities (N, K)."""
+        if len(crops) == 0:
+            return np.zeros((0, len(self.class_names)), np.float32)
+        logits = np.concatenate(
+            [self.logits(crops[i : i + batch]) for i in range(0, len(crops), batch)]
+        )
+        return torch.softmax(torch.from_numpy(logits) / self.temperature, dim=1).numpy()
+
+
+def find_run_dir(run: str | Path | None, outputs: str | Path = "outputs") -> Path:
+    """`run` itself, or the latest finished pill run under `outputs/` (one with a checkpoint)."""
+    if run is not None:
+        path = Path(run).expanduser()
+        if not (path / CHECKPOINT).exists() or not (path / "config.yaml").exists():
+            raise ConfigError(
+                f"{path}: not a finished run directory (no {CHECKPOINT} / config.yaml); "
+                f"train one with `{TRAIN_HINT}`"
+            )
+        return path
+    runs = sorted(
+        (p.parent for p in Path(outputs).glob(f"*/*/{CHECKPOINT}") if _is_pill_run(p.parent)),
+        key=lambda d: (d / CHECKPOINT).stat().st_mtime,
+    )
+    if not runs:
+        raise ConfigError(
+            f"no trained pill classifier under {Path(outputs).resolve()}: train one with "
+            f"`{TRAIN_HINT}` (or pass --run RUN_DIR)"
+        )
+    return runs[-1]
+
+
+def _is_pill_run(run_dir: Path) -> bool:
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return (
+        cfg.get("stage") in ("federated", "centralized")
+        and "fedray.pill" in str((cfg.get("data") or {}).get("_target_", ""))
+    )
+
+
+def load_classifier(run_dir: str | Path, calibrate: bool = True, onnx: bool = True) -> Classifier:
+    """Rebuild the final model of `run_dir` (config.yaml + checkpoint.pkl), calibrated; with
+    `onnx`, inference goes through `fedray export`'s ONNX file when there is one."""
+    run_dir = Path(run_dir)
+    cfg: dict[str, Any] = yaml.safe_load((run_dir / "config.yaml").read_text())
+    info: DatasetInfo = build_dataset(cfg["data"], int(cfg["seed"]))  # cached: a lookup
+    model = build_model(cfg["model"], info.num_classes)
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    set_params(model, ckpt["params"])
+    model.eval()
+    clf = Classifier(model, list(info.class_names), int(info.image_size), str(info.root))
+    exported = run_dir / "export" / "classifier.onnx"
+    if onnx and exported.exists():
+        from fedray.pill.identify.export import onnx_session
+
+        clf.session = onnx_session(exported)
+        log.info("identify: classifier from %s (onnxruntime)", exported)
+    if calibrate:
+        cal_path = run_dir / CALIBRATION
+        if cal_path.exists():
+            cal = json.loads(cal_path.read_text())
+        else:
+            cal = calibrate_on_val(clf)
+            cal_path.write_text(json.dumps(cal, indent=2))
+        clf.temperature, clf.threshold = float(cal["temperature"]), float(cal["threshold"])
+    return clf
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature minimising the val negative log-likelihood (a 1-D grid search, robust)."""
+    t = torch.from_numpy(logits.astype(np.float32))
+    y = torch.from_numpy(labels.astype(np.int64))
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 121))
+    nll = [float(torch.nn.functional.cross_entropy(t / float(g), y)) for g in grid]
+    return float(grid[int(np.argmin(nll))])
+
+
+def pick_threshold(confidence: np.ndarray, correct: np.ndarray, precision: float = 0.98) -> float:
+    """Lowest confidence threshold whose accepted predictions are right >= `precision` of the time.
+
+    Sorted by confidence, the accepted set is a prefix; the threshold is the confidence of the
+    longest prefix that still meets the precision (0.0 when every prediction does).
+    """
+    order = np.argsort(-confidence, kind="stable")
+    hits = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
+    ok = np.nonzero(hits >= precision)[0]
+    if len(ok) == 0:
+        return float(confidence.max()) + 1e-6 if len(confidence) else 1.0
+    k = int(ok[-1])
+    return 0.0 if k == len(order) - 1 else float(confidence[order[k]])
+
+
+def calibrate_on_val(clf: Classifier, precision: float = 0.98, limit: int = 2000) -> dict:
+    """Temperature and threshold on (up to `limit` of) the run's val crops."""
+    images = np.asarray(load_images(clf.data_root, "val"))
+    labels = load_labels(clf.data_root, "val")
+    idx = np.random.default_rng(0).permutation(len(labels))[:limit]
+    images, labels = images[idx], labels[idx]
+    logits = np.concatenate([clf.logits(images[i : i + 64]) for i in range(0, len(images), 64)])
+    temperature = fit_temperature(logits, labels)
+    probs = torch.softmax(torch.from_numpy(logits) / temperature, dim=1).numpy()
+    conf, pred = probs.max(1), probs.argmax(1)
+    threshold = pick_threshold(conf, pred == labels, precision)
+    accepted = conf >= threshold
+    report = {
+        "temperature": temperature,
+        "threshold": threshold,
+        "precision_target": precision,
+        "val_crops": int(len(labels)),
+        "val_acc": float((pred == labels).mean()),
+        "accepted_fraction": float(accepted.mean()),
+        "accepted_acc": float((pred == labels)[accepted].mean()) if accepted.any() else None,
+    }
+    log.info("identify: calibrated on %d val crops: T=%.2f, threshold %.3f (%.1f%% accepted)",
+             len(labels), temperature, threshold, 100 * report["accepted_fraction"])
+    return report

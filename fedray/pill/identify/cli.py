@@ -1,0 +1,122 @@
+"""`fedray identify | serve | export`: the pill identifier from a terminal.
+
+    fedray identify PHOTO [PHOTO ...] [--top-k 5] [--out DIR] [--run RUN_DIR] [--detector PT]
+    fedray serve [--host 127.0.0.1] [--port 8000] [--run RUN_DIR] [--detector PT]
+    fedray export RUN_DIR [--detector PT] [--out DIR]
+
+A mistake (a missing model, a file that is not a photo) is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from fedray.config import ConfigError
+
+
+def _models(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", help="run directory of the classifier (default: latest pill run "
+                        "under --outputs)")
+    parser.add_argument("--outputs", default="outputs", help="where runs are (default: outputs)")
+    parser.add_argument("--detector", help="detector weights (default: latest stage=detect)")
+    parser.add_argument("--conf", type=float, default=0.25, help="detector confidence (0.25)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedray", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ident = sub.add_parser("identify", help="find and name every pill in photos")
+    ident.add_argument("photos", nargs="+", help="photo files (JPEG, PNG, ...)")
+    ident.add_argument("--top-k", type=int, default=5, help="names listed per pill (5)")
+    ident.add_argument("--out", default="identify_out", help="annotated PNG + JSON per photo")
+    _models(ident)
+    serve = sub.add_parser("serve", help="a local web page: drop a photo, see every pill named")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    _models(serve)
+    export = sub.add_parser("export", help="ONNX export of both models and an on-device profile")
+    export.add_argument("run_dir", help="the classifier's run directory")
+    export.add_argument("--detector", help="detector weights (default: latest stage=detect)")
+    export.add_argument("--out", help="where the .onnx files go (default: RUN_DIR/export)")
+    return parser
+
+
+def _table(path: str, answer) -> str:
+    lines = [f"{path}: {len(answer.found)} pill(s) found" if answer.found
+             else f"{path}: no pill found"]
+    for i, f in enumerate(answer.found, 1):
+        box = ",".join(f"{v:.0f}" for v in f.box)
+        names = "  ".join(f"{n} {p:.1%}" for n, p in f.top)
+        lines.append(f"  {i:>2}  [{box}]  {f.name:<28} | {names}")
+    return "\n".join(lines)
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    import cv2
+
+    from fedray.pill.identify.app import PhotoError, load_identifier, read_photo
+    from fedray.pill.identify.pipeline import annotate
+
+    photos = []
+    bad = 0
+    for p in args.photos:  # read every photo first: a typo fails before the models load
+        try:
+            photos.append((p, read_photo(p)))
+        except PhotoError as exc:
+            print(f"fedray: error: {exc}", file=sys.stderr)
+            bad += 1
+    if not photos:
+        return 2
+    ident = load_identifier(args.run, args.detector, args.outputs, args.conf)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path, rgb in photos:
+        answer = ident(rgb, args.top_k)
+        stem = Path(path).stem
+        drawn = cv2.cvtColor(annotate(rgb, answer), cv2.COLOR_RGB2BGR)
+        cv2.imwrite(str(out / f"{stem}.png"), drawn)
+        (out / f"{stem}.json").write_text(json.dumps({"photo": str(path), **answer.to_json()},
+                                                     indent=2))
+        print(_table(path, answer))
+    print(f"annotated photos and JSON: {out.resolve()}")
+    return 2 if bad else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fedray.pill.identify.app import load_identifier
+    from fedray.pill.identify.serve import create_app
+
+    app = create_app(load_identifier(args.run, args.detector, args.outputs, args.conf))
+    print(f"fedray identify: http://{args.host}:{args.port}/  (Ctrl-C to stop)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fedray.pill.identify.export import export_run
+
+    export_run(args.run_dir, args.detector, args.out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (`fedray ...` and `python -m fedray.pill.identify`)."""
+    logging.basicConfig(level=logging.INFO, format="[fedray %(asctime)s] %(message)s",
+                        datefmt="%H:%M:%S")
+    args = build_parser().parse_args(argv)
+    try:
+        return {"identify": cmd_identify, "serve": cmd_serve, "export": cmd_export}[
+            args.command](args)
+    except ConfigError as exc:
+        print(f"fedray: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

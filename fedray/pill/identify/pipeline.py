@@ -1,0 +1,120 @@
+"""detect -> crop -> classify every pill of a photo; draw the answer; score it against truth."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from fedray.pill.compose import crop_boxes
+from fedray.pill.identify.classifier import Classifier
+from fedray.pill.identify.detector import xyxy_to_yolo
+from fedray.pill.synth import CROP_PAD
+
+UNKNOWN = "unknown"
+
+
+class DetectFn(Protocol):
+    def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass
+class Found:
+    """One pill found in a photo: its box, detector score, top-k names and the answer."""
+
+    box: list[float]  # x1, y1, x2, y2 in pixels
+    score: float
+    top: list[tuple[str, float]]
+    name: str  # the top name, or "unknown" below the calibrated threshold
+    class_index: int  # -1 when unknown
+    confidence: float
+
+
+@dataclass
+class Answer:
+    """Everything identify says about one photo."""
+
+    found: list[Found] = field(default_factory=list)
+    width: int = 0
+    height: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def identify(rgb: np.ndarray, detect: DetectFn, clf: Classifier, top_k: int = 5) -> Answer:
+    """Find every pill in an RGB uint8 photo and name each one."""
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3:
+        raise ValueError("identify needs an RGB uint8 image (H, W, 3)")
+    height, width = rgb.shape[:2]
+    t0 = time.perf_counter()
+    boxes, scores = detect(rgb)
+    t1 = time.perf_counter()
+    crops = crop_boxes(rgb, xyxy_to_yolo(boxes, width, height), clf.image_size, CROP_PAD)
+    probs = clf.probabilities(crops)
+    t2 = time.perf_counter()
+    k = max(1, min(int(top_k), len(clf.class_names)))
+    found = []
+    for box, score, p in zip(boxes, scores, probs, strict=True):
+        order = np.argsort(-p)[:k]
+        conf = float(p[order[0]])
+        known = conf >= clf.threshold
+        found.append(Found(
+            box=[round(float(v), 1) for v in box],
+            score=float(score),
+            top=[(clf.class_names[i], float(p[i])) for i in order],
+            name=clf.class_names[order[0]] if known else UNKNOWN,
+            class_index=int(order[0]) if known else -1,
+            confidence=conf,
+        ))
+    found.sort(key=lambda f: (f.box[1], f.box[0]))  # reading order: top to bottom, left to right
+    return Answer(found, width, height, {"detect": t1 - t0, "classify": t2 - t1})
+
+
+def annotate(rgb: np.ndarray, answer: Answer) -> np.ndarray:
+    """The photo with each pill's box, number and answer drawn on it (OpenCV's own font)."""
+    out = np.ascontiguousarray(rgb.copy())
+    scale = max(out.shape[:2]) / 900
+    for i, f in enumerate(answer.found, 1):
+        x1, y1, x2, y2 = (int(round(v)) for v in f.box)
+        colour = (40, 200, 60) if f.class_index >= 0 else (230, 150, 20)
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, max(1, int(3 * scale)))
+        label = f"{i} {f.name} {f.confidence:.0%}"
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, 1)
+        ty = max(y1, th + base + 2)
+        cv2.rectangle(out, (x1, ty - th - base - 2), (x1 + tw + 4, ty), colour, -1)
+        cv2.putText(out, label, (x1 + 2, ty - base), cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale,
+                    (0, 0, 0), max(1, int(scale)), cv2.LINE_AA)
+    return out
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every pixel xyxy box in `a` with every one in `b`: (len(a), len(b))."""
+    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+def photo_correct(answer: Answer, true_xyxy: np.ndarray, true_classes: np.ndarray,
+                  iou: float = 0.5) -> bool:
+    """Every true pill found (IoU >= `iou`, greedy one-to-one) and named right; nothing extra."""
+    pred = np.array([f.box for f in answer.found], float).reshape(-1, 4)
+    if len(pred) != len(true_xyxy):
+        return False
+    m = iou_matrix(true_xyxy, pred)
+    used: set[int] = set()
+    for t in np.argsort(-m.max(1)) if len(m) else []:
+        j = next((int(j) for j in np.argsort(-m[t]) if int(j) not in used), None)
+        if j is None or m[t, j] < iou or answer.found[j].class_index != int(true_classes[t]):
+            return False
+        used.add(j)
+    return True

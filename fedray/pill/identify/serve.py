@@ -1,0 +1,133 @@
+"""`fedray serve`: a local web page that names every pill in a dropped or photographed picture.
+
+One page, no CDN assets (HTML, CSS and JS inline), two endpoints: `POST /api/identify` takes the
+photo as the raw request body (never written to disk: it is decoded in memory and dropped after
+the answer) and `GET /api/reference/{class}/{side}.png` serves the catalog's studio pictures.
+Bad uploads get a 4xx with a one-line message: too large (413), not an image (415/400).
+"""
+
+from __future__ import annotations
+
+import base64
+
+import cv2
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+
+from fedray.pill.identify.app import MAX_UPLOAD_BYTES, Identifier, PhotoError, decode_photo
+from fedray.pill.identify.pipeline import annotate
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>fedray pill identifier</title>
+<style>
+ body{font-family:system-ui,sans-serif;margin:0;background:#f5f6f8;color:#222}
+ header{background:#1f3a5f;color:#fff;padding:12px 20px}
+ main{max-width:1100px;margin:auto;padding:16px}
+ #drop{border:2px dashed #8aa;border-radius:10px;padding:28px;text-align:center;background:#fff}
+ #drop.over{background:#e8f4ff}
+ #error{color:#b00020;margin:10px 0;font-weight:600}
+ .cols{display:flex;gap:18px;flex-wrap:wrap;margin-top:14px}
+ #photo{max-width:560px;width:100%;border-radius:8px}
+ table{border-collapse:collapse;background:#fff;min-width:380px}
+ td,th{border-bottom:1px solid #dde;padding:6px 8px;text-align:left;vertical-align:middle}
+ td img{width:56px;height:56px;object-fit:contain;background:#eee;border-radius:4px}
+ .unknown{color:#a65f00} .alt{color:#667;font-size:.85em}
+</style></head><body>
+<header><b>fedray</b> &middot; pill identifier (runs on this machine; photos are not kept)</header>
+<main>
+ <div id="drop">Drop a photo here, or
+  <input id="file" type="file" accept="image/*" capture="environment"></div>
+ <div id="error" role="alert"></div>
+ <div id="status"></div>
+ <div class="cols"><div><img id="photo" alt=""></div>
+  <table id="results"><thead><tr><th>#</th><th>pill</th><th>confidence</th><th>reference</th>
+  <th>other candidates</th></tr></thead><tbody></tbody></table></div>
+</main>
+<script>
+const drop=document.getElementById('drop'), file=document.getElementById('file');
+const err=document.getElementById('error'), status=document.getElementById('status');
+const body=document.querySelector('#results tbody'), photo=document.getElementById('photo');
+const ESC={'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'};
+function esc(s){return String(s).replace(/[&<>"]/g,c=>ESC[c]);}
+async function send(f){
+  err.textContent=''; status.textContent='identifying '+f.name+' ...'; body.innerHTML='';
+  photo.removeAttribute('src');
+  const r=await fetch('/api/identify',{method:'POST',body:f,
+    headers:{'Content-Type':f.type||'application/octet-stream','X-Filename':encodeURIComponent(f.name)}});
+  const j=await r.json();
+  if(!r.ok){status.textContent='';err.textContent=j.error||('error '+r.status);return;}
+  photo.src=j.image;
+  status.textContent=j.found.length?(j.found.length+' pill(s) found'):'no pill found';
+  j.found.forEach((p,i)=>{
+    const ref=p.reference?'<img alt="reference" src="'+p.reference+'">':'';
+    const alt=p.top.slice(1).map(t=>esc(t[0])+' '+(100*t[1]).toFixed(1)+'%').join('<br>');
+    body.insertAdjacentHTML('beforeend','<tr class="pill-row"><td>'+(i+1)+'</td><td class="name'+
+      (p.class_index<0?' unknown':'')+'">'+esc(p.name)+'</td><td>'+(100*p.confidence).toFixed(1)+
+      '%</td><td>'+ref+'</td><td class="alt">'+alt+'</td></tr>');
+  });
+}
+file.addEventListener('change',()=>{if(file.files.length)send(file.files[0]);});
+drop.addEventListener('dragover',e=>{e.preventDefault();drop.classList.add('over');});
+drop.addEventListener('dragleave',()=>drop.classList.remove('over'));
+drop.addEventListener('drop',e=>{e.preventDefault();drop.classList.remove('over');
+  if(e.dataTransfer.files.length)send(e.dataTransfer.files[0]);});
+</script></body></html>
+"""
+
+ACCEPTED_TYPES = ("image/", "application/octet-stream")
+
+
+def create_app(identifier: Identifier) -> FastAPI:
+    """The web app around a loaded identifier."""
+    app = FastAPI(title="fedray pill identifier", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(HTTPException)
+    async def _one_line(_: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> str:
+        return PAGE
+
+    @app.post("/api/identify")
+    async def api_identify(request: Request) -> JSONResponse:
+        name = request.headers.get("x-filename", "upload")
+        kind = request.headers.get("content-type", "")
+        if not kind.startswith(ACCEPTED_TYPES):
+            raise HTTPException(415, f"{name}: {kind or 'no type'} is not an image type")
+        data = bytearray()
+        async for chunk in request.stream():  # in memory only, capped while it arrives
+            data += chunk
+            if len(data) > MAX_UPLOAD_BYTES:
+                raise HTTPException(413, f"{name}: over the {MAX_UPLOAD_BYTES // 2**20} MB limit")
+        try:
+            rgb = decode_photo(bytes(data), name)
+        except PhotoError as exc:
+            raise HTTPException(400 if "empty" in str(exc) else 415, str(exc)) from None
+        del data
+        answer = identifier(rgb)
+        ok, png = cv2.imencode(".png", cv2.cvtColor(annotate(rgb, answer), cv2.COLOR_RGB2BGR))
+        found = []
+        for f in answer.to_json()["found"]:
+            ref = identifier.reference(f["class_index"]) if f["class_index"] >= 0 else None
+            f["reference"] = f"/api/reference/{f['class_index']}/front.png" if ref else None
+            found.append(f)
+        return JSONResponse({
+            "found": found,
+            "image": "data:image/png;base64," + base64.b64encode(png.tobytes()).decode(),
+            "seconds": answer.seconds,
+        })
+
+    @app.get("/api/reference/{class_index}/{side}.png")
+    async def reference(class_index: int, side: str) -> FileResponse:
+        names = identifier.classifier.class_names
+        if side not in ("front", "back") or not 0 <= class_index < len(names):
+            raise HTTPException(404, "no such reference picture")
+        path = identifier.reference(class_index, side)
+        if path is None:
+            raise HTTPException(404, "this dataset has no reference pictures")
+        return FileResponse(path, media_type="image/png")
+
+    return app
