@@ -9,9 +9,6 @@ scheduler: none | asha (ASHAScheduler) | pbt (PopulationBasedTraining), all on t
 
 from __future__ import annotations
 
-import os
-import pickle
-import tempfile
 from typing import Any
 
 from ray.tune.search import Searcher
@@ -32,17 +29,17 @@ class NumberedSearcher(Searcher):
     """A Tune searcher that numbers its suggestions (trial_000, ...) and fills in fixed keys.
 
     Tune's searcher trial ids carry no counter, and a searcher's space holds only the keys it
-    samples; the number travels in the config under `_index` and survives `sweep.resume`.
+    samples (built with it); the number travels in the config under `_index` and is saved
+    with the searcher's state, so `sweep.resume` continues the count.
     """
 
-    def __init__(self, searcher: Any, space: dict[str, Any], fixed: dict[str, Any]) -> None:
+    def __init__(self, searcher: Any, fixed: dict[str, Any]) -> None:
         super().__init__(metric=searcher.metric, mode=searcher.mode)
-        self.searcher, self.space, self.fixed, self.count = searcher, space, fixed, 0
+        self.searcher, self.fixed, self.count = searcher, fixed, 0
 
     def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
-        """Pass metric and mode on, with this sweep's own space (Tune's param space is empty)."""
-        self._metric, self._mode = metric, mode
-        return self.searcher.set_search_properties(metric, mode, self.space, **spec)
+        """The inner searcher has its space already (Tune's param space holds no domains)."""
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         """The inner searcher's suggestion with the fixed keys and the trial's number."""
@@ -60,26 +57,21 @@ class NumberedSearcher(Searcher):
         """Forward the final result."""
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
+    def get_state(self) -> dict[str, Any]:
+        """This wrapper's own state (Tune saves the inner searcher's separately)."""
+        return {"count": self.count}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Undo get_state."""
+        self.count = int(state["count"])
+
     def save(self, checkpoint_path: str) -> None:
-        """One pickle: the counter and the inner searcher's own saved state."""
-        with tempfile.TemporaryDirectory() as d:
-            inner = os.path.join(d, "inner.pkl")
-            self.searcher.save(inner)
-            with open(inner, "rb") as fh:
-                blob = fh.read()
-        with open(checkpoint_path, "wb") as fh:
-            pickle.dump({"count": self.count, "inner": blob}, fh)
+        """The inner searcher's state."""
+        self.searcher.save(checkpoint_path)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Undo `save`."""
-        with open(checkpoint_path, "rb") as fh:
-            state = pickle.load(fh)
-        self.count = int(state["count"])
-        with tempfile.TemporaryDirectory() as d:
-            inner = os.path.join(d, "inner.pkl")
-            with open(inner, "wb") as fh:
-                fh.write(state["inner"])
-            self.searcher.restore(inner)
+        """The inner searcher's state."""
+        self.searcher.restore(checkpoint_path)
 
 
 def _require(spec: SweepSpec, pkg: str) -> None:
@@ -118,11 +110,12 @@ def build_search(
     if spec.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        inner = OptunaSearch(metric=spec.metric, mode=spec.mode, seed=seed)
+        inner = OptunaSearch(space=domains, metric=spec.metric, mode=spec.mode, seed=seed)
     elif spec.search == "hyperopt":
         from ray.tune.search.hyperopt import HyperOptSearch
 
         inner = HyperOptSearch(
+            space=domains,
             metric=spec.metric,
             mode=spec.mode,
             random_state_seed=seed,
@@ -130,7 +123,7 @@ def build_search(
         )
     else:  # pragma: no cover - load_sweep validated the name
         raise SweepError(f"unknown search {spec.search!r}")
-    return NumberedSearcher(inner, domains, fixed), {}, n
+    return NumberedSearcher(inner, fixed), {}, n
 
 
 def build_scheduler(spec: SweepSpec, max_t: int) -> Any:
