@@ -56,13 +56,19 @@ from fedray.data.datasets import (
 from fedray.pill.importers import IMAGE_SUFFIXES, fingerprint, stratified_split
 from fedray.pill.render import default_px_per_mm, render_reference
 from fedray.pill.segment import SegmentationError, segment_reference
-from fedray.pill.textures import FAMILIES, bundled_textures, load_user_textures, make_textures
+from fedray.pill.textures import (
+    FAMILIES,
+    bundled_textures,
+    load_user_textures,
+    make_textures,
+    scene_textures,
+)
 
 log = logging.getLogger("fedray")
 
 # Part of the cache key: bump whenever the same config would now build different bytes (this
 # includes the chunk sizes below, which fix the per-chunk seeds).
-VERSION = 1
+VERSION = 2  # 2: detection/data.yaml without an absolute path; scenes_sheet.png
 
 TIMINGS = "build_timings.json"  # wall-clock figures of the build (not deterministic)
 DEFAULTS: dict[str, Any] = {
@@ -79,6 +85,10 @@ DEFAULTS: dict[str, Any] = {
     "scene_size": 640,
     "crop_scene_size": 320,
     "max_pills_per_scene": 4,
+    "detection_pills": None,
+    "detection_public_pills": 0,
+    "detection_surfaces": 0,
+    "detection_compose": {},
     "num_textures": 128,
     "backgrounds": None,
     "compose": {},
@@ -115,7 +125,9 @@ PHOTOS_PER_CHUNK = 16
 DETECTION_SCENES_PER_CHUNK = 25
 
 # SeedSequence stage codes.
-_S_TEXTURES, _S_CROPS, _S_CONSUMER, _S_DETECTION, _S_PLAN, _S_SPLIT = range(1, 7)
+_S_TEXTURES, _S_CROPS, _S_CONSUMER, _S_DETECTION, _S_PLAN, _S_SPLIT, _S_SURFACES = range(1, 8)
+SCENES_SHEET = "scenes_sheet.png"  # the first detection scenes with their boxes
+SHEET_SCENES, SHEET_CELL = 12, 320
 
 
 # ------------------------------------------------------------------------------------ config
@@ -138,8 +150,17 @@ def synth_config(data_cfg: dict[str, Any]) -> dict[str, Any]:
                     ("reference_crops", 0), ("consumer_crops", 0),
                     ("consumer_photos_per_pill", 1), ("detection_scenes", 0),
                     ("scene_size", 32), ("crop_scene_size", 32), ("max_pills_per_scene", 1),
-                    ("num_textures", 0)):
+                    ("num_textures", 0), ("detection_public_pills", 0),
+                    ("detection_surfaces", 0)):
         integer(key, lo)
+    dp = cfg["detection_pills"]
+    if dp is not None:
+        if (not isinstance(dp, (list, tuple)) or len(dp) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in dp)
+                or not 1 <= dp[0] <= dp[1]):
+            raise ConfigError(f"data.detection_pills must be null or [lo, hi] with 1 <= lo <= hi, "
+                              f"got {dp!r}")
+        cfg["detection_pills"] = [int(dp[0]), int(dp[1])]
     if cfg["reference_crops"] + cfg["consumer_crops"] < 1:
         raise ConfigError("data.reference_crops + data.consumer_crops must be >= 1")
     vf = cfg["val_fraction"]
@@ -147,7 +168,7 @@ def synth_config(data_cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"data.val_fraction must be a number in [0, 1), got {vf!r}")
     if cfg["workers"] is not None:
         integer("workers", 1)
-    for key in ("compose", "consumer_compose"):
+    for key in ("compose", "consumer_compose", "detection_compose"):
         if not isinstance(cfg[key] or {}, dict):
             raise ConfigError(f"data.{key} must be a mapping of ComposeParams fields")
         cfg[key] = dict(cfg[key] or {})
@@ -176,12 +197,16 @@ def make_pills(cfg: dict[str, Any]) -> list[Pill]:
 def scene_params(cfg: dict[str, Any], crop_scenes: bool) -> ComposeParams:
     """Compositor parameters of detection scenes, or of the smaller crop scenes (same px per mm)."""
     over = dict(cfg["compose"])
+    max_pills = cfg["max_pills_per_scene"]
+    if not crop_scenes:  # the detection scenes' own overrides and pill counts
+        over.update(cfg.get("detection_compose") or {})
+        max_pills = max(max_pills, (cfg.get("detection_pills") or [1, 1])[1])
     base = ComposeParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in over.items()})
     fov = base.fov_mm
     if crop_scenes:  # a smaller frame of the same world: the field of view shrinks with it
         k = cfg["crop_scene_size"] / cfg["scene_size"]
         fov = (fov[0] * k, fov[1] * k)
-    return ComposeParams.from_dict({**over, "fov_mm": fov, "max_pills": cfg["max_pills_per_scene"],
+    return ComposeParams.from_dict({**over, "fov_mm": fov, "max_pills": max_pills,
                                     "cutout_px_per_mm": default_px_per_mm(REFERENCE_SIZE)})
 
 
@@ -228,6 +253,12 @@ def _references_task(pills: list[Pill], seed: int) -> list[tuple[np.ndarray, ...
 def _textures_task(spec: tuple[int, int]) -> list[np.ndarray]:
     count, seed = spec
     return make_textures(count, TEXTURE_SIZE, seed, bundled=False)
+
+
+def _surfaces_task(spec: tuple[int, int]) -> list[np.ndarray]:
+    """Scene-only surfaces (lined paper, palms, trays, ...) for the detection scenes."""
+    count, seed = spec
+    return scene_textures(count, TEXTURE_SIZE, seed)
 
 
 def _crop_scenes_task(spec: dict[str, Any], cutouts: list[PreparedCutout],
@@ -395,10 +426,12 @@ def _consumer_plan(cfg: dict[str, Any], seed: int, pills: list[Pill],
 
 
 def _detection_plan(cfg: dict[str, Any], seed: int, n: int) -> list[list[int]]:
+    """Cut-out ids per detection scene; n counts every pill the scenes draw from."""
     rng = _rng(seed, _S_PLAN, _S_DETECTION)
+    lo, hi = cfg.get("detection_pills") or (1, cfg["max_pills_per_scene"])
     scenes = []
     for _ in range(cfg["detection_scenes"]):
-        k = int(rng.integers(1, cfg["max_pills_per_scene"] + 1))
+        k = int(rng.integers(lo, hi + 1))
         scenes.append([int(2 * p + s) for p, s in zip(rng.integers(0, n, k),
                                                        rng.integers(0, 2, k), strict=True)])
     return scenes
@@ -509,7 +542,9 @@ def _build(tmp: Path, final_root: Path, cfg: dict[str, Any], seed: int) -> None:
              "public" if cfg["public"] else "private", pills[0].id, pills[-1].id)
     image_size = cfg["image_size"]
     ref_items, ref_scenes = _reference_plan(cfg, seed, n)
-    det_scenes = _detection_plan(cfg, seed, n)
+    public = (make_pills({**cfg, "public": True, "num_pills": cfg["detection_public_pills"]})
+              if cfg["detection_public_pills"] and cfg["detection_scenes"] else [])
+    det_scenes = _detection_plan(cfg, seed, n + len(public))  # public pills: detection only
 
     with _Runner(cfg["workers"]) as runner:
         clock.lap("ray_start")
@@ -519,6 +554,11 @@ def _build(tmp: Path, final_root: Path, cfg: dict[str, Any], seed: int) -> None:
                      for i, c in enumerate(_chunks(range(cfg["num_textures"]),
                                                    TEXTURES_PER_CHUNK))]
         tex_handles = runner.submit(_textures_task, tex_specs)
+        pub_handles = runner.submit(_references_task, _chunks(public, PILLS_PER_CHUNK), seed)
+        surf_specs = [(len(c), int(_seed(seed, _S_SURFACES, i).generate_state(1)[0]))
+                      for i, c in enumerate(_chunks(range(cfg["detection_surfaces"]),
+                                                    TEXTURES_PER_CHUNK))]
+        surf_handles = runner.submit(_surfaces_task, surf_specs)
 
         ref_dir = tmp / "references"
         ref_dir.mkdir()
@@ -537,6 +577,10 @@ def _build(tmp: Path, final_root: Path, cfg: dict[str, Any], seed: int) -> None:
         log.info("synth: references: %d studio images segmented (%d fallbacks) in %.1fs",
                  len(cutouts), fallbacks, clock.lap("references"))
 
+        for out, _ in runner.results(pub_handles):  # after the private ones: ids 2n and up
+            cutouts += [prepare_cutout(cut, det_params.shadow_blur, "public pill")
+                        for _, cut, _ in out]
+        surfaces = [x for out, _ in runner.results(surf_handles) for x in out]
         textures: list[np.ndarray] = [x for out, _ in runner.results(tex_handles) for x in out]
         families = [list(FAMILIES)[i % TEXTURES_PER_CHUNK % len(FAMILIES)]
                     for i in range(len(textures))]
@@ -552,7 +596,9 @@ def _build(tmp: Path, final_root: Path, cfg: dict[str, Any], seed: int) -> None:
         photos = _consumer_plan(cfg, seed, pills, families)
         layout = _layout(cfg, seed, ref_items, photos)
         shared = (runner.share(cutouts), runner.share(textures))
-        del textures  # the shared copy is all the tasks need
+        # the detection scenes also draw on the scene-only surfaces, when there are any
+        det_shared = (shared[0], runner.share(textures + surfaces)) if surfaces else shared
+        del textures, surfaces  # the shared copies are all the tasks need
         ref_specs = [{"seed": (seed, _S_CROPS, i), "scenes": ch, "image_size": image_size,
                       "scene_size": cfg["crop_scene_size"]}
                      for i, ch in enumerate(_chunks(ref_scenes, CROP_SCENES_PER_CHUNK))]
@@ -569,7 +615,7 @@ def _build(tmp: Path, final_root: Path, cfg: dict[str, Any], seed: int) -> None:
         con_h = runner.submit(_consumer_task, con_specs, *shared, runner.share(con_params),
                               tasks=max(1, (runner.workers or 1) // 2))
         ref_h = runner.submit(_crop_scenes_task, ref_specs, *shared, runner.share(crop_params))
-        det_h = runner.submit(_detection_task, det_specs, *shared, runner.share(det_params))
+        det_h = runner.submit(_detection_task, det_specs, *det_shared, runner.share(det_params))
 
         arrays = [np.empty((c, image_size, image_size, 3), np.uint8) for c in layout.counts]
         task_s = _collect(runner.results(con_h), len(ref_items), layout, arrays)
@@ -593,7 +639,10 @@ def _build(tmp: Path, final_root: Path, cfg: dict[str, Any], seed: int) -> None:
         tmp, cfg["name"], [f"{p.id} {p.name}" for p in pills], image_size,
         {s: c for s, c in zip(SPLITS, layout.counts, strict=True) if c},
         source="synthetic", public=cfg["public"], catalog_ids=[p.id for p in pills],
-        sources=sources, detection={"data_yaml": "detection/data.yaml", **det_counts},
+        sources=sources, detection={"data_yaml": "detection/data.yaml", **det_counts,
+                                    "public_pills": len(public),
+                                    "surfaces": cfg["detection_surfaces"],
+                                    "sheet": SCENES_SHEET if det_scenes else None},
         textures=n_textures, segmentation_fallbacks=fallbacks, manifest="manifest.csv",
         contact_sheet="contact_sheet.png",
     )
@@ -635,16 +684,19 @@ def _write_detection(tmp: Path, final_root: Path, results: Iterator[tuple[list, 
     for kind in ("images", "labels"):
         for split in SPLITS:
             (det / kind / split).mkdir(parents=True)
-    i, task_s = 0, 0.0
+    i, task_s, shown = 0, 0.0, []
     for scenes, dt in results:
         for jpeg, labels in scenes:
             split = "val" if i in val else "train"
             (det / "images" / split / f"scene_{i:05d}.jpg").write_bytes(jpeg)
             (det / "labels" / split / f"scene_{i:05d}.txt").write_text(labels)
+            if len(shown) < SHEET_SCENES:
+                shown.append(_scene_cell(jpeg, labels))
             i += 1
         task_s += dt
+    _write_png(tmp / SCENES_SHEET, _grid_sheet(shown, 4))
+    # no `path:`: ultralytics then reads the splits relative to this file, so the folder moves
     doc = {
-        "path": str(final_root / "detection"),
         "train": "images/train",
         "val": "images/val" if n_val else "images/train",  # ultralytics insists on a val entry
         "nc": 1,
@@ -652,6 +704,26 @@ def _write_detection(tmp: Path, final_root: Path, results: Iterator[tuple[list, 
     }
     (det / "data.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return {"train": n_scenes - n_val, "val": n_val}, task_s
+
+
+def _scene_cell(jpeg: bytes, labels: str) -> np.ndarray:
+    """One scene, RGB, SHEET_CELL px, its boxes drawn in green."""
+    img = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR),
+                       cv2.COLOR_BGR2RGB)
+    img = cv2.resize(img, (SHEET_CELL, SHEET_CELL), interpolation=cv2.INTER_AREA)
+    for line in labels.splitlines():
+        cx, cy, w, h = (float(v) * SHEET_CELL for v in line.split()[1:])
+        cv2.rectangle(img, (int(cx - w / 2), int(cy - h / 2)), (int(cx + w / 2), int(cy + h / 2)),
+                      (0, 220, 0), 1)
+    return img
+
+
+def _grid_sheet(cells: list[np.ndarray], cols: int) -> np.ndarray:
+    """Cells (same shape) in rows of `cols`, white where a row runs short."""
+    rows = -(-len(cells) // cols)
+    blank = np.full_like(cells[0], 255)
+    cells = cells + [blank] * (rows * cols - len(cells))
+    return np.vstack([np.hstack(cells[r * cols:(r + 1) * cols]) for r in range(rows)])
 
 
 def _write_classification(tmp: Path, pills: list[Pill], layout: _Layout,
@@ -733,6 +805,7 @@ def synth_summary(info: DatasetInfo) -> dict[str, Any]:
         "crops": crops,
         "detection_scenes": {k: det.get(k, 0) for k in ("train", "val")},
         "detection_data_yaml": str(root / det["data_yaml"]) if det.get("train") else None,
+        "scenes_sheet": str(root / det["sheet"]) if det.get("sheet") else None,
         "contact_sheet": str(root / meta["contact_sheet"]),
         "manifest": str(root / meta["manifest"]),
         "catalog": str(root / "catalog.json"),

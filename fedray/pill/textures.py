@@ -229,13 +229,99 @@ FAMILIES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
 }
 
 
+def _lined_paper(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A notebook page: paper with ruled (or squared) lines and sometimes a red margin."""
+    out = _paper(rng, size)
+    x, y = _grid(size)
+    period = rng.uniform(size / 24, size / 12)
+    ink = _hsv(rng.uniform(0.55, 0.65), rng.uniform(0.2, 0.6), rng.uniform(0.45, 0.8))
+    width = rng.uniform(0.6, 1.6)
+    lines = np.clip(width - np.abs((y + rng.uniform(0, period)) % period - period / 2), 0, 1)
+    if rng.random() < 0.3:  # squared paper
+        lines = np.maximum(lines, np.clip(width - np.abs(x % period - period / 2), 0, 1))
+    lines = lines * np.ones((size, size), np.float32)
+    out = _lerp(out, ink, lines * rng.uniform(0.35, 0.8))
+    if rng.random() < 0.5:  # the red margin
+        mx = rng.uniform(0.05, 0.4) * size
+        margin = np.clip(1.2 - np.abs(x - mx), 0, 1) * np.ones((size, size), np.float32)
+        out = _lerp(out, np.array([200.0, 60.0, 60.0], np.float32), margin * 0.7)
+    return _rotate(out, rng.uniform(-8, 8))
+
+
+def _palm(rng: np.random.Generator, size: int) -> np.ndarray:
+    """An open hand, close up: skin with a few dark creases and soft light falling off."""
+    out = _skin(rng, size)
+    creases = np.zeros((size, size), np.float32)
+    for _ in range(int(rng.integers(2, 6))):
+        drift = rng.normal(0, size / 18, 2)  # a crease runs one way, bending gently
+        steps = drift + rng.normal(0, size / 60, (14, 2))
+        pts = np.cumsum(steps, axis=0) + rng.uniform(0, size, 2)
+        cv2.polylines(creases, [pts.astype(np.int32)], False, 1.0, int(rng.integers(1, 4)),
+                      cv2.LINE_AA)
+    creases = cv2.GaussianBlur(creases, (0, 0), rng.uniform(0.8, 2.0))
+    out = out * (1.0 - rng.uniform(0.2, 0.45) * creases)[..., None]
+    x, y = _grid(size)
+    cx, cy = rng.uniform(0.2, 0.8, 2) * size
+    falloff = 1.0 - rng.uniform(0.1, 0.4) * ((x - cx) ** 2 + (y - cy) ** 2) / (size * size)
+    return out * falloff[..., None]
+
+
+def _tray(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A plastic pill tray or organiser: smooth colour, moulded wells, glossy streaks."""
+    x, y = _grid(size)
+    base = _hsv(rng.random(), rng.uniform(0.0, 0.8), rng.uniform(0.5, 1.0))
+    out = np.empty((size, size, 3), np.float32)
+    out[:] = base
+    out *= (1.0 + rng.normal(0, 0.1) * (x / size - 0.5) + rng.normal(0, 0.1) * (y / size - 0.5)
+            )[..., None]
+    rim = np.zeros((size, size), np.float32)
+    pitch = rng.uniform(size / 4, size / 1.5)
+    radius = pitch * rng.uniform(0.3, 0.45)
+    ox, oy = rng.uniform(0, pitch, 2)
+    for cx in np.arange(ox - pitch, size + pitch, pitch):
+        for cy in np.arange(oy - pitch, size + pitch, pitch):
+            cv2.circle(rim, (int(cx), int(cy)), int(radius), 1.0, int(rng.integers(2, 6)),
+                       cv2.LINE_AA)
+    rim = cv2.GaussianBlur(rim, (0, 0), 2.0)
+    out *= (1.0 - 0.25 * rim)[..., None]
+    gloss = np.zeros((size, size), np.float32)
+    for _ in range(int(rng.integers(1, 4))):
+        p0, p1 = rng.uniform(0, size, (2, 2)).astype(np.int32)
+        cv2.line(gloss, tuple(int(v) for v in p0), tuple(int(v) for v in p1), 1.0,
+                 int(rng.integers(4, 20)), cv2.LINE_AA)
+    gloss = cv2.GaussianBlur(gloss, (0, 0), rng.uniform(4, 12))
+    return out + (gloss * rng.uniform(30, 90))[..., None]
+
+
+# Surfaces only the detection scenes draw on (data.detection_surfaces): kept out of FAMILIES so
+# the classifier crops' textures, and their seeds, stay as they were.
+SCENE_FAMILIES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
+    "lined_paper": _lined_paper,
+    "palm": _palm,
+    "tray": _tray,
+    "wood": _wood,
+    "granite": _granite,
+    "fabric": _fabric,
+    "marble": _marble,
+}
+
+
 def procedural_texture(family: str, seed: int, size: int = 512) -> np.ndarray:
     """One procedural texture of a named family, RGB uint8 (size, size, 3)."""
-    if family not in FAMILIES:
-        raise TextureError(f"unknown texture family {family!r}; known: {sorted(FAMILIES)}")
+    make = FAMILIES.get(family) or SCENE_FAMILIES.get(family)
+    if make is None:
+        raise TextureError(f"unknown texture family {family!r}; known: "
+                           f"{sorted(set(FAMILIES) | set(SCENE_FAMILIES))}")
     rng = np.random.default_rng(seed)
-    img = FAMILIES[family](rng, size)
+    img = make(rng, size)
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+def scene_textures(count: int, size: int, seed: int) -> list[np.ndarray]:
+    """`count` textures of the scene-only families in turn (lined paper, palm, tray, ...)."""
+    names = list(SCENE_FAMILIES)
+    seeds = np.random.SeedSequence(seed).generate_state(max(count, 1), dtype=np.uint64)
+    return [procedural_texture(names[i % len(names)], int(seeds[i]), size) for i in range(count)]
 
 
 def _package_file(package: str, *parts: str) -> Path | None:

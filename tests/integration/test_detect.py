@@ -188,3 +188,24 @@ def test_bad_detect_config_is_a_config_error(make_cfg, cache_dir, tmp_path):
     cfg = make_cfg("stage=detect")
     with pytest.raises(ConfigError, match="stage='detect'"):
         run(cfg)
+
+
+def test_scene_options_pill_counts_public_pills_surfaces(tmp_path):
+    from fedray.pill import synth
+
+    cfg = {"num_pills": 2, "image_size": 16, "reference_crops": 4, "consumer_crops": 0,
+           "consumer_photos_per_pill": 1, "detection_scenes": 6, "scene_size": 160,
+           "crop_scene_size": 160, "num_textures": 9, "workers": 1, "detection_pills": [3, 5],
+           "detection_public_pills": 2, "detection_surfaces": 7,
+           "detection_compose": {"max_overlap": 0.3}}
+    info = synth.build_synthetic(cfg, 0, tmp_path)
+    root = Path(info.root)
+    det = json.loads((root / "meta.json").read_text())["detection"]
+    assert det["public_pills"] == 2 and det["surfaces"] == 7
+    labels = sorted((root / "detection" / "labels").glob("*/*.txt"))
+    counts = [len(p.read_text().splitlines()) for p in labels]
+    assert len(counts) == 6 and max(counts) <= 5 and sum(counts) >= 6 * 2  # hidden pills drop
+    assert "path" not in yaml.safe_load((root / "detection" / "data.yaml").read_text())
+    assert cv2.imread(str(root / det["sheet"])) is not None
+    with pytest.raises(ConfigError, match="data.detection_pills"):
+        synth.build_synthetic({**cfg, "detection_pills": [4, 2]}, 0, tmp_path)
