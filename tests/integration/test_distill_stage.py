@@ -1,0 +1,105 @@
+"""stage=distill end to end on the tiny config, the students' sizes, and FedDF inside a real run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fedray.config import ConfigError
+from fedray.distill.profile import count_macs, count_params
+from fedray.models import build_model
+from fedray.run import run
+
+FAST = (
+    "stage=distill",
+    "data.train_per_class=20",
+    "distill.teacher_epochs=3",
+    "distill.pre_epochs=1",
+    "distill.epochs=2",
+    "distill.latency_runs=3",
+)
+
+
+def test_students_parameter_counts_and_macs():
+    narrow = build_model({"_target_": "fedray.models.tiny_cnn.TinyCNN", "width": 4}, 4)
+    # convs 3->4->8->16 (3x3, bias), three BNs, 1x1 head 16->4
+    assert count_params(narrow) == 112 + 8 + 296 + 16 + 1168 + 32 + 68
+    # 32 px: conv1 at 32x32, conv2 at 16x16, conv3 at 8x8, head at 4x4
+    want = 32 * 32 * 4 * 27 + 16 * 16 * 8 * 36 + 8 * 8 * 16 * 72 + 4 * 4 * 4 * 16
+    assert count_macs(narrow, 32) == want
+    half = build_model(
+        {"_target_": "fedray.distill.students.mobilenet_v3_small", "width_mult": 0.5}, 20
+    )
+    full = build_model(
+        {"_target_": "fedray.distill.students.mobilenet_v3_small", "width_mult": 1.0}, 20
+    )
+    assert count_params(full) / count_params(half) > 3
+    assert half(torch.zeros(2, 3, 32, 32)).shape == (2, 20)
+
+
+def test_distill_stage_reports_both_models(make_cfg, tmp_path):
+    cfg = make_cfg(*FAST)
+    summary = run(cfg)
+    run_dir = tmp_path / "run"
+    assert json.loads((run_dir / "summary.json").read_text())["val/acc"] == summary["val/acc"]
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2] and all("val/acc_alone" in r for r in rows)
+    assert summary["teacher/params"] == 24068 and summary["student/params"] == 1700
+    assert summary["compression/params"] == pytest.approx(24068 / 1700)
+    assert summary["student/size_bytes"] == (run_dir / "student.pt").stat().st_size
+    assert summary["teacher/macs"] > summary["student/macs"] > 0
+    assert summary["student/latency_ms_p50"] > 0
+    for key in ("teacher/val_acc", "student/val_acc", "student_alone/val_acc"):
+        assert 0.0 <= summary[key] <= 1.0, key
+
+
+@pytest.mark.slow
+def test_distill_from_a_saved_teacher_unlabelled_l2(make_cfg, tmp_path):
+    first = run(make_cfg(*FAST, run_dir=tmp_path / "a"))
+    teacher = tmp_path / "a" / "teacher.pt"
+    cfg = make_cfg(
+        *FAST,
+        f"distill.teacher={teacher}",
+        "distill.loss=l2",
+        "distill.baseline=false",
+        "distill.transfer_size=30",
+        run_dir=tmp_path / "b",
+    )
+    cfg["distill"]["transfer"] = {**cfg["data"], "class_offset": 20}  # other toy classes
+    summary = run(cfg)
+    assert summary["teacher/val_acc"] == pytest.approx(first["teacher/val_acc"])
+    assert summary["transfer/size"] == 30 and summary["transfer/labelled"] is False
+    assert summary["student_alone/val_acc"] is None
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("distill.loss=kl", "distill.loss"),
+        ("distill.lam=1.5", "distill.lam"),
+        ("distill.teacher=/nonexistent", "distill.teacher"),
+    ],
+)
+def test_bad_distill_config_is_a_one_line_error(make_cfg, override, key):
+    with pytest.raises(ConfigError, match=key):
+        run(make_cfg(*FAST, override))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_feddf_federated_run_and_distilling_its_model(make_cfg, tmp_path):
+    fed = run(
+        make_cfg(
+            "strategy=feddf",
+            "strategy.steps=10",
+            "strategy.eval_every=5",
+            "fl.rounds=2",
+            run_dir=tmp_path / "fed",
+        )
+    )
+    assert 0.0 <= fed["val/acc"] <= 1.0
+    summary = run(make_cfg(*FAST, f"distill.teacher={tmp_path / 'fed'}", run_dir=tmp_path / "d"))
+    assert summary["teacher/val_acc"] == pytest.approx(fed["val/acc"])
+    assert summary["teacher/source"] == str(tmp_path / "fed")
