@@ -116,6 +116,7 @@ class FedrayConfig:
     attack: Any = None  # malicious clients (conf/attack/): none | label_flip | sign_flip | ...
     detect: Any = None  # stage=detect: the detector group (+detect=NAME), its _target_ runs it
     distill: Any = None  # stage=distill's knobs (conf/distill/)
+    retrieval: Any = None  # stage=retrieval (conf/retrieval/): its _target_ runs it
 
 
 def register_configs() -> None:

@@ -27,7 +27,7 @@ from fedray.pill.retrieval.nets import ARCHS, STREAM_CHANNELS, MultiStream
 
 log = logging.getLogger("fedray")
 
-MODELS = ("teacher", "student", "student_kd")
+MODELS = ("teacher", "student", "student_kd", "teacher_fed", "student_fed")  # the run order
 REPORTED = ("map", "top1", "top5")
 _KEYS = {"_target_", "catalog", "folds", "run_folds", "train_photos", "models", "streams",
          "assignment", "norm", "threads", "train", "kd", "federated"}
@@ -43,6 +43,13 @@ def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"retrieval.models={models}: choose from {list(MODELS)}")
     if "student_kd" in models and not {"teacher", "student"} <= set(models):
         raise ConfigError("retrieval.models: student_kd needs teacher and student trained first")
+    models = sorted(set(models), key=MODELS.index)
+    fed = rcfg.get("federated") or {}
+    if any(m.endswith("_fed") for m in models):
+        for key in ("clients", "rounds", "local_epochs"):
+            if not isinstance(fed.get(key), int) or fed[key] < 1:
+                raise ConfigError(f"retrieval.federated.{key} must be an integer >= 1 for "
+                                  f"the *_fed models, got {fed.get(key)!r}")
     streams = list(rcfg.get("streams") or [])
     if not streams or set(streams) - set(STREAM_CHANNELS):
         raise ConfigError(f"retrieval.streams={streams}: choose from {list(STREAM_CHANNELS)}")
@@ -60,7 +67,7 @@ def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
     if not 1 <= int(rcfg["train_photos"]) <= q:
         raise ConfigError(f"retrieval.train_photos must be in [1, catalog.photos_per_side={q}]")
     size = int(cat["image_size"])
-    for arch in {"teacher" if m == "teacher" else "student" for m in models}:
+    for arch in {m.split("_")[0] for m in models}:
         try:
             MultiStream(arch, streams[:1], size)
         except ValueError as e:
@@ -115,7 +122,17 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
 
             for name in rcfg["models"]:
                 t0 = time.perf_counter()
-                if name == "student_kd":
+                arch = name.split("_")[0]
+                if name.endswith("_fed"):
+                    from fedray.pill.retrieval.federated import train_federated
+
+                    model = MultiStream(arch, rcfg["streams"], int(cat["image_size"]),
+                                        norm=bool(rcfg.get("norm", True)))
+                    train_federated(model, pool, pool_pill, rcfg["federated"], rcfg["train"],
+                                    cfg["partition"], cfg["strategy"],
+                                    seed + 1000 * f + 3 + ARCHS.index(arch),
+                                    lambda r, n=name: log_epoch(r, name=n))
+                elif name == "student_kd":
                     model = copy.deepcopy(trained["student"])
                     from fedray.pill.retrieval.train import distill
 
@@ -124,7 +141,6 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
                 else:
                     from fedray.pill.retrieval.train import train_triplet
 
-                    arch = "teacher" if name == "teacher" else "student"
                     model = MultiStream(arch, rcfg["streams"], int(cat["image_size"]),
                                         norm=bool(rcfg.get("norm", True)))
                     train_triplet(model, pool, pool_pill, ref_index, rcfg["train"],
