@@ -248,3 +248,17 @@ def test_json_answer_round_trips(pill_run):
     answer = identify(photos[1].image, truth_detector(photos), clf)
     again = json.loads(json.dumps(answer.to_json()))
     assert [f["name"] for f in again["found"]] == [f.name for f in answer.found]
+
+
+def test_export_classifier_matches_torch_and_is_profiled(pill_run, tmp_path, monkeypatch, capsys):
+    from fedray.pill.identify.export import OPSET, PARITY_ATOL, export_run
+
+    monkeypatch.setenv("FEDRAY_CACHE", str(tmp_path / "no-detector-here"))
+    report = export_run(pill_run[0], out=tmp_path / "export")
+    assert report["opset"] == OPSET
+    assert report["classifier_max_abs_diff"] <= PARITY_ATOL
+    (row,) = report["profile"]  # no detector trained in this cache: the classifier alone
+    assert row["model"] == "classifier" and row["params"] > 0 and row["macs"] > 0
+    assert row["latency_p50_ms"] <= row["latency_p95_ms"]
+    assert (tmp_path / "export" / "classifier.onnx").stat().st_size > 10_000
+    assert "p50 ms" in capsys.readouterr().out
