@@ -15,6 +15,7 @@ from fedray.config import ConfigError
 from fedray.data.datasets import to_tensor_batch
 from fedray.fl.types import Params
 from fedray.models.views import has_views, view_args, view_features
+from fedray.progress import Progress
 from fedray.tasks.base import Task
 
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -145,12 +146,18 @@ def extract_features(
     was_training = model.training
     model.eval()
     out = []
+    # a long pass (thousands of images) shows progress: a bar on a terminal, else log lines
+    bar = Progress(len(images), "backbone features", "img") if len(images) >= 1024 else None
     for i in range(0, len(images), batch_size):
         with autocast(precision, device):
             feats = view_features(
                 blocks, to_tensor_batch(images[i : i + batch_size]).to(device), *views
             )
         out.append(feats.float().cpu())
+        if bar is not None:
+            bar.update(len(feats))
+    if bar is not None:
+        bar.close()
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 

@@ -54,6 +54,7 @@ from fedray.data.datasets import (
     write_split,
 )
 from fedray.pill.importers import IMAGE_SUFFIXES, fingerprint, stratified_split
+from fedray.progress import progress
 from fedray.pill.render import default_px_per_mm, render_reference
 from fedray.pill.segment import SegmentationError, segment_reference
 from fedray.pill.textures import (
@@ -564,7 +565,8 @@ def _build(tmp: Path, final_root: Path, cfg: dict[str, Any], seed: int) -> None:
         ref_dir.mkdir()
         det_params = scene_params(cfg, crop_scenes=False)
         cutouts, thumbs, fallbacks = [], [], 0
-        for out, _ in runner.results(ref_handles):
+        for out, _ in progress(runner.results(ref_handles), "synth: references",
+                               len(ref_handles), "chunk"):
             for img, cut, fell_back in out:
                 pill, side = pills[len(cutouts) // 2], SIDES[len(cutouts) % 2]
                 _write_png(ref_dir / f"{pill.id}_{side}.png", img)
@@ -618,14 +620,18 @@ def _build(tmp: Path, final_root: Path, cfg: dict[str, Any], seed: int) -> None:
         det_h = runner.submit(_detection_task, det_specs, *det_shared, runner.share(det_params))
 
         arrays = [np.empty((c, image_size, image_size, 3), np.uint8) for c in layout.counts]
-        task_s = _collect(runner.results(con_h), len(ref_items), layout, arrays)
+        task_s = _collect(progress(runner.results(con_h), "synth: consumer crops",
+                                   len(con_specs), "chunk"), len(ref_items), layout, arrays)
         log.info("synth: consumer crops: %d from %d photos (%.1f task-s) in %.1fs",
                  int(layout.consumer.sum()), len(photos), task_s, clock.lap("consumer_crops"))
-        task_s = _collect(runner.results(ref_h), 0, layout, arrays)
+        task_s = _collect(progress(runner.results(ref_h), "synth: reference crops",
+                                   len(ref_specs), "chunk"), 0, layout, arrays)
         log.info("synth: reference crops: %d from %d scenes of %d px (%.1f task-s) in %.1fs",
                  len(ref_items), len(ref_scenes), cfg["crop_scene_size"], task_s,
                  clock.lap("reference_crops"))
-        det_counts, task_s = _write_detection(tmp, final_root, runner.results(det_h),
+        det_counts, task_s = _write_detection(tmp, final_root,
+                                              progress(runner.results(det_h), "synth: detection",
+                                                       len(det_specs), "chunk"),
                                               len(det_scenes), cfg["val_fraction"], seed)
         log.info("synth: detection: %d scenes of %d px (%d train, %d val; %.1f task-s) in %.1fs",
                  len(det_scenes), cfg["scene_size"], det_counts["train"], det_counts["val"],
