@@ -1,0 +1,446 @@
+"""Check a resolved config before anything long starts: no Ray, no data build, no pretraining.
+
+`validate(cfg)` raises `ConfigError("<key>: <what is wrong and what is allowed>")` for the first
+bad value it finds: types, ranges and choices of the stable groups (fl, client, ray, logger),
+cross-key constraints (clients per round <= clients, a local Ray with enough CPUs for one client
+actor, a strategy that can aggregate one round's clients), and the pluggable groups by their
+`_target_`: the model is built (it is cheap) and one dummy image runs through it, the optimizer
+is built on a dummy parameter and takes one step, the strategy is built and aggregates dummy
+updates, a partitioner's keys are matched against its signature. A pretraining `_target_` may
+carry its own check as `fn.fedray_check(cfg)` (the pill pretraining does). Checks that need the
+data itself (is a partition feasible on these labels) stay with the stages that have the data.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedray.config import ConfigError
+
+# the stages whose fl, client and model groups are checked here (a plug-in stage checks its own)
+TRAINING_STAGES = ("federated", "isolated", "centralized")
+DEVICES = ("auto", "cpu", "cuda")
+WANDB_MODES = ("online", "offline", "disabled")
+FAULT_KINDS = ("raise", "crash", "nan", "hang")
+# arguments the federated loop passes a partitioner itself
+PARTITION_GIVEN = ("labels", "num_clients", "seed")
+
+
+# ------------------------------------------------------------------------------ primitives
+
+
+def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if high is None:
+        return f"> {low:g}" if low_open else f">= {low:g}"
+    if low is None:
+        return f"< {high:g}" if high_open else f"<= {high:g}"
+    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def number(
+    key: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+    optional: bool = False,
+) -> None:
+    """`value` is a number (an int if `integer`) in the given range, or None if `optional`."""
+    if value is None and optional:
+        return
+    kind = "an integer" if integer else "a number"
+    want = kind
+    if low is not None or high is not None:
+        want += " " + _interval(low, high, low_open, high_open)
+    if optional:
+        want += " (or null)"
+    ok = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok or (isinstance(value, float) and math.isnan(value)):
+        raise ConfigError(f"{key}: {value!r} is not {want}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ConfigError(f"{key}: {value!r} is not {want}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise ConfigError(f"{key}: {value!r} is not {want}")
+
+
+def choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+    """`value` is one of `choices`."""
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def boolean(key: str, value: Any) -> None:
+    """`value` is true or false."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: {value!r} is not true or false")
+
+
+def mapping(key: str, value: Any) -> dict[str, Any]:
+    """`value` is a mapping (a config group)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: {value!r} is not a mapping of settings ({key}.KEY=...)")
+    return dict(value)
+
+
+def import_target(key: str, target: Any) -> Any:
+    """The object a `_target_` names (ConfigError naming `key` if it is missing or unimportable)."""
+    from hydra.utils import get_object
+
+    if not target or not isinstance(target, str):
+        raise ConfigError(f"{key}: missing; name the callable to build (a dotted path)")
+    try:
+        return get_object(target)
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps import errors of every kind
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{key}: {target!r} cannot be imported ({reason})") from None
+
+
+def _signature(fn: Any) -> dict[str, inspect.Parameter] | None:
+    try:
+        return dict(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return None  # a builtin without a signature: nothing to match keys against
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ------------------------------------------------------------------------------ the groups
+
+
+def check_top(cfg: dict[str, Any]) -> None:
+    """stage, run_dir, seed, device, name."""
+    from fedray.run import STAGES, stage_target
+
+    stage = cfg.get("stage")
+    if stage not in STAGES and not stage_target(cfg):
+        raise ConfigError(
+            f"stage: {stage!r} is not one of {', '.join(STAGES)}, nor a config group of that "
+            "name with a _target_ (a plug-in stage, e.g. stage=detect +detect=yolov3_tiny)"
+        )
+    if not cfg.get("run_dir"):
+        raise ConfigError("run_dir: not set (launch.py sets it to Hydra's output directory)")
+    number("seed", cfg.get("seed"), 0, integer=True)
+    choice("device", cfg.get("device", "auto"), DEVICES)
+    if not isinstance(cfg.get("name", ""), str):
+        raise ConfigError(f"name: {cfg.get('name')!r} is not a string")
+
+
+def check_logger(logger: Any) -> None:
+    """logger.jsonl/plots are booleans; logger.wandb.mode is online | offline | disabled."""
+    logger = mapping("logger", logger or {})
+    for key in ("jsonl", "plots"):
+        if key in logger:
+            boolean(f"logger.{key}", logger[key])
+    wandb = mapping("logger.wandb", logger.get("wandb") or {})
+    if "enabled" in wandb:
+        boolean("logger.wandb.enabled", wandb["enabled"])
+    if wandb.get("enabled"):
+        choice("logger.wandb.mode", wandb.get("mode", "offline"), WANDB_MODES)
+
+
+def check_ray(ray: Any) -> None:
+    """Per-client resources and pool sizes; a local Ray must fit one client actor."""
+    ray = mapping("ray", ray or {})
+    number("ray.client_cpus", ray.get("client_cpus", 1.0), 0, low_open=True)
+    number("ray.client_gpus", ray.get("client_gpus", 0.0), 0)
+    number("ray.num_cpus", ray.get("num_cpus"), 1, integer=True, optional=True)
+    number("ray.num_gpus", ray.get("num_gpus"), 0, optional=True)
+    number("ray.max_actors", ray.get("max_actors"), 1, integer=True, optional=True)
+    number("ray.shard_cache", ray.get("shard_cache", 8), 0, integer=True)
+    if ray.get("address") is not None and not isinstance(ray["address"], str):
+        raise ConfigError(f"ray.address: {ray['address']!r} is not an address (or null: local)")
+    if ray.get("address") is None:  # a local Ray: an actor that asks for more CPUs never starts
+        cpus = ray.get("num_cpus") or os.cpu_count() or 1
+        if float(ray.get("client_cpus", 1.0)) > cpus:
+            raise ConfigError(
+                f"ray.client_cpus: {ray['client_cpus']} CPUs per client actor, but the local "
+                f"Ray has {cpus} (ray.num_cpus or this machine's cores); allowed: (0, {cpus}]"
+            )
+
+
+def check_data(data: Any) -> None:
+    """data._target_ importable; a `data.root` that is set exists; image_size a positive int."""
+    data = mapping("data", data)
+    import_target("data._target_", data.get("_target_"))
+    root = data.get("root")
+    if root is not None:
+        if not isinstance(root, str) or not Path(root).expanduser().exists():
+            raise ConfigError(f"data.root={root!r}: no such directory or file (give a local path)")
+    if "image_size" in data:
+        number("data.image_size", data["image_size"], 1, integer=True)
+    if data.get("cache_dir") is not None and not isinstance(data["cache_dir"], str):
+        raise ConfigError(f"data.cache_dir: {data['cache_dir']!r} is not a path (or null)")
+
+
+def clients_per_round(fl: dict[str, Any]) -> int:
+    """Clients a round samples (fl.clients_per_round, else fraction x num_clients), checked."""
+    n = fl["num_clients"]
+    k = fl.get("clients_per_round")
+    number("fl.clients_per_round", k, 1, n, integer=True, optional=True)
+    return int(k) if k is not None else max(1, round(float(fl["fraction"]) * n))
+
+
+def check_fl(fl: Any) -> int:
+    """The fl group; returns the clients sampled per round."""
+    from fedray.fl.head_init import HEAD_INITS
+    from fedray.fl.train import PRECISIONS
+
+    fl = mapping("fl", fl)
+    number("fl.rounds", fl.get("rounds"), 1, integer=True)
+    number("fl.num_clients", fl.get("num_clients"), 1, integer=True)
+    number("fl.fraction", fl.get("fraction", 1.0), 0, 1, low_open=True)
+    k = clients_per_round({"fraction": 1.0, **fl})
+    number("fl.quorum", fl.get("quorum", 0.5), 0, 1, low_open=True)
+    number("fl.round_timeout_s", fl.get("round_timeout_s"), 0, low_open=True, optional=True)
+    number("fl.eval_every", fl.get("eval_every", 1), 1, integer=True)
+    if not isinstance(fl.get("trainable", "all"), str) or not fl.get("trainable", "all"):
+        raise ConfigError(
+            f"fl.trainable: {fl.get('trainable')!r} is not all, classifier or a regex over "
+            "parameter names"
+        )
+    for key in ("cache_features", "checkpoint"):
+        if key in fl:
+            boolean(f"fl.{key}", fl[key])
+    choice("fl.cache_precision", fl.get("cache_precision", "fp32"), PRECISIONS)
+    choice("fl.head_init", fl.get("head_init", "random"), HEAD_INITS)
+    number("fl.ridge_lambda", fl.get("ridge_lambda", 1e-3), 0, low_open=True)
+    number("fl.ridge_scale", fl.get("ridge_scale", 10.0), 0, low_open=True)
+    faults = fl.get("faults") or []
+    if not isinstance(faults, list):
+        raise ConfigError(f"fl.faults: {faults!r} is not a list of {{round, client, kind}}")
+    for i, f in enumerate(faults):
+        key = f"fl.faults[{i}]"
+        f = mapping(key, f)
+        number(f"{key}.round", f.get("round"), 1, integer=True)
+        number(f"{key}.client", f.get("client"), 0, fl["num_clients"] - 1, integer=True)
+        choice(f"{key}.kind", f.get("kind", "raise"), FAULT_KINDS)
+    return k
+
+
+def check_optimizer(opt: Any, key: str) -> None:
+    """An optimizer config `{_target_, _partial_: true, lr, ...}`: known arguments of the right
+    type, and values the optimizer accepts (built on a dummy parameter, one step taken)."""
+    import torch
+    from hydra.utils import instantiate
+
+    opt = mapping(key, opt)
+    target = opt.get("_target_")
+    fn = import_target(f"{key}._target_", target)
+    if opt.get("_partial_") is not True:
+        raise ConfigError(
+            f"{key}._partial_: must be true (the optimizer is built later, on the parameters "
+            "that train)"
+        )
+    kwargs = {k: v for k, v in opt.items() if not k.startswith("_")}
+    params = _signature(fn)
+    if params is not None and not any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+    ):
+        for k in kwargs:
+            if k not in params or k == "params":
+                takes = sorted(set(params) - {"params", "self"})
+                raise ConfigError(f"{key}.{k}: not an argument of {target}; it takes {takes}")
+    for k, v in kwargs.items():
+        default = params[k].default if params and k in params else inspect.Parameter.empty
+        if isinstance(default, bool):
+            boolean(f"{key}.{k}", v)
+        elif isinstance(default, int | float):
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ConfigError(
+                    f"{key}.{k}: {v!r} is not a number ({target} takes a number, default {default})"
+                )
+        elif isinstance(default, tuple) and not (
+            isinstance(v, list | tuple)
+            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+        ):
+            raise ConfigError(
+                f"{key}.{k}: {v!r} is not a list of numbers ({target} takes e.g. {list(default)})"
+            )
+    param = torch.nn.Parameter(torch.zeros(2))
+    try:
+        optimizer = instantiate(opt)([param])
+        param.grad = torch.ones_like(param)
+        optimizer.step()
+    except Exception as exc:  # noqa: BLE001 - whatever the optimizer rejects is the user's value
+        raise ConfigError(f"{key}: {target} rejects {kwargs}: {_first_line(exc)}") from None
+
+
+def check_client(client: Any) -> None:
+    """Local training: epochs, batch size, optimizer, augmentation flag, lr schedule."""
+    from fedray.fl.train import ROUND_SCHEDULES
+
+    client = mapping("client", client)
+    number("client.epochs", client.get("epochs"), 1, integer=True)
+    number("client.batch_size", client.get("batch_size"), 1, integer=True)
+    if "augment" in client:
+        boolean("client.augment", client["augment"])
+    choice("client.lr_schedule", client.get("lr_schedule", "constant"), ROUND_SCHEDULES)
+    check_optimizer(client.get("optimizer"), "client.optimizer")
+
+
+def _dummy_classes(cfg: dict[str, Any]) -> int:
+    n = cfg["data"].get("num_classes")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 2 else 2
+
+
+def check_model(cfg: dict[str, Any]) -> None:
+    """Build the model (without the pretraining it may name) and check what the run asks of it:
+    the trainable set, feature caching, the head init, one dummy image through it."""
+    import numpy as np
+    import torch
+
+    from fedray.fl.head_init import check_head_init
+    from fedray.fl.train import extract_features, predict_logits
+    from fedray.models import build_model, frozen_prefix, trainable_names
+
+    model_cfg = mapping("model", cfg["model"])
+    import_target("model._target_", model_cfg.get("_target_"))
+    pretrained = model_cfg.get("pretrained")
+    if pretrained is not None and pretrained == (cfg.get("pretrain") or {}).get("name"):
+        model_cfg["pretrained"] = None  # the pretraining stage makes it; checked with that stage
+    elif pretrained is not None and not isinstance(pretrained, str):
+        raise ConfigError(f"model.pretrained: {pretrained!r} is not a weights path (or null)")
+    model = build_model(model_cfg, _dummy_classes(cfg))
+    fl = cfg["fl"]
+    trainable = trainable_names(model, fl["trainable"])
+    cached = frozen_prefix(model, trainable) if fl.get("cache_features", True) else 0
+    if cfg["client"].get("augment") and cached:
+        raise ConfigError(
+            "client.augment: true augments images, but fl.cache_features=true trains on the "
+            "frozen backbone's cached features: set client.augment=false or "
+            "fl.cache_features=false"
+        )
+    check_head_init(fl, model, trainable, cached)
+    size = cfg["data"].get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool):
+        return  # the dataset decides the image size: checked when it is built
+    images = np.zeros((2, size, size, 3), np.uint8)
+    torch.manual_seed(0)
+    try:
+        with torch.no_grad():
+            if cached:  # also rejects view keys on a partly frozen backbone (ConfigError)
+                feats = extract_features(model, images, upto=cached)
+                predict_logits(model, feats, cached=cached)
+            else:
+                predict_logits(model, images)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the shapes of this model and these images
+        raise ConfigError(
+            f"model: a {size} x {size} image (data.image_size) does not go through "
+            f"{model_cfg['_target_']}: {_first_line(exc)}"
+        ) from None
+
+
+def check_partition(partition: Any) -> None:
+    """The partitioner's keys are its arguments; its usual knobs are in range."""
+    partition = mapping("partition", partition)
+    target = partition.get("_target_")
+    fn = import_target("partition._target_", target)
+    kwargs = {k: v for k, v in partition.items() if k not in ("_target_", "name")}
+    params = _signature(fn)
+    if params is not None:
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        for k in kwargs:
+            if (k not in params and not takes_any) or k in PARTITION_GIVEN:
+                takes = sorted(set(params) - set(PARTITION_GIVEN))
+                raise ConfigError(f"partition.{k}: not an argument of {target}; it takes {takes}")
+        for k, p in params.items():
+            required = p.default is inspect.Parameter.empty and p.kind in (
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                inspect.Parameter.KEYWORD_ONLY,
+            )
+            if required and k not in kwargs and k not in PARTITION_GIVEN:
+                raise ConfigError(f"partition.{k}: required by {target} (partition.{k}=...)")
+    # the ready-made partitioners' knobs (fedray.data.partition)
+    if "alpha" in kwargs:
+        number("partition.alpha", kwargs["alpha"], 0, low_open=True)
+        if math.isinf(kwargs["alpha"]):
+            raise ConfigError("partition.alpha: inf is not a finite number > 0")
+    if "classes_per_client" in kwargs:
+        number("partition.classes_per_client", kwargs["classes_per_client"], 1, integer=True)
+    if "min_size" in kwargs:
+        number("partition.min_size", kwargs["min_size"], 0, integer=True)
+    if "max_retries" in kwargs:
+        number("partition.max_retries", kwargs["max_retries"], 1, integer=True)
+
+
+def check_strategy(strategy: Any, per_round: int) -> None:
+    """Build the strategy (its constructor checks its knobs) and aggregate one dummy round."""
+    import numpy as np
+
+    from fedray.fl.strategies import build_strategy
+    from fedray.fl.types import ClientResult
+
+    strategy = mapping("strategy", strategy)
+    if strategy.get("_target_"):
+        import_target("strategy._target_", strategy["_target_"])
+    rule = build_strategy(strategy)
+    dummy = [ClientResult(i, {"w": np.full(2, float(i), np.float32)}, 1) for i in range(per_round)]
+    try:
+        rule.aggregate({"w": np.zeros(2, np.float32)}, dummy)
+    except (ValueError, ArithmeticError) as exc:
+        name = strategy.get("name") or strategy.get("_target_")
+        raise ConfigError(
+            f"strategy: {name} cannot aggregate the {per_round} client(s) a round samples "
+            f"(fl.num_clients, fl.fraction, fl.clients_per_round): {_first_line(exc)}"
+        ) from None
+
+
+def needs_pretraining(cfg: dict[str, Any]) -> bool:
+    """True when the run trains (or loads) the pretrain stage's weights."""
+    pretrain = cfg.get("pretrain") or {}
+    name = pretrain.get("name")
+    model = cfg.get("model") or {}
+    return cfg.get("stage") == "pretrain" or (
+        name is not None and isinstance(model, Mapping) and model.get("pretrained") == name
+    )
+
+
+def check_pretrain(cfg: dict[str, Any]) -> None:
+    """The pretrain group's `_target_`, and its own check (`fn.fedray_check(cfg)`) if it has one."""
+    pretrain = mapping("pretrain", cfg.get("pretrain") or {})
+    if not pretrain.get("_target_"):
+        raise ConfigError(
+            "pretrain._target_: missing; the run uses the pretrain stage (stage=pretrain or "
+            "model.pretrained=<pretrain.name>): choose a pretrain group (pretrain=public)"
+        )
+    fn = import_target("pretrain._target_", pretrain["_target_"])
+    check = getattr(fn, "fedray_check", None)
+    if check is not None:
+        check(cfg)
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    """Raise ConfigError("<key>: <what is wrong and what is allowed>") for a bad config.
+
+    Cheap and side-effect free: nothing is downloaded, built into the cache or started.
+    """
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"config: {type(cfg).__name__} is not a mapping")
+    check_top(cfg)
+    check_logger(cfg.get("logger"))
+    check_ray(cfg.get("ray"))
+    stage = cfg["stage"]
+    if stage in TRAINING_STAGES or cfg.get("data") is not None:
+        check_data(cfg.get("data"))
+    if stage in TRAINING_STAGES:
+        per_round = check_fl(cfg.get("fl"))
+        check_client(cfg.get("client"))
+        check_model(cfg)
+        if stage in ("federated", "isolated"):
+            check_partition(cfg.get("partition"))
+            check_strategy(cfg.get("strategy"), per_round)
+    if stage != "synth" and needs_pretraining(cfg):
+        check_pretrain(cfg)

@@ -1,0 +1,112 @@
+"""Every bad override is one line, `fedray: error: <key>: ...`, exit code 2, before Ray starts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# (overrides on top of +experiment=smoke, the key the one-line error must name)
+BAD = [
+    # the issue's list
+    (["partition=dirichlet", "partition.alpha=-1"], "partition.alpha"),
+    (["fl.num_clients=0"], "fl.num_clients"),
+    (["fl.quorum=1.5"], "fl.quorum"),
+    (["client.optimizer.lr=abc"], "client.optimizer.lr"),
+    (["fl.rounds=-2"], "fl.rounds"),
+    (["fl.trainable=nosuchlayer"], "fl.trainable"),
+    (["data=yolo_import", "data.root={tmp}/nope"], "data.root"),
+    (["strategy=nosuch"], "strategy"),
+    (["model._target_=nosuch.Mod"], "model._target_"),
+    # types Hydra's schema rejects while composing, keys that do not exist
+    (["fl.rounds=foo"], "fl.rounds"),
+    (["fl.nosuch=1"], "fl.nosuch"),
+    (["data=yolo_import"], "data.root"),
+    # ranges and choices of the stable groups
+    (["fl.fraction=0"], "fl.fraction"),
+    (["fl.clients_per_round=3"], "fl.clients_per_round"),
+    (["fl.eval_every=0"], "fl.eval_every"),
+    (["fl.round_timeout_s=0"], "fl.round_timeout_s"),
+    (["fl.head_init=closed_form"], "fl.head_init"),
+    (["fl.cache_precision=fp8"], "fl.cache_precision"),
+    (["fl.faults=[{round:1,client:9,kind:raise}]"], "fl.faults[0].client"),
+    (["client.epochs=0"], "client.epochs"),
+    (["client.batch_size=0"], "client.batch_size"),
+    (["client.lr_schedule=linear"], "client.lr_schedule"),
+    (["client.optimizer.lr=-1"], "client.optimizer"),
+    (["+client.optimizer.nosuch=1"], "client.optimizer.nosuch"),
+    (["ray.client_cpus=0"], "ray.client_cpus"),
+    (["ray.client_cpus=100000"], "ray.client_cpus"),
+    (["logger=wandb", "logger.wandb.mode=sometimes"], "logger.wandb.mode"),
+    (["stage=nosuch"], "stage"),
+    (["seed=-1"], "seed"),
+    (["device=tpu"], "device"),
+    # the pluggable groups, by their _target_
+    (["model.turns=3"], "model.turns"),
+    (["fl.trainable=classifier", "client.augment=true"], "client.augment"),
+    (["partition=dirichlet", "partition.alpha=abc"], "partition.alpha"),
+    (["partition=pathological", "partition.classes_per_client=0"], "partition.classes_per_client"),
+    (["+partition.nosuch=1"], "partition.nosuch"),
+    (["strategy=krum"], "strategy"),
+    (["strategy=trimmed_mean", "strategy.beta=0.7"], "strategy.beta"),
+    (["strategy=fedprox", "strategy.mu=-1"], "strategy.mu"),
+    (["model.pretrained=public", "pretrain.epochs=0"], "pretrain.epochs"),
+    (["model.pretrained=public", "pretrain.optimizer.momentum=x"], "pretrain.optimizer.momentum"),
+]
+
+
+def _launch(overrides: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "FEDRAY_CACHE": str(tmp_path / "cache"),
+        "RAY_TMPDIR": str(tmp_path / "ray"),  # a Ray started by mistake would leave this behind
+        "WANDB_MODE": "offline",
+    }
+    args = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
+    return subprocess.run(
+        [sys.executable, "launch.py", "+experiment=smoke", *args,
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
+
+
+# Each case is a fresh Python with torch (2-4 s on 2 cores): the issue's own list and one case of
+# each kind run by default, the whole table with -m slow.
+FAST = {
+    *(" ".join(o) for o, _ in BAD[:9]),
+    "fl.rounds=foo",
+    "strategy=krum",
+    "model.pretrained=public pretrain.epochs=0",
+}
+CASES = [
+    pytest.param(o, key, id=" ".join(o),
+                 marks=() if " ".join(o) in FAST else pytest.mark.slow)
+    for o, key in BAD
+]
+
+
+@pytest.mark.parametrize(("overrides", "key"), CASES)
+def test_bad_override_is_one_line_before_ray(overrides, key, tmp_path):
+    out = _launch(overrides, tmp_path)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert len(lines) == 1, out.stderr[-2000:]
+    assert lines[0].startswith(f"fedray: error: {key}"), lines[0]
+    assert "Traceback" not in out.stdout + out.stderr
+    assert not (tmp_path / "ray").exists()  # Ray never started
+    assert "Ray instance" not in out.stdout + out.stderr
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_the_table_is_long_enough():
+    assert len(BAD) >= 25 and len({" ".join(o) for o, _ in BAD}) == len(BAD)
+    assert len(FAST) == 12 and FAST <= {" ".join(o) for o, _ in BAD}
