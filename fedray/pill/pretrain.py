@@ -2,15 +2,26 @@
 
 The public set is built exactly like the private one but from disjoint catalog ids (or disjoint
 toy classes), so the backbone never sees a private class. The full model trains centrally; the
-weights land in the dataset cache, keyed by everything that determines them, so the next run (and
-every Tune trial) reuses them.
+weights land in the dataset cache under `pretrain_key(cfg)`: the public set's own normalised
+config, the model as pretraining builds it and the recipe, nothing else. So every experiment whose
+public set, model and recipe agree shares one pretraining, whatever its private data.
+
+A long pretraining shows progress (a bar on a terminal, else a line per epoch with the loss, the
+learning rate and, every `pretrain.eval_every` epochs, the public val accuracy; the same rows go to
+metrics.jsonl in the cache entry and to W&B when the run logs there), and checkpoints every
+`pretrain.checkpoint_every` epochs into `.pretrain-<key>.partial/` beside the entry: a killed
+pretraining resumes from there to the weights an uninterrupted one would have made.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,36 +29,76 @@ import numpy as np
 import torch
 
 from fedray.config import ConfigError
-from fedray.data.datasets import cached_build, load_images, load_labels
-from fedray.data.sources import build_dataset, cache_dir_for
-from fedray.models import HEAD_KEYS
+from fedray.data.datasets import cached_build, config_hash, load_images, load_labels
+from fedray.data.sources import NOT_BUILDER_KEYS, build_dataset, cache_dir_for
 
 log = logging.getLogger("fedray")
 WEIGHTS = "model.pt"
+METRICS = "metrics.jsonl"  # one row per epoch
+STATE = "state.pt"  # the resumable training state in the .partial directory
+# Bump when the training loop would make other weights from the same key.
+RECIPE_VERSION = 2
+# pretrain keys that choose how often to report or save, or name the stage: never the weights
+_NOT_IN_KEY = ("_target_", "name", "data", "eval_every", "checkpoint_every", "taps", "pool")
+# data keys that choose where or how fast a dataset is built, never its bytes
+_DATA_NOT_IN_KEY = (*NOT_BUILDER_KEYS, "workers")
+# Called after each epoch (and its checkpoint) with the number of epochs done; tests use it to
+# interrupt a pretraining the way a kill would.
+EpochHook = Callable[[int], None]
 
 
 def public_data_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
     """The public dataset's config.
 
-    `pretrain.data` with a `name` is a dataset config of its own (e.g. the synthetic public pills
-    while the private data is imported); otherwise it overlays the main data config together with
-    that source's `data.public_set` (disjoint classes: synthetic pills with offset ids, other toy
-    classes).
+    `pretrain.data` with a `_target_` is a dataset config of its own (e.g. the synthetic public
+    pills while the private data is imported); otherwise it overlays the main data config together
+    with that source's `data.public_set` (disjoint classes: synthetic pills with offset ids, other
+    toy classes). The public set is cached beside the private data (`data.cache_dir`).
     """
     extra = dict(cfg["pretrain"].get("data") or {})
-    if "_target_" in extra:
-        return extra
     data = cfg["data"]
+    here = {"cache_dir": data.get("cache_dir")}
+    if "_target_" in extra:
+        return {**here, **extra}
     public = data.get("public_set") or {}
-    if "_target_" in public:  # another source altogether (imported data pretrains on synthetic pills)
-        return {**public, "image_size": data.get("image_size", 64), **extra}
+    if "_target_" in public:  # another source (imported data pretrains on synthetic pills)
+        return {**here, **public, "image_size": data.get("image_size", 64), **extra}
     if not data.get("public_set"):
         raise ConfigError(
             f"data={data.get('name')} has no public pill set (data.public_set) to pretrain on; "
-            "set pretrain.data to a dataset config (e.g. {_target_: fedray.pill.synth.build_synthetic, name: synthetic, public: true}) or "
+            "set pretrain.data to a dataset config (e.g. {_target_: "
+            "fedray.pill.synth.build_synthetic, name: synthetic, public: true}) or "
             "model.pretrained to a local weights file"
         )
     return {**data, **data["public_set"], **extra, "public_set": None}
+
+
+def public_set_key(data_cfg: dict[str, Any], seed: int) -> dict[str, Any]:
+    """What decides the public set's bytes: its builder's normalised config and code version.
+
+    The synthetic pills are normalised by their own builder (defaults filled in, so a key left out
+    and the same key spelt out agree) and carry its code fingerprint; any other builder's config
+    counts as given, with its module's VERSION if it has one. Where and how fast it is built
+    (cache_dir, workers) and what describes it are left out.
+    """
+    from hydra.utils import get_object
+
+    target = data_cfg.get("_target_")
+    try:
+        fn = get_object(str(target))
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps import errors of every kind
+        raise ConfigError(f"pretrain: the public set's _target_={target!r} cannot be imported: "
+                          f"{exc}") from None
+    given = {k: v for k, v in data_cfg.items() if k not in _DATA_NOT_IN_KEY}
+    from fedray.pill.synth import build_synthetic, code_fingerprint, synth_config
+
+    if fn is build_synthetic:
+        normalised = synth_config({k: v for k, v in data_cfg.items() if k not in NOT_BUILDER_KEYS})
+        given = {k: v for k, v in normalised.items() if k not in _DATA_NOT_IN_KEY}
+        version: Any = code_fingerprint()
+    else:
+        version = getattr(sys.modules.get(getattr(fn, "__module__", ""), None), "VERSION", None)
+    return {"_target_": str(target), **given, "seed": int(seed), "version": version}
 
 
 def pretrain_head(cfg: dict[str, Any]) -> tuple[Any, str]:
@@ -72,64 +123,275 @@ def pretrain_head(cfg: dict[str, Any]) -> tuple[Any, str]:
     return (list(taps) if isinstance(taps, list | tuple) else taps), pool
 
 
-def _train(cfg: dict[str, Any], root: Path) -> None:
-    from hydra.utils import instantiate
-
-    from fedray.fl.train import augment_turns_flips, evaluate, resolve_precision, train_local
-    from fedray.models import build_model
-
-    pcfg = cfg["pretrain"]
-    info = build_dataset(public_data_cfg(cfg), int(cfg["seed"]))
-    torch.manual_seed(int(cfg["seed"]))
-    # augmentation turns the images already; turned and zoomed views are for the private model.
-    # The head is pretrain.taps/pool's (`pretrain_head`), its dropout pretrain.dropout (null: the
-    # architecture's own rate)
+def pretrain_model_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The model config pretraining builds: the private model without its views, under the
+    pretraining head (`pretrain_head`) and dropout (`pretrain.dropout`; null: the model's own)."""
     taps, pool = pretrain_head(cfg)
-    model_cfg = {
+    return {
         **cfg["model"],
         "pretrained": None,
+        # augmentation turns the images already; turned and zoomed views are the private head's
         "turns": 1,
         "zooms": None,
         "taps": taps,
         "pool": pool,
-        "dropout": pcfg.get("dropout"),
+        "dropout": cfg["pretrain"].get("dropout"),
     }
+
+
+def pretrain_key(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Everything that decides the pretrained weights, and nothing else (the cache key).
+
+    The public set (`public_set_key`), the model as pretraining builds it (its label `name` aside)
+    and the recipe (`precision: auto` as what it resolves to here: a bf16 and an fp32 backbone
+    are different weights); not the private data, not how often progress is reported or saved.
+    """
+    from fedray.fl.train import resolve_precision
+
+    seed = int(cfg["seed"])
+    pcfg = cfg["pretrain"]
+    model = {k: v for k, v in pretrain_model_cfg(cfg).items() if k not in ("name", "pretrained")}
+    recipe = {k: v for k, v in pcfg.items() if k not in _NOT_IN_KEY}
+    recipe["precision"] = resolve_precision(pcfg.get("precision", "fp32"), "pretrain.precision")
+    return {
+        "public_set": public_set_key(public_data_cfg(cfg), seed),
+        "model": model,
+        "recipe": recipe,
+        "seed": seed,
+        "version": RECIPE_VERSION,
+    }
+
+
+def check_pretrain(cfg: dict[str, Any]) -> None:
+    """Validate the pretraining without running it: recipe values, the public set, the model."""
+    from fedray.fl.train import SCHEDULES
+    from fedray.models import build_model
+    from fedray.validate import boolean, check_optimizer, choice, mapping, number
+
+    pcfg = mapping("pretrain", cfg.get("pretrain"))
+    number("pretrain.epochs", pcfg.get("epochs"), 1, integer=True)
+    number("pretrain.batch_size", pcfg.get("batch_size"), 1, integer=True)
+    number("pretrain.eval_every", pcfg.get("eval_every", 10), 1, integer=True)
+    number("pretrain.checkpoint_every", pcfg.get("checkpoint_every", 4), 1, integer=True)
+    number("pretrain.label_smoothing", pcfg.get("label_smoothing", 0.0), 0, 1, high_open=True)
+    number("pretrain.dropout", pcfg.get("dropout"), 0, 1, high_open=True, optional=True)
+    boolean("pretrain.augment", pcfg.get("augment", True))
+    choice("pretrain.schedule", pcfg.get("schedule", "cosine"), SCHEDULES)
+    taps = pcfg.get("taps")
+    if taps not in (None, "model") and not (
+        isinstance(taps, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in taps)
+    ):
+        raise ConfigError(f"pretrain.taps: {taps!r} is not model, null or a list of block indices")
+    check_optimizer(pcfg.get("optimizer"), "pretrain.optimizer")
+    pretrain_key(cfg)  # the public set's config (its builder's checks), precision, pool
+    build_model(pretrain_model_cfg(cfg), 2)  # the pretraining head's taps fit the backbone
+
+
+class _EpochLog:
+    """Per-epoch rows: metrics.jsonl in the cache entry, and W&B when the run logs there."""
+
+    def __init__(self, cfg: dict[str, Any], root: Path, key_hash: str, rows: list[dict]) -> None:
+        self.rows = list(rows)
+        self.path = root / METRICS
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        self.wandb = None
+        wcfg = (cfg.get("logger") or {}).get("wandb") or {}
+        if wcfg.get("enabled") and wcfg.get("mode", "offline") != "disabled" and cfg.get("run_dir"):
+            self._init_wandb(cfg, wcfg, key_hash)
+
+    def _init_wandb(self, cfg: dict[str, Any], wcfg: dict[str, Any], key_hash: str) -> None:
+        try:
+            import wandb
+
+            os.environ.setdefault("WANDB_SILENT", "true")
+            run_dir = Path(cfg["run_dir"])
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.wandb = wandb.init(
+                project=wcfg.get("project", "fedray"),
+                entity=wcfg.get("entity"),
+                group=wcfg.get("group"),
+                name=f"{cfg.get('name', 'run')}-pretrain",
+                job_type="pretrain",
+                config={"pretrain_key": key_hash},
+                dir=str(run_dir),
+                mode=wcfg.get("mode", "offline"),
+                reinit="finish_previous",
+            )
+            for row in self.rows:
+                self.wandb.log(row, step=int(row["epoch"]))
+        except Exception as exc:  # noqa: BLE001 - W&B is a mirror: the pretraining goes on
+            log.warning("pretraining: W&B not logged (%s)", exc)
+            self.wandb = None
+
+    def log(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(row, step=int(row["epoch"]))
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+
+
+def _save_state(partial: Path, state: dict[str, Any]) -> None:
+    """Write the training state atomically: a kill mid-write leaves the previous one."""
+    partial.mkdir(parents=True, exist_ok=True)
+    tmp = partial / f"{STATE}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, partial / STATE)
+
+
+def _load_state(partial: Path, key_hash: str) -> dict[str, Any] | None:
+    path = partial / STATE
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file
+    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint: start over
+        log.warning("pretraining: %s unreadable (%s); starting from epoch 0", path, exc)
+        return None
+    return state if state.get("key") == key_hash else None
+
+
+def _train(
+    cfg: dict[str, Any], root: Path, partial: Path, key_hash: str, on_epoch: EpochHook | None
+) -> None:
+    """Train the public model into `root`, checkpointing into `partial` (and resuming from it).
+
+    The loop is `fedray.fl.train.train_local`'s, step for step (same seeds, order, schedule), cut
+    at epoch boundaries: an uninterrupted run and a resumed one make the same weights.
+    """
+    from hydra.utils import instantiate
+
+    from fedray.data.datasets import to_tensor_batch
+    from fedray.fl.train import (
+        augment_turns_flips,
+        autocast,
+        evaluate,
+        freeze_except,
+        make_schedule,
+        resolve_precision,
+    )
+    from fedray.models import build_model
+    from fedray.progress import Progress
+
+    pcfg = cfg["pretrain"]
+    seed = int(cfg["seed"])
+    info = build_dataset(public_data_cfg(cfg), seed)
+    torch.manual_seed(seed)
+    model_cfg = pretrain_model_cfg(cfg)
     model = build_model(model_cfg, info.num_classes)
     x = np.asarray(load_images(info.root, "train"))
     y = load_labels(info.root, "train")
-    names = [n for n, _ in model.named_parameters()]
-    log.info(
-        "pretraining %s on the public set (%d classes, %d images) for %d epochs",
-        model_cfg["name"],
-        info.num_classes,
-        len(y),
-        pcfg["epochs"],
-    )
-    t0 = time.perf_counter()
-    stats = train_local(
-        model,
-        x,
-        y,
-        names,
-        int(pcfg["epochs"]),
-        int(pcfg["batch_size"]),
-        instantiate(pcfg["optimizer"]),
-        seed=int(cfg["seed"]),
-        augment=augment_turns_flips if pcfg.get("augment", True) else None,
-        schedule=str(pcfg.get("schedule", "cosine")),
-        label_smoothing=float(pcfg.get("label_smoothing", 0.0)),
-        precision=resolve_precision(pcfg.get("precision", "fp32"), "pretrain.precision"),
-    )
-    metrics, _ = evaluate(
-        model,
-        np.asarray(load_images(info.root, "val")),
-        load_labels(info.root, "val"),
-        info.num_classes,
-    )
+    vx = np.asarray(load_images(info.root, "val"))
+    vy = load_labels(info.root, "val")
+    epochs, batch_size = int(pcfg["epochs"]), int(pcfg["batch_size"])
+    eval_every = int(pcfg.get("eval_every", 10))
+    checkpoint_every = int(pcfg.get("checkpoint_every", 4))
+    augment = augment_turns_flips if pcfg.get("augment", True) else None
+    precision = resolve_precision(pcfg.get("precision", "fp32"), "pretrain.precision")
+    n = len(y)
+    steps = -(-n // batch_size)
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    names = [k for k, _ in model.named_parameters()]
+    freeze_except(model, names)
+    optimizer = instantiate(pcfg["optimizer"])([p for _, p in model.named_parameters()])
+    scheduler = make_schedule(optimizer, str(pcfg.get("schedule", "cosine")), epochs * steps)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=float(pcfg.get("label_smoothing", 0.0)))
+    y_all = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    start, total, seen, spent, rows = 0, 0.0, 0, 0.0, []
+
+    state = _load_state(partial, key_hash)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        start, total, seen = int(state["epoch"]), float(state["total"]), int(state["seen"])
+        spent, rows = float(state["seconds"]), list(state["rows"])
+        log.info("pretraining: resuming after epoch %d/%d from %s", start, epochs, partial)
+    else:
+        log.info(
+            "pretraining %s on the public set (%d classes, %d images) for %d epochs",
+            model_cfg.get("name"), info.num_classes, n, epochs,
+        )
+    epoch_log = _EpochLog(cfg, root, key_hash, rows)
+    t0 = time.perf_counter() - spent
+    try:
+        with Progress(epochs * steps, "pretrain", unit="step") as bar:
+            bar.update(start * steps)
+            for epoch in range(start, epochs):
+                t_epoch = time.perf_counter()
+                epoch_loss, epoch_seen = 0.0, 0
+                order = rng.permutation(n)
+                for first in range(0, n, batch_size):
+                    idx = np.sort(order[first : first + batch_size])  # sequential mmap reads
+                    with autocast(precision):
+                        batch = x[idx]
+                        if augment is not None:
+                            batch = augment(batch, rng)
+                        logits = model(to_tensor_batch(batch))
+                    loss = loss_fn(logits.float(), y_all[idx])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    if scheduler is not None:
+                        scheduler.step()
+                    value = float(loss.detach())
+                    total += value * len(idx)
+                    seen += len(idx)
+                    epoch_loss += value * len(idx)
+                    epoch_seen += len(idx)
+                    bar.update(1, epoch=epoch + 1, loss=value)
+                row: dict[str, Any] = {
+                    "epoch": epoch + 1,
+                    "pretrain/loss": epoch_loss / max(epoch_seen, 1),
+                    "pretrain/lr": float(optimizer.param_groups[0]["lr"]),
+                }
+                done = epoch + 1
+                if done % eval_every == 0 and done < epochs:  # the last epoch is scored below
+                    row["pretrain/val_acc"] = evaluate(model, vx, vy, info.num_classes)[0]["acc"]
+                row["time/epoch_s"] = time.perf_counter() - t_epoch
+                epoch_log.log(row)
+                log.info(
+                    "pretrain epoch %d/%d  loss %.4f  lr %.3g%s  %.1fs",
+                    done, epochs, row["pretrain/loss"], row["pretrain/lr"],
+                    f"  val/acc {row['pretrain/val_acc']:.4f}" if "pretrain/val_acc" in row else "",
+                    row["time/epoch_s"],
+                )
+                if done % checkpoint_every == 0 and done < epochs:
+                    _save_state(partial, {
+                        "key": key_hash,
+                        "epoch": done,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "numpy_rng": rng.bit_generator.state,
+                        "torch_rng": torch.get_rng_state(),
+                        "total": total,
+                        "seen": seen,
+                        "seconds": time.perf_counter() - t0,
+                        "rows": epoch_log.rows,
+                    })
+                if on_epoch is not None:
+                    on_epoch(done)
+        metrics, _ = evaluate(model, vx, vy, info.num_classes)
+        final = {"epoch": epochs, "pretrain/val_acc": metrics["acc"]}
+        if epoch_log.wandb is not None:
+            epoch_log.wandb.log(final, step=epochs)
+    finally:
+        epoch_log.close()
     torch.save({"model": model.state_dict()}, root / WEIGHTS)
     report = {
         "public/val_acc": metrics["acc"],
-        "public/train_loss": stats["loss"],
+        "public/train_loss": total / max(seen, 1),
         "public/classes": info.num_classes,
         "time/pretrain_s": time.perf_counter() - t0,
     }
@@ -137,30 +399,25 @@ def _train(cfg: dict[str, Any], root: Path) -> None:
     log.info("pretrained: public val/acc %.4f in %.0fs", metrics["acc"], report["time/pretrain_s"])
 
 
-def pretrained_weights(cfg: dict[str, Any]) -> Path:
-    """Path to public-pill weights for cfg's model, training them first if not cached."""
-    from fedray.fl.train import resolve_precision
+def pretrained_weights(cfg: dict[str, Any], on_epoch: EpochHook | None = None) -> Path:
+    """Path to public-pill weights for cfg's model, training them first if not cached.
 
-    taps, pool = pretrain_head(cfg)
-    key = {
-        "data": {k: v for k, v in public_data_cfg(cfg).items() if k != "cache_dir"},
-        "model": {k: v for k, v in cfg["model"].items() if k not in ("pretrained", *HEAD_KEYS)},
-        # `auto` as what it resolves to here: a bf16 and an fp32 backbone are different weights;
-        # `taps: model` as the taps it stands for
-        "pretrain": {
-            **{k: v for k, v in cfg["pretrain"].items() if k not in ("data", "_target_", "name")},
-            "taps": taps,
-            "pool": pool,
-            "precision": resolve_precision(
-                cfg["pretrain"].get("precision", "fp32"), "pretrain.precision"
-            ),
-        },
-        "seed": int(cfg["seed"]),
-    }
-    root = cached_build(cache_dir_for(cfg["data"]), "pretrain", key, lambda d: _train(cfg, d))
+    `on_epoch(epochs_done)` is called after every epoch of a training (not on a cache hit).
+    """
+    key = pretrain_key(cfg)
+    key_hash = config_hash(key)
+    cache = cache_dir_for(cfg["data"])
+    partial = cache / f".pretrain-{key_hash}.partial"
+    root = cached_build(cache, "pretrain", key, lambda d: _train(cfg, d, partial, key_hash,
+                                                                 on_epoch))
+    shutil.rmtree(partial, ignore_errors=True)  # finished: the checkpoint has served
     return root / WEIGHTS
 
 
 def resolve_pretrained(cfg: dict[str, Any]) -> dict[str, Any]:
     """The pretrain group's `_target_`: `model.pretrained` set to the cached public-pill weights."""
     return {**cfg, "model": {**cfg["model"], "pretrained": str(pretrained_weights(cfg))}}
+
+
+# fedray.validate runs this before anything starts (the pretrain group's own check)
+resolve_pretrained.fedray_check = check_pretrain  # type: ignore[attr-defined]

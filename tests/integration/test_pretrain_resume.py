@@ -1,0 +1,67 @@
+"""A pretraining interrupted after some epoch resumes from its checkpoint to the same weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fedray.data.datasets import config_hash
+from fedray.pill.pretrain import METRICS, STATE, pretrain_key, pretrained_weights
+
+PRETRAIN = (
+    "model.pretrained=public",
+    "pretrain.epochs=3",
+    "pretrain.checkpoint_every=1",
+    "pretrain.eval_every=2",
+    "data.train_per_class=10",
+    "data.val_per_class=4",
+)
+
+
+class Killed(Exception):
+    """Stands in for a kill after an epoch's checkpoint."""
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def test_interrupted_pretraining_resumes_to_the_same_weights(make_cfg, tmp_path):
+    # Prepare: one uninterrupted pretraining, and the same one (same key) in another cache
+    whole = _weights(pretrained_weights(make_cfg(*PRETRAIN, f"data.cache_dir={tmp_path / 'a'}")))
+    cfg = make_cfg(*PRETRAIN, f"data.cache_dir={tmp_path / 'b'}")
+    partial = tmp_path / "b" / f".pretrain-{config_hash(pretrain_key(cfg))}.partial"
+
+    def kill_after_2(done: int) -> None:
+        if done == 2:
+            raise Killed
+
+    # Execute: killed after epoch 2, then run again
+    with pytest.raises(Killed):
+        pretrained_weights(cfg, on_epoch=kill_after_2)
+    assert (partial / STATE).exists()
+    assert not list((tmp_path / "b").glob("pretrain-*"))  # no finished entry yet
+    epochs_run: list[int] = []
+    resumed_path = pretrained_weights(cfg, on_epoch=epochs_run.append)
+
+    # Assert: only the last epoch ran again, and the weights are the uninterrupted ones
+    assert epochs_run == [3]
+    resumed = _weights(resumed_path)
+    assert resumed.keys() == whole.keys()
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+    assert not partial.exists()  # the finished entry replaces the checkpoint
+    rows = [json.loads(line) for line in (resumed_path.parent / METRICS).read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert "pretrain/val_acc" in rows[1] and rows[2]["pretrain/lr"] >= 0
+
+
+def test_a_checkpoint_of_another_key_is_not_resumed(make_cfg, tmp_path):
+    cfg = make_cfg(*PRETRAIN, f"data.cache_dir={tmp_path}")
+    partial = tmp_path / f".pretrain-{config_hash(pretrain_key(cfg))}.partial"
+    partial.mkdir(parents=True)
+    torch.save({"key": "another", "epoch": 2}, partial / STATE)
+    epochs_run: list[int] = []
+    pretrained_weights(cfg, on_epoch=epochs_run.append)
+    assert epochs_run == [1, 2, 3]

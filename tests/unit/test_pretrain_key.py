@@ -1,0 +1,40 @@
+"""The pretraining cache key: the public set, the model and the recipe; nothing else."""
+
+from __future__ import annotations
+
+from fedray.data.datasets import config_hash
+from fedray.pill.pretrain import pretrain_key
+from tests.conftest import compose_plain
+
+PILL = ["+experiment=pill_noniid"]
+
+
+def _key(*overrides: str) -> str:
+    return config_hash(pretrain_key(compose_plain([*PILL, *overrides])))
+
+
+def test_two_private_datasets_share_one_pretraining(tmp_path):
+    # the private data differ (synthetic pills vs an imported YOLO folder); the public set both
+    # pretrain on is the same 100 synthetic public pills at the same crop size
+    synthetic = _key()
+    imported = _key("data=yolo_import", f"data.root={tmp_path}", "data.image_size=64")
+    assert imported == synthetic
+    # and neither the private set's own knobs nor where/how fast things are built count
+    assert _key("data.num_pills=12", "data.detection_scenes=0", "data.workers=1") == synthetic
+    assert _key(f"data.cache_dir={tmp_path}", "+data.public_set.workers=1") == synthetic
+    assert _key("pretrain.eval_every=3", "pretrain.checkpoint_every=1") == synthetic
+    assert _key("model.name=renamed", "model.turns=1", "model.zooms=[1.0]") == synthetic
+    # taps spelt out instead of `pretrain.taps: model`: the same head, the same weights
+    taps = compose_plain(PILL)["model"]["taps"]
+    assert _key(f"pretrain.taps=[{','.join(map(str, taps))}]") == synthetic
+
+
+def test_what_changes_the_weights_changes_the_key(tmp_path):
+    base = _key()
+    assert _key("data.image_size=96") != base  # the public crops' size follows the private one
+    assert _key("data.public_set.num_pills=50") != base
+    assert _key("data=yolo_import", f"data.root={tmp_path}") != base  # 96 px crops
+    assert _key("pretrain.epochs=2") != base
+    assert _key("pretrain.optimizer.lr=0.1") != base
+    assert _key("model.taps=[12,13]") != base  # pretrain.taps=model: another head
+    assert _key("seed=1") != base
