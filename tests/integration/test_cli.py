@@ -23,7 +23,8 @@ def test_type_error_names_the_key(tmp_path):
     out = _launch("+experiment=pill_noniid", "fl.rounds=foo", tmp_path=tmp_path)
     assert out.returncode != 0
     assert "fl.rounds" in out.stderr and "could not be converted to Integer" in out.stderr
-    assert "ray" not in out.stderr.lower()  # rejected before anything starts
+    assert out.stderr.startswith("fedray: error: fl.rounds:") and out.stderr.count("\n") == 1
+    assert "ray" not in out.stderr.lower().replace("fedray", "")  # rejected before anything starts
 
 
 def test_missing_required_value_is_one_line(tmp_path):
