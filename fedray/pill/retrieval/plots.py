@@ -31,6 +31,7 @@ def plot_cmc(per_model: dict[str, list[dict[str, Any]]], path: str | Path,
                 ax.plot(np.arange(1, len(cmc) + 1), cmc, style, marker=".", label=label)
         ax.set_title(f"CMC, {scheme.replace('_', '-')} ({query_set} queries)")
         ax.set_xlabel("rank k")
+        ax.set_xticks([1, 5, 10, 15, 20])
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("top-k accuracy")
     axes[1].legend(fontsize=8, loc="lower right")
