@@ -148,6 +148,7 @@ def build_scheduler(spec: SweepSpec, max_t: int) -> Any:
             hyperparam_mutations=pbt_mutations(spec),
             quantile_fraction=float(sched["quantile_fraction"]),
             resample_probability=float(sched["resample_probability"]),
+            synch=bool(sched.get("synch", False)),  # true: exploit once all reach the interval
             log_config=True,  # pbt_global.txt / pbt_policy_*.txt in the Tune directory
         )
     return None

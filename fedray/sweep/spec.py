@@ -28,14 +28,19 @@ VALUE_KEYS = ("values", "choice", "grid")
 UNSWEEPABLE = ("sweep", "run_dir", "resume")
 # keys PBT must not change mid-run: they change what the checkpoint is (data, model, clients)
 PBT_FIXED = ("data", "model", "partition", "task", "seed", "stage", "fl.num_clients", "fl.rounds")
-ASHA_FIELDS = {"name", "grace_period", "reduction_factor", "max_t"}
-PBT_FIELDS = {
-    "name",
-    "perturbation_interval",
-    "quantile_fraction",
-    "resample_probability",
-    "mutate",
+# each scheduler's options with their defaults (all in the composed node: plain Hydra overrides)
+SCHEDULER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "asha": {"grace_period": 1, "reduction_factor": 2, "max_t": None},
+    "pbt": {
+        "perturbation_interval": 1,
+        "quantile_fraction": 0.25,
+        "resample_probability": 0.25,
+        "synch": False,
+        "mutate": None,  # null: every space key PBT may change mid-run
+    },
 }
+ASHA_FIELDS = {"name", *SCHEDULER_DEFAULTS["asha"]}
+PBT_FIELDS = {"name", *SCHEDULER_DEFAULTS["pbt"]}
 
 
 class SweepError(ConfigError):
@@ -145,6 +150,9 @@ def register_sweeps() -> None:
             node = {**SPEC_DEFAULTS, **read_sweep_file(path)}
             if node["scheduler"] is None or isinstance(node["scheduler"], str):
                 node["scheduler"] = {"name": node["scheduler"] or "none"}
+            if isinstance(node["scheduler"], dict):
+                defaults = SCHEDULER_DEFAULTS.get(node["scheduler"].get("name"), {})
+                node["scheduler"] = {**defaults, **node["scheduler"]}
         except SweepError as exc:
             # keep the option selectable so that `sweep=NAME` reports the real problem
             node = {"name": name, "file": str(path), "error": str(exc)}
@@ -240,9 +248,7 @@ def _parse_scheduler(spec: SweepSpec, value: Any) -> dict[str, Any]:
     if unknown:
         raise spec.fail(f"scheduler.{unknown[0]}", f"unknown for {name}; valid: {sorted(valid)}")
     if name == "asha":
-        sched.setdefault("grace_period", 1)
-        sched.setdefault("reduction_factor", 2)
-        sched.setdefault("max_t", None)
+        sched = {**SCHEDULER_DEFAULTS["asha"], **sched}
         for key in ("grace_period", "max_t"):
             _opt_int(spec, f"scheduler.{key}", sched[key], 1)
         if not is_number(sched["reduction_factor"]) or sched["reduction_factor"] <= 1:
@@ -257,9 +263,9 @@ def _parse_scheduler(spec: SweepSpec, value: Any) -> dict[str, Any]:
             f"pbt cannot be combined with search: {spec.search} (Tune's PBT draws its own "
             "population); use search: random or grid",
         )
-    sched.setdefault("perturbation_interval", 1)
-    sched.setdefault("quantile_fraction", 0.25)
-    sched.setdefault("resample_probability", 0.25)
+    sched = {**SCHEDULER_DEFAULTS["pbt"], **sched}
+    if not isinstance(sched["synch"], bool):
+        raise spec.fail("scheduler.synch", f"must be true or false, got {sched['synch']!r}")
     _opt_int(spec, "scheduler.perturbation_interval", sched["perturbation_interval"], 1)
     for key in ("quantile_fraction", "resample_probability"):
         v = sched[key]

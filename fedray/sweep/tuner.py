@@ -230,7 +230,10 @@ def run_tuner(sweep_dir: Path, state: dict[str, Any], restore: bool) -> Any:
             name=TUNE_DIR,
             storage_path=str(sweep_dir),
             failure_config=tune.FailureConfig(max_failures=int(spec.max_failures)),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # PBT clones another trial's checkpoint of some earlier round: keep them all
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=None if spec.scheduler["name"] == "pbt" else 1
+            ),
             verbose=1,
         ),
     )

@@ -67,6 +67,7 @@ def test_pbt_sweep_exploits_a_better_trials_checkpoint(make_cfg, tmp_path):
             "sweep.driver_cpus=0.5",  # + one 0.5-CPU actor: two trials run side by side
             "sweep.scheduler.perturbation_interval=1",
             "sweep.scheduler.quantile_fraction=0.5",  # of two trials, the worse copies the better
+            "sweep.scheduler.synch=true",  # both trials reach each round before PBT decides
             "ray.max_actors=1",
             "fl.rounds=4",
         )

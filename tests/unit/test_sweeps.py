@@ -541,3 +541,33 @@ def test_stopped_trials_get_a_summary_from_their_metrics(tmp_path):
     assert (summary["status"], summary["rounds"], summary["max_rounds"]) == ("stopped", 2, 8)
     assert summary["stopped_by"] == "scheduler" and "time/round_s" not in summary
     assert (stopped / "acc_vs_round.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("search", ["optuna", "hyperopt"])
+def test_tunes_searchers_suggest_numbered_configs_from_the_sweep_space(search):
+    pytest.importorskip(search, reason=f'search: {search} needs `pip install "fedray[sweep]"`')
+    from fedray.sweep.search import NumberedSearcher, build_search
+
+    spec = _spec(
+        {
+            "client.optimizer.lr": {"loguniform": [1.0e-3, 0.3]},
+            "strategy": [{"name": "fedavg"}, {"name": "fedprox", "mu": {"uniform": [0.0, 1.0]}}],
+            "fl.rounds": 2,
+        },
+        search=search,
+        num_samples=3,
+    )
+    searcher, param_space, n = build_search(spec, [], seed=0)
+    assert isinstance(searcher, NumberedSearcher) and param_space == {} and n == 3
+    variants = space.variant_table(spec.dims)
+    configs = [searcher.suggest(f"t{i}") for i in range(3)]
+    assert [c["_index"] for c in configs] == [0, 1, 2]  # trial_000, trial_001, ...
+    for c in configs:
+        a = space.decode(c, variants)
+        assert a["fl.rounds"] == 2 and 1e-3 <= a["client.optimizer.lr"] <= 0.3
+        assert a["strategy.name"] in ("fedavg", "fedprox")
+        assert ("strategy.mu" in a) == (a["strategy.name"] == "fedprox")
+    state = searcher.get_state()
+    fresh, _, _ = build_search(spec, [], seed=0)
+    fresh.set_state(state)
+    assert fresh.suggest("t3")["_index"] == 3  # a resumed sweep continues the numbering
