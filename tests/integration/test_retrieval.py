@@ -57,8 +57,23 @@ def test_teacher_student_and_kd_student(tmp_path):
     [("retrieval.models=[resnet]", "retrieval.models"),
      ("retrieval.models=[student_kd]", "student_kd"),
      ("retrieval.catalog.image_size=64", "retrieval.catalog.image_size"),
-     ("retrieval.run_folds=[7]", "retrieval.run_folds")],
+     ("retrieval.run_folds=[7]", "retrieval.run_folds"),
+     ("retrieval.federated.clients=0", "retrieval.federated.clients")],
 )
 def test_bad_retrieval_config_names_the_key(tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        run(_cfg(tmp_path, override))
+        run(_cfg(tmp_path, override, "retrieval.models=[teacher,student_fed]"
+                 if "federated" in override else "retrieval.folds=2"))
+
+
+@pytest.mark.slow
+def test_federated_teacher_trains_across_clients(tmp_path):
+    cfg = _cfg(tmp_path, "partition=iid", "retrieval.models=[teacher_fed]",
+               "retrieval.streams=[gray]", "retrieval.catalog.image_size=68",
+               "retrieval.federated.clients=2", "retrieval.federated.rounds=1")
+
+    summary = run(cfg)
+
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert rows[0]["fl/clients"] == 2 and rows[0]["comm/bytes_up"] > 0
+    assert 0.0 <= summary["teacher_fed/consumer/multi/two_side/map"] <= 1.0
