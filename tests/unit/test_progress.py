@@ -1,0 +1,46 @@
+"""Progress: log lines when no terminal (CI, a log file), never a bar there."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from fedray.progress import Progress, interactive, progress
+
+
+@pytest.fixture
+def lines():
+    """Messages of the `fedray` logger (which may not propagate to pytest's root handler)."""
+    got: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: got.append(record.getMessage())
+    logger = logging.getLogger("fedray")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield got
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_ci_never_draws_a_bar(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    assert not interactive()
+
+
+def test_log_lines_say_how_far_and_how_long(monkeypatch, lines):
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("FEDRAY_PROGRESS_SECONDS", "0")  # a line on every update
+    with Progress(4, "pretrain", unit="step") as bar:
+        bar.update(1, loss=2.5)
+        bar.update(1, loss=1.25)
+    assert lines[0].startswith("pretrain: 1/4 step (25%)") and "loss 2.5" in lines[0]
+    assert "2/4 step (50%)" in lines[1] and "eta" in lines[1] and "loss 1.25" in lines[1]
+
+
+def test_quiet_between_intervals(monkeypatch, lines):
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("FEDRAY_PROGRESS_SECONDS", "3600")
+    assert list(progress(range(5), "features")) == [0, 1, 2, 3, 4]
+    assert not lines
