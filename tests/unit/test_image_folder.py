@@ -1,0 +1,195 @@
+"""Dataset sources: an image folder, a torchvision dataset on disk, a user's dataset callable."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import struct
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from fedray.data.datasets import DatasetError, load_images, load_labels
+from fedray.data.image_folder import image_folder_dataset
+from fedray.data.partition import partition_iid
+from fedray.data.sources import build_dataset
+from fedray.data.torchvision_disk import torchvision_dataset
+
+
+def _write_png(path, colour, size=(24, 40)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = np.zeros((*size, 3), np.uint8)
+    img[:] = colour[::-1]  # cv2 writes BGR
+    assert cv2.imwrite(str(path), img)
+
+
+def _tree(root, per_class=5):
+    for name, colour in (("red", (200, 0, 0)), ("blue", (0, 0, 200)), ("green", (0, 200, 0))):
+        for i in range(per_class):
+            ext = "png" if i % 2 else "jpg"
+            _write_png(root / name / f"{i}.{ext}", colour)
+    return root
+
+
+@pytest.fixture
+def caplog_fedray(caplog, monkeypatch):
+    """caplog that also sees the `fedray` logger (a run in this process stops its propagation)."""
+    monkeypatch.setattr(logging.getLogger("fedray"), "propagate", True)
+    return caplog
+
+
+def test_image_folder_classes_split_and_corrupt_file(tmp_path, caplog_fedray):
+    caplog = caplog_fedray
+    root = _tree(tmp_path / "imgs")
+    (root / "green" / "broken.jpg").write_bytes(b"not an image at all")
+    cfg = {"name": "shots", "root": str(root), "image_size": 16, "val_fraction": 0.4}
+    info = image_folder_dataset(cfg, 0, tmp_path / "cache")
+    assert info.class_names == ["blue", "green", "red"]  # sorted subfolder names
+    assert info.splits == {"train": 9, "val": 6}  # 2 of each 5 per class held out
+    assert "skipped 1 unreadable" in caplog.text and "broken.jpg" in caplog.text
+    meta = (tmp_path / "cache").glob("image_folder-*/meta.json")
+    assert '"skipped": 1' in next(meta).read_text()
+    images, labels = load_images(info.root, "train"), load_labels(info.root, "train")
+    assert images.shape == (9, 16, 16, 3) and sorted(np.bincount(labels)) == [3, 3, 3]
+    red = images[labels == 2]
+    assert red[..., 0].min() > 150 and red[..., 2].max() < 50  # RGB order, decoded right
+    # partitioners take the labels of any source
+    assert sum(len(p) for p in partition_iid(labels, 3, 0)) == 9
+    # same files: the cache; one more image: a new entry
+    assert image_folder_dataset(cfg, 0, tmp_path / "cache").root == info.root
+    _write_png(root / "red" / "new.png", (210, 0, 0))
+    again = image_folder_dataset(cfg, 0, tmp_path / "cache")
+    assert again.root != info.root and again.splits["train"] + again.splits["val"] == 16
+
+
+def test_image_folder_train_val_subfolders(tmp_path):
+    root = tmp_path / "imgs"
+    _tree(root / "train", per_class=3)
+    _tree(root / "val", per_class=1)
+    cfg = {"root": str(root), "image_size": 8}
+    info = image_folder_dataset(cfg, 0, tmp_path / "cache")
+    assert info.splits == {"train": 9, "val": 3}
+    assert list(load_labels(info.root, "val")) == [0, 1, 2]
+
+
+def test_image_folder_missing_root_names_the_key(tmp_path):
+    with pytest.raises(DatasetError, match="data.root=.*no such directory"):
+        image_folder_dataset({"root": str(tmp_path / "nope"), "image_size": 8}, 0, tmp_path)
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(DatasetError, match="no class subfolders"):
+        image_folder_dataset({"root": str(tmp_path / "flat"), "image_size": 8}, 0, tmp_path)
+
+
+def test_torchvision_missing_root_says_where_to_put_files(tmp_path):
+    cfg = {"dataset": "CIFAR10", "root": str(tmp_path / "cifar")}
+    with pytest.raises(DatasetError) as err:
+        torchvision_dataset(cfg, 0, tmp_path / "cache")
+    msg = str(err.value)
+    assert "data.root=" in msg and "does not exist" in msg
+    assert "cifar-10-batches-py" in msg and "never downloads" in msg
+    with pytest.raises(DatasetError, match="not a torchvision dataset"):
+        torchvision_dataset({"dataset": "CIFAR11", "root": str(tmp_path)}, 0, tmp_path)
+
+
+def _idx(path, array, magic):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_torchvision_dataset_on_disk(tmp_path):
+    """A tiny MNIST in torchvision's raw layout: grey images become RGB, train=False is val."""
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 6), ("t10k", 4)):
+        _idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), 0x803)
+        _idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 3, 0x801)
+    cfg = {"dataset": "MNIST", "root": str(tmp_path / "mnist"), "image_size": None}
+    info = torchvision_dataset(cfg, 0, tmp_path / "cache")
+    assert info.splits == {"train": 6, "val": 4} and info.image_size == 28
+    assert info.class_names[0] == "0 - zero" and info.num_classes == 10
+    images = load_images(info.root, "val")
+    assert images.shape == (4, 28, 28, 3)
+    assert (images[..., 0] == images[..., 2]).all()  # grey copied to the three channels
+    assert list(load_labels(info.root, "val")) == [0, 1, 2, 0]
+
+
+MODULE = """
+import numpy as np
+import torch
+from PIL import Image
+
+CALLS = []
+
+
+class Pictures(torch.utils.data.Dataset):
+    classes = ["dark", "light"]
+
+    def __init__(self, n, as_pil):
+        self.n, self.as_pil = n, as_pil
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        value = 40 if i % 2 == 0 else 220
+        if self.as_pil:
+            return Image.new("RGB", (12, 10), (value, value, value)), i % 2
+        return torch.full((3, 10, 10), value / 255.0), torch.tensor(i % 2)
+
+
+def data(n: int, seed: int):
+    CALLS.append(seed)
+    return {"train": Pictures(n, as_pil=False), "val": Pictures(4, as_pil=True)}
+
+
+def wrong(n: int):
+    return [1, 2, 3]
+"""
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "mymat.py").write_text(MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("mymat", None)
+    yield importlib.import_module("mymat")
+    sys.modules.pop("mymat", None)
+
+
+def test_materialize_torch_dataset(tmp_path, user_module, caplog_fedray):
+    caplog = caplog_fedray
+    cfg = {
+        "_target_": "mymat.data",
+        "name": "mine",
+        "n": 6,
+        "width": 3,  # a leftover of another data group: dropped with a warning
+        "image_size": 8,
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    info = build_dataset(cfg, seed=5)
+    assert user_module.CALLS == [5]  # called with the run's seed
+    assert "width" in caplog.text
+    assert info.name == "mine" and info.class_names == ["dark", "light"]
+    assert info.splits == {"train": 6, "val": 4} and info.image_size == 8
+    train, val = load_images(info.root, "train"), load_images(info.root, "val")
+    assert train.shape == (6, 8, 8, 3) and val.shape == (4, 8, 8, 3)
+    assert train[0].max() == 40 and train[1].min() == 220  # [0, 1] floats back to uint8
+    assert list(load_labels(info.root, "val")) == [0, 1, 0, 1]
+    assert build_dataset(cfg, seed=5).root == info.root and user_module.CALLS == [5]  # cached
+    source = tmp_path / "mymat.py"
+    stamp = source.stat().st_mtime_ns + 10**9
+    os.utime(source, ns=(stamp, stamp))  # the dataset function's file was edited
+    assert build_dataset(cfg, seed=5).root != info.root and user_module.CALLS == [5, 5]
+
+
+def test_materialize_rejects_what_it_cannot_store(tmp_path, user_module):
+    cfg = {"_target_": "mymat.wrong", "n": 2, "cache_dir": str(tmp_path)}
+    with pytest.raises(DatasetError, match="returned list"):
+        build_dataset(cfg, seed=0)
+    unsized = {"_target_": "mymat.data", "n": 2, "cache_dir": str(tmp_path / "c2")}
+    with pytest.raises(DatasetError, match="data.image_size"):  # 10 x 10 tensors, 10 x 12 PIL
+        build_dataset(unsized, seed=0)
