@@ -297,6 +297,20 @@ def _build_task(cfg: dict[str, Any]):
     return task
 
 
+def _group_metrics(model, vx, vy, info, task, cached: int) -> dict[str, float]:
+    """`val/group<g>/<metric>` of a model on each group's val samples (sites, devices), if any."""
+    from fedray.data.datasets import load_groups
+    from fedray.fl.train import evaluate
+
+    groups = load_groups(info.root, "val")
+    out: dict[str, float] = {}
+    for g in np.unique(groups) if groups is not None else []:
+        idx = np.flatnonzero(groups == g)
+        m, _ = evaluate(model, vx[idx], vy[idx], info.num_classes, cached=cached, task=task)
+        out.update({f"val/group{int(g)}/{k}": v for k, v in m.items()})
+    return out
+
+
 def last_keys(evals: dict) -> list[str]:
     """Metric names common to every client's evaluation."""
     return list(next(iter(evals.values()))[0])
@@ -387,6 +401,7 @@ def _run_centralized(cfg: dict[str, Any], info, run_dir: Path, on_round: OnRound
                 stats["loss"],
             )
         summary = {f"val/{k}": v for k, v in metrics.items()}
+        summary.update(_group_metrics(model, vx, vy, info, task, cached))
         summary.update(head_init)
         summary.update(
             {

@@ -59,6 +59,13 @@ def test_seg_two_sites_isolated_scores_each_site_model_on_each_site(tmp_path, ca
     assert metrics["comm/bytes_total"] == 0
 
 
+def test_seg_two_sites_centralized_pools_both_sites(tmp_path, cache_dir):
+    metrics = run(_cfg(tmp_path, cache_dir, "stage=centralized", "fl.rounds=1"))
+    assert metrics["stage"] == "centralized"
+    for key in ("val/iou", "val/group0/iou", "val/group1/iou", "val/group1/dice"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+
+
 def test_augment_is_refused_for_segmentation(tmp_path, cache_dir):
     from fedray.config import ConfigError
 

@@ -168,3 +168,14 @@ def test_masks_and_groups_round_trip_and_partition_by_group(tmp_path):
         write_masks(tmp_path, "train", np.ones((3, 8, 8), np.uint8))
     with pytest.raises(DatasetError, match="val_groups.npy"):
         seg.partition_keys(tmp_path, "val")
+
+
+@pytest.mark.parametrize("option", ["classification", "segmentation"])
+def test_task_options_compose_and_build(option):
+    from tests.conftest import compose_plain
+
+    cfg = compose_plain([f"task={option}"])
+    assert build_task(cfg["task"]).name == option
+    seg = compose_plain(["+experiment=seg_two_sites"])
+    assert seg["task"]["_target_"].endswith("Segmentation")
+    assert seg["partition"]["_target_"] == "fedray.data.natural.partition_by_group"
