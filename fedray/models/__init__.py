@@ -25,6 +25,7 @@ from torch import nn
 
 from fedray.config import ConfigError
 from fedray.models.tiny_cnn import TinyCNN
+from fedray.models.torchvision_split import torchvision_classifier
 from fedray.models.views import VIEW_KEYS, check_turns, check_zooms
 
 # model keys that shape only the head fine-tuned on the pretrained backbone: pretraining ignores
@@ -39,6 +40,7 @@ __all__ = [
     "frozen_prefix",
     "has_split",
     "load_pretrained",
+    "torchvision_classifier",
     "trainable_names",
 ]
 
