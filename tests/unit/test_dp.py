@@ -91,9 +91,12 @@ def _cfg(**dpc):
 def test_max_epsilon_stops_before_the_budget_is_exceeded():
     from fedray.fl.strategies import FedAvg
 
-    privacy = build_privacy(_cfg(noise_multiplier=1.0, max_epsilon=3.0), FedAvg(), 5, 3, 0)
+    cfg = _cfg(noise_multiplier=1.0, max_epsilon=6.0, sampling="poisson")
+    privacy = build_privacy(cfg, FedAvg(), 5, 3, 0)
+    privacy.accountant.epsilon = lambda rounds: 0.7 * rounds  # the stop logic, not the accountant
     stop = next(r for r in range(100) if privacy.budget_exhausted(r))
-    assert privacy.epsilon(stop) <= 3.0 < privacy.epsilon(stop + 1)
+    assert stop == 8  # round 9 (0-based 8) would reach 6.3 > 6; 8 rounds reach 5.6
+    assert privacy.epsilon(stop) <= 6.0 < privacy.epsilon(stop + 1)
 
 
 def test_central_dp_sums_clipped_updates_and_divides_by_expected_clients():
