@@ -7,6 +7,7 @@ like any other group; `sweep(cfg)` runs it. Ray is imported only when a sweep ru
 
     spec       sweep files: read, validate (errors name the file and key), the Hydra group
     groups     config-group options a trial switches to; dotted-key access
+    keys       the space's keys checked against the config and the options variants name
     space      the YAML space as Tune's param space (grid_search/choice/uniform/loguniform/randint)
     plan       trial configs, feasibility, the grid's spread and submission order
     search     Tune's searchers (random, Optuna, HyperOpt) and schedulers (ASHA, PBT)

@@ -17,8 +17,9 @@ import numpy as np
 
 from fedray.config import ConfigError
 from fedray.sweep.groups import set_key
+from fedray.sweep.keys import group_options
 from fedray.sweep.space import grid_points, space_keys
-from fedray.sweep.spec import SweepError, SweepSpec, group_options
+from fedray.sweep.spec import SweepError, SweepSpec
 
 LabelsFor = Callable[[dict[str, Any]], "np.ndarray | None"]
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from fedray.sweep.keys import group_options
 from fedray.sweep.plan import (
     fmt_point,
     max_rounds,
@@ -29,7 +30,7 @@ from fedray.sweep.plan import (
 )
 from fedray.sweep.resources import check_fits, trial_resources
 from fedray.sweep.space import variant_table
-from fedray.sweep.spec import SweepError, SweepSpec, group_options, load_sweep
+from fedray.sweep.spec import SweepError, SweepSpec, load_sweep
 from fedray.sweep.trainable import run_trial, trial_dirname, trial_name_creator
 
 log = logging.getLogger("fedray")

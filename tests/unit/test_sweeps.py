@@ -18,7 +18,7 @@ import pytest
 import yaml
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from fedray.sweep import groups, plan, resources, results, space, trainable, tuner
+from fedray.sweep import groups, keys, plan, resources, results, space, trainable, tuner
 from fedray.sweep import spec as sp
 from tests.conftest import compose_plain
 
@@ -315,7 +315,7 @@ def test_switching_a_group_starts_from_that_options_defaults():
     spec = _spec(
         {"partition.name": ["dirichlet"], "partition.alpha": [0.3], "strategy.name": ["fedprox"]}
     )
-    options = sp.group_options(spec, base)
+    options = keys.group_options(spec, base)
     cfg, skipped = plan.trial_config(
         base,
         {"partition.name": "dirichlet", "partition.alpha": 0.3, "strategy.name": "fedprox"},
@@ -346,7 +346,7 @@ def test_a_variant_naming_an_option_starts_from_its_yaml_and_builds():
     spec = _spec({"strategy": [{"name": "fedavg"}, {"name": "fedprox", "mu": [0.1]}]})
     points, _, _ = plan.plan_trials(spec, base)
     assert points[1] == {"strategy.name": "fedprox", "strategy.mu": 0.1}
-    cfg, _ = plan.trial_config(base, points[1], sp.group_options(spec, base))
+    cfg, _ = plan.trial_config(base, points[1], keys.group_options(spec, base))
     assert cfg["strategy"]["_target_"] == "fedray.fl.strategies.fedprox.FedProx"
     strategy = build_strategy(cfg["strategy"])
     assert isinstance(strategy, FedProx) and strategy.mu == 0.1
@@ -356,7 +356,7 @@ def test_key_of_another_option_does_not_apply_and_is_reported():
     base = _base("partition=pathological", "partition.classes_per_client=2")
     sweep = {"name": "t", "space": {"partition.name": ["pathological", "dirichlet"],
                                     "partition.alpha": [0.3]}}  # fmt: skip
-    options = sp.group_options(sp.load_sweep(sweep, base), base)
+    options = keys.group_options(sp.load_sweep(sweep, base), base)
     cfg, skipped = plan.trial_config(
         base, {"partition.name": "pathological", "partition.alpha": 0.3}, options
     )

@@ -1,0 +1,96 @@
+"""The space's keys against the composed config: group options a sweep may switch to, key checks.
+
+A key of a group variant (`strategy: [{name: fedprox, mu: ...}]`) is checked against that
+option's YAML; any other key against the composed config. Errors name the sweep file and key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from fedray.sweep.groups import get_key, group_option, is_group, is_int, is_number, known_options
+from fedray.sweep.spec import RANGES, Dim, SweepSpec, walk
+
+
+def _names(dims: Iterable[Dim], group: str) -> set[Any]:
+    names: set[Any] = set()
+    for d in walk(dims):
+        if d.key == f"{group}.name":
+            names.update(v for v in d.values if not isinstance(v, list))
+    return names
+
+
+def group_options(spec: SweepSpec, base: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{group: {name: defaults}} for every group option a trial of this sweep may switch to."""
+    options: dict[str, dict[str, Any]] = {}
+    for group in sorted({d.key.split(".")[0] for d in walk(spec.dims)}):
+        if not is_group(base, group):
+            continue
+        for name in sorted(_names(spec.dims, group) | {base[group]["name"]}, key=str):
+            option = group_option(group, name, base)
+            if option is None:
+                raise spec.fail(
+                    f"space.{group}.name",
+                    f"{name!r} is not an option of {group}; known: {known_options(group)}",
+                )
+            options.setdefault(group, {})[name] = option
+    return options
+
+
+def type_ok(ref: Any, value: Any) -> bool:
+    """Whether `value` may replace the config's `ref` (same kind of value)."""
+    if ref is None or value is None:
+        return True
+    if isinstance(ref, bool):
+        return isinstance(value, bool)
+    if is_int(ref):
+        return is_int(value)
+    if isinstance(ref, float):
+        return is_number(value)
+    if isinstance(ref, str):
+        return isinstance(value, str)
+    return isinstance(value, type(ref))
+
+
+def check_keys(spec: SweepSpec, base: dict[str, Any]) -> None:
+    """Every space key exists (in the config or the option a variant names) and fits its type."""
+    options = group_options(spec, base)
+
+    def refs(key: str, variant: Any) -> list[Any]:
+        group, _, rest = key.partition(".")
+        if group in options and rest:
+            names = [variant] if variant is not None else list(options[group])
+            return [
+                val for n in names for found, val in [get_key(options[group][n], rest)] if found
+            ]
+        found, val = get_key(base, key)
+        return [val] if found else []
+
+    def check(dims: list[Dim], variant: Any) -> None:
+        for d in dims:
+            where = f"space.{d.key}"
+            found = refs(d.key, variant)
+            if not found:
+                hint = (
+                    f"{d.key.split('.')[0]} option {variant!r}"
+                    if variant is not None
+                    else "the composed config"
+                )
+                raise spec.fail(where, f"is not a key of {hint}")
+            if d.kind in RANGES:
+                probe = [d.low, d.high] if d.kind == "randint" else [float(d.low)]
+                if not any(all(type_ok(r, p) for p in probe) for r in found):
+                    raise spec.fail(where, f"a {d.kind} range does not fit its value {found[0]!r}")
+            for v in d.values:
+                if isinstance(v, list):
+                    name = next(s.values[0] for s in v if s.key == f"{d.key}.name")
+                    check([s for s in v if s.key != f"{d.key}.name"], name)
+                elif not any(type_ok(r, v) for r in found):
+                    raise spec.fail(
+                        where,
+                        f"value {v!r} ({type(v).__name__}) does not fit the config's "
+                        f"{found[0]!r} ({type(found[0]).__name__})",
+                    )
+
+    check(spec.dims, None)
