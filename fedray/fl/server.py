@@ -128,7 +128,11 @@ class FederatedServer:
         self.bytes_total = 0
         # isolated baseline: each client trains alone, never averaged (the per-client lower bound)
         self.isolated = cfg.get("stage") == "isolated"
-        self.client_params: dict[int, Params] = dict.fromkeys(range(len(parts)), self.params)
+        # only the isolated baseline keeps a model per client; federated runs keep nothing per
+        # client in the driver beyond the index arrays in `parts`
+        self.client_params: dict[int, Params] = (
+            dict.fromkeys(range(len(parts)), self.params) if self.isolated else {}
+        )
 
     def restore(self, ckpt_path: Path) -> None:
         """Continue from a checkpoint written after some round."""
@@ -293,7 +297,9 @@ class FederatedServer:
         if rounds < 1:
             raise ConfigError(f"fl.rounds must be >= 1, got {rounds}")
         pool = self._start_pool(ray_cfg)
-        shard_refs = {cid: ray.put(idx) for cid, idx in enumerate(self.parts)}
+        # a client's index array travels with its fit call (Ray inlines small arguments); one
+        # object-store entry per client would grow the driver with num_clients (10,000 and more)
+        shard_refs: Any = self.parts
         extra = self.strategy.client_config()
         row: dict[str, Any] = {}
         try:
