@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -16,7 +17,8 @@ class _SplitMobileNetV3(nn.Module):
         self.features = net.features
         self.classifier = nn.Sequential(net.avgpool, nn.Flatten(1), *net.classifier)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images -> (B, num_classes) logits."""
         return self.classifier(self.features(x))
 
 
