@@ -1,0 +1,266 @@
+"""Whole-process overhead: `python launch.py ...` against a bare sequential PyTorch loop.
+
+    python bench/overhead.py                        # every workload, median of 3 alternating pairs
+    python bench/overhead.py --only tiny100 --repeats 1
+    python bench/overhead.py --only crossdevice --rounds 5
+
+Each workload runs as two subprocesses, alternated repeat by repeat so that a busy machine slows
+both alike: fedray (`python launch.py +experiment=...`, defaults as a user gets them: evaluation,
+metrics.jsonl, checkpoints and plots where the experiment has them) and bench/bare_loop.py doing
+the same local training (same data, shards, sampled clients, model, epochs, batch size, lr). The
+dataset is built into a shared cache before either is timed. Every process tree is sampled with
+psutil (the driver, Raylet, GCS, workers): printed are wall seconds, CPU seconds (user + system
+of the whole tree: robust to a machine shared with other jobs), peak memory of the tree (sum of
+PSS, so shared libraries count once), fedray's start-up before round 1, and the ratios.
+
+Workloads:
+- `five`: 5 clients, 2 local epochs, 5 rounds (the issue's SqueezeNet workload; `--squeezenet`
+  runs it with SqueezeNet at 64 px, the default is tiny_cnn, affordable on a shared 2-core box).
+- `tiny100`: 100 clients, 10 per round, a tiny CNN, 30 rounds (bench/fl_overhead.py's `tiny`).
+- `crossdevice`: +experiment=cifar_crossdevice (1,000 clients, 50 per round, CIFAR-shaped),
+  `--rounds` rounds; rounds per second of both.
+The round-loop-only figure (Ray already up, actors timed from inside) stays in bench/fl_overhead.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+WORKLOADS: dict[str, list[str]] = {
+    "five": [
+        "+experiment=smoke",
+        "ray.client_cpus=1",
+        "model=tiny_cnn",
+        "fl.trainable=all",
+        "fl.cache_features=false",
+        "fl.num_clients=5",
+        "fl.rounds=5",
+        "data.num_classes=20",
+        "data.image_size=64",
+        "data.train_per_class=50",
+        "data.val_per_class=10",
+        "partition=pathological",
+        "partition.classes_per_client=4",
+        "client.epochs=2",
+        "client.batch_size=32",
+    ],
+    "tiny100": [
+        "+experiment=smoke",
+        "ray.client_cpus=1",
+        "model=tiny_cnn",
+        "model.width=8",
+        "fl.trainable=all",
+        "fl.cache_features=false",
+        "fl.num_clients=100",
+        "fl.clients_per_round=10",
+        "fl.rounds=30",
+        "data.num_classes=10",
+        "data.image_size=32",
+        "data.train_per_class=200",
+        "data.val_per_class=20",
+        "partition=iid",
+        "client.epochs=1",
+        "client.batch_size=16",
+    ],
+    "crossdevice": ["+experiment=cifar_crossdevice"],
+}
+SQUEEZENET = ["model=squeezenet", "model.pretrained=null"]
+
+
+def compose(overrides: list[str]) -> dict:
+    """The config exactly as launch.py resolves it."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import fedray.config  # noqa: F401 - registers the schema
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hcompose("config", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def prepare(overrides: list[str], work: Path, threads: int) -> Path:
+    """Build the dataset into the shared cache and write the bare loop's job; returns its path."""
+    from fedray.data.partition import partition
+    from fedray.data.sources import build_dataset
+    from fedray.fl.server import clients_per_round
+    from fedray.tasks import build_task
+
+    cfg = compose(overrides)
+    info = build_dataset(cfg["data"], int(cfg["seed"]))
+    labels = build_task(cfg.get("task")).partition_keys(info.root, "train")
+    n = int(cfg["fl"]["num_clients"])
+    parts = partition(labels, cfg["partition"], n, int(cfg["seed"]))
+    np.savez(work / "parts.npz", **{f"c{i}": p for i, p in enumerate(parts)})
+    opt = cfg["client"]["optimizer"]
+    job = {
+        "root": str(info.root),
+        "parts": str(work / "parts.npz"),
+        "num_clients": n,
+        "num_classes": info.num_classes,
+        "model": cfg["model"],
+        "seed": int(cfg["seed"]),
+        "rounds": int(cfg["fl"]["rounds"]),
+        "per_round": clients_per_round(cfg["fl"]),
+        "epochs": int(cfg["client"]["epochs"]),
+        "batch_size": int(cfg["client"]["batch_size"]),
+        "lr": float(opt["lr"]),
+        "momentum": float(opt.get("momentum", 0.0)),
+        "eval_every": int(cfg["fl"]["eval_every"]),
+        "threads": threads,
+    }
+    path = work / "job.json"
+    path.write_text(json.dumps(job))
+    return path
+
+
+def measure(cmd: list[str], first_row: Path | None = None, every: float = 0.25) -> dict:
+    """Run `cmd`; wall s, CPU s and peak PSS/RSS of its whole process tree, sampled."""
+    t0 = time.perf_counter()
+    proc = psutil.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    cpu: dict[int, float] = {}
+    peak_pss = peak_rss = 0
+    t_first = None
+    while proc.poll() is None:
+        pss = rss = 0
+        try:
+            tree = [proc, *proc.children(recursive=True)]
+        except psutil.Error:
+            tree = []
+        for p in tree:
+            try:
+                with p.oneshot():
+                    mem = p.memory_full_info()
+                    t = p.cpu_times()
+                pss += getattr(mem, "pss", mem.rss)
+                rss += mem.rss
+                cpu[p.pid] = t.user + t.system + t.children_user + t.children_system
+            except psutil.Error:
+                continue
+        peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
+        if t_first is None and first_row is not None and _has_row(first_row):
+            t_first = time.perf_counter() - t0
+        time.sleep(every)
+    out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-3000:]}")
+    return {
+        "wall_s": wall,
+        "cpu_s": sum(cpu.values()),
+        "peak_pss_mb": peak_pss / 2**20,
+        "peak_rss_mb": peak_rss / 2**20,
+        "first_row_s": t_first,
+        "stdout": out,
+    }
+
+
+def _has_row(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def fedray_cmd(overrides: list[str], run_dir: Path) -> list[str]:
+    """The launch.py command line a user would type (plus where to write)."""
+    return [sys.executable, "launch.py", *overrides, f"hydra.run.dir={run_dir}"]
+
+
+def run_workload(name: str, overrides: list[str], repeats: int, work: Path, threads: int) -> dict:
+    """Alternate bare loop and fedray `repeats` times; medians of each figure."""
+    job = prepare(overrides, work, threads)
+    bare, fed = [], []
+    for i in range(repeats):
+        b = measure([sys.executable, str(ROOT / "bench" / "bare_loop.py"), str(job)])
+        b.update(json.loads(b.pop("stdout").strip().splitlines()[-1]))
+        bare.append(b)
+        run_dir = work / f"fedray-{i}"
+        f = measure(fedray_cmd(overrides, run_dir), first_row=run_dir / "metrics.jsonl")
+        f.pop("stdout")
+        rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        f["rounds_s"] = sum(r["time/round_s"] for r in rows)
+        f["round1_s"] = rows[0]["time/round_s"]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        f["val_acc"] = summary.get("val/acc")
+        f["startup_s"] = (f["first_row_s"] or float("nan")) - f["round1_s"]
+        fed.append(f)
+        print(f"  [{name} #{i + 1}] bare {_brief(b)} | fedray {_brief(f)}", flush=True)
+    med = {
+        side: {k: statistics.median(r[k] for r in runs) for k in runs[0] if _num(runs[0][k])}
+        for side, runs in (("bare", bare), ("fedray", fed))
+    }
+    return med
+
+
+def _num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _brief(r: dict) -> str:
+    return f"{r['wall_s']:.1f}s wall, {r['cpu_s']:.1f}s CPU, {r['peak_pss_mb']:.0f} MB"
+
+
+def report(name: str, med: dict, rounds: int) -> None:
+    """Print one workload's medians and ratios."""
+    b, f = med["bare"], med["fedray"]
+    print(
+        f"[{name}] wall: bare {b['wall_s']:.2f}s, fedray {f['wall_s']:.2f}s "
+        f"(ratio {f['wall_s'] / b['wall_s']:.2f}) | CPU: bare {b['cpu_s']:.1f}s, fedray "
+        f"{f['cpu_s']:.1f}s (ratio {f['cpu_s'] / b['cpu_s']:.2f}) | peak PSS of the tree: bare "
+        f"{b['peak_pss_mb']:.0f} MB, fedray {f['peak_pss_mb']:.0f} MB (RSS sum "
+        f"{f['peak_rss_mb']:.0f} MB) | fedray start-up before round 1 {f['startup_s']:.2f}s | "
+        f"rounds/s: bare {rounds / b['loop_s']:.3f}, fedray {rounds / f['rounds_s']:.3f} | "
+        f"val/acc bare {b['val_acc']:.4f} fedray {f['val_acc']:.4f}",
+        flush=True,
+    )
+
+
+def main() -> None:
+    """Run the chosen workloads and print their figures."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", choices=list(WORKLOADS), action="append")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of the crossdevice workload")
+    ap.add_argument("--squeezenet", action="store_true", help="`five` with SqueezeNet at 64 px")
+    ap.add_argument(
+        "--bare-threads",
+        type=int,
+        default=1,
+        help="torch threads of the bare loop (fedray's actors run 1 each); 0: torch's default",
+    )
+    ap.add_argument("--cache", default=None, help="dataset cache (default: a fresh temp dir)")
+    args = ap.parse_args()
+    cache = args.cache or tempfile.mkdtemp(prefix="fedray-overhead-cache-")
+    print(
+        f"cores={os.cpu_count()} load={os.getloadavg()[0]:.1f} repeats={args.repeats} "
+        f"bare_threads={args.bare_threads or 'torch default'}"
+    )
+    for name in args.only or list(WORKLOADS):
+        over = [*WORKLOADS[name], "logger=jsonl", f"data.cache_dir={cache}"]
+        if name == "five" and args.squeezenet:
+            over += SQUEEZENET
+        if name == "crossdevice":
+            over.append(f"fl.rounds={args.rounds}")
+        rounds = int(compose(over)["fl"]["rounds"])
+        work = Path(tempfile.mkdtemp(prefix=f"fedray-overhead-{name}-"))
+        report(name, run_workload(name, over, args.repeats, work, args.bare_threads), rounds)
+
+
+if __name__ == "__main__":
+    main()
