@@ -181,6 +181,7 @@ class _Progress:
         self.logger = logger
         self.log_every = log_every
         self.batches = 0
+        self.images = 0  # seen in training (a time-capped last epoch stops part way)
         self.t_epoch = time.perf_counter()
         self.epoch_seconds: list[float] = []
         self.logged: set[int] = set()
@@ -191,6 +192,7 @@ class _Progress:
 
     def on_train_batch_end(self, trainer: Any) -> None:
         self.batches += 1
+        self.images += int(trainer.batch_size)
         total = len(trainer.train_loader)
         step = max(1, round(total * self.log_every)) if self.log_every > 0 else 0
         if step and self.batches % step == 0 and self.batches < total:
@@ -265,7 +267,7 @@ def train_detector(tmp: Path, dcfg: dict[str, Any], scenes: Path, seed: int, dev
             "train_s": train_s,
             "epochs": len(epochs),
             "epoch_s": sum(epochs) / max(len(epochs), 1),
-            "train_images_per_s": n_train * len(epochs) / max(sum(epochs), 1e-9),
+            "train_images_per_s": progress.images / max(sum(epochs), 1e-9),
             "train_scenes": n_train,
             "device": device,
         })
