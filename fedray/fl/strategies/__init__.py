@@ -23,13 +23,15 @@ from fedray.fl.strategies.fedprox import FedProx
 from fedray.fl.strategies.fedyogi import FedYogi
 from fedray.fl.strategies.krum import Krum
 from fedray.fl.strategies.median import Median
+from fedray.fl.strategies.norm_bounded import NormBoundedFedAvg
 from fedray.fl.strategies.polyak import Polyak
 from fedray.fl.strategies.trimmed_mean import TrimmedMean
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (
-        FedAvg, Polyak, FedProx, FedAdam, FedYogi, FedAdagrad, Median, TrimmedMean, Krum, FedDF
+        FedAvg, Polyak, FedProx, FedAdam, FedYogi, FedAdagrad, Median, TrimmedMean, Krum, FedDF,
+        NormBoundedFedAvg,
     )
 }
 
@@ -44,6 +46,7 @@ __all__ = [
     "FedYogi",
     "Krum",
     "Median",
+    "NormBoundedFedAvg",
     "Polyak",
     "Strategy",
     "TrimmedMean",
