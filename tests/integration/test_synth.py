@@ -145,7 +145,8 @@ def test_cached_entry_is_reused_until_the_code_changes(built, monkeypatch):
         raise Rebuilt
 
     monkeypatch.setattr(synth, "_build", rebuild)
-    again = build_dataset({"name": "synthetic", **TINY, "workers": 3, "cache_dir": str(cache)}, 0)
+    again = build_dataset({"_target_": "fedray.pill.synth.build_synthetic", "name": "synthetic",
+                           **TINY, "workers": 3, "cache_dir": str(cache)}, 0)
     assert again.root == built.root
     real = synth.code_fingerprint()
     monkeypatch.setattr(synth, "code_fingerprint", lambda: {**real, "source": "edited"})
@@ -236,4 +237,6 @@ def test_default_config_file_matches_the_builder_defaults():
     conf = Path(__file__).resolve().parents[2] / "conf" / "data" / "synthetic.yaml"
     cfg = yaml.safe_load(conf.read_text())
     cfg.pop("public_set")  # describes the public counterpart for pretraining, not this build
+    assert cfg.pop("_target_") == "fedray.pill.synth.build_synthetic"
+    assert cfg.pop("describe") == "fedray.pill.synth.synth_summary"
     assert cfg == synth.DEFAULTS
