@@ -1,4 +1,8 @@
-"""run(cfg) -> metrics: the one entry that the CLI, tests and Tune trials all call."""
+"""run(cfg) -> metrics: the one entry that the CLI, tests and Tune trials all call.
+
+Size: the one entry point and its runners (federated, isolated, centralized), which
+share the summary and plot writer at the bottom.
+"""
 
 from __future__ import annotations
 

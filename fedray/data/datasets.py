@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from fedray.kernels import MEAN, STD, normalize
+from fedray.kernels import MEAN, STD, normalize  # noqa: F401  (MEAN, STD re-exported)
 
 FORMAT = "fedray-cls-v1"
 COMPLETE_MARKER = ".complete"

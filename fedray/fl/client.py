@@ -17,7 +17,13 @@ import torch
 
 from fedray.data.datasets import load_images
 from fedray.fl.head_init import feature_stats
-from fedray.fl.train import augment_turns_flips, extract_features, get_params, set_params, train_local
+from fedray.fl.train import (
+    augment_turns_flips,
+    extract_features,
+    get_params,
+    set_params,
+    train_local,
+)
 from fedray.fl.types import ClientResult, Params
 from fedray.privacy.pipeline import poison_shard, protect_update
 

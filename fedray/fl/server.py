@@ -1,5 +1,9 @@
 """The server round loop: sample -> broadcast -> ClientActor.fit -> aggregate -> evaluate -> log
--> checkpoint."""
+-> checkpoint.
+
+Size: one concept, the round loop; sampling, dropping, aggregation, evaluation and
+checkpointing are steps of the same loop and share its state.
+"""
 
 from __future__ import annotations
 

@@ -90,7 +90,8 @@ def instantiate_target(
         and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     ]
     if missing:
-        raise ConfigError(f"{group}.{missing[0]} is required by {target} ({group}.{missing[0]}=...)")
+        key = f"{group}.{missing[0]}"
+        raise ConfigError(f"{key} is required by {target} ({key}=...)")
     return fn(**kwargs)
 
 

@@ -5,6 +5,9 @@ score line) plus what only changes its look (coating, imprint style). Marginals 
 formularies loosely: white/off-white and round dominate, so many pills differ only by imprint
 or size, which is what makes pill identification hard. No two pills share the identifying key
 (`Pill.key`), so every class is distinguishable in principle.
+
+Size: one concept (the Pill record, its seeded generation and its JSON form); the
+look-alike rules need the generator and the record side by side.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ sensor noise (read + shot noise from a counter-based hash, so no RNG state per p
 
 Boxes come from a label map written while compositing: a pixel belongs to the last pill whose
 alpha there is >= 0.5, so a pill partly covered by a later one gets the box of its visible part.
+
+Size: the planner and the NumPy twin renderer stay in one module: the Cython kernel
+must stay bit-identical to this twin, and reading both halves together is how it does.
 """
 
 from __future__ import annotations

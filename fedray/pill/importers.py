@@ -11,6 +11,9 @@ Two sources:
 
 Bad labels are errors that name the file and line; unreadable images are skipped, counted in
 meta.json (`skipped_images`) and reported in one warning.
+
+Size: two importers (YOLO folders, ePillID CSVs) on one set of helpers (square
+crops, stratified splits, corrupt-file counting, fingerprints) that both must share.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import cv2
 import numpy as np
 import yaml
 
-from fedray.data.sources import dataset_builder
 from fedray.data.datasets import (
     DatasetError,
     DatasetInfo,
@@ -40,6 +42,7 @@ from fedray.data.datasets import (
     write_meta,
     write_split,
 )
+from fedray.data.sources import dataset_builder
 
 log = logging.getLogger(__name__)
 

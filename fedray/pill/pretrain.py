@@ -11,6 +11,9 @@ learning rate and, every `pretrain.eval_every` epochs, the public val accuracy; 
 metrics.jsonl in the cache entry and to W&B when the run logs there), and checkpoints every
 `pretrain.checkpoint_every` epochs into `.pretrain-<key>.partial/` beside the entry: a killed
 pretraining resumes from there to the weights an uninterrupted one would have made.
+
+Size: one stage (public-set config, cache key, training loop with checkpoints and
+resume, report); the key and the loop must agree on what decides the weights.
 """
 
 from __future__ import annotations

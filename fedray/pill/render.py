@@ -8,6 +8,9 @@ score lines are grooves cut into the height map (debossed) or ink on the albedo 
 Lambertian shading of the height map gives the bevel, a dark rim, the light/dark pair along
 debossed strokes and, for glossy coats, a Blinn-Phong highlight. Only the pill's bounding box is
 shaded, at `SUPERSAMPLE`x, then reduced with INTER_AREA, which anti-aliases outline and text.
+
+Size: one concept, drawing a pill side (outline per shape, score, imprint, coating);
+the shape outlines are many small functions.
 """
 
 from __future__ import annotations

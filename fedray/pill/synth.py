@@ -14,6 +14,9 @@ Work is cut into fixed chunks, each seeded from `SeedSequence([seed, stage, chun
 Ray task (or inline with `workers: 1`), so the output never depends on the number of workers and
 the same config + seed rebuilds byte for byte (except the timings in meta.json and the absolute
 cache path in detection/data.yaml).
+
+Size: the build orchestrator of the whole synthetic dataset (plans, chunked tasks,
+writers); every stage reads the same seed streams and layout, which live here.
 """
 
 from __future__ import annotations
@@ -33,6 +36,16 @@ import numpy as np
 import yaml
 
 from fedray.config import ConfigError
+from fedray.data.datasets import (
+    DatasetError,
+    DatasetInfo,
+    cached_build,
+    config_hash,
+    load_info,
+    write_meta,
+    write_split,
+)
+from fedray.data.sources import dataset_builder
 from fedray.pill import consumer
 from fedray.pill.catalog import Pill, make_catalog, save_catalog
 from fedray.pill.compose import (
@@ -43,18 +56,7 @@ from fedray.pill.compose import (
     prepare_cutout,
     render_plan,
 )
-from fedray.data.sources import dataset_builder
-from fedray.data.datasets import (
-    DatasetError,
-    DatasetInfo,
-    cached_build,
-    config_hash,
-    load_info,
-    write_meta,
-    write_split,
-)
 from fedray.pill.importers import IMAGE_SUFFIXES, fingerprint, stratified_split
-from fedray.progress import progress
 from fedray.pill.render import default_px_per_mm, render_reference
 from fedray.pill.segment import SegmentationError, segment_reference
 from fedray.pill.textures import (
@@ -64,6 +66,7 @@ from fedray.pill.textures import (
     make_textures,
     scene_textures,
 )
+from fedray.progress import progress
 
 log = logging.getLogger("fedray")
 

@@ -6,6 +6,9 @@ granite/terrazzo, paper, skin, carpet, marble, plain-with-vignette), adds the fe
 ship inside installed packages (pavement from ultralytics' ``bus.jpg``, blurred crowd from
 ``zidane.jpg``, a hill-shaded elevation map from matplotlib's sample data) and every image in an
 optional user folder. Every texture is RGB uint8 (size, size, 3).
+
+Size: one concept, the backgrounds; most lines are the procedural families, each a
+few lines, kept together so a new family is one function beside its siblings.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ Under secure aggregation or central DP the strategy is handed one result: the ro
 average update applied to the global params, so FedAvg, FedProx, Polyak and the server
 optimizers (FedAdam, FedYogi, FedAdagrad) work unchanged; rules that need each client's update
 (median, trimmed mean, Krum, norm-bounded FedAvg) are a ConfigError there.
+
+Size: one seam with two sides (client, server) that must agree on every encoding
+and on the round state they checkpoint.
 """
 
 from __future__ import annotations
