@@ -10,6 +10,9 @@ from fedray.models import build_model
 from fedray.pill.pretrain import pretrained_weights, resolve_pretrained
 from fedray.run import run
 
+TINY_CNN = {"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn"}
+
+
 PRETRAIN = ("model.pretrained=public", "pretrain.epochs=2", "data.train_per_class=20")
 
 
@@ -41,7 +44,7 @@ def test_public_classes_are_disjoint(make_cfg):
 
 def test_missing_local_weights_is_a_clear_error(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match="never downloads"):
-        build_model({"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn", "pretrained": str(tmp_path / "nope.pt")}, 4)
+        build_model({**TINY_CNN, "pretrained": str(tmp_path / "nope.pt")}, 4)
 
 
 def test_pretraining_ignores_the_view_keys(make_cfg):

@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from fedray.config import ConfigError
+from fedray.data.datasets import is_complete, load_images, load_labels
+from fedray.data.sources import build_dataset
 from fedray.pill import synth
 from fedray.pill.catalog import load_catalog
 from fedray.pill.compose import prepare_cutout
-from fedray.data.datasets import is_complete, load_images, load_labels
-from fedray.data.sources import build_dataset
 
 TINY = {
     "num_pills": 4,

@@ -22,6 +22,9 @@ from fedray.fl.train import (
 from fedray.models import TinyCNN, build_model, frozen_prefix, trainable_names
 from fedray.models.dropout import Dropout
 
+TINY_CNN = {"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn"}
+
+
 
 def test_sampling_is_seeded_per_round_and_sorted():
     a = [sample_clients(100, 10, seed=7, round_idx=r) for r in range(5)]
@@ -156,11 +159,11 @@ def test_client_warm_up_leaves_the_model_as_it_was(tmp_path):
         tmp_path, "train", rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8), np.arange(6) % 3
     )
     torch.manual_seed(0)
-    model = build_model({"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn", "width": 4}, 3)
+    model = build_model({**TINY_CNN, "width": 4}, 3)
     floats = [k for k, v in model.state_dict().items() if v.is_floating_point()]
     init = get_params(model, floats)
     spec = {
-        "model": {"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn", "width": 4},
+        "model": {**TINY_CNN, "width": 4},
         "num_classes": 3,
         "seed": 0,
         "init_state": init,
@@ -260,6 +263,6 @@ def test_augment_with_cached_features_is_a_clear_error():
 def test_travelled_arrays_are_c_ordered_from_a_channels_last_model():
     from fedray.models import build_model
 
-    model = build_model({"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn"}, 3)
+    model = build_model(dict(TINY_CNN), 3)
     params = get_params(model, [n for n, _ in model.named_parameters()])
     assert all(v.flags.c_contiguous for v in params.values())

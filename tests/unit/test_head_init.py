@@ -17,6 +17,9 @@ from fedray.fl.head_init import (
 from fedray.fl.train import get_params, predict_logits, set_params
 from fedray.models import TinyCNN, build_model, frozen_prefix, trainable_names
 
+SQUEEZENET = {"_target_": "fedray.pill.squeezenet.build_squeezenet", "name": "squeezenet"}
+
+
 
 def _features(n=120, dim=16, classes=4, seed=0):
     """Pooled-feature-like data: one Gaussian blob per class, plus their (N, D, 2, 2) maps."""
@@ -73,10 +76,10 @@ def test_ridge_penalty_is_relative_to_feature_energy():
 
 
 def test_heads_that_are_not_linear_are_refused():
-    plain = build_model({"_target_": "fedray.pill.squeezenet.build_squeezenet", "name": "squeezenet", "batch_norm": False}, 5)  # ReLU on the logits
+    plain = build_model({**SQUEEZENET, "batch_norm": False}, 5)  # ReLU on the logits
     with pytest.raises(ConfigError, match=r"fl.head_init=ridge needs .*ReLU"):
         linear_head(plain)
-    assert isinstance(linear_head(build_model({"_target_": "fedray.pill.squeezenet.build_squeezenet", "name": "squeezenet"}, 5)), torch.nn.Conv2d)
+    assert isinstance(linear_head(build_model(dict(SQUEEZENET), 5)), torch.nn.Conv2d)
 
 
 def test_head_init_needs_a_frozen_cached_backbone():

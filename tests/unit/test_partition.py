@@ -19,6 +19,12 @@ from fedray.data.partition import (
     save_partition_heatmap,
 )
 
+
+def scheme(name: str) -> dict:
+    """The partition group's YAML for `name`, as a dict."""
+    return {"_target_": f"fedray.data.partition.partition_{name}", "name": name}
+
+
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "partition"
 
 
@@ -169,13 +175,13 @@ def test_partition_matrix_exact_counts():
 def test_dispatch_matches_direct_calls():
     labels = _labels(20, 30)
     cases = [
-        ({"_target_": "fedray.data.partition.partition_iid", "name": "iid"}, partition_iid(labels, 5, 1)),
+        (scheme("iid"), partition_iid(labels, 5, 1)),
         (
-            {"_target_": "fedray.data.partition.partition_pathological", "name": "pathological", "classes_per_client": 4},
+            {**scheme("pathological"), "classes_per_client": 4},
             partition_pathological(labels, 5, 4, 1),
         ),
-        ({"_target_": "fedray.data.partition.partition_dirichlet", "name": "dirichlet", "alpha": 0.5}, partition_dirichlet(labels, 5, 0.5, 1, 10)),
-        ({"_target_": "fedray.data.partition.partition_quantity_skew", "name": "quantity_skew", "alpha": 2.0}, partition_quantity_skew(labels, 5, 2.0, 1)),
+        ({**scheme("dirichlet"), "alpha": 0.5}, partition_dirichlet(labels, 5, 0.5, 1, 10)),
+        ({**scheme("quantity_skew"), "alpha": 2.0}, partition_quantity_skew(labels, 5, 2.0, 1)),
     ]
     for cfg, expected in cases:
         got = partition(labels, cfg, num_clients=5, seed=1)
@@ -196,13 +202,13 @@ def test_conf_files_drive_partition(conf):
     [
         ({"_target_": "fedray.data.partition.shards", "name": "shards"}, "cannot be imported"),
         ({}, "partition._target_ is missing"),
-        ({"_target_": "fedray.data.partition.partition_dirichlet", "name": "dirichlet"}, "partition.alpha is required"),
-        ({"_target_": "fedray.data.partition.partition_dirichlet", "name": "dirichlet", "alpha": 0.5, "alpah": 1}, "partition.alpah is not an argument"),
-        ({"_target_": "fedray.data.partition.partition_dirichlet", "name": "dirichlet", "alpha": -1.0}, "partition.alpha must be"),
-        ({"_target_": "fedray.data.partition.partition_quantity_skew", "name": "quantity_skew", "alpha": "big"}, "partition.alpha must be"),
-        ({"_target_": "fedray.data.partition.partition_pathological", "name": "pathological", "classes_per_client": 2.5}, "partition.classes_per_client"),
-        ({"_target_": "fedray.data.partition.partition_pathological", "name": "pathological", "classes_per_client": 30}, "partition.classes_per_client=30"),
-        ({"_target_": "fedray.data.partition.partition_dirichlet", "name": "dirichlet", "alpha": 0.5, "min_size": -1}, "partition.min_size must be"),
+        (scheme("dirichlet"), "partition.alpha is required"),
+        ({**scheme("dirichlet"), "alpha": 0.5, "alpah": 1}, "partition.alpah is not an argument"),
+        ({**scheme("dirichlet"), "alpha": -1.0}, "partition.alpha must be"),
+        ({**scheme("quantity_skew"), "alpha": "big"}, "partition.alpha must be"),
+        ({**scheme("pathological"), "classes_per_client": 2.5}, "partition.classes_per_client"),
+        ({**scheme("pathological"), "classes_per_client": 30}, "partition.classes_per_client=30"),
+        ({**scheme("dirichlet"), "alpha": 0.5, "min_size": -1}, "partition.min_size must be"),
     ],
 )
 def test_dispatch_bad_config_names_the_key(cfg, match):

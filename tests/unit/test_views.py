@@ -12,6 +12,10 @@ from fedray.fl.train import extract_features, predict_logits
 from fedray.models import build_model
 from fedray.models.views import centre_zoom, tapped, turn_mean, view_features
 
+TINY_CNN = {"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn"}
+SQUEEZENET = {"_target_": "fedray.pill.squeezenet.build_squeezenet", "name": "squeezenet"}
+
+
 
 def _images(n=6, size=16, seed=0):
     return np.random.default_rng(seed).integers(0, 255, (n, size, size, 3), dtype=np.uint8)
@@ -19,8 +23,8 @@ def _images(n=6, size=16, seed=0):
 
 def test_four_turns_make_the_model_blind_to_how_the_photo_was_held():
     torch.manual_seed(0)
-    plain = build_model({"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn", "width": 4}, 3).eval()
-    turned = build_model({"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn", "width": 4, "turns": 4}, 3).eval()
+    plain = build_model({**TINY_CNN, "width": 4}, 3).eval()
+    turned = build_model({**TINY_CNN, "width": 4, "turns": 4}, 3).eval()
     turned.load_state_dict(plain.state_dict())
     x = _images()
     x90 = np.ascontiguousarray(np.rot90(x, 1, axes=(1, 2)))
@@ -32,7 +36,7 @@ def test_four_turns_make_the_model_blind_to_how_the_photo_was_held():
 
 def test_cached_features_equal_the_full_forward_with_turns():
     torch.manual_seed(0)
-    model = build_model({"_target_": "fedray.pill.squeezenet.build_squeezenet", "name": "squeezenet", "turns": 4}, 5).eval()
+    model = build_model({**SQUEEZENET, "turns": 4}, 5).eval()
     x = _images(n=4, size=32)
     feats = extract_features(model, x)
     torch.testing.assert_close(
@@ -53,12 +57,12 @@ def test_turn_mean_of_one_turn_is_the_plain_backbone_and_two_turns_use_half_turn
 
 def test_turns_errors_are_clear():
     with pytest.raises(ConfigError, match="model.turns=3"):
-        build_model({"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn", "turns": 3}, 2)
+        build_model({**TINY_CNN, "turns": 3}, 2)
     with pytest.raises(ConfigError, match="model.turns=4 needs a model"):
         build_model(
-            {"_target_": "fedray.pill.squeezenet.build_squeezenet", "batch_norm": False, "turns": 4}, 2
+            {**SQUEEZENET, "batch_norm": False, "turns": 4}, 2
         )
-    model = build_model({"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn", "turns": 4}, 2)
+    model = build_model({**TINY_CNN, "turns": 4}, 2)
     with pytest.raises(ConfigError, match="only its first 4 blocks are frozen"):
         extract_features(model, _images(), upto=4)
     with pytest.raises(ConfigError, match="square images"):
@@ -76,8 +80,8 @@ def test_centre_zoom_enlarges_the_centre_and_keeps_the_size():
 
 def test_zooms_stack_each_views_features_and_widen_the_head():
     torch.manual_seed(0)
-    one = build_model({"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn", "width": 4, "turns": 2}, 3).eval()
-    two = build_model({"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn", "width": 4, "turns": 2, "zooms": [1.0, 1.5]}, 3).eval()
+    one = build_model({**TINY_CNN, "width": 4, "turns": 2}, 3).eval()
+    two = build_model({**TINY_CNN, "width": 4, "turns": 2, "zooms": [1.0, 1.5]}, 3).eval()
     assert two.classifier[1].in_channels == 2 * one.classifier[1].in_channels
     two.features.load_state_dict(one.features.state_dict())
     x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
@@ -90,7 +94,7 @@ def test_zooms_stack_each_views_features_and_widen_the_head():
 
 def test_cached_features_equal_the_full_forward_with_zooms():
     torch.manual_seed(0)
-    model = build_model({"_target_": "fedray.pill.squeezenet.build_squeezenet", "name": "squeezenet", "turns": 2, "zooms": [1.0, 1.6]}, 5).eval()
+    model = build_model({**SQUEEZENET, "turns": 2, "zooms": [1.0, 1.6]}, 5).eval()
     x = _images(n=3, size=32)
     feats = extract_features(model, x)
     assert feats.shape[1] == 1024
@@ -105,19 +109,19 @@ def test_cached_features_equal_the_full_forward_with_zooms():
 @pytest.mark.parametrize("zooms", [[], [0.5], [1.0, 1.0], "big", [1.0, "x"]])
 def test_bad_zooms_are_clear_errors(zooms):
     with pytest.raises(ConfigError, match="model.zooms"):
-        build_model({"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn", "zooms": zooms}, 2)
+        build_model({**TINY_CNN, "zooms": zooms}, 2)
 
 
 def test_zoomed_models_refuse_a_partly_frozen_backbone_and_torchvision():
     with pytest.raises(ConfigError, match="only its first 4 blocks are frozen"):
-        extract_features(build_model({"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn", "zooms": [1.0, 2.0]}, 2), _images(), 4)
+        extract_features(build_model({**TINY_CNN, "zooms": [1.0, 2.0]}, 2), _images(), 4)
     with pytest.raises(ConfigError, match="torchvision's SqueezeNet"):
-        build_model({"_target_": "fedray.pill.squeezenet.build_squeezenet", "name": "squeezenet", "batch_norm": False, "zooms": [1.0, 2.0]}, 2)
+        build_model({**SQUEEZENET, "batch_norm": False, "zooms": [1.0, 2.0]}, 2)
 
 
 def test_taps_pool_the_chosen_blocks_and_size_the_head():
     torch.manual_seed(0)
-    model = build_model({"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn", "width": 4, "taps": [3, -1], "pool": "avgmax"}, 3)
+    model = build_model({**TINY_CNN, "width": 4, "taps": [3, -1], "pool": "avgmax"}, 3)
     model.eval()
     assert model.taps == (3, 11)
     # block 3 has 4 channels, block 11 has 16; avg and max of each: 2 x (4 + 16)
@@ -167,7 +171,7 @@ def test_tapped_features_are_turn_averaged_and_zoom_stacked():
 
 def test_cached_features_equal_the_full_forward_with_taps():
     torch.manual_seed(0)
-    cfg = {"_target_": "fedray.pill.squeezenet.build_squeezenet", "name": "squeezenet", "turns": 2, "zooms": [1.0, 1.6], "taps": [4, 13], "pool": "max"}
+    cfg = {**SQUEEZENET, "turns": 2, "zooms": [1.0, 1.6], "taps": [4, 13], "pool": "max"}
     model = build_model(cfg, 5).eval()
     x = _images(n=3, size=64)
     feats = extract_features(model, x)
@@ -195,18 +199,18 @@ def test_cached_features_equal_the_full_forward_with_taps():
 )
 def test_bad_taps_pool_and_dropout_are_clear_errors(cfg, match):
     with pytest.raises(ConfigError, match=match):
-        build_model({"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn", **cfg}, 2)
+        build_model({**TINY_CNN, **cfg}, 2)
 
 
 def test_tapped_models_refuse_a_partly_frozen_backbone_and_torchvision():
     with pytest.raises(ConfigError, match="only its first 4 blocks are frozen"):
-        extract_features(build_model({"_target_": "fedray.models.tiny_cnn.TinyCNN", "name": "tiny_cnn", "taps": [-1]}, 2), _images(), 4)
+        extract_features(build_model({**TINY_CNN, "taps": [-1]}, 2), _images(), 4)
     with pytest.raises(ConfigError, match="torchvision's SqueezeNet"):
-        build_model({"_target_": "fedray.pill.squeezenet.build_squeezenet", "name": "squeezenet", "batch_norm": False, "taps": [-1]}, 2)
+        build_model({**SQUEEZENET, "batch_norm": False, "taps": [-1]}, 2)
 
 
 def test_model_dropout_sets_the_heads_rate():
-    model = build_model({"_target_": "fedray.pill.squeezenet.build_squeezenet", "name": "squeezenet", "dropout": 0.0}, 2)
+    model = build_model({**SQUEEZENET, "dropout": 0.0}, 2)
     assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] == [0.0]
 
 
@@ -217,7 +221,7 @@ def test_cache_precision_is_checked_and_bf16_features_match_fp32():
         resolve_precision("half", "fl.cache_precision")
     assert resolve_precision("auto", "k") in ("fp32", "bf16")
     torch.manual_seed(0)
-    model = build_model({"_target_": "fedray.pill.squeezenet.build_squeezenet", "name": "squeezenet", "taps": [7, 13], "pool": "max"}, 3).eval()
+    model = build_model({**SQUEEZENET, "taps": [7, 13], "pool": "max"}, 3).eval()
     x = _images(n=4, size=64)
     fp32 = extract_features(model, x, precision="fp32")
     bf16 = extract_features(model, x, precision="bf16")
