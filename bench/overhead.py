@@ -132,7 +132,8 @@ def prepare(overrides: list[str], work: Path, threads: int) -> Path:
 def measure(cmd: list[str], first_row: Path | None = None, every: float = 0.25) -> dict:
     """Run `cmd`; wall s, CPU s and peak PSS/RSS of its whole process tree, sampled."""
     t0 = time.perf_counter()
-    proc = psutil.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tempfile.TemporaryFile()  # not a pipe: a long summary would fill it and block the run
+    proc = psutil.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     cpu: dict[int, float] = {}
     peak_pss = peak_rss = 0
     t_first = None
@@ -156,7 +157,9 @@ def measure(cmd: list[str], first_row: Path | None = None, every: float = 0.25) 
         if t_first is None and first_row is not None and _has_row(first_row):
             t_first = time.perf_counter() - t0
         time.sleep(every)
-    out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+    log.seek(0)
+    out = log.read().decode(errors="replace")
+    log.close()
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-3000:]}")
