@@ -112,11 +112,24 @@ def centre_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
     """The centre 1/zoom of each (N, C, H, W) image, resized (bilinear) back to H x W."""
     if zoom == 1.0:
         return x
-    h, w = x.shape[-2:]
+    h, w = (int(v) for v in x.shape[-2:])  # plain ints also under ONNX tracing (fixed size)
     rows, cols = centre_box(h, w, zoom)
     crop = x[..., rows, cols]
     out = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
     return out.contiguous(memory_format=torch.channels_last)
+
+
+def rot90(x: torch.Tensor, k: int) -> torch.Tensor:
+    """torch.rot90(x, k, (2, 3)) as flips and a transpose: the same values, and exportable to
+    ONNX (the TorchScript exporter has no rot90)."""
+    k %= 4
+    if k == 0:
+        return x
+    if k == 2:
+        return x.flip(2).flip(3)
+    if k == 1:
+        return x.flip(3).transpose(2, 3)
+    return x.transpose(2, 3).flip(3)
 
 
 def turn_mean(features: nn.Module, x: torch.Tensor, turns: int = 1) -> torch.Tensor:
@@ -129,7 +142,7 @@ def turn_mean(features: nn.Module, x: torch.Tensor, turns: int = 1) -> torch.Ten
     out = features(x)
     for k in range(1, turns):
         q = k * step
-        out = out + torch.rot90(features(torch.rot90(x, q, (2, 3))), -q, (2, 3))
+        out = out + rot90(features(rot90(x, q)), -q)
     return out / turns
 
 
@@ -172,7 +185,7 @@ def view_features(
         view = centre_zoom(x, z)
         acc = tapped(features, view, taps, pool)
         for k in range(1, turns):
-            acc = acc + tapped(features, torch.rot90(view, k * step, (2, 3)), taps, pool)
+            acc = acc + tapped(features, rot90(view, k * step), taps, pool)
         vecs.append(acc / turns)
     out = vecs[0] if len(vecs) == 1 else torch.cat(vecs, 1)
     return out

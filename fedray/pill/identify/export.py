@@ -17,21 +17,13 @@ import numpy as np
 import torch
 
 from fedray.data.datasets import load_images, to_tensor_batch
+from fedray.distill.profile import count_macs
 
 log = logging.getLogger("fedray")
 OPSET = 17
 PARITY_ATOL = 1e-4
 EXPORT_DIR = "export"
 CLASSIFIER_ONNX = "classifier.onnx"
-
-
-def count_macs(model: torch.nn.Module, example: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass (torch's FLOP counter / 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(example)
-    return int(counter.get_total_flops() // 2)
 
 
 def export_classifier(model: torch.nn.Module, image_size: int, path: Path) -> Path:
@@ -131,7 +123,7 @@ def export_run(run_dir: str | Path, detector: str | Path | None = None,
     example = to_tensor_batch(val[:1]).contiguous()
     feed = {"images": example.numpy()}
     rows = [profile_row("classifier", sum(p.numel() for p in clf.model.parameters()),
-                        count_macs(clf.model, example), path, lambda: session.run(None, feed))]
+                        count_macs(clf.model, size), path, lambda: session.run(None, feed))]
     report = {"opset": OPSET, "classifier": str(path), "classifier_max_abs_diff": max_diff}
     try:
         det_path = Path(detector) if detector else latest_detector()
@@ -158,7 +150,7 @@ def _export_detector(det_path: Path, out_dir: Path, report: dict, threads: int) 
     net = yolo.model.eval()
     example = torch.zeros(1, 3, 640, 640)
     params = sum(p.numel() for p in net.parameters())
-    macs = count_macs(net, example)
+    macs = count_macs(net, 640)
     onnx_src = Path(yolo.export(format="onnx", imgsz=640, opset=OPSET, simplify=False,
                                 dynamic=False, device="cpu", verbose=False))
     path = out_dir / "detector.onnx"

@@ -127,31 +127,10 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Multiply-accumulates of one forward pass of one image, counted on Conv2d and Linear."""
-    total = 0
+    """Multiply-accumulates of one forward pass of one (C, S, S) image, on Conv2d and Linear."""
+    from fedray.distill.profile import count_macs as macs_at
 
-    def conv_hook(m: nn.Conv2d, _inp, out: torch.Tensor) -> None:
-        nonlocal total
-        kh, kw = m.kernel_size
-        total += out[0].numel() * (m.in_channels // m.groups) * kh * kw
-
-    def linear_hook(m: nn.Linear, _inp, out: torch.Tensor) -> None:
-        nonlocal total
-        total += m.in_features * m.out_features
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return total
+    channels, height, width = input_shape
+    if height != width:
+        raise ValueError(f"count_macs: square inputs only, got {tuple(input_shape)}")
+    return macs_at(model, int(height), channels=int(channels))
