@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from fedray.data.binary import binary_shapes
@@ -117,6 +118,7 @@ def test_head_less_model_with_classifier_training_is_a_clear_error(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_binary_task_scores_the_round_class(tmp_path):
     cfg = {"image_size": 32, "train_per_class": 4, "val_per_class": 10, "noise": 0.1}
     info = binary_shapes(cfg, 0, tmp_path)

@@ -64,6 +64,7 @@ def pill_run(tmp_path_factory, cache_dir, ray_session):
     return run_dir, clf, photos, metrics
 
 
+@pytest.mark.slow  # trains a small federated pill run first (module fixture)
 def test_identify_names_the_pills_of_a_photo(pill_run):
     _, clf, photos, metrics = pill_run
     strict = dataclasses.replace(clf, threshold=1.01)
@@ -124,6 +125,7 @@ def _cli(*args, cwd, env_cache):
                           timeout=300)
 
 
+@pytest.mark.slow  # trains a small federated pill run first (module fixture)
 def test_cli_errors_name_the_missing_model_and_the_bad_file(tmp_path, pill_run):
     import cv2
 
@@ -152,6 +154,7 @@ def _app(pill_run):
     return create_app(Identifier(truth_detector(photos), clf)), photos
 
 
+@pytest.mark.slow  # trains a small federated pill run first (module fixture)
 def test_web_api_answers_photos_and_refuses_non_images(pill_run):
     import cv2
     from fastapi.testclient import TestClient
@@ -189,6 +192,7 @@ def _browser():
     return None
 
 
+@pytest.mark.slow  # trains a small federated pill run first (module fixture)
 def test_web_page_in_a_real_browser(pill_run, tmp_path):
     """Serve on 127.0.0.1, upload a photo and a text file in headless Chromium, screenshot."""
     import threading
@@ -243,6 +247,7 @@ def test_web_page_in_a_real_browser(pill_run, tmp_path):
     print(f"screenshot: {tmp_path / 'identify.png'}")
 
 
+@pytest.mark.slow  # trains a small federated pill run first (module fixture)
 def test_json_answer_round_trips(pill_run):
     _, clf, photos, _ = pill_run
     answer = identify(photos[1].image, truth_detector(photos), clf)
@@ -250,6 +255,7 @@ def test_json_answer_round_trips(pill_run):
     assert [f["name"] for f in again["found"]] == [f.name for f in answer.found]
 
 
+@pytest.mark.slow  # trains a small federated pill run first (module fixture)
 def test_export_classifier_matches_torch_and_is_profiled(pill_run, tmp_path, monkeypatch, capsys):
     from fedray.pill.identify.export import OPSET, PARITY_ATOL, export_run
 

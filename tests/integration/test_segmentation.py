@@ -47,6 +47,7 @@ def test_seg_two_sites_federated_reports_iou_per_site(tmp_path, cache_dir):
     assert not (tmp_path / "run" / "confusion_matrix.csv").exists()
 
 
+@pytest.mark.slow
 def test_seg_two_sites_isolated_scores_each_site_model_on_each_site(tmp_path, cache_dir):
     metrics = run(_cfg(tmp_path, cache_dir, "stage=isolated", "fl.rounds=1"))
     for c in (0, 1):
@@ -59,6 +60,7 @@ def test_seg_two_sites_isolated_scores_each_site_model_on_each_site(tmp_path, ca
     assert metrics["comm/bytes_total"] == 0
 
 
+@pytest.mark.slow
 def test_seg_two_sites_centralized_pools_both_sites(tmp_path, cache_dir):
     metrics = run(_cfg(tmp_path, cache_dir, "stage=centralized", "fl.rounds=1"))
     assert metrics["stage"] == "centralized"
