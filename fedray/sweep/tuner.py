@@ -107,6 +107,7 @@ def sweep(cfg: dict[str, Any]) -> dict[str, Any]:
             state = plan(spec, base, sweep_dir, want)
             grid = run_tuner(sweep_dir, state, restore=False)
         rows = collect_results(grid, state, sweep_dir)
+        check_not_interrupted(grid, state, sweep_dir, rows)
         summarize_unfinished(rows)
         out = write_results(sweep_dir, state, rows, wall_s=time.perf_counter() - t0)
     finally:
@@ -116,6 +117,34 @@ def sweep(cfg: dict[str, Any]) -> dict[str, Any]:
             ray.shutdown()
     print_results(out)
     return out
+
+
+class SweepInterrupted(SweepError):
+    """Tune stopped before every trial ended (Ctrl-C): its state is saved for sweep.resume."""
+
+
+def check_not_interrupted(
+    grid: Any, state: dict[str, Any], sweep_dir: Path, rows: list[dict[str, Any]]
+) -> None:
+    """Raise SweepInterrupted when a trial is still running/pending or was never created.
+
+    Tune ends `fit()` normally on Ctrl-C; the ranked results of a cut-short sweep would read as
+    final, so they are not written: `sweep.resume=true` finishes the sweep and writes them. A
+    trial "stopped" before its first round, or stopped at all without a scheduler, was cut short.
+    """
+    trials = list(grid._experiment_analysis.trials)
+    expected = len(state.get("trials") or []) or int(state["spec"].get("num_samples") or 0)
+    ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+    no_scheduler = (state["spec"].get("scheduler") or {}).get("name") in (None, "none")
+    cut = [
+        r for r in rows
+        if r["status"] == "stopped" and (no_scheduler or not int(r.get("rounds") or 0))
+    ]
+    if cut or len(ended) < len(trials) or len(trials) < expected:
+        raise SweepInterrupted(
+            f"sweep interrupted with {len(cut) or len(trials) - len(ended)} trial(s) unfinished; "
+            f"its state is saved in {sweep_dir}: add sweep.resume=true to finish it"
+        )
 
 
 def plan(spec: SweepSpec, base: dict[str, Any], sweep_dir: Path, want: str) -> dict[str, Any]:
