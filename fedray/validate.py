@@ -401,6 +401,21 @@ def check_strategy(strategy: Any, per_round: int) -> None:
         ) from None
 
 
+def check_dp_config(cfg: dict[str, Any], per_round: int) -> None:
+    """dp.* values and the accountant's package (the `privacy` extra), when DP is on."""
+    dpc = cfg.get("dp")
+    if not isinstance(dpc, Mapping) or dpc.get("name", "none") == "none":
+        return
+    from fedray.privacy.dp import check_dp
+
+    try:
+        check_dp(dict(dpc), int(cfg["fl"]["num_clients"]), per_round)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # a value float() cannot read
+        raise ConfigError(f"dp: {_first_line(exc)} (dp.* takes numbers)") from None
+
+
 def needs_pretraining(cfg: dict[str, Any]) -> bool:
     """True when the run trains (or loads) the pretrain stage's weights."""
     pretrain = cfg.get("pretrain") or {}
@@ -445,5 +460,7 @@ def validate(cfg: dict[str, Any]) -> None:
         if stage in ("federated", "isolated"):
             check_partition(cfg.get("partition"))
             check_strategy(cfg.get("strategy"), per_round)
+        if stage == "federated":
+            check_dp_config(cfg, per_round)
     if stage != "synth" and needs_pretraining(cfg):
         check_pretrain(cfg)

@@ -130,7 +130,10 @@ class DpAccountant:
 
 
 def check_dp(dp: dict, num_clients: int, clients_per_round: int) -> None:
-    """ConfigError naming the dp.<key> that makes no sense."""
+    """ConfigError naming the dp.<key> that makes no sense (or the missing accountant)."""
+    from fedray.extras import require
+
+    require(f"dp={dp.get('name', dp.get('noise'))}", "dp_accounting")
     if dp.get("noise") not in NOISE:
         raise ConfigError(f"dp.noise={dp.get('noise')!r}: choose one of {NOISE}")
     if dp.get("sampling", "poisson") not in SAMPLING:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from fedray.extras import hint, missing
 from fedray.sweep.space import (
     INDEX_KEY,
     grid_presets,
@@ -21,8 +22,6 @@ from fedray.sweep.space import (
     tune_space,
 )
 from fedray.sweep.spec import SweepError, SweepSpec
-
-EXTRA_HINT = 'pip install "fedray[sweep]" (or: pip install {pkg})'
 
 
 class NumberedSearcher(Searcher):
@@ -75,12 +74,8 @@ class NumberedSearcher(Searcher):
 
 
 def _require(spec: SweepSpec, pkg: str) -> None:
-    try:
-        __import__(pkg)
-    except ImportError:
-        raise spec.fail(
-            "search", f"search: {spec.search} needs {pkg}: " + EXTRA_HINT.format(pkg=pkg)
-        ) from None
+    if missing(pkg):
+        raise spec.fail("search", f"search: {spec.search} needs {pkg}: {hint(pkg)}")
 
 
 def check_search_available(spec: SweepSpec) -> None:

@@ -22,6 +22,7 @@ import yaml
 from fedray.config import ConfigError
 from fedray.data.datasets import DatasetInfo, load_images, load_labels, to_tensor_batch
 from fedray.data.sources import build_dataset
+from fedray.extras import missing
 from fedray.fl.checkpoint import CHECKPOINT, load_checkpoint
 from fedray.fl.train import set_params
 from fedray.models import build_model
@@ -106,7 +107,7 @@ def load_classifier(run_dir: str | Path, calibrate: bool = True, onnx: bool = Tr
     model.eval()
     clf = Classifier(model, list(info.class_names), int(info.image_size), str(info.root))
     exported = run_dir / "export" / "classifier.onnx"
-    if onnx and exported.exists():
+    if onnx and exported.exists() and not missing("onnxruntime"):
         from fedray.pill.identify.export import onnx_session
 
         clf.session = onnx_session(exported)

@@ -87,6 +87,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from fedray.extras import require
+
+    require("fedray serve", "fastapi", "uvicorn")
     import uvicorn
 
     from fedray.pill.identify.app import load_identifier
@@ -99,6 +102,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from fedray.extras import require
+
+    require("fedray export", "onnx", "onnxruntime", "psutil")
     from fedray.pill.identify.export import export_run
 
     export_run(args.run_dir, args.detector, args.out)
