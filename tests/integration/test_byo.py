@@ -56,6 +56,17 @@ def data(n: int = 96, size: int = 32, seed: int = 0):
 '''
 
 
+def launch(overrides: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`python launch.py <overrides>` from the checkout, as a user types it."""
+    return subprocess.run(
+        [sys.executable, "launch.py", *overrides],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+
+
 def test_own_model_and_dataset_from_the_command_line(tmp_path):
     (tmp_path / "mymod.py").write_text(MYMOD)
     env = {
@@ -65,10 +76,8 @@ def test_own_model_and_dataset_from_the_command_line(tmp_path):
         "WANDB_MODE": "offline",
     }
     run_dir = tmp_path / "run"
-    out = subprocess.run(
+    out = launch(
         [
-            sys.executable,
-            "launch.py",
             "+experiment=smoke",
             "model._target_=mymod.Net",
             "data._target_=mymod.data",
@@ -76,10 +85,7 @@ def test_own_model_and_dataset_from_the_command_line(tmp_path):
             "ray.num_cpus=2",
             f"hydra.run.dir={run_dir}",
         ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
+        env,
     )
     assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-2000:]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -139,10 +145,8 @@ def test_alexnet_devices_trains_the_whole_alexnet_on_the_phones(tmp_path):
     and the run scores the binary task (precision/recall of `round`, a 2 x 2 confusion)."""
     env = {**os.environ, "FEDRAY_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
     run_dir = tmp_path / "run"
-    out = subprocess.run(
+    out = launch(
         [
-            sys.executable,
-            "launch.py",
             "+experiment=alexnet_devices",
             "data.train_per_class=12",
             "data.val_per_class=10",
@@ -152,10 +156,7 @@ def test_alexnet_devices_trains_the_whole_alexnet_on_the_phones(tmp_path):
             "ray.num_cpus=2",
             f"hydra.run.dir={run_dir}",
         ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
+        env,
     )
     assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-2000:]
     summary = json.loads((run_dir / "summary.json").read_text())
