@@ -76,19 +76,11 @@ SCENARIOS["full_half_cpu"] = [*SCENARIOS["full"], "ray.client_cpus=0.5"]
 
 def compose(overrides: list[str], cache: str, run_dir: str) -> dict:
     """The experiment config exactly as launch.py would build it."""
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
+    from fedray.config import compose_plain
 
-    import fedray.config  # noqa: F401
-
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = hcompose(
-            "config",
-            overrides=["+experiment=smoke", "logger=jsonl", *overrides, f"data.cache_dir={cache}"],
-        )
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = compose_plain(
+        ["+experiment=smoke", "logger=jsonl", *overrides, f"data.cache_dir={cache}"]
+    )
     plain["run_dir"] = run_dir
     return plain
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from fl_overhead import SCENARIOS as ROUND_LOOP_SCENARIOS  # bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,24 +59,8 @@ WORKLOADS: dict[str, list[str]] = {
         "client.epochs=2",
         "client.batch_size=32",
     ],
-    "tiny100": [
-        "+experiment=smoke",
-        "ray.client_cpus=1",
-        "model=tiny_cnn",
-        "model.width=8",
-        "fl.trainable=all",
-        "fl.cache_features=false",
-        "fl.num_clients=100",
-        "fl.clients_per_round=10",
-        "fl.rounds=30",
-        "data.num_classes=10",
-        "data.image_size=32",
-        "data.train_per_class=200",
-        "data.val_per_class=20",
-        "partition=iid",
-        "client.epochs=1",
-        "client.batch_size=16",
-    ],
+    # bench/fl_overhead.py's `tiny` scenario, as a user launches it
+    "tiny100": ["+experiment=smoke", "fl.cache_features=false", *ROUND_LOOP_SCENARIOS["tiny"]],
     "crossdevice": ["+experiment=cifar_crossdevice"],
 }
 SQUEEZENET = ["model=squeezenet", "model.pretrained=null"]
@@ -83,15 +68,9 @@ SQUEEZENET = ["model=squeezenet", "model.pretrained=null"]
 
 def compose(overrides: list[str]) -> dict:
     """The config exactly as launch.py resolves it."""
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
+    from fedray.config import compose_plain
 
-    import fedray.config  # noqa: F401 - registers the schema
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = hcompose("config", overrides=overrides)
-    return OmegaConf.to_container(cfg, resolve=True)
+    return compose_plain(overrides)
 
 
 def prepare(overrides: list[str], work: Path, threads: int) -> Path:

@@ -26,7 +26,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 # the robust rules, each tuned to 20% attackers among n clients (filled in by `rules`)
 RULES = ("fedavg", "median", "trimmed_mean", "krum", "multi_krum", "norm_bounded")
@@ -47,15 +46,9 @@ def rules(n: int, attackers: int, max_norm: float) -> dict[str, list[str]]:
 
 def compose(overrides: list[str]) -> dict[str, Any]:
     """conf/config.yaml + overrides, resolved to a plain dict (as launch.py does)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
+    from fedray.config import compose_plain
 
-    import fedray.config  # noqa: F401  (registers the schema)
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=overrides)
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    return compose_plain(overrides)
 
 
 def run_one(base: list[str], extra: list[str], out: Path, label: str) -> dict[str, Any]:

@@ -7,10 +7,17 @@ validate them and name the offending key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+# the checkout (editable install); a plain `pip install .` falls back to the working directory
+ROOT = Path(__file__).resolve().parents[1]
+if not (ROOT / "conf").is_dir():
+    ROOT = Path.cwd()
+CONF_DIR = ROOT / "conf"
 
 
 class ConfigError(ValueError):
@@ -125,3 +132,14 @@ def register_configs() -> None:
 
 
 register_configs()
+
+
+def compose_plain(overrides: list[str]) -> dict[str, Any]:
+    """conf/config.yaml composed with `overrides` and resolved to a plain dict, as launch.py
+    does (less `run_dir`, which Hydra's run sets): for tests, benchmarks and notebooks."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)

@@ -6,21 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-import fedray.config  # noqa: F401  (registers the schema)
+from fedray.config import compose_plain  # noqa: F401  (tests import it from here)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-
-
-def compose_plain(overrides: list[str]) -> dict:
-    """Compose conf/config.yaml with overrides and resolve it to a plain dict, as launch.py does."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
 @pytest.fixture(scope="session")

@@ -11,11 +11,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
-# the checkout (editable install); a plain `pip install .` falls back to the working directory
-ROOT = Path(__file__).resolve().parents[2]
-if not (ROOT / "conf").is_dir():
-    ROOT = Path.cwd()
-CONF_DIR = ROOT / "conf"
+from fedray.config import CONF_DIR, ROOT
+
 SWEEPS_DIR = ROOT / "sweeps"
 
 
