@@ -110,6 +110,28 @@ def test_detect_trains_offline_caches_and_scores(make_cfg, cache_dir, tmp_path, 
     assert 0.0 <= scored["eval/AP80"] <= 1.0
     assert no_network == []
 
+    # identify runs it at the side it was trained at, and `fedray export` writes it as ONNX that
+    # onnxruntime runs to the same answer
+    from fedray.pill.identify.detector import Detector
+    from fedray.pill.identify.export import DETECTOR_RTOL, export_detector
+
+    det = Detector(weights, conf=0.001)
+    assert det.imgsz == 160
+    scene = cv2.imread(str(next((real / "images" / "val").iterdir())))[..., ::-1]
+    boxes, scores = det(scene)
+    assert boxes.shape == (len(scores), 4) and (scores >= 0.001).all()
+    report: dict = {}
+    (tmp_path / "export").mkdir()
+    row = export_detector(weights, tmp_path / "export", report, threads=1)
+    assert row["model"] == "detector@160" and row["params"] > 1e6
+    assert report["detector_imgsz"] == 160
+    assert report["detector_max_rel_diff"] <= DETECTOR_RTOL
+    onnx_boxes, onnx_scores = Detector(report["detector"], conf=0.001)(scene)
+    if len(boxes):  # the best box: a one-epoch detector's tail of near-threshold boxes may differ
+        np.testing.assert_allclose(onnx_boxes[0], boxes[0], atol=0.05)
+        np.testing.assert_allclose(onnx_scores[0], scores[0], atol=1e-4)
+    assert no_network == []
+
 
 def yolo_env_dir() -> str:
     import os
@@ -185,9 +207,33 @@ def test_bad_detect_config_is_a_config_error(make_cfg, cache_dir, tmp_path):
     cfg = _cfg(make_cfg, cache_dir, tmp_path, "detect.model=yolov9000.yaml")
     with pytest.raises(ConfigError, match="detect.model"):
         run(cfg)
+    cfg = _cfg(make_cfg, cache_dir, tmp_path, "detect.threads=0")
+    with pytest.raises(ConfigError, match="detect.threads"):
+        run(cfg)
     cfg = make_cfg("stage=detect")
     with pytest.raises(ConfigError, match="stage='detect'"):
         run(cfg)
+
+
+def test_ultralytics_keeps_the_threads_fedray_gives_it(yolo_env):
+    # ultralytics resets torch to min(8, cores - 1) threads each time it picks the CPU: one of
+    # two cores here. After load_ultralytics it keeps torch's own count, or the one asked for.
+    import torch
+
+    from fedray.pill.detect import offline
+
+    before = torch.get_num_threads()
+    try:
+        offline.load_ultralytics()
+        from ultralytics.utils.torch_utils import select_device
+
+        select_device("cpu", verbose=False)
+        assert torch.get_num_threads() == offline._THREADS
+        assert offline.use_threads(3) == 3
+        select_device("cpu", verbose=False)
+        assert torch.get_num_threads() == 3
+    finally:
+        offline.use_threads(before)
 
 
 def test_scene_options_pill_counts_public_pills_surfaces(tmp_path):

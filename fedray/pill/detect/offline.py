@@ -67,8 +67,36 @@ def prepare_config_dir(root: Path) -> Path:
     return folder
 
 
+def _not_a_terminal() -> bool:
+    return "GITHUB_ACTIONS" in os.environ or not sys.stdout.isatty()
+
+
+_THREADS: int | None = None  # torch's thread count before ultralytics first touched it
+
+
+def use_threads(threads: int | None) -> int:
+    """Let ultralytics train and predict on `threads` CPU threads (None: torch's current count).
+
+    Ultralytics resets torch to min(8, cores - 1) threads whenever it picks a CPU device: one
+    thread on a 2-core machine, which made training 1.8x slower than on both cores.
+    """
+    import torch
+    from ultralytics.utils import torch_utils
+
+    n = max(1, int(threads or _THREADS or torch.get_num_threads()))
+    torch_utils.NUM_THREADS = n
+    torch.set_num_threads(n)
+    return n
+
+
 def load_ultralytics() -> ModuleType:
     """Import ultralytics set up to run offline; returns the module."""
+    global _THREADS
+    first = _THREADS is None
+    if first:
+        import torch  # before ultralytics, whose import sets OMP_NUM_THREADS=1
+
+        _THREADS = torch.get_num_threads()
     if "ultralytics" not in sys.modules:
         for key, value in OFFLINE_ENV.items():
             os.environ.setdefault(key, value)
@@ -87,6 +115,13 @@ def load_ultralytics() -> ModuleType:
 
     checks.ONLINE = False
     events.ONLINE = False
+    from ultralytics.utils import tqdm
+
+    # ultralytics redraws its bar with \r in a log file too (one line of megabytes): a bar on a
+    # terminal only; in a log the epoch's final bar line and fedray's periodic lines remain
+    tqdm.is_noninteractive_console = _not_a_terminal
+    if first:
+        use_threads(None)
     wanted = {k: v for k, v in OFFLINE_SETTINGS.items() if k in utils.SETTINGS}
     if any(utils.SETTINGS.get(k) != v for k, v in wanted.items()):
         utils.SETTINGS.update(wanted)

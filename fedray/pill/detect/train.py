@@ -38,19 +38,21 @@ DEFAULTS: dict[str, Any] = {
     "name": "yolov3_tiny",
     "model": "yolov3-tinyu.yaml",
     "weights": None,
-    "epochs": 30,
-    "imgsz": 640,
+    "epochs": 8,
+    "imgsz": 320,
     "batch": 16,
     "val_every_epoch": False,
     "train_args": {},
     "eval_data": None,
     "eval_split": "val",
     "workers": 2,
+    "threads": None,
     "sheet_images": 12,
     "log_every": 0.25,
 }
 # where, how fast, or what to score afterwards: never what the weights are
-_NOT_IN_KEY = ("_target_", "eval_data", "eval_split", "workers", "sheet_images", "log_every")
+_NOT_IN_KEY = ("_target_", "eval_data", "eval_split", "workers", "threads", "sheet_images",
+               "log_every")
 # ultralytics train arguments fedray sets itself
 _OWN_ARGS = ("data", "epochs", "imgsz", "batch", "device", "workers", "project", "name",
              "exist_ok", "seed", "val", "amp", "plots", "pretrained", "resume", "single_cls")
@@ -70,6 +72,9 @@ def detect_config(dcfg: dict[str, Any] | None) -> dict[str, Any]:
         v = cfg[key]
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
             raise ConfigError(f"detect.{key} must be an integer >= {lo}, got {v!r}")
+    t = cfg["threads"]
+    if t is not None and (not isinstance(t, int) or isinstance(t, bool) or t < 1):
+        raise ConfigError(f"detect.threads must be null (all cores) or an integer >= 1, got {t!r}")
     if not isinstance(cfg["train_args"] or {}, dict):
         raise ConfigError("detect.train_args must be a mapping of ultralytics train arguments")
     cfg["train_args"] = dict(cfg["train_args"] or {})
@@ -228,9 +233,10 @@ def train_detector(tmp: Path, dcfg: dict[str, Any], scenes: Path, seed: int, dev
                    logger: RunLogger | None) -> None:
     """Train into `tmp` (a cache entry being built): weights.pt, metrics.json, eval plots."""
     from fedray.pill.detect.evaluate import evaluate
-    from fedray.pill.detect.offline import load_ultralytics
+    from fedray.pill.detect.offline import load_ultralytics, use_threads
 
     load_ultralytics()
+    use_threads(dcfg["threads"])
     from ultralytics import YOLO
 
     view = Path(tempfile.mkdtemp(prefix="fedray-scenes-"))

@@ -22,6 +22,9 @@ from fedray.distill.profile import count_macs
 log = logging.getLogger("fedray")
 OPSET = 17
 PARITY_ATOL = 1e-4
+# the detector's raw output holds box centres and sides in pixels (up to its input side) beside
+# scores in [0, 1]: its tolerance is relative to the largest value
+DETECTOR_RTOL = 1e-4
 EXPORT_DIR = "export"
 CLASSIFIER_ONNX = "classifier.onnx"
 
@@ -131,27 +134,35 @@ def export_run(run_dir: str | Path, detector: str | Path | None = None,
         log.warning("no detector exported: %s", exc)
         det_path = None
     if det_path is not None:
-        rows.append(_export_detector(det_path, out_dir, report, threads))
+        rows.append(export_detector(det_path, out_dir, report, threads))
     report["profile"] = rows
     (out_dir / "export.json").write_text(json.dumps(report, indent=2))
     print(format_profile(rows))
     print(f"classifier ONNX (opset {OPSET}) max |torch - onnxruntime| logit: {max_diff:.2e}")
+    if "detector" in report:
+        print(f"detector ONNX at {report['detector_imgsz']} px: max |torch - onnxruntime| "
+              f"{report['detector_max_abs_diff']:.2e} ({report['detector_max_rel_diff']:.1e} of "
+              "the largest output)")
     print(f"exported to {out_dir.resolve()}")
     return report
 
 
-def _export_detector(det_path: Path, out_dir: Path, report: dict, threads: int) -> dict:
-    """ultralytics' ONNX export of the detector, and its profile row."""
+def export_detector(det_path: Path, out_dir: Path, report: dict, threads: int) -> dict:
+    """ultralytics' ONNX export of the detector (at the side it was trained at), checked against
+    torch on a scene-like input, and its profile row."""
     import shutil
 
     from fedray.pill.detect.offline import load_ultralytics
+    from fedray.pill.identify.detector import trained_imgsz
 
     yolo = load_ultralytics().YOLO(str(det_path), task="detect")
+    imgsz = trained_imgsz(yolo)  # the side identify runs it at
     net = yolo.model.eval()
-    example = torch.zeros(1, 3, 640, 640)
+    gen = torch.Generator().manual_seed(0)
+    example = torch.rand(1, 3, imgsz, imgsz, generator=gen)  # zeros would leave no boxes to check
     params = sum(p.numel() for p in net.parameters())
-    macs = count_macs(net, 640)
-    onnx_src = Path(yolo.export(format="onnx", imgsz=640, opset=OPSET, simplify=False,
+    macs = count_macs(net, imgsz)
+    onnx_src = Path(yolo.export(format="onnx", imgsz=imgsz, opset=OPSET, simplify=False,
                                 dynamic=False, device="cpu", verbose=False))
     path = out_dir / "detector.onnx"
     shutil.copyfile(onnx_src, path)
@@ -162,6 +173,14 @@ def _export_detector(det_path: Path, out_dir: Path, report: dict, threads: int) 
         want = net(example)
     want = (want[0] if isinstance(want, (tuple, list)) else want).float().numpy()
     got = session.run(None, feed)[0]
+    diff = float(np.abs(want - got).max())
+    scale = float(np.abs(want).max())
     report["detector"] = str(path)
-    report["detector_max_abs_diff"] = float(np.abs(want - got).max())
-    return profile_row("detector", params, macs, path, lambda: session.run(None, feed))
+    report["detector_imgsz"] = imgsz
+    report["detector_max_abs_diff"] = diff
+    report["detector_max_rel_diff"] = diff / max(scale, 1e-12)
+    if diff > DETECTOR_RTOL * max(scale, 1.0):
+        raise RuntimeError(f"ONNX detector differs from torch by {diff:.2e} on outputs up to "
+                           f"{scale:.1f} (> {DETECTOR_RTOL} of them)")
+    return profile_row(f"detector@{imgsz}", params, macs, path,
+                       lambda: session.run(None, feed))
