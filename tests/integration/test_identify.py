@@ -19,7 +19,14 @@ import pytest
 from fedray.pill.identify.app import Identifier, PhotoError, decode_photo
 from fedray.pill.identify.classifier import load_classifier, pick_threshold
 from fedray.pill.identify.photos import empty_photo, synthetic_photos
-from fedray.pill.identify.pipeline import UNKNOWN, annotate, identify, iou_matrix, photo_correct
+from fedray.pill.identify.pipeline import (
+    UNKNOWN,
+    annotate,
+    identify,
+    iou_matrix,
+    match_truth,
+    photo_correct,
+)
 from fedray.run import run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,6 +107,11 @@ def test_photo_correct_needs_every_pill_found_and_named():
     assert photo_correct(Answer(found), boxes, np.array([0, 1]))
     assert not photo_correct(Answer(found), boxes, np.array([1, 0]))  # swapped names
     assert not photo_correct(Answer(found[:1]), boxes, np.array([0, 1]))  # one missed
+    extra = Found([50, 50, 60, 60], 1, [("a", 1.0)], "a", 0, 1.0)
+    assert not photo_correct(Answer([*found, extra]), boxes, np.array([0, 1]))  # a false pill
+    assert match_truth(Answer([*found, extra]), boxes, np.array([0, 1])) == (2, 1)
+    assert match_truth(Answer(found), boxes, np.array([1, 1])) == (1, 0)
+    assert match_truth(Answer([]), boxes, np.array([0, 1])) == (0, 0)
     np.testing.assert_allclose(iou_matrix(boxes[:1], boxes[:1] + [5, 0, 5, 0]), [[50 / 150]])
 
 
@@ -169,8 +181,16 @@ def test_web_api_answers_photos_and_refuses_non_images(pill_run):
     assert len(body["found"]) == len(photos[0].boxes)
     assert body["image"].startswith("data:image/png;base64,")
     refs = [f["reference"] for f in body["found"] if f["reference"]]
-    if refs:
-        assert client.get(refs[0]).headers["content-type"] == "image/png"
+    assert all(r.startswith("/api/reference/") for r in refs)
+    # the catalog's studio picture, cut to a square around its pill
+    picture = client.get("/api/reference/0/front.png")
+    assert picture.headers["content-type"] == "image/png"
+    close_up = cv2.imdecode(np.frombuffer(picture.content, np.uint8), cv2.IMREAD_COLOR)
+    pill_id = pill_run[1].class_names[0].split(" ", 1)[0]
+    studio = cv2.imread(str(Path(pill_run[1].data_root) / "references" / f"{pill_id}_front.png"))
+    assert close_up.shape[0] < studio.shape[0] and abs(close_up.shape[0] - close_up.shape[1]) <= 2
+    assert client.get("/api/reference/999/front.png").status_code == 404
+    assert client.get("/api/reference/0/top.png").status_code == 404
     text = client.post("/api/identify", content=b"just text",
                        headers={"Content-Type": "text/plain", "X-Filename": "a.txt"})
     assert text.status_code == 415 and "not an image type" in text.json()["error"]
@@ -234,6 +254,11 @@ def test_web_page_in_a_real_browser(pill_run, tmp_path):
             names = page.locator("tr.pill-row td.name").all_inner_texts()
             assert len(names) == len(photos[0].boxes)
             assert all(n in (UNKNOWN, *pill_run[1].class_names) for n in names)
+            refs = "document.querySelectorAll('tr.pill-row img')"
+            page.wait_for_function(f"Array.from({refs}).every(i => i.complete)")
+            shown = page.evaluate(f"Array.from({refs}).map(i => i.naturalWidth)")
+            named = [n for n in names if n != UNKNOWN]
+            assert len(shown) == len(named) and all(w > 0 for w in shown)  # catalog pictures
             page.screenshot(path=str(tmp_path / "identify.png"), full_page=True)
             page.set_input_files("#file", str(text))
             page.wait_for_function("document.getElementById('error').textContent.length > 0")

@@ -166,6 +166,7 @@ def export_detector(det_path: Path, out_dir: Path, report: dict, threads: int) -
                                 dynamic=False, device="cpu", verbose=False))
     path = out_dir / "detector.onnx"
     shutil.copyfile(onnx_src, path)
+    onnx_src.unlink()  # ultralytics writes it beside the weights: keep the cache entry as it was
     session = onnx_session(path, threads)
     name = session.get_inputs()[0].name
     feed = {name: example.numpy()}

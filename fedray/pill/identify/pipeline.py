@@ -86,8 +86,9 @@ def annotate(rgb: np.ndarray, answer: Answer) -> np.ndarray:
         label = f"{i} {f.name} {f.confidence:.0%}"
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, 1)
         ty = max(y1, th + base + 2)
-        cv2.rectangle(out, (x1, ty - th - base - 2), (x1 + tw + 4, ty), colour, -1)
-        cv2.putText(out, label, (x1 + 2, ty - base), cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale,
+        tx = max(0, min(x1, out.shape[1] - tw - 4))  # the whole label inside the photo
+        cv2.rectangle(out, (tx, ty - th - base - 2), (tx + tw + 4, ty), colour, -1)
+        cv2.putText(out, label, (tx + 2, ty - base), cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale,
                     (0, 0, 0), max(1, int(scale)), cv2.LINE_AA)
     return out
 
@@ -104,17 +105,25 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
 
 
+def match_truth(answer: Answer, true_xyxy: np.ndarray, true_classes: np.ndarray,
+                iou: float = 0.5) -> tuple[int, int]:
+    """(true pills found and named right, answers matching no true pill): greedy one-to-one,
+    each true pill taking the unused answer it overlaps most, at IoU >= `iou`."""
+    pred = np.array([f.box for f in answer.found], float).reshape(-1, 4)
+    m = iou_matrix(true_xyxy, pred)
+    used: set[int] = set()
+    right = 0
+    for t in np.argsort(-m.max(1)) if m.size else []:
+        j = next((int(j) for j in np.argsort(-m[t]) if int(j) not in used and m[t, j] >= iou),
+                 None)
+        if j is not None:
+            used.add(j)
+            right += answer.found[j].class_index == int(true_classes[t])
+    return right, len(pred) - len(used)
+
+
 def photo_correct(answer: Answer, true_xyxy: np.ndarray, true_classes: np.ndarray,
                   iou: float = 0.5) -> bool:
     """Every true pill found (IoU >= `iou`, greedy one-to-one) and named right; nothing extra."""
-    pred = np.array([f.box for f in answer.found], float).reshape(-1, 4)
-    if len(pred) != len(true_xyxy):
-        return False
-    m = iou_matrix(true_xyxy, pred)
-    used: set[int] = set()
-    for t in np.argsort(-m.max(1)) if len(m) else []:
-        j = next((int(j) for j in np.argsort(-m[t]) if int(j) not in used), None)
-        if j is None or m[t, j] < iou or answer.found[j].class_index != int(true_classes[t]):
-            return False
-        used.add(j)
-    return True
+    right, extra = match_truth(answer, true_xyxy, true_classes, iou)
+    return right == len(np.asarray(true_xyxy).reshape(-1, 4)) and extra == 0

@@ -12,7 +12,7 @@ import base64
 
 import cv2
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from fedray.pill.identify.app import MAX_UPLOAD_BYTES, Identifier, PhotoError, decode_photo
 from fedray.pill.identify.pipeline import annotate
@@ -120,14 +120,42 @@ def create_app(identifier: Identifier) -> FastAPI:
             "seconds": answer.seconds,
         })
 
+    pictures: dict[tuple[int, str], bytes] = {}
+
     @app.get("/api/reference/{class_index}/{side}.png")
-    async def reference(class_index: int, side: str) -> FileResponse:
+    async def reference(class_index: int, side: str) -> Response:
         names = identifier.classifier.class_names
         if side not in ("front", "back") or not 0 <= class_index < len(names):
             raise HTTPException(404, "no such reference picture")
         path = identifier.reference(class_index, side)
         if path is None:
             raise HTTPException(404, "this dataset has no reference pictures")
-        return FileResponse(path, media_type="image/png")
+        if (class_index, side) not in pictures:
+            pictures[class_index, side] = pill_close_up(path)
+        return Response(pictures[class_index, side], media_type="image/png")
 
     return app
+
+
+def pill_close_up(path, pad: float = 0.15) -> bytes:
+    """The studio picture at `path` cropped to a square around its pill, as PNG bytes (the whole
+    picture when the pill cannot be segmented): a 56 px thumbnail of the full frame is mostly
+    backdrop."""
+    import numpy as np
+
+    from fedray.pill.segment import SegmentationError, segment_reference
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        mask = segment_reference(np.ascontiguousarray(bgr[..., ::-1]))[1]
+    except SegmentationError:
+        mask = None
+    if mask is not None and mask.any():
+        ys, xs = np.nonzero(mask)
+        h, w = mask.shape
+        cx, cy = (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2
+        half = max(xs.max() - xs.min(), ys.max() - ys.min()) * (0.5 + pad)
+        x0, y0 = int(max(0, cx - half)), int(max(0, cy - half))
+        x1, y1 = int(min(w, cx + half + 1)), int(min(h, cy + half + 1))
+        bgr = bgr[y0:y1, x0:x1]
+    return cv2.imencode(".png", bgr)[1].tobytes()
