@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from fedray.config import compose_plain  # noqa: F401  (tests import it from here)
+from fedray.config import ROOT, compose_plain  # noqa: F401  (tests import it from here)
+
+
+def launch(args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT,
+           **kw) -> subprocess.CompletedProcess:
+    """`python launch.py <args>` in a fresh process, as a user types it; output captured."""
+    return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, **kw)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 os.environ.setdefault("WANDB_MODE", "offline")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import launch
 
 # (overrides on top of +experiment=smoke, the key the one-line error must name)
 BAD = [
@@ -72,13 +71,9 @@ def _launch(overrides: list[str], tmp_path: Path) -> subprocess.CompletedProcess
         "WANDB_MODE": "offline",
     }
     args = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
-    return subprocess.run(
-        [sys.executable, "launch.py", "+experiment=smoke", *args,
-         f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
+    return launch(
+        ["+experiment=smoke", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+        env,
         timeout=300,
     )
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +13,7 @@ from fedray.data.binary import binary_shapes
 from fedray.data.datasets import load_images, load_labels
 from fedray.fl.train import evaluate
 from fedray.models.tiny_cnn import TinyCNN
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import launch
 
 # the user's own file (docs/byo.md shows the same): a plain nn.Module with no backbone/head
 # split, and a function that returns the data itself
@@ -56,17 +52,6 @@ def data(n: int = 96, size: int = 32, seed: int = 0):
 '''
 
 
-def launch(overrides: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    """`python launch.py <overrides>` from the checkout, as a user types it."""
-    return subprocess.run(
-        [sys.executable, "launch.py", *overrides],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-    )
-
-
 def test_own_model_and_dataset_from_the_command_line(tmp_path):
     (tmp_path / "mymod.py").write_text(MYMOD)
     env = {
@@ -101,10 +86,8 @@ def test_own_model_and_dataset_from_the_command_line(tmp_path):
 def test_head_less_model_with_classifier_training_is_a_clear_error(tmp_path):
     (tmp_path / "mymod.py").write_text(MYMOD)
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "FEDRAY_CACHE": str(tmp_path / "cache")}
-    out = subprocess.run(
+    out = launch(
         [
-            sys.executable,
-            "launch.py",
             "+experiment=smoke",
             "model=custom",
             "model._target_=mymod.Net",
@@ -114,10 +97,7 @@ def test_head_less_model_with_classifier_training_is_a_clear_error(tmp_path):
             "stage=centralized",  # the same check as federated, without starting Ray
             f"hydra.run.dir={tmp_path / 'run'}",
         ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
+        env,
     )
     assert out.returncode == 2
     assert "fl.trainable=classifier needs a model with a `classifier` head" in out.stderr

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import launch
 
 
 def _launch(*overrides: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "launch.py"), *overrides, f"hydra.run.dir={tmp_path}"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
+    return launch([*overrides, f"hydra.run.dir={tmp_path}"], cwd=tmp_path, timeout=120)
 
 
 def test_type_error_names_the_key(tmp_path):

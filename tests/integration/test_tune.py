@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from fedray.sweep import trainable, tuner
+from tests.conftest import ROOT, launch
 
-ROOT = Path(__file__).resolve().parents[2]
 # each trial: 1 driver CPU + 1 client actor (0.5 CPU), so the tests' 2 CPUs hold one trial
 FAST = ("ray.max_actors=1", "fl.rounds=2")
 
@@ -122,20 +122,10 @@ def test_failed_trial_is_retried_and_a_sweep_with_errors_resumes(make_cfg, tmp_p
 
 
 def test_bad_sweep_override_is_a_clear_cli_error(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "launch.py",
-            "+experiment=smoke",
-            "sweep=noniid",
-            "sweep.num_samples=0",
-            f"hydra.run.dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc = launch(
+        ["+experiment=smoke", "sweep=noniid", "sweep.num_samples=0", f"hydra.run.dir={tmp_path}"],
+        {**os.environ, "PYTHONPATH": str(ROOT)},
         timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.returncode == 2
     assert "sweeps/noniid.yaml" in proc.stderr and "sweep.num_samples" in proc.stderr
@@ -172,15 +162,7 @@ def _env() -> dict:
 
 
 def _launch(*args: str, timeout: int, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "launch.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=_env(),
-        **kw,
-    )
+    return launch(list(args), _env(), timeout=timeout, **kw)
 
 
 @pytest.mark.slow
