@@ -52,6 +52,17 @@ class DatasetInfo:
     splits: dict[str, int]
 
 
+def file_digest(*paths: str | Path) -> str:
+    """Short sha256 of the bytes of `paths` (in the order given), each prefixed by its name."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{Path(path).name}\0".encode())
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def config_hash(config: Any) -> str:
     """Stable short hash of a JSON-serialisable config (key order does not matter)."""
     blob = json.dumps(config, sort_keys=True, default=str).encode()

@@ -90,6 +90,9 @@ class ComposeParams:
     shot_noise: Range = (0.0, 0.06)  # variance per grey level (photon noise grows with signal)
     jpeg_prob: float = 0.8
     jpeg_quality: Range = (55.0, 95.0)
+    # camera tilt: the far edge of the table spans up to 1 + 2 * tilt frame widths, so the far
+    # pills shrink and the table foreshortens (0: looking straight down)
+    tilt: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -106,7 +109,7 @@ class ComposeParams:
         if self.cutout_px_per_mm <= 0 or self.fov_mm[0] <= 0:
             raise ComposeError("ComposeParams.cutout_px_per_mm and fov_mm must be > 0")
         for name in ("perspective", "shadow_blur", "light_gradient", "white_balance",
-                     "pill_white_balance"):
+                     "pill_white_balance", "tilt"):
             value = getattr(self, name)
             if not 0.0 <= value < 0.5:
                 raise ComposeError(f"ComposeParams.{name}={value!r}: need 0 <= x < 0.5")
@@ -188,6 +191,7 @@ class ScenePlan:
     add_noise: bool
     noise_seed: int  # uint32
     jpeg_quality: int | None
+    plane: np.ndarray | None = None  # (3, 3) table plane -> photo px (camera tilt); None: flat
 
     def pill_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """Pill table for kernels: int64 (k, 12) sizes/regions, float32 (k, 31) transforms."""
@@ -323,6 +327,26 @@ def _place_pill(rng: np.random.Generator, cut: PreparedCutout, size: int, px_per
     return fwd
 
 
+def _tilt(rng: np.random.Generator, size: int, p: ComposeParams) -> np.ndarray | None:
+    """Table plane -> photo homography of a camera tilted towards one of the frame's edges.
+
+    The photo's far edge sees a strip of the table up to `tilt` of the frame wider on each
+    side; the table square maps inside the photo, so every pill placed on it stays in frame.
+    """
+    if p.tilt <= 0:
+        return None
+    t = _uniform(rng, (0.0, p.tilt)) * size
+    frame = np.array([[0, 0], [size, 0], [size, size], [0, size]], np.float64)
+    table = frame.copy()
+    k = int(rng.integers(4))  # which edge is far: top, right, bottom, left
+    a, b = k, (k + 1) % 4
+    along = (frame[b] - frame[a]) / size
+    table[a] -= along * t
+    table[b] += along * t
+    return cv2.getPerspectiveTransform(table.astype(np.float32),
+                                       frame.astype(np.float32)).astype(np.float64)
+
+
 def _blur_kernel(rng: np.random.Generator, p: ComposeParams) -> np.ndarray:
     if rng.random() < p.motion_share:
         length = _uniform(rng, p.motion_length)
@@ -372,11 +396,14 @@ def plan_scene(background: np.ndarray, cutouts: list[np.ndarray | PreparedCutout
     shadow_on = rng.random() < params.shadow_prob
     shadow_dir = rng.uniform(0, 2 * math.pi)
     shadow_len = _uniform(rng, params.shadow_offset)
+    plane = _tilt(rng, size, params)
+    lift = plane if plane is not None else np.eye(3)  # pills are placed on the table plane
     placed: list[tuple[np.ndarray, float]] = []
     covered: list[float] = []
     pills = []
     for cut in prepared:
-        fwd = _place_pill(rng, cut, size, px_per_mm, params, placed, covered)
+        on_table = _place_pill(rng, cut, size, px_per_mm, params, placed, covered)
+        fwd = lift @ on_table
         hinv = _normalised_inverse(fwd, cut.premult.shape[:2])
         h, w = cut.premult.shape[:2]
         colour = _colour_matrix(rng, params)
@@ -384,7 +411,7 @@ def plan_scene(background: np.ndarray, cutouts: list[np.ndarray | PreparedCutout
         # the offset scales with the pill's on-screen size, so small pills cast short shadows
         reach = shadow_len * math.sqrt(max(float(cv2.contourArea(placed[-1][0])), 1.0))
         d = (math.cos(shadow_dir) * reach, math.sin(shadow_dir) * reach)
-        sh_fwd = _translate(*d) @ fwd @ _translate(-cut.pad, -cut.pad)
+        sh_fwd = lift @ _translate(*d) @ on_table @ _translate(-cut.pad, -cut.pad)
         sh_hinv = _normalised_inverse(sh_fwd, cut.shadow.shape[:2])
         sh_h, sh_w = cut.shadow.shape
         sh_region = _region(sh_fwd, sh_w, sh_h, size) if strength > 0 else (0, 0, 0, 0)
@@ -404,7 +431,7 @@ def plan_scene(background: np.ndarray, cutouts: list[np.ndarray | PreparedCutout
     jpeg = int(round(_uniform(rng, params.jpeg_quality))) if rng.random() < params.jpeg_prob \
         else None
     return ScenePlan(size, np.ascontiguousarray(background), bg_crop, bg_orient, pills, light, blur,
-                     add_noise, noise_seed, jpeg)
+                     add_noise, noise_seed, jpeg, plane)
 
 
 # ------------------------------------------------------------------------------ NumPy twin
@@ -540,7 +567,11 @@ def warp_background(plan: ScenePlan) -> np.ndarray:
     if plan.bg_orient % 2:
         img = cv2.flip(img, 1)
     interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp)
+    img = cv2.resize(img, (size, size), interpolation=interp)
+    if plan.plane is None:
+        return img
+    return cv2.warpPerspective(img, plan.plane, (size, size), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT_101)
 
 
 
@@ -641,7 +672,19 @@ def compose_scene(background: np.ndarray, cutouts: list[np.ndarray | PreparedCut
     return rendered.image, rendered.boxes
 
 
-def crop_boxes(scene: np.ndarray, boxes: np.ndarray, crop_size: int, pad: float = 0.1) -> (
+CROP_PAD = 0.1  # context around a box, per side, as a fraction of its longer side
+
+
+def xyxy_to_yolo(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Pixel (x1, y1, x2, y2) -> normalised YOLO (cx, cy, w, h)."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return np.stack(
+        [(b[:, 0] + b[:, 2]) / 2 / width, (b[:, 1] + b[:, 3]) / 2 / height,
+         (b[:, 2] - b[:, 0]) / width, (b[:, 3] - b[:, 1]) / height], 1
+    ).astype(np.float32)
+
+
+def crop_boxes(scene: np.ndarray, boxes: np.ndarray, crop_size: int, pad: float = CROP_PAD) -> (
         np.ndarray):
     """Square crops around YOLO boxes, padded by `pad` of the box side, resized: (k, S, S, 3)."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)

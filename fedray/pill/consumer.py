@@ -6,6 +6,8 @@ is mostly pill, then augments the few crops up to thousands. Here a photo is a o
 the compositor with phone-like parameters (close-up field of view, a palm or a table, stronger
 perspective, shadow, uneven light, defocus or shake, sensor noise, JPEG), with the pill moved to
 the middle of the frame; the rest is the recipe: a size-class centre crop, then albumentations.
+`data.crop_with` cuts the crop around the pill's true box or the trained detector's box instead,
+the way identify cuts a photo (photo_crop).
 """
 
 from __future__ import annotations
@@ -14,12 +16,30 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
-from fedray.pill.compose import ComposeParams, PreparedCutout, ScenePlan, plan_scene, render_plan
+from fedray.pill.compose import (
+    CROP_PAD,
+    ComposeParams,
+    PreparedCutout,
+    ScenePlan,
+    crop_boxes,
+    plan_scene,
+    render_plan,
+    xyxy_to_yolo,
+)
+
+# How a consumer photo becomes a classifier crop (data.crop_with; see photo_crop).
+CROP_WITH = ("size_class", "truth", "detector")
+
+
+class DetectFn(Protocol):
+    """`detect(rgb) -> (boxes (k, 4) xyxy px, scores (k,))`, like identify's detector."""
+
+    def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 # Pill length (mm) thresholds between the size classes: S < 8 <= M < 14 <= L.
 SIZE_CLASS_LIMITS_MM = (8.0, 14.0)
@@ -121,10 +141,54 @@ def centre_pill(plan: ScenePlan, target: tuple[float, float]) -> ScenePlan:
 def simulate_photo(cutout: PreparedCutout, background: np.ndarray, rng: np.random.Generator,
                    params: ComposeParams, size: int = PHOTO_MIN_SIZE) -> np.ndarray:
     """A phone-like photo (RGB uint8 (size, size, 3)) of one pill, roughly in the middle."""
+    return simulate_photo_box(cutout, background, rng, params, size)[0]
+
+
+def simulate_photo_box(cutout: PreparedCutout, background: np.ndarray, rng: np.random.Generator,
+                       params: ComposeParams, size: int = PHOTO_MIN_SIZE) -> (
+        tuple[np.ndarray, np.ndarray]):
+    """simulate_photo and the pill's true box: (photo, YOLO (cx, cy, w, h) normalised)."""
     plan = plan_scene(background, [cutout], rng, params, out_size=size)
     jitter = rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, 2) * size
     plan = centre_pill(plan, ((size - 1) / 2 + jitter[0], (size - 1) / 2 + jitter[1]))
-    return render_plan(plan, num_threads=1).image
+    shown = render_plan(plan, num_threads=1)
+    return shown.image, np.asarray(shown.boxes, np.float64).reshape(-1, 4)[0]
+
+
+def yolo_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two normalised YOLO (cx, cy, w, h) boxes."""
+    (ax, ay, aw, ah), (bx, by, bw, bh) = np.asarray(a, float), np.asarray(b, float)
+    iw = max(0.0, min(ax + aw / 2, bx + bw / 2) - max(ax - aw / 2, bx - bw / 2))
+    ih = max(0.0, min(ay + ah / 2, by + bh / 2) - max(ay - ah / 2, by - bh / 2))
+    inter = iw * ih
+    return float(inter / max(aw * ah + bw * bh - inter, 1e-12))
+
+
+def photo_crop(photo: np.ndarray, box: np.ndarray, length_mm: float, image_size: int,
+               crop_with: str = "size_class", detect: DetectFn | None = None) -> (
+        tuple[np.ndarray, float]):
+    """The classifier's crop of a one-pill photo, cut the `crop_with` way, and the IoU of the box
+    it was cut around with the pill's true `box` (YOLO, normalised).
+
+    * `size_class`: the source recipe's centre crop by the pill's size class (IoU: nan, no box);
+    * `truth`: a square around the true box, padded like identify pads (CROP_PAD; IoU 1);
+    * `detector`: the same square around `detect`'s most confident box, the way identify cuts
+      a photo; the size-class crop when it finds nothing (IoU 0).
+    """
+    if crop_with not in CROP_WITH:
+        raise ValueError(f"crop_with must be one of {CROP_WITH}, got {crop_with!r}")
+    if crop_with == "truth":
+        return crop_boxes(photo, np.asarray(box)[None], image_size, CROP_PAD)[0], 1.0
+    if crop_with == "detector":
+        if detect is None:
+            raise ValueError("crop_with='detector' needs a detect function")
+        found, scores = detect(photo)
+        if len(found):
+            best = xyxy_to_yolo(np.asarray(found)[int(np.argmax(scores))], photo.shape[1],
+                                photo.shape[0])[0]
+            return crop_boxes(photo, best[None], image_size, CROP_PAD)[0], yolo_iou(best, box)
+        return centre_crop(photo, CROP_FRACTION[size_class(length_mm)], image_size), 0.0
+    return centre_crop(photo, CROP_FRACTION[size_class(length_mm)], image_size), float("nan")
 
 
 def centre_crop(photo: np.ndarray, fraction: float, out_size: int) -> np.ndarray:
@@ -162,16 +226,18 @@ def consumer_augmenter(seed: int) -> Any:
 
 def consumer_crops(cutout: PreparedCutout, length_mm: float, background: np.ndarray, count: int,
                    image_size: int, rng: np.random.Generator, params: ComposeParams,
-                   augment: Any) -> np.ndarray:
-    """One simulated photo of a pill, centre-cropped by size class, augmented `count` times.
+                   augment: Any, crop_with: str = "size_class",
+                   detect: DetectFn | None = None) -> tuple[np.ndarray, float]:
+    """One simulated photo of a pill, cropped the `crop_with` way (photo_crop), augmented
+    `count` times.
 
-    Returns uint8 (count, image_size, image_size, 3).
+    Returns uint8 (count, image_size, image_size, 3) and the crop box's IoU with the true box.
     """
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
-    photo = simulate_photo(cutout, background, rng, params, photo_size(image_size))
-    crop = centre_crop(photo, CROP_FRACTION[size_class(length_mm)], image_size)
-    return np.stack([augment(image=crop)["image"] for _ in range(count)])
+    photo, box = simulate_photo_box(cutout, background, rng, params, photo_size(image_size))
+    crop, iou = photo_crop(photo, box, length_mm, image_size, crop_with, detect)
+    return np.stack([augment(image=crop)["image"] for _ in range(count)]), iou
 
 
 def pick_backgrounds(families: Sequence[str], count: int, rng: np.random.Generator,

@@ -41,6 +41,7 @@ from fedray.data.datasets import (
     DatasetInfo,
     cached_build,
     config_hash,
+    file_digest,
     load_info,
     write_meta,
     write_split,
@@ -49,6 +50,7 @@ from fedray.data.sources import dataset_builder
 from fedray.pill import consumer
 from fedray.pill.catalog import Pill, make_catalog, save_catalog
 from fedray.pill.compose import (
+    CROP_PAD,
     ComposeParams,
     PreparedCutout,
     crop_boxes,
@@ -97,6 +99,8 @@ DEFAULTS: dict[str, Any] = {
     "backgrounds": None,
     "compose": {},
     "consumer_compose": {},
+    "crop_with": "size_class",
+    "crop_detector": None,
     "public": False,
     "distinct_sides": True,
     "workers": None,
@@ -114,7 +118,6 @@ PUBLIC_ID_OFFSET = 100_000
 # The public catalog avoids the first PRIVATE_EXCLUDE pills the private seed draws; a catalog is
 # a prefix of a longer one with the same seed, so any private set up to this size is excluded.
 PRIVATE_EXCLUDE = 1000
-CROP_PAD = 0.1  # context around a box, per side, as a fraction of its longer side
 CONTACT_ROWS = 40
 CONTACT_CELL = 64
 CONTACT_SAMPLES = 5  # per source per class
@@ -184,6 +187,23 @@ def synth_config(data_cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"data.backgrounds={cfg['backgrounds']!r}: no such directory")
     if cfg["num_textures"] == 0 and cfg["backgrounds"] is None and not bundled_textures(8):
         raise ConfigError("data.num_textures is 0 and there are no other backgrounds")
+    if cfg["crop_with"] not in consumer.CROP_WITH:
+        raise ConfigError(f"data.crop_with must be one of {list(consumer.CROP_WITH)}, got "
+                          f"{cfg['crop_with']!r}")
+    if cfg["crop_with"] == "detector":
+        if cfg["crop_detector"] is None:
+            from fedray.pill.detect import latest_detector
+
+            cfg["crop_detector"] = str(latest_detector(cfg.get("cache_dir"),
+                                                       "set data.crop_detector=PATH"))
+        path = Path(str(cfg["crop_detector"])).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"data.crop_detector={cfg['crop_detector']!r}: no such weights "
+                              "file (a stage=detect cache entry's weights.pt, or null for the "
+                              "newest one)")
+        cfg["crop_detector"] = str(path.resolve())
+    elif cfg["crop_detector"] is not None:
+        raise ConfigError("data.crop_detector is only read with data.crop_with=detector")
     cfg["public"] = bool(cfg["public"])
     return cfg
 
@@ -291,15 +311,26 @@ def _crop_scenes_task(spec: dict[str, Any], cutouts: list[PreparedCutout],
     return np.concatenate(out)
 
 
+_DETECTORS: dict[str, Any] = {}  # per worker process: crop_with=detector loads it once
+
+
 def _consumer_task(spec: dict[str, Any], cutouts: list[PreparedCutout],
-                   textures: list[np.ndarray], params: ComposeParams) -> np.ndarray:
-    """Consumer crops of every photo in spec['photos'] ((cut-out id, length mm, bg, count))."""
+                   textures: list[np.ndarray], params: ComposeParams) -> (
+        tuple[np.ndarray, list[float]]):
+    """Consumer crops of every photo in spec['photos'] ((cut-out id, length mm, bg, count)),
+    cut the spec['crop_with'] way; and each photo's crop-box IoU with the pill's true box."""
     rng = _rng(*spec["seed"])
     augment = consumer.consumer_augmenter(int(rng.integers(2**31)))
+    detect = None
+    if spec["crop_with"] == "detector":
+        from fedray.pill.identify.detector import Detector
+
+        path = spec["crop_detector"]
+        detect = _DETECTORS.get(path) or _DETECTORS.setdefault(path, Detector(path))
     parts = [consumer.consumer_crops(cutouts[c], length, textures[bg], count, spec["image_size"],
-                                     rng, params, augment)
+                                     rng, params, augment, spec["crop_with"], detect)
              for c, length, bg, count in spec["photos"]]
-    return np.concatenate(parts)
+    return np.concatenate([crops for crops, _ in parts]), [iou for _, iou in parts]
 
 
 def _detection_task(spec: dict[str, Any], cutouts: list[PreparedCutout],
@@ -473,6 +504,8 @@ def build_synthetic(data_cfg: dict[str, Any], seed: int, cache_dir: str | Path) 
         raise ConfigError(f"seed must be an integer >= 0 for data=synthetic, got {seed!r}")
     key = {k: v for k, v in cfg.items() if k not in _NOT_IN_KEY}
     key.update(seed=seed, version=VERSION, code=code_fingerprint())
+    if cfg["crop_detector"] is not None:  # the weights' bytes decide the crops, not their path
+        key["crop_detector"] = file_digest(cfg["crop_detector"])
     if cfg["backgrounds"] is not None:  # an edited folder must give a new cache entry
         folder = Path(str(cfg["backgrounds"])).expanduser().resolve()
         key["backgrounds"] = str(folder)
@@ -607,7 +640,8 @@ def _build(tmp: Path, final_root: Path, cfg: dict[str, Any], seed: int) -> None:
         ref_specs = [{"seed": (seed, _S_CROPS, i), "scenes": ch, "image_size": image_size,
                       "scene_size": cfg["crop_scene_size"]}
                      for i, ch in enumerate(_chunks(ref_scenes, CROP_SCENES_PER_CHUNK))]
-        con_specs = [{"seed": (seed, _S_CONSUMER, i), "photos": ch, "image_size": image_size}
+        con_specs = [{"seed": (seed, _S_CONSUMER, i), "photos": ch, "image_size": image_size,
+                      "crop_with": cfg["crop_with"], "crop_detector": cfg["crop_detector"]}
                      for i, ch in enumerate(_chunks(photos, PHOTOS_PER_CHUNK))]
         det_specs = [{"seed": (seed, _S_DETECTION, i), "scenes": ch,
                       "scene_size": cfg["scene_size"]}
@@ -623,10 +657,21 @@ def _build(tmp: Path, final_root: Path, cfg: dict[str, Any], seed: int) -> None:
         det_h = runner.submit(_detection_task, det_specs, *det_shared, runner.share(det_params))
 
         arrays = [np.empty((c, image_size, image_size, 3), np.uint8) for c in layout.counts]
-        task_s = _collect(progress(runner.results(con_h), "synth: consumer crops",
-                                   len(con_specs), "chunk"), len(ref_items), layout, arrays)
-        log.info("synth: consumer crops: %d from %d photos (%.1f task-s) in %.1fs",
-                 int(layout.consumer.sum()), len(photos), task_s, clock.lap("consumer_crops"))
+        ious: list[float] = []
+
+        def crops_only(results: Iterator[tuple[tuple[np.ndarray, list[float]], float]]) -> (
+                Iterator[tuple[np.ndarray, float]]):
+            for (crops, chunk_ious), dt in results:
+                ious.extend(chunk_ious)
+                yield crops, dt
+
+        task_s = _collect(crops_only(progress(runner.results(con_h), "synth: consumer crops",
+                                              len(con_specs), "chunk")),
+                          len(ref_items), layout, arrays)
+        cropping = _cropping_summary(cfg, ious)
+        log.info("synth: consumer crops: %d from %d photos, cut by %s (%.1f task-s) in %.1fs",
+                 int(layout.consumer.sum()), len(photos), cropping.pop("description"), task_s,
+                 clock.lap("consumer_crops"))
         task_s = _collect(progress(runner.results(ref_h), "synth: reference crops",
                                    len(ref_specs), "chunk"), 0, layout, arrays)
         log.info("synth: reference crops: %d from %d scenes of %d px (%.1f task-s) in %.1fs",
@@ -652,7 +697,8 @@ def _build(tmp: Path, final_root: Path, cfg: dict[str, Any], seed: int) -> None:
                                     "public_pills": len(public),
                                     "surfaces": cfg["detection_surfaces"],
                                     "sheet": SCENES_SHEET if det_scenes else None},
-        textures=n_textures, segmentation_fallbacks=fallbacks, manifest="manifest.csv",
+        textures=n_textures, segmentation_fallbacks=fallbacks, consumer_cropping=cropping,
+        manifest="manifest.csv",
         contact_sheet="contact_sheet.png",
     )
     # timings are the one thing two builds never share: kept out of meta.json so that it, like
@@ -661,6 +707,22 @@ def _build(tmp: Path, final_root: Path, cfg: dict[str, Any], seed: int) -> None:
         {"build_seconds": round(total, 3), "stage_seconds": clock.stages}, indent=2))
     log.info("synth: write: arrays, manifest, contact sheet in %.1fs; total %.1fs (%.0f crops/s)",
              write_seconds, total, len(layout.items) / max(total, 1e-9))
+
+
+def _cropping_summary(cfg: dict[str, Any], ious: list[float]) -> dict[str, Any]:
+    """How the consumer photos were cropped (meta.json's `consumer_cropping`)."""
+    out: dict[str, Any] = {"crop_with": cfg["crop_with"], "photos": len(ious)}
+    if cfg["crop_with"] != "detector":
+        out["description"] = cfg["crop_with"].replace("_", "-")
+        return out
+    found = [v for v in ious if v > 0]
+    out.update(detector=Path(cfg["crop_detector"]).parent.name, found=len(found),
+               size_class_fallbacks=len(ious) - len(found),
+               mean_iou=round(float(np.mean(found)), 4) if found else None,
+               iou_below_0_5=int(sum(v < 0.5 for v in found)))
+    out["description"] = (f"the detector ({len(found)}/{len(ious)} photos found, mean IoU with "
+                          f"the true box {out['mean_iou']}; the rest size-class)")
+    return out
 
 
 def _collect(results: Iterator[tuple[np.ndarray, float]], start: int, layout: _Layout,

@@ -110,26 +110,42 @@ def test_detect_trains_offline_caches_and_scores(make_cfg, cache_dir, tmp_path, 
     assert 0.0 <= scored["eval/AP80"] <= 1.0
     assert no_network == []
 
-    # identify runs it at the side it was trained at, and `fedray export` writes it as ONNX that
+    # identify runs it at the side stage=detect serves it at (160 px x infer_scale 1.2, rounded
+    # to the stride: 192; the weights carry it), and `fedray export` writes it as ONNX that
     # onnxruntime runs to the same answer
     from fedray.pill.identify.detector import Detector
     from fedray.pill.identify.export import DETECTOR_RTOL, export_detector
 
+    assert metrics["imgsz"] == 192
     det = Detector(weights, conf=0.001)
-    assert det.imgsz == 160
+    assert det.imgsz == 192
+    assert det.model.overrides["imgsz"] == 160  # trained at 160
     scene = cv2.imread(str(next((real / "images" / "val").iterdir())))[..., ::-1]
     boxes, scores = det(scene)
     assert boxes.shape == (len(scores), 4) and (scores >= 0.001).all()
     report: dict = {}
     (tmp_path / "export").mkdir()
     row = export_detector(weights, tmp_path / "export", report, threads=1)
-    assert row["model"] == "detector@160" and row["params"] > 1e6
-    assert report["detector_imgsz"] == 160
+    assert row["model"] == "detector@192" and row["params"] > 1e6
+    assert report["detector_imgsz"] == 192
     assert report["detector_max_rel_diff"] <= DETECTOR_RTOL
     onnx_boxes, onnx_scores = Detector(report["detector"], conf=0.001)(scene)
     if len(boxes):  # the best box: a one-epoch detector's tail of near-threshold boxes may differ
         np.testing.assert_allclose(onnx_boxes[0], boxes[0], atol=0.05)
         np.testing.assert_allclose(onnx_scores[0], scores[0], atol=1e-4)
+    assert no_network == []
+
+    # the detector cuts the classifier's consumer crops (data.crop_with=detector): the build
+    # records how many photos it found a pill in; the rest fall back to the size-class crop
+    from fedray.pill.synth import build_synthetic
+
+    data = {**cfg["data"], "crop_with": "detector", "crop_detector": str(weights),
+            "detection_scenes": 0}
+    data.pop("_target_", None), data.pop("describe", None), data.pop("public_set", None)
+    info = build_synthetic(data, 0, cache_dir)
+    cropping = json.loads((Path(info.root) / "meta.json").read_text())["consumer_cropping"]
+    assert cropping["crop_with"] == "detector" and cropping["detector"] == weights.parent.name
+    assert cropping["found"] + cropping["size_class_fallbacks"] == cropping["photos"] == 3
     assert no_network == []
 
 
@@ -210,9 +226,21 @@ def test_bad_detect_config_is_a_config_error(make_cfg, cache_dir, tmp_path):
     cfg = _cfg(make_cfg, cache_dir, tmp_path, "detect.threads=0")
     with pytest.raises(ConfigError, match="detect.threads"):
         run(cfg)
+    cfg = _cfg(make_cfg, cache_dir, tmp_path, "detect.infer_scale=0")
+    with pytest.raises(ConfigError, match="detect.infer_scale"):
+        run(cfg)
     cfg = make_cfg("stage=detect")
     with pytest.raises(ConfigError, match="stage='detect'"):
         run(cfg)
+
+
+@pytest.mark.parametrize(("imgsz", "scale", "side"),
+                         [(320, 1.2, 384), (320, 1.0, 320), (640, 1.2, 768), (160, 1.2, 192),
+                          (32, 0.25, 32)])
+def test_the_served_side_is_the_trained_one_scaled_to_the_stride(imgsz, scale, side):
+    from fedray.pill.detect.train import served_imgsz
+
+    assert served_imgsz({"imgsz": imgsz, "infer_scale": scale}) == side
 
 
 def test_ultralytics_keeps_the_threads_fedray_gives_it(yolo_env):

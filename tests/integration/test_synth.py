@@ -227,10 +227,38 @@ def test_public_catalog_is_disjoint_from_the_private_one():
     ({"compose": {"max_pills": 3}}, "data.compose.max_pills"),
     ({"backgrounds": "/no/such/folder"}, "data.backgrounds"),
     ({"reference_crops": 0, "consumer_crops": 0}, "reference_crops"),
+    ({"crop_with": "middle"}, "data.crop_with"),
+    ({"crop_with": "detector", "crop_detector": "/no/such/weights.pt"}, "data.crop_detector"),
+    ({"crop_detector": "/no/such/weights.pt"}, "only read with data.crop_with=detector"),
 ])
 def test_bad_config_is_a_clear_error(override, match, tmp_path):
     with pytest.raises(ConfigError, match=match):
         synth.build_synthetic({**TINY, **override}, 0, tmp_path)
+
+
+def test_crop_with_detector_names_the_command_when_no_detector_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDRAY_CACHE", str(tmp_path))
+    with pytest.raises(ConfigError, match="pill_detect.*data.crop_detector=PATH"):
+        synth.build_synthetic({**TINY, "crop_with": "detector", "cache_dir": str(tmp_path)}, 0,
+                              tmp_path)
+
+
+def test_crops_cut_around_the_true_box_are_recorded_and_a_new_entry(built, tmp_path):
+    info = synth.build_synthetic({**TINY, "crop_with": "truth", "detection_scenes": 0}, 0,
+                                 tmp_path)
+    assert info.root != built.root
+    meta = json.loads((Path(info.root) / "meta.json").read_text())
+    assert meta["consumer_cropping"] == {"crop_with": "truth", "photos": 20}
+    before = json.loads((Path(built.root) / "meta.json").read_text())
+    assert before["consumer_cropping"] == {"crop_with": "size_class", "photos": 20}
+    # same photos, other crops: the consumer crops differ, the reference crops do not
+    rows = _manifest(info.root)
+    new, old = load_images(info.root, "train"), load_images(built.root, "train")
+    train = [r for r in rows if r["split"] == "train"]
+    con = [int(r["index"]) for r in train if r["source"] == "consumer"]
+    ref = [int(r["index"]) for r in train if r["source"] == "reference"]
+    assert not np.array_equal(new[con], old[con])
+    np.testing.assert_array_equal(new[ref], old[ref])
 
 
 def test_default_config_file_matches_the_builder_defaults():

@@ -162,6 +162,36 @@ def test_every_pill_is_placed_and_visible(background, cutouts):
         assert np.all(r.boxes[:, 2:] * SIZE >= 4), f"seed {seed}: {r.boxes}"
 
 
+def test_a_tilted_table_keeps_pills_in_frame_and_shrinks_the_far_ones(background):
+    one = [_pill(20, 20, (240, 120, 60))]
+    flat_plan = _plan(background, one, 0, k=1)
+    assert flat_plan.plane is None and _params().tilt == 0.0
+    far, near = [], []
+    for seed in range(30):
+        plan = _plan(background, one, seed, k=1, tilt=0.4, perspective=0.0,
+                     pill_scale=(1.0, 1.0), fov_mm=(12.0, 12.0))
+        r = C.render_plan(plan, backend="numpy")
+        (cx, cy, w, h), = r.boxes
+        assert plan.plane is not None
+        assert 0 <= cx - w / 2 and cx + w / 2 <= 1 and 0 <= cy - h / 2 and cy + h / 2 <= 1
+        # the boxes stay the tight extent of what is drawn
+        ys, xs = np.nonzero(r.labels == 0)
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == _pixel_box(r.boxes[0])
+        # which edge is far: the one the table's corners were pulled in from
+        table = np.array([[0, 0], [SIZE, 0], [SIZE, SIZE], [0, SIZE]], np.float64)
+        shown = C._project(plan.plane, table)
+        inset = np.abs(shown - table).sum(1)
+        far_edge = np.argsort(-inset)[:2]
+        centre = np.array([cx, cy]) * SIZE
+        d_far = np.linalg.norm(shown[far_edge].mean(0) - centre)
+        d_near = np.linalg.norm(shown[np.argsort(inset)[:2]].mean(0) - centre)
+        (far if d_far < d_near else near).append(w * h)
+    # the same pill at the same field of view looks smaller on the far half of the table
+    assert far and near and np.mean(far) < np.mean(near)
+    with pytest.raises(ComposeError, match="tilt"):
+        _params(tilt=0.6)
+
+
 # ------------------------------------------------------------------------ determinism
 
 
@@ -183,6 +213,7 @@ def test_same_seed_same_scene(background, cutouts):
     {"blur_prob": 0.0, "noise_prob": 1.0, "jpeg_prob": 0.0},  # noise fused into the kernel
     {"blur_prob": 1.0, "noise_prob": 1.0, "jpeg_prob": 1.0},  # blur, then the separate pass
     {"perspective": 0.25, "shadow_prob": 1.0, "max_overlap": 0.6, "noise_prob": 0.0},
+    {"tilt": 0.3, "shadow_prob": 1.0, "noise_prob": 0.0},  # a tilted table
 ])
 def test_cython_equals_numpy_bit_for_bit(background, cutouts, extras):
     for seed in range(6):

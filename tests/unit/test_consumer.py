@@ -94,9 +94,10 @@ def test_centre_pill_needs_a_one_pill_plan(red_cutout, grey_background):
 
 def test_consumer_crops_are_centred_on_the_pill(red_cutout, grey_background):
     params = consumer.consumer_params(default_px_per_mm(256))
-    crops = consumer.consumer_crops(red_cutout, 12.0, grey_background, 8, 64,
-                                    np.random.default_rng(0), params,
-                                    consumer.consumer_augmenter(0))
+    crops, iou = consumer.consumer_crops(red_cutout, 12.0, grey_background, 8, 64,
+                                         np.random.default_rng(0), params,
+                                         consumer.consumer_augmenter(0))
+    assert np.isnan(iou)  # the size-class recipe cuts no box
     assert crops.shape == (8, 64, 64, 3) and crops.dtype == np.uint8
     f = crops.astype(np.float64)
     centre = f[:, 24:40, 24:40].reshape(8, -1, 3).mean(axis=1)
@@ -113,10 +114,46 @@ def test_consumer_crops_are_deterministic(red_cutout, grey_background):
     def make(seed: int) -> np.ndarray:
         return consumer.consumer_crops(red_cutout, 12.0, grey_background, 3, 32,
                                        np.random.default_rng(seed), params,
-                                       consumer.consumer_augmenter(seed))
+                                       consumer.consumer_augmenter(seed))[0]
 
     np.testing.assert_array_equal(make(1), make(1))
     assert not np.array_equal(make(1), make(2))
+
+
+def _red_share(crop: np.ndarray) -> float:
+    f = crop.astype(np.float64).reshape(-1, 3).mean(0)
+    return float(f[0] / f.sum())
+
+
+def test_photo_box_is_the_pill_and_each_crop_way_cuts_around_it(red_cutout, grey_background):
+    params = consumer.consumer_params(default_px_per_mm(256), {"perspective": 0.0})
+    photo, box = consumer.simulate_photo_box(red_cutout, grey_background,
+                                             np.random.default_rng(3), params, 256)
+    cx, cy, w, h = box
+    x0, x1 = int((cx - w / 2) * 256) + 2, int((cx + w / 2) * 256) - 2
+    y0, y1 = int((cy - h / 2) * 256) + 2, int((cy + h / 2) * 256) - 2
+    assert _red_share(photo[y0:y1, x0:x1]) > 0.5  # the true box holds the red pill
+
+    truth, iou = consumer.photo_crop(photo, box, 12.0, 48, "truth")
+    assert truth.shape == (48, 48, 3) and iou == 1.0
+    # a detector that finds the pill a little off and a weaker box elsewhere: its best box is cut
+    px = np.array([(cx - w / 2) * 256 + 3, (cy - h / 2) * 256, (cx + w / 2) * 256 + 3,
+                   (cy + h / 2) * 256])
+    stray = np.array([0.0, 0.0, 20.0, 20.0])
+    found, iou = consumer.photo_crop(photo, box, 12.0, 48, "detector",
+                                     lambda rgb: (np.stack([stray, px]), np.array([0.3, 0.9])))
+    want = (w * 256 - 3) * h * 256 / ((w * 256 + 3) * h * 256)
+    assert iou == pytest.approx(want, rel=1e-3)
+    assert _red_share(found) > 0.45 and _red_share(truth) > 0.45
+    # found nothing: the size-class centre crop, IoU 0
+    none, iou = consumer.photo_crop(photo, box, 12.0, 48, "detector",
+                                    lambda rgb: (np.zeros((0, 4)), np.zeros(0)))
+    centre = consumer.centre_crop(photo, consumer.CROP_FRACTION["M"], 48)
+    assert iou == 0.0 and np.array_equal(none, centre)
+    with pytest.raises(ValueError, match="crop_with"):
+        consumer.photo_crop(photo, box, 12.0, 48, "middle")
+    with pytest.raises(ValueError, match="detect function"):
+        consumer.photo_crop(photo, box, 12.0, 48, "detector")
 
 
 def test_consumer_crops_reject_zero_count(red_cutout, grey_background):

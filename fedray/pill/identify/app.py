@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from fedray.config import ConfigError
-from fedray.data.datasets import default_cache_dir
+from fedray.pill.detect import latest_detector  # noqa: F401  (export and bench import it here)
 from fedray.pill.identify.classifier import Classifier, find_run_dir, load_classifier
-from fedray.pill.identify.detector import DETECT_HINT, Detector
+from fedray.pill.identify.detector import Detector
 from fedray.pill.identify.pipeline import Answer, DetectFn, identify
 
 MAX_UPLOAD_BYTES = 12 * 1024 * 1024
@@ -42,16 +40,6 @@ def read_photo(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise PhotoError(f"{path}: no such file")
     return decode_photo(path.read_bytes(), str(path))
-
-
-def latest_detector(cache_dir: str | Path | None = None) -> Path:
-    """The newest detector weights that `stage=detect` left in the cache."""
-    root = Path(cache_dir or os.environ.get("FEDRAY_CACHE") or default_cache_dir()).expanduser()
-    found = sorted(root.glob("detector-*/weights.pt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise ConfigError(f"no trained pill detector in {root}: train one with `{DETECT_HINT}` "
-                          "(or pass --detector PATH)")
-    return found[-1]
 
 
 @dataclass

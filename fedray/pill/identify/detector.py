@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from fedray.config import ConfigError
-
-DETECT_HINT = "python launch.py +experiment=pill_detect stage=detect"
+from fedray.pill.compose import xyxy_to_yolo  # noqa: F401  (identify's callers import it here)
+from fedray.pill.detect import DETECT_HINT
 
 
 class Detector:
@@ -29,8 +29,8 @@ class Detector:
         from fedray.pill.detect.offline import load_ultralytics
 
         self.model = load_ultralytics().YOLO(str(path), task="detect")
-        # the side it was trained at (an ONNX export carries its own in its metadata)
-        self.imgsz = int(imgsz or trained_imgsz(self.model))
+        # the side stage=detect serves it at (an ONNX export carries its own in its metadata)
+        self.imgsz = int(imgsz or weights_imgsz(self.model))
 
     def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         bgr = np.ascontiguousarray(rgb[..., ::-1])  # ultralytics reads arrays as OpenCV BGR
@@ -41,16 +41,12 @@ class Detector:
                 boxes.conf.cpu().numpy().astype(np.float32))
 
 
-def trained_imgsz(yolo, default: int = 640) -> int:
-    """The image side a loaded ultralytics YOLO was trained at (`default` when it doesn't say)."""
-    size = (getattr(yolo, "overrides", None) or {}).get("imgsz") or default
+def weights_imgsz(yolo, default: int = 640) -> int:
+    """The side a loaded ultralytics YOLO is meant to predict at.
+
+    The side `stage=detect` recorded in the checkpoint (fedray.pill.detect.train.FEDRAY_KEY),
+    else the side it was trained at (or an ONNX export's own), else `default`.
+    """
+    own = (getattr(yolo, "ckpt", None) or {}).get("fedray") or {}
+    size = own.get("imgsz") or (getattr(yolo, "overrides", None) or {}).get("imgsz") or default
     return int(max(size) if isinstance(size, (list, tuple)) else size)
-
-
-def xyxy_to_yolo(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Pixel (x1, y1, x2, y2) -> normalised YOLO (cx, cy, w, h)."""
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    return np.stack(
-        [(b[:, 0] + b[:, 2]) / 2 / width, (b[:, 1] + b[:, 3]) / 2 / height,
-         (b[:, 2] - b[:, 0]) / width, (b[:, 3] - b[:, 1]) / height], 1
-    ).astype(np.float32)

@@ -148,15 +148,15 @@ def export_run(run_dir: str | Path, detector: str | Path | None = None,
 
 
 def export_detector(det_path: Path, out_dir: Path, report: dict, threads: int) -> dict:
-    """ultralytics' ONNX export of the detector (at the side it was trained at), checked against
+    """ultralytics' ONNX export of the detector (at the side identify serves it at), checked against
     torch on a scene-like input, and its profile row."""
     import shutil
 
     from fedray.pill.detect.offline import load_ultralytics
-    from fedray.pill.identify.detector import trained_imgsz
+    from fedray.pill.identify.detector import weights_imgsz
 
     yolo = load_ultralytics().YOLO(str(det_path), task="detect")
-    imgsz = trained_imgsz(yolo)  # the side identify runs it at
+    imgsz = weights_imgsz(yolo)  # the side identify runs it at
     net = yolo.model.eval()
     gen = torch.Generator().manual_seed(0)
     example = torch.rand(1, 3, imgsz, imgsz, generator=gen)  # zeros would leave no boxes to check

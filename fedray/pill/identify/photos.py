@@ -12,12 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
+from fedray.pill import consumer
 from fedray.pill.catalog import load_catalog
-from fedray.pill.compose import ComposeParams, plan_scene, prepare_cutout, render_plan
+from fedray.pill.compose import (
+    ComposeParams,
+    PreparedCutout,
+    plan_scene,
+    prepare_cutout,
+    render_plan,
+)
 from fedray.pill.render import default_px_per_mm, render_reference
 from fedray.pill.segment import segment_reference
 from fedray.pill.synth import REFERENCE_SIZE, SIDES
-from fedray.pill.textures import make_textures
+from fedray.pill.textures import FAMILIES, make_textures
 
 PHOTO_SEED_STREAM = 7_000_001  # far from the build's seed streams
 
@@ -50,26 +57,58 @@ def synthetic_photos(
         cutout_px_per_mm=default_px_per_mm(REFERENCE_SIZE),
         blur_prob=0.15,
     )
-    cutouts = {}
+    cutout = _Cutouts(pills, seed, params.shadow_blur)
     textures = make_textures(16, 512, seed=int(rng.integers(2**31)), bundled=False)
     width, height = size
     side = max(width, height)
     photos = []
     for _ in range(count):
         chosen = rng.choice(len(pills), size=min(pills_per_photo, len(pills)), replace=False)
-        cuts = []
-        for c in chosen:
-            face = SIDES[int(rng.integers(2))]
-            if (c, face) not in cutouts:
-                img, _ = render_reference(pills[c], face, REFERENCE_SIZE, seed)
-                cutouts[c, face] = prepare_cutout(segment_reference(img)[0], params.shadow_blur)
-            cuts.append(cutouts[c, face])
+        cuts = [cutout(c, SIDES[int(rng.integers(2))]) for c in chosen]
         bg = textures[int(rng.integers(len(textures)))]
         shown = render_plan(plan_scene(bg, cuts, rng, params, side))
         image, boxes = _crop_frame(shown.image, shown.boxes, width, height)
         keep = (boxes[:, 2] * width >= 4) & (boxes[:, 3] * height >= 4)  # visible in the frame
         photos.append(Photo(image, boxes[keep], np.asarray(chosen)[keep]))
     return photos
+
+
+class _Cutouts:
+    """The studio cut-out of a catalog pill's face, made once per (pill, face)."""
+
+    def __init__(self, pills: list, seed: int, shadow_blur: float) -> None:
+        self.pills, self.seed, self.blur, self.made = pills, seed, shadow_blur, {}
+
+    def __call__(self, index: int, face: str) -> PreparedCutout:
+        if (index, face) not in self.made:
+            img, _ = render_reference(self.pills[index], face, REFERENCE_SIZE, self.seed)
+            self.made[index, face] = prepare_cutout(segment_reference(img)[0], self.blur)
+        return self.made[index, face]
+
+
+def one_pill_photos(data_root: str | Path, per_pill: int, image_size: int, seed: int = 0) -> (
+        list[tuple[Photo, float]]):
+    """`per_pill` phone-like one-pill photos of every catalog pill (the consumer photos' look,
+    fedray.pill.consumer), on fresh textures from their own seed stream: (photo, pill length mm).
+
+    The photos the classifier's consumer crops are cut from, held out: for comparing the ways
+    of cutting them (data.crop_with) on the same photos.
+    """
+    pills = load_catalog(Path(data_root) / "catalog.json")
+    rng = np.random.default_rng([seed, PHOTO_SEED_STREAM, 1])
+    params = consumer.consumer_params(default_px_per_mm(REFERENCE_SIZE))
+    cutout = _Cutouts(pills, seed, params.shadow_blur)
+    textures = make_textures(16, 512, seed=int(rng.integers(2**31)), bundled=False)
+    families = [list(FAMILIES)[i % len(FAMILIES)] for i in range(len(textures))]
+    size = consumer.photo_size(image_size)
+    out = []
+    for c, pill in enumerate(pills):
+        for q, bg in enumerate(consumer.pick_backgrounds(families, per_pill, rng)):
+            image, box = consumer.simulate_photo_box(cutout(c, SIDES[q % 2]), textures[bg], rng,
+                                                     params, size)
+            out.append((Photo(image, box[None].astype(np.float32), np.array([c])),
+                        float(pill.size_mm[0])))
+    return out
 
 
 def _crop_frame(image: np.ndarray, boxes: np.ndarray, width: int, height: int):

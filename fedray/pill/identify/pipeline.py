@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
 
 import cv2
 import numpy as np
 
-from fedray.pill.compose import crop_boxes
+from fedray.pill.compose import CROP_PAD, crop_boxes, xyxy_to_yolo
+from fedray.pill.consumer import DetectFn
 from fedray.pill.identify.classifier import Classifier
-from fedray.pill.identify.detector import xyxy_to_yolo
-from fedray.pill.synth import CROP_PAD
 
 UNKNOWN = "unknown"
-
-
-class DetectFn(Protocol):
-    def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass
