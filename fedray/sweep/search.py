@@ -1,6 +1,6 @@
 """Tune's search algorithms and schedulers, built from a sweep spec (imports Ray: load lazily).
 
-search: grid      the planned grid points as Tune's BasicVariantGenerator presets, in order
+search: grid      tune.grid_search over the planned grid points, in order (BasicVariantGenerator)
         random    Tune's own random sampling of the space (BasicVariantGenerator, seeded)
         optuna    ray.tune.search.optuna.OptunaSearch (TPE), `pip install fedray[sweep]`
         hyperopt  ray.tune.search.hyperopt.HyperOptSearch, `pip install fedray[sweep]`
@@ -16,7 +16,7 @@ from ray.tune.search import Searcher
 from fedray.extras import hint, missing
 from fedray.sweep.space import (
     INDEX_KEY,
-    grid_presets,
+    grid_space,
     pbt_mutations,
     split_constants,
     tune_space,
@@ -91,9 +91,8 @@ def build_search(
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     if spec.search == "grid":
-        # the planned points in order, each one trial, every key preset (Tune samples nothing)
-        space, presets = grid_presets(points)
-        return BasicVariantGenerator(points_to_evaluate=presets), space, len(points)
+        # one trial per planned point, in order (the grid key expands; num_samples stays 1)
+        return BasicVariantGenerator(), grid_space(points), 1
     space = tune_space(spec)
     n = int(spec.num_samples or 1)
     if spec.search == "random":

@@ -8,7 +8,8 @@
       - {name: fedprox, mu: {loguniform: [1.0e-3, 1.0]}}
 
 Grids are enumerated here (`grid_points`, first key slowest) so that the planner can drop the
-points an experiment cannot run and spread `num_samples` over the rest. For Tune's random
+points an experiment cannot run and spread `num_samples` over the rest; `grid_space` hands the
+planned points to Tune as one `tune.grid_search` (see there). For Tune's random
 sampling and its searchers (Optuna, HyperOpt) `tune_space` maps every key onto a Tune domain.
 Searchers take flat spaces of scalars only, so a group's variants become one choice of variant
 index under the group's key (`strategy: tune.choice([0, 1])`) with each variant's own ranges
@@ -107,24 +108,37 @@ def tune_space(spec: SweepSpec) -> dict[str, Any]:
     return space
 
 
-def grid_presets(points: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(param space, presets) that make Tune run exactly these grid points, in this order.
+POINT_KEY = "_point"  # a grid trial's position in the planned points
 
-    Tune runs `points_to_evaluate` as given when every key is in the param space, so each key
-    gets a `tune.choice` of its grid values and each point sets every key (NA where it has none).
+
+class PointValue:
+    """`tune.sample_from` of one key: its value in the grid point that `_point` selects.
+
+    A class, not a lambda, so the param space pickles into Tune's experiment state (resume).
+    """
+
+    def __init__(self, points: list[dict[str, Any]], key: str) -> None:
+        self.points, self.key = points, key
+
+    def __call__(self, spec: Any) -> Any:
+        return self.points[int(spec.config[POINT_KEY])].get(self.key, NA)
+
+
+def grid_space(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Tune's param space for exactly these grid points, in this order.
+
+    The planner has dropped the points an experiment cannot run, so the grid is not a product
+    of per-key lists: `tune.grid_search` runs over the points' positions, and every key is a
+    `tune.sample_from` of its value at that position (NA where a point has none, e.g. another
+    variant's key). Tune's BasicVariantGenerator expands one grid key in list order, so trial
+    i runs point i and the trial's config holds plain dotted keys (what PBT mutates).
     """
     from ray import tune
 
     keys = list(dict.fromkeys(k for p in points for k in p))
-    presets = [{k: p.get(k, NA) for k in keys} for p in points]
-    space: dict[str, Any] = {}
-    for k in keys:
-        values: list[Any] = []
-        for p in presets:
-            if not any(p[k] == v and type(p[k]) is type(v) for v in values):
-                values.append(p[k])
-        space[k] = tune.choice(values)
-    return space, presets
+    space: dict[str, Any] = {POINT_KEY: tune.grid_search(list(range(len(points))))}
+    space.update({k: tune.sample_from(PointValue(points, k)) for k in keys})
+    return space
 
 
 def split_constants(space: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -294,6 +294,25 @@ def test_plan_with_no_feasible_trial_is_an_error():
         plan.plan_trials(spec, _base())
 
 
+def test_grid_points_go_to_tune_as_a_grid_search_in_order():
+    from ray.tune.search.sample import Function
+    from ray.tune.search.variant_generator import generate_variants
+
+    # a planned grid: not a product (a point was dropped), a variant's key absent from others
+    points = [
+        {"strategy.name": "fedavg", "client.epochs": 1},
+        {"strategy.name": "fedprox", "strategy.mu": 0.1, "client.epochs": 1},
+        {"strategy.name": "fedprox", "strategy.mu": 0.1, "client.epochs": 4},
+    ]
+    tspace = space.grid_space(points)
+    assert tspace[space.POINT_KEY] == {"grid_search": [0, 1, 2]}
+    assert all(isinstance(tspace[k], Function) for k in ("strategy.name", "strategy.mu"))
+    configs = [c for _, c in generate_variants(tspace)]
+    assert [c[space.POINT_KEY] for c in configs] == [0, 1, 2]
+    assert [space.decode(c, {}) for c in configs] == points
+    assert configs[0]["strategy.mu"] == space.NA
+
+
 def test_asha_grid_trials_are_submitted_spread_over_the_grid():
     plain = _spec({"client.epochs": [1, 2, 3, 4, 5, 6]})
     assert plan.submission_order(plain, 6, seed=0) == [0, 1, 2, 3, 4, 5]
