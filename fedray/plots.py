@@ -126,11 +126,13 @@ def plot_curves(
     ys: Sequence[str] = ("val/acc",),
     xlabel: str | None = None,
     cumulative_x: bool = False,
+    labels: Mapping[str, str] | None = None,
 ) -> Path:
     """Line plot of metrics.jsonl rows: each key in `ys` against `x` (rows lacking either skipped).
 
     With `cumulative_x`, x values are summed over the rows in order first, e.g. to plot against
-    total bytes sent when each row carries that round's `comm/bytes_total`.
+    total bytes sent when each row carries that round's `comm/bytes_total`. `labels` names a
+    key's line in the legend (the key itself otherwise).
     """
     if isinstance(ys, str):
         ys = (ys,)
@@ -154,7 +156,7 @@ def plot_curves(
                 px.append(running if cumulative_x else xv)
                 py.append(row[key])
         if px:
-            ax.plot(px, py, marker="o", markersize=3, label=key)
+            ax.plot(px, py, marker="o", markersize=3, label=(labels or {}).get(key, key))
             plotted += 1
     if not plotted:
         raise PlotError(f"no row has both {x!r} and any of {list(ys)} as numbers")

@@ -443,9 +443,18 @@ def _finish(
     if cfg["logger"].get("plots", True):
         from fedray.plots import plot_confusion_matrix, plot_curves
 
+        base_key = f"val_base/{metric}"  # a strategy's base rule alone (FedDF: before distilling)
+        with_base = any(base_key in row for row in logger.rows)
         paths = {
             f"plots/{metric}_vs_round": plot_curves(
-                logger.rows, run_dir / f"{metric}_vs_round.png", x="round", ys=(rank_key,)
+                logger.rows,
+                run_dir / f"{metric}_vs_round.png",
+                x="round",
+                ys=(rank_key, base_key) if with_base else (rank_key,),
+                labels={
+                    rank_key: f"{rank_key} ({(cfg.get('strategy') or {}).get('name')})",
+                    base_key: f"{rank_key}, the base rule's aggregate of the same round",
+                } if with_base else None,
             ),
             f"plots/{metric}_vs_bytes": plot_curves(
                 logger.rows,

@@ -325,6 +325,15 @@ def check_model(cfg: dict[str, Any]) -> None:
             "fl.cache_features=false"
         )
     check_head_init(fl, model, trainable, cached)
+    from fedray.tasks import build_task
+
+    task = build_task(cfg.get("task"))
+    if task.needs_images and cached:
+        raise ConfigError(
+            f"task={task.name} reads the images in training (a teacher's outputs on them), but "
+            "fl.cache_features=true trains on cached backbone features: set "
+            "fl.cache_features=false"
+        )
     size = cfg["data"].get("image_size")
     if not isinstance(size, int) or isinstance(size, bool):
         return  # the dataset decides the image size: checked when it is built

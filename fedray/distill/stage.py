@@ -98,47 +98,62 @@ def _device(cfg: dict[str, Any]) -> str:
 
 def load_teacher(cfg: dict[str, Any], dcfg: dict[str, Any]) -> tuple[nn.Module | None, dict, str]:
     """(teacher model or None to train here, the data config it was trained on, its source)."""
-    import yaml
-
-    from fedray.fl.checkpoint import CHECKPOINT, load_checkpoint
-    from fedray.fl.train import set_params
-    from fedray.models import build_model
-
     source = dcfg.get("teacher")
     if source in (None, "", "null"):
         return None, cfg["data"], "trained here"
     path = Path(str(source)).expanduser()
     if path.is_dir():
-        if not (path / "config.yaml").exists() or not (path / CHECKPOINT).exists():
-            raise ConfigError(
-                f"distill.teacher={source!r}: a run directory needs config.yaml and {CHECKPOINT} "
-                "(a federated run with fl.checkpoint=true)"
-            )
-        tcfg = yaml.safe_load((path / "config.yaml").read_text())
-        if tcfg.get("stage") == "isolated":
-            raise ConfigError(f"distill.teacher={source!r} is an isolated run: no global model")
-        from fedray.data.sources import build_dataset
-
-        info = build_dataset(tcfg["data"], int(tcfg["seed"]))
-        torch.manual_seed(int(tcfg["seed"]))  # as the server: frozen layers get the same init
-        model = build_model(tcfg["model"], info.num_classes)
-        set_params(model, load_checkpoint(path / CHECKPOINT)["params"])
-        return model, tcfg["data"], str(path)
+        model, data_cfg = teacher_from_run(path, "distill.teacher")
+        return model, data_cfg, str(path)
     if not path.is_file():
         raise ConfigError(f"distill.teacher={source!r} is neither a run directory nor a file")
     from fedray.data.sources import build_dataset
 
     info = build_dataset(cfg["data"], int(cfg["seed"]))
-    model = build_model({**cfg["model"], "pretrained": None}, info.num_classes)
+    model = teacher_from_state(path, cfg["model"], info.num_classes, "distill.teacher")
+    return model, cfg["data"], str(path)
+
+
+def teacher_from_run(path: Path, key: str) -> tuple[nn.Module, dict[str, Any]]:
+    """(the global model of a finished run directory, the data config it was trained on)."""
+    import yaml
+
+    from fedray.data.sources import build_dataset
+    from fedray.fl.checkpoint import CHECKPOINT, load_checkpoint
+    from fedray.fl.train import set_params
+    from fedray.models import build_model
+
+    if not (path / "config.yaml").exists() or not (path / CHECKPOINT).exists():
+        raise ConfigError(
+            f"{key}={str(path)!r}: a run directory needs config.yaml and {CHECKPOINT} "
+            "(a federated run with fl.checkpoint=true)"
+        )
+    tcfg = yaml.safe_load((path / "config.yaml").read_text())
+    if tcfg.get("stage") == "isolated":
+        raise ConfigError(f"{key}={str(path)!r} is an isolated run: no global model")
+    info = build_dataset(tcfg["data"], int(tcfg["seed"]))
+    torch.manual_seed(int(tcfg["seed"]))  # as the server: frozen layers get the same init
+    model = build_model(tcfg["model"], info.num_classes)
+    set_params(model, load_checkpoint(path / CHECKPOINT)["params"])
+    return model, tcfg["data"]
+
+
+def teacher_from_state(
+    path: Path, model_cfg: dict[str, Any], num_classes: int, key: str
+) -> nn.Module:
+    """`model_cfg` built for `num_classes` and loaded with the state_dict saved at `path`."""
+    from fedray.models import build_model
+
+    model = build_model({**model_cfg, "pretrained": None}, num_classes)
     state = torch.load(path, map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ConfigError(
-            f"distill.teacher={source!r} does not fit model={cfg['model'].get('name')}"
+            f"{key}={str(path)!r} does not fit model={model_cfg.get('name')}"
             f": {str(exc).splitlines()[0]}"
         ) from None
-    return model, cfg["data"], str(path)
+    return model
 
 
 def fit(

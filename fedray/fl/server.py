@@ -352,7 +352,14 @@ class FederatedServer:
                     "train/loss": sum(res.metrics["train/loss"] * res.num_samples for res in good)
                     / n,
                 }
+                if not self.isolated:
+                    row.update(self.strategy.round_metrics())
                 if (r + 1) % int(self.fl["eval_every"]) == 0 or r + 1 == rounds:
+                    reference = None if self.isolated else self.strategy.reference()
+                    if reference is not None:  # e.g. FedDF's plain average before distillation
+                        row.update(
+                            {f"val_base/{k}": v for k, v in self.evaluate(reference)[0].items()}
+                        )
                     row.update({f"val/{k}": v for k, v in self.round_metrics().items()})
                 row.update(
                     {

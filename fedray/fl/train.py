@@ -256,14 +256,14 @@ def train_local(
     scheduler = make_schedule(optimizer, schedule, steps)
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else None
     y_all = torch.as_tensor(np.asarray(labels))  # int64 per batch: masks stay uint8 until then
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=float(label_smoothing)) if task is None \
-        else task.loss
+    ce = nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
     total, seen = 0.0, 0
     for _ in range(epochs):
         order = rng.permutation(n)
         for start in range(0, n, batch_size):
             idx = np.sort(order[start : start + batch_size])  # sorted: mmap reads stay sequential
             y = y_all[idx].to(device, torch.long)
+            xb = None
             with autocast(precision, device):
                 if cached:
                     logits = forward_from(model, inputs[idx].to(device), cached)
@@ -271,8 +271,12 @@ def train_local(
                     batch = inputs[idx]
                     if augment is not None:
                         batch = augment(batch, rng)
-                    logits = model(to_tensor_batch(batch).to(device))
-            loss = loss_fn(logits.float(), y)
+                    xb = to_tensor_batch(batch).to(device)
+                    logits = model(xb)
+            if task is None:
+                loss = ce(logits.float(), y)
+            else:
+                loss = task.train_loss(logits.float(), y, xb)
             if anchor is not None:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
                 loss = loss + 0.5 * proximal_mu * prox

@@ -6,6 +6,8 @@ runners only ever call a `Task`:
 - `load_targets(root, split)`: the split's targets, indexable like the images (labels (N,) for
   classification, masks (N, S, S) for segmentation);
 - `loss(outputs, targets)`: the scalar training loss of one batch (mean over the batch);
+  training calls `train_loss(outputs, targets, inputs)`, which is `loss` unless the task also
+  needs the batch's input tensor (distillation: a teacher's outputs on the same images);
 - `accumulator(num_classes)`: streams an evaluation over batches (`update(outputs, targets)`,
   `compute() -> {name: float}`); `evaluate` in `fedray.fl.train` runs the model and feeds it;
 - `partition_keys(root, split)`: what the partitioner splits (class labels, or per-sample group
@@ -56,6 +58,7 @@ class Task(ABC):
     mode: str = "max"  # whether a higher `metric` is better
     confusion: bool = False  # the run writes a confusion matrix (+ most_confused, plots)
     augments: bool = False  # client.augment (turns and flips of the images alone) is valid
+    needs_images: bool = False  # train_loss reads the images (no training on cached features)
 
     def __init__(self, partition_by: str = "label") -> None:
         if partition_by not in PARTITION_BY:
@@ -74,6 +77,14 @@ class Task(ABC):
     @abstractmethod
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean loss of one batch (outputs float32, targets int64)."""
+
+    def train_loss(
+        self, outputs: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The training loss of one batch; `inputs` is the model's input tensor (None when the
+        model ran from cached features). Most tasks need only `loss`."""
+        del inputs
+        return self.loss(outputs, targets)
 
     @abstractmethod
     def accumulator(self, num_classes: int) -> Accumulator:

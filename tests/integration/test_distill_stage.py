@@ -100,6 +100,33 @@ def test_feddf_federated_run_and_distilling_its_model(make_cfg, tmp_path):
         )
     )
     assert 0.0 <= fed["val/acc"] <= 1.0
+    rows = [json.loads(x) for x in (tmp_path / "fed" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if "val/acc" in r][-1]  # FedAvg's aggregate of the round, beside it
+    assert 0.0 <= last["val_base/acc"] <= 1.0 and last["feddf/steps"] <= 10
+    assert (tmp_path / "fed" / "acc_vs_round.png").exists()
     summary = run(make_cfg(*FAST, f"distill.teacher={tmp_path / 'fed'}", run_dir=tmp_path / "d"))
     assert summary["teacher/val_acc"] == pytest.approx(fed["val/acc"])
     assert summary["teacher/source"] == str(tmp_path / "fed")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_federated_distillation_trains_a_student_from_a_teacher_run(make_cfg, tmp_path):
+    run(make_cfg("fl.rounds=1", run_dir=tmp_path / "teacher"))  # TinyCNN width 16, federated
+    cfg = make_cfg(
+        "task=distill",
+        f"task.teacher={tmp_path / 'teacher'}",
+        "model.width=4",  # the student
+        "fl.cache_features=false",
+        "fl.rounds=2",
+        run_dir=tmp_path / "student",
+    )
+    summary = run(cfg)
+    assert 0.0 <= summary["val/acc"] <= 1.0
+    lines = (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(x) for x in lines]
+    assert [r["round"] for r in rows if "train/loss" in r] == [1, 2]
+    # the hinton term (T^2 KL) is in the training loss: not the plain CE the run would log
+    plain = run(make_cfg("model.width=4", "fl.cache_features=false", "fl.rounds=2",
+                         run_dir=tmp_path / "plain"))
+    assert summary["train/loss"] != pytest.approx(plain["train/loss"])

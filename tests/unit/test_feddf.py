@@ -79,6 +79,12 @@ def test_feddf_beats_the_plain_average_of_a_drifted_ensemble(drifted):
     assert acc_df > acc_plain + 0.25, (acc_plain, acc_df)
     assert feddf.last["held_kl_after"] < feddf.last["held_kl_before"]
     assert set(distilled) == set(plain)
+    # the server logs the plain average beside the distilled model (val_base/*), and the KLs
+    reference = feddf.reference()
+    assert all(np.array_equal(reference[k], plain[k]) for k in plain)
+    metrics = feddf.round_metrics()
+    assert metrics["feddf/held_kl_after"] == feddf.last["held_kl_after"]
+    assert metrics["feddf/steps"] <= 60
 
 
 def test_unbound_feddf_is_its_base_rule_and_state_round_trips(drifted):

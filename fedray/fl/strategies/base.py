@@ -84,6 +84,16 @@ class Strategy(ABC):
         """Extra knobs the clients need for local training under this rule."""
         return {}
 
+    def reference(self) -> Params | None:
+        """Params of a comparison model from this round, or None. A rule that adds a server-side
+        step to a base rule (FedDF) returns the base rule's own result, and the server logs its
+        val metrics beside the global model's as `val_base/<metric>`."""
+        return None
+
+    def round_metrics(self) -> dict[str, float]:
+        """Numbers about the last aggregation to log in the round's row (`<name>/<key>`)."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """Server-side state for a checkpoint (numpy arrays and plain Python only)."""
         return {"name": self.name, **self._state()}

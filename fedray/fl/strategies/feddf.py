@@ -87,6 +87,7 @@ class FedDF(Strategy):
         self._hx: np.ndarray | None = None  # held-out part (early stopping)
         self._feats: tuple[int, Any, Any] | None = None  # (cached blocks, features, held-out)
         self.last: dict[str, float] = {}
+        self._reference: Params | None = None
 
     # -- wiring --------------------------------------------------------------------------------
 
@@ -142,9 +143,18 @@ class FedDF(Strategy):
     def _aggregate(self, global_params: Params, results: list[ClientResult]) -> Params:
         averaged = self.base.aggregate(global_params, results)
         self.rounds_done += 1
+        self._reference = averaged
         if self._model_factory is None or self.steps == 0:
             return averaged
         return self._distill(averaged, results)
+
+    def reference(self) -> Params | None:
+        """The base rule's aggregate of the last round, before distillation."""
+        return self._reference
+
+    def round_metrics(self) -> dict[str, float]:
+        """Distillation steps and the held-out KL to the ensemble before and after."""
+        return {f"feddf/{k}": float(v) for k, v in self.last.items()}
 
     def _inputs(self, model: torch.nn.Module, trainable: list[str]) -> tuple[int, Any, Any]:
         """The transfer images, or once-computed features of the frozen leading blocks."""

@@ -1,0 +1,136 @@
+"""Federated distillation as a task: the federated model is the student, taught on every client.
+
+`task=distill` trains the experiment's `model` (the student: any `_target_` model) across the
+clients, under any strategy, with the loss of `stage=distill` (`hinton` or `l2`, MobileDeepPill's
+eq. 8) between the student's logits and a fixed teacher's on the same batch of the client's own
+images, mixed with the hard-label cross-entropy by `lam`. The teacher travels to the clients as
+a model (a finished run directory, or a state_dict of `teacher_model`), never as their data: each
+client computes the soft labels of its own images, after the same augmentation as the student
+sees. Targets, evaluation and metrics are classification's; `val/loss` stays cross-entropy.
+
+The teacher needs the images, so the student cannot train on cached features
+(`fl.cache_features=false`; `fedray.validate` says so before anything starts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedray.config import ConfigError
+from fedray.distill.losses import LOSSES, distill_loss
+from fedray.metrics import MetricAccumulator
+from fedray.tasks.base import Task
+from fedray.tasks.classification import Classification
+
+
+class Distillation(Task):
+    """Classification whose training loss also pulls the student towards a teacher's outputs."""
+
+    name = "distill"
+    metric = "acc"
+    confusion = True
+    augments = True
+    needs_images = True
+
+    def __init__(
+        self,
+        teacher: str | None = None,
+        teacher_model: Mapping[str, Any] | None = None,
+        loss: str = "hinton",
+        temperature: float = 4.0,
+        lam: float = 0.9,
+        label_smoothing: float = 0.0,
+        partition_by: str = "label",
+    ) -> None:
+        super().__init__(partition_by)
+        self.base = Classification(label_smoothing, partition_by)
+        if loss not in LOSSES:
+            raise ConfigError(f"task.loss={loss!r}: choose one of {list(LOSSES)}")
+        if not float(temperature) > 0:
+            raise ConfigError(f"task.temperature={temperature!r}: must be > 0")
+        if not 0.0 <= float(lam) <= 1.0:
+            raise ConfigError(f"task.lam={lam!r}: must be in [0, 1] (the teacher term's weight)")
+        if teacher in (None, "", "null"):
+            raise ConfigError(
+                "task.teacher: set it to a finished run directory (config.yaml + checkpoint.pkl) "
+                "or a saved state_dict with task.teacher_model"
+            )
+        path = Path(str(teacher)).expanduser()
+        if not path.exists():
+            raise ConfigError(f"task.teacher={str(teacher)!r} does not exist")
+        if path.is_file() and not isinstance(teacher_model, Mapping):
+            raise ConfigError(
+                f"task.teacher={str(teacher)!r} is a state_dict: task.teacher_model must name the "
+                "model it belongs to (a model config with a _target_)"
+            )
+        self.teacher_path = path
+        self.teacher_model = None if teacher_model is None else dict(teacher_model)
+        self.loss_name = loss
+        self.temperature = float(temperature)
+        self.lam = float(lam)
+        self._teacher: nn.Module | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the loaded teacher: every process loads its own."""
+        return {**self.__dict__, "_teacher": None}
+
+    def teacher(self, num_classes: int, device: torch.device) -> nn.Module:
+        """The teacher, loaded on first use, in eval mode on `device`."""
+        if self._teacher is None:
+            from fedray.distill.stage import teacher_from_run, teacher_from_state
+
+            if self.teacher_path.is_dir():
+                model, _ = teacher_from_run(self.teacher_path, "task.teacher")
+            else:
+                assert self.teacher_model is not None
+                model = teacher_from_state(
+                    self.teacher_path, self.teacher_model, num_classes, "task.teacher"
+                )
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self._teacher = model.eval()
+        return self._teacher.to(device)
+
+    def load_targets(self, root: str | Path, split: str) -> np.ndarray:
+        """The split's class labels (as classification)."""
+        return self.base.load_targets(root, split)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy: what evaluation reports as val/loss."""
+        return self.base.loss(outputs, targets)
+
+    def train_loss(
+        self, outputs: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor | None
+    ) -> torch.Tensor:
+        """`loss` (hinton or l2) between the student's and the teacher's logits on `inputs`."""
+        if inputs is None:
+            raise ConfigError(
+                "task=distill: the teacher needs the images, but the student trains on cached "
+                "features: set fl.cache_features=false"
+            )
+        teacher = self.teacher(outputs.shape[1], inputs.device)
+        with torch.no_grad():
+            soft = teacher(inputs).float()
+        if soft.shape != outputs.shape:
+            raise ConfigError(
+                f"task.teacher={str(self.teacher_path)!r} gives outputs of shape "
+                f"{tuple(soft.shape)}, the student {tuple(outputs.shape)}: a teacher for the "
+                "same classes is needed"
+            )
+        return distill_loss(self.loss_name, outputs, soft, targets, self.temperature, self.lam)
+
+    def accumulator(self, num_classes: int) -> MetricAccumulator:
+        """Classification's metrics."""
+        return self.base.accumulator(num_classes)
+
+    def __repr__(self) -> str:
+        return (
+            f"Distillation(teacher={str(self.teacher_path)!r}, loss={self.loss_name!r}, "
+            f"temperature={self.temperature}, lam={self.lam})"
+        )
