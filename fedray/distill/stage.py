@@ -166,9 +166,13 @@ def fit(
     teacher_logits: torch.Tensor | None = None,
     device: str = "cpu",
     on_epoch: Callable[[int, float], None] | None = None,
+    desc: str = "train",
 ) -> float:
     """Adam with a cosine schedule: CE on (x, y), or `distill.loss` against `teacher_logits`
-    (y None: the teacher's term alone). Returns the last epoch's mean loss."""
+    (y None: the teacher's term alone). Returns the last epoch's mean loss. Shows progress
+    (`desc`, per batch, with the running loss)."""
+    from fedray.progress import Progress
+
     n = len(x)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -181,12 +185,14 @@ def fit(
     ce = nn.CrossEntropyLoss()
     model.train()
     mean = float("nan")
+    bar = Progress(total=epochs * -(-n // bs), desc=desc, unit="batch")
     for ep in range(epochs):
         order = rng.permutation(n)
         total, seen = 0.0, 0
         for start in range(0, n, bs):
             idx = np.sort(order[start : start + bs])
             if len(idx) < 2:  # BatchNorm cannot train on one sample
+                bar.update(1)
                 continue
             out = model(to_tensor_batch(x[idx]).to(device)).float()
             yb = None if y_all is None else y_all[idx].to(device)
@@ -203,9 +209,11 @@ def fit(
             sched.step()
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
+            bar.update(1, epoch=ep + 1, loss=total / seen)
         mean = total / max(seen, 1)
         if on_epoch is not None:
             on_epoch(ep, mean)
+    bar.close()
     return mean
 
 
@@ -260,7 +268,8 @@ def run_distill(
         if teacher is None:
             torch.manual_seed(seed)
             teacher = build_model(cfg["model"], info.num_classes).to(device)
-            fit(teacher, x, y, int(dcfg["teacher_epochs"]), dcfg, seed + 1, device=device)
+            fit(teacher, x, y, int(dcfg["teacher_epochs"]), dcfg, seed + 1, device=device,
+                desc="teacher")
         teacher = teacher.to(device)
         t_acc = evaluate(teacher, vx, vy, info.num_classes, device=device)[0]
         log.info("teacher (%s): val/acc %.4f", source, t_acc["acc"])
@@ -271,7 +280,7 @@ def run_distill(
         student = build_model(dcfg["student"], info.num_classes).to(device)
         pre = int(dcfg["pre_epochs"])
         if pre:  # stage one of the two-stage recipe: the student alone on the hard labels
-            fit(student, x, y, pre, dcfg, seed + 2, device=device)
+            fit(student, x, y, pre, dcfg, seed + 2, device=device, desc="student alone (stage 1)")
         pre_acc = (
             evaluate(student, vx, vy, info.num_classes, device=device)[0]["acc"] if pre else None
         )
@@ -284,7 +293,8 @@ def run_distill(
             def alone_epoch(ep: int, _loss: float) -> None:
                 alone_acc[ep] = evaluate(alone, vx, vy, info.num_classes, device=device)[0]["acc"]
 
-            fit(alone, x, y, epochs, dcfg, seed + 3, device=device, on_epoch=alone_epoch)
+            fit(alone, x, y, epochs, dcfg, seed + 3, device=device, on_epoch=alone_epoch,
+                desc="student alone (baseline)")
         rows: list[dict[str, Any]] = []
 
         def student_epoch(ep: int, loss: float) -> None:
@@ -301,7 +311,8 @@ def run_distill(
             if on_round is not None:
                 on_round(row, None)
 
-        fit(student, tx, ty, epochs, dcfg, seed + 3, t_logits, device, on_epoch=student_epoch)
+        fit(student, tx, ty, epochs, dcfg, seed + 3, t_logits, device, on_epoch=student_epoch,
+            desc="student distilled")
         s_metrics = evaluate(student, vx, vy, info.num_classes, device=device)[0]
         a_metrics = (
             evaluate(alone, vx, vy, info.num_classes, device=device)[0] if alone is not None else {}
