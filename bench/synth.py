@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fedray.pill.compose import ComposeParams  # noqa: E402
+from fedray.pill.compose_types import ComposeParams  # noqa: E402
 
 CROP = 96
 CUTOUT_PX_PER_MM = 10.0
@@ -159,14 +159,17 @@ def albumentations_scene(texture: np.ndarray, cutouts: list[np.ndarray], rng: np
 def _make_runner(path: str, args: argparse.Namespace) -> Any:
     """Build the workload and return run(specs) -> number of crops for one path."""
     from fedray.pill import compose as C
+    from fedray.pill.compose_plan import plan_scene
+    from fedray.pill.compose_types import prepare_cutout
+    from fedray.pill.crops import crop_boxes
 
     params = ComposeParams(max_pills=args.max_pills)
     textures, raw_cutouts, specs = workload(args.scenes, args.seed, args.max_pills)
-    prepared = [C.prepare_cutout(c, params.shadow_blur) for c in raw_cutouts]
+    prepared = [prepare_cutout(c, params.shadow_blur) for c in raw_cutouts]
 
     def plans_for(batch: list) -> list:
-        return [C.plan_scene(textures[tex], [prepared[c] for c in cuts],
-                             np.random.default_rng(seed), params, args.size)
+        return [plan_scene(textures[tex], [prepared[c] for c in cuts],
+                           np.random.default_rng(seed), params, args.size)
                 for tex, cuts, seed in batch]
 
     if path in ("cython", "numpy"):
@@ -178,7 +181,7 @@ def _make_runner(path: str, args: argparse.Namespace) -> Any:
             for i in range(0, len(batch), args.batch):
                 rendered = C.render_batch(plans_for(batch[i:i + args.batch]), backend=path,
                                           num_threads=args.threads)
-                crops += sum(len(C.crop_boxes(r.image, r.boxes, CROP)) for r in rendered)
+                crops += sum(len(crop_boxes(r.image, r.boxes, CROP)) for r in rendered)
             return crops
     elif path.startswith("torch"):
         import torch
@@ -192,7 +195,7 @@ def _make_runner(path: str, args: argparse.Namespace) -> Any:
             crops = 0
             for i in range(0, len(batch), args.batch):
                 for r in render_plans(plans_for(batch[i:i + args.batch]), device):
-                    crops += len(C.crop_boxes(r.image, r.boxes, CROP))
+                    crops += len(crop_boxes(r.image, r.boxes, CROP))
             if device == "cuda":
                 torch.cuda.synchronize()
             return crops
@@ -205,7 +208,7 @@ def _make_runner(path: str, args: argparse.Namespace) -> Any:
                 scene, boxes = albumentations_scene(textures[tex], [raw_cutouts[c] for c in cuts],
                                                     np.random.default_rng(seed), params,
                                                     args.size, pipes)
-                crops += len(C.crop_boxes(scene, boxes, CROP))
+                crops += len(crop_boxes(scene, boxes, CROP))
             return crops
     else:
         raise ValueError(f"unknown path {path!r}")

@@ -2,8 +2,9 @@
 
 The work is split in two so the hot path is a kernel:
 
-1. ``plan_scene`` draws every random choice (texture crop, per-pill transform, colour, shadow,
-   lighting, blur, noise seed, JPEG quality) into a plain ``ScenePlan`` of arrays and numbers;
+1. ``plan_scene`` (compose_plan.py) draws every random choice (texture crop, per-pill transform,
+   colour, shadow, lighting, blur, noise seed, JPEG quality) into a plain ``ScenePlan`` of arrays
+   and numbers (compose_types.py);
 2. a renderer turns a plan into pixels. Three render the *same* plan: the NumPy twin here (the
    reference, always available), the Cython kernel ``_compose.pyx`` (bit-identical to the twin:
    the same float32 operations in the same order, ``-ffp-contract=off``), and the batched torch
@@ -20,22 +21,28 @@ sensor noise (read + shot noise from a counter-based hash, so no RNG state per p
 Boxes come from a label map written while compositing: a pixel belongs to the last pill whose
 alpha there is >= 0.5, so a pill partly covered by a later one gets the box of its visible part.
 
-Size: the planner and the NumPy twin renderer stay in one module: the Cython kernel
-must stay bit-identical to this twin, and reading both halves together is how it does.
+This module holds the renderers a plan goes through: the NumPy twin (kept beside the OpenCV steps
+and the kernel's dispatch, so the twin and ``_compose.pyx`` are read together), ``render_plan``
+and ``render_batch``. Crops around the boxes: crops.py.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
-from typing import Any
 
 import cv2
 import numpy as np
 
 from fedray.kernels import optional_extension
+from fedray.pill.compose_plan import plan_scene
+from fedray.pill.compose_types import (
+    ComposeError,
+    ComposeParams,
+    PreparedCutout,
+    RenderedScene,
+    ScenePlan,
+)
 
 # not built, or FEDRAY_NO_CYTHON=1: the NumPy twin serves
 _ckernel = optional_extension("fedray.pill._compose")
@@ -43,395 +50,6 @@ BACKEND: str = "cython" if _ckernel is not None else "numpy"
 
 LABEL_ALPHA = np.float32(0.5)  # a pixel belongs to a pill where the pill's alpha reaches this
 DEN_EPS = np.float32(1e-6)  # homography denominators at or below this: behind the camera
-# Noise: the four bytes of a 32-bit hash summed (Irwin-Hall) are near-Gaussian, mean 510, std
-# sqrt(4 * (256**2 - 1) / 12); this scales that to unit variance.
-NOISE_INV_STD = np.float32(1.0 / math.sqrt(4 * (256**2 - 1) / 12))
-
-
-class ComposeError(ValueError):
-    """Bad compositor input or parameters; the message names the field or cut-out."""
-
-
-Range = tuple[float, float]
-
-
-@dataclass
-class ComposeParams:
-    """Ranges the scene planner draws from; every (lo, hi) pair is sampled uniformly."""
-
-    max_pills: int = 6
-    fov_mm: Range = (70.0, 130.0)  # scene width in mm: sets the scene's px per mm
-    cutout_px_per_mm: float = 10.0  # resolution the cut-outs were rendered at
-    pill_scale: Range = (0.92, 1.08)  # per-pill size jitter on top of the mm-true size
-    rotation_deg: Range = (-180.0, 180.0)
-    perspective: float = 0.06  # max corner shift as a fraction of the pill's size
-    max_overlap: float = 0.12  # of a pill's hull area that later pills may cover
-    placement_tries: int = 40
-    bg_scale: Range = (0.8, 2.0)  # scene px per texture px (raised if the crop would not fit)
-    brightness: Range = (-18.0, 18.0)  # per pill, grey levels
-    contrast: Range = (0.85, 1.15)
-    saturation: Range = (0.8, 1.2)
-    hue_deg: Range = (-6.0, 6.0)
-    pill_white_balance: float = 0.06  # per-channel gain jitter, per pill
-    shadow_prob: float = 0.7
-    shadow_offset: Range = (0.04, 0.14)  # of the pill's size, one direction per scene
-    shadow_strength: Range = (0.2, 0.55)
-    shadow_blur: float = 0.07  # shadow softness, sigma as a fraction of the cut-out's size
-    light_gain: Range = (0.75, 1.15)
-    light_gradient: float = 0.25  # max brightness change across the scene, per axis
-    vignette: Range = (0.0, 0.35)
-    white_balance: float = 0.06  # scene colour-temperature gain jitter, per channel
-    blur_prob: float = 0.3
-    motion_share: float = 0.5  # of blurred scenes, how many get motion (rest: defocus)
-    motion_length: Range = (3.0, 9.0)  # px
-    defocus_radius: Range = (1.0, 2.5)  # px
-    noise_prob: float = 0.9
-    noise_sigma: Range = (0.5, 5.0)  # read noise, grey levels
-    shot_noise: Range = (0.0, 0.06)  # variance per grey level (photon noise grows with signal)
-    jpeg_prob: float = 0.8
-    jpeg_quality: Range = (55.0, 95.0)
-    # camera tilt: the far edge of the table spans up to 1 + 2 * tilt frame widths, so the far
-    # pills shrink and the table foreshortens (0: looking straight down)
-    tilt: float = 0.0
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, (tuple, list)):
-                if len(value) != 2 or not value[0] <= value[1]:
-                    raise ComposeError(f"ComposeParams.{f.name}={value!r}: need (lo, hi), lo <= hi")
-                setattr(self, f.name, (float(value[0]), float(value[1])))
-            elif f.name.endswith("_prob") or f.name in ("motion_share", "max_overlap"):
-                if not 0.0 <= value <= 1.0:
-                    raise ComposeError(f"ComposeParams.{f.name}={value!r}: need 0 <= p <= 1")
-        if self.max_pills < 1 or self.placement_tries < 1:
-            raise ComposeError("ComposeParams.max_pills and placement_tries must be >= 1")
-        if self.cutout_px_per_mm <= 0 or self.fov_mm[0] <= 0:
-            raise ComposeError("ComposeParams.cutout_px_per_mm and fov_mm must be > 0")
-        for name in ("perspective", "shadow_blur", "light_gradient", "white_balance",
-                     "pill_white_balance", "tilt"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 0.5:
-                raise ComposeError(f"ComposeParams.{name}={value!r}: need 0 <= x < 0.5")
-        if self.jpeg_quality[0] < 1 or self.jpeg_quality[1] > 100:
-            raise ComposeError(f"ComposeParams.jpeg_quality={self.jpeg_quality}: within 1..100")
-
-    @classmethod
-    def from_dict(cls, cfg: dict[str, Any]) -> ComposeParams:
-        """Build from a config dict; unknown keys are an error naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ComposeError(f"unknown compose parameter(s) {unknown}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
-
-
-@dataclass(eq=False)
-class PreparedCutout:
-    """A cut-out made ready for sampling once, reused across scenes."""
-
-    premult: np.ndarray  # float32 (h, w, 4): rgb * alpha in 0..255, alpha in 0..1
-    shadow: np.ndarray  # float32 (h + 2 pad, w + 2 pad): blurred alpha, 0..1
-    pad: int
-    hull: np.ndarray  # float64 (m, 2) convex hull of the opaque pixels, source px
-    shadow_blur: float  # the ComposeParams.shadow_blur it was prepared for
-    device_cache: dict = field(default_factory=dict, repr=False)  # torch copies by device
-
-
-def prepare_cutout(cutout: np.ndarray, shadow_blur: float = 0.07, name: str = "cut-out") -> (
-        PreparedCutout):
-    """Validate an RGBA uint8 cut-out and precompute its premultiplied float and shadow forms."""
-    if not isinstance(cutout, np.ndarray) or cutout.dtype != np.uint8 or cutout.ndim != 3 \
-            or cutout.shape[2] != 4:
-        got = getattr(cutout, "shape", type(cutout).__name__), getattr(cutout, "dtype", None)
-        raise ComposeError(f"{name}: expected an RGBA uint8 array (h, w, 4), got {got}")
-    alpha = cutout[:, :, 3]
-    opaque = cv2.findNonZero((alpha >= 128).astype(np.uint8))
-    if opaque is None:
-        raise ComposeError(f"{name}: no pixel has alpha >= 128, nothing to place")
-    a = alpha.astype(np.float32) * np.float32(1.0 / 255.0)
-    premult = np.empty(cutout.shape, np.float32)
-    premult[:, :, :3] = cutout[:, :, :3].astype(np.float32) * a[:, :, None]
-    premult[:, :, 3] = a
-    sigma = max(0.5, shadow_blur * max(cutout.shape[:2]))
-    pad = int(math.ceil(3 * sigma)) + 1
-    shadow = cv2.GaussianBlur(cv2.copyMakeBorder(a, pad, pad, pad, pad, cv2.BORDER_CONSTANT, 0),
-                              (0, 0), sigma)
-    hull = cv2.convexHull(opaque).reshape(-1, 2).astype(np.float64)
-    return PreparedCutout(np.ascontiguousarray(premult), np.ascontiguousarray(shadow), pad, hull,
-                          float(shadow_blur))
-
-
-@dataclass
-class PillPlan:
-    """One pill's placement: scene->source homographies, colour matrix, regions to touch."""
-
-    cutout: PreparedCutout
-    hinv: np.ndarray  # (3, 3) float32 scene px -> cut-out px
-    region: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive) that the pill can touch
-    colour: np.ndarray  # (3, 4) float32: premultiplied rgb' = M rgb + b * alpha
-    shadow_strength: np.float32  # 0: no shadow
-    shadow_hinv: np.ndarray  # (3, 3) float32 scene px -> shadow-source px
-    shadow_region: tuple[int, int, int, int]
-
-
-@dataclass
-class ScenePlan:
-    """Every random choice of one scene; renderers are pure functions of it."""
-
-    out_size: int
-    background: np.ndarray  # uint8 (Hb, Wb, 3), C-contiguous
-    bg_crop: tuple[int, int, int]  # x0, y0, side: the square of the texture that fills the frame
-    bg_orient: int  # 0..7: quarter turns (orient // 2) then a mirror (orient % 2)
-    pills: list[PillPlan]
-    # (10,) float32: gain, x slope, y slope, radial, r/g/b white balance, then the noise's read
-    # variance, shot gain (variance per grey level) and NOISE_INV_STD
-    light: np.ndarray
-    blur_kernel: np.ndarray | None  # float32 (k, k), sums to 1
-    add_noise: bool
-    noise_seed: int  # uint32
-    jpeg_quality: int | None
-    plane: np.ndarray | None = None  # (3, 3) table plane -> photo px (camera tilt); None: flat
-
-    def pill_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """Pill table for kernels: int64 (k, 12) sizes/regions, float32 (k, 31) transforms."""
-        k = len(self.pills)
-        ints = np.zeros((k, 12), np.int64)
-        flt = np.zeros((k, 31), np.float32)
-        for i, p in enumerate(self.pills):
-            h, w = p.cutout.premult.shape[:2]
-            sh, sw = p.cutout.shadow.shape
-            ints[i] = (h, w, sh, sw, *p.region, *p.shadow_region)
-            flt[i, :9] = p.hinv.ravel()
-            flt[i, 9:18] = p.shadow_hinv.ravel()
-            flt[i, 18:30] = p.colour.ravel()
-            flt[i, 30] = p.shadow_strength
-        return ints, flt
-
-
-@dataclass
-class RenderedScene:
-    """A rendered scene: RGB uint8 image, YOLO boxes (k, 4) float32, int16 label map (-1 none)."""
-
-    image: np.ndarray
-    boxes: np.ndarray
-    labels: np.ndarray
-
-
-# ----------------------------------------------------------------------------------- planning
-
-
-def _uniform(rng: np.random.Generator, r: Range) -> float:
-    return float(rng.uniform(r[0], r[1]))
-
-
-def _project(h: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    q = pts @ h[:, :2].T + h[:, 2]
-    return q[:, :2] / q[:, 2:3]
-
-
-def _region(h: np.ndarray, w: int, hgt: int, size: int) -> tuple[int, int, int, int]:
-    """Scene px that may sample inside (-1, w) x (-1, hgt) of a source mapped forward by h."""
-    corners = np.array([[-1, -1], [w, -1], [w, hgt], [-1, hgt]], np.float64)
-    q = _project(h, corners)
-    lo, hi = q.min(0), q.max(0)
-
-    def clamp(v: float) -> int:
-        return min(max(int(v), 0), size)
-
-    return (clamp(math.floor(lo[0]) - 1), clamp(math.floor(lo[1]) - 1),
-            clamp(math.ceil(hi[0]) + 2), clamp(math.ceil(hi[1]) + 2))
-
-
-def _translate(dx: float, dy: float) -> np.ndarray:
-    return np.array([[1, 0, dx], [0, 1, dy], [0, 0, 1]], np.float64)
-
-
-def _normalised_inverse(fwd: np.ndarray, src_hw: tuple[int, int]) -> np.ndarray:
-    """Scene -> source homography, float32, scaled so its denominator is +1 at the source's
-    centre: positive over the placed pill and well conditioned for float32 arithmetic."""
-    h, w = src_hw
-    centre = _project(fwd, np.array([[(w - 1) / 2, (h - 1) / 2]]))[0]
-    inv = cv2.invert(fwd, flags=cv2.DECOMP_LU)[1]  # OpenCV, not BLAS: no worker threads woken
-    return (inv / (inv[2, 0] * centre[0] + inv[2, 1] * centre[1] + inv[2, 2])).astype(np.float32)
-
-
-_LUMA_ROWS = np.outer(np.ones(3), [0.299, 0.587, 0.114])  # each row: Rec.601 luma weights
-# cross-product matrix of the grey axis (1, 1, 1)/sqrt(3), for Rodrigues' rotation formula
-_GREY_AXIS_X = np.array([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3)
-_GREY_AXIS_X2 = _GREY_AXIS_X @ _GREY_AXIS_X
-
-
-def _colour_matrix(rng: np.random.Generator, p: ComposeParams) -> np.ndarray:
-    """(3, 4) affine colour map: white balance . contrast . hue . saturation, plus brightness."""
-    s = _uniform(rng, p.saturation)
-    sat = s * np.eye(3) + (1 - s) * _LUMA_ROWS
-    t = math.radians(_uniform(rng, p.hue_deg))
-    hue = np.eye(3) + math.sin(t) * _GREY_AXIS_X + (1 - math.cos(t)) * _GREY_AXIS_X2
-    c = _uniform(rng, p.contrast)
-    gains = 1.0 + rng.uniform(-p.pill_white_balance, p.pill_white_balance, 3)
-    m = np.diag(gains) @ (c * hue @ sat)
-    bias = gains * (128.0 * (1 - c) + _uniform(rng, p.brightness))
-    return np.concatenate([m, bias[:, None]], axis=1)
-
-
-def _background_crop(rng: np.random.Generator, bg: np.ndarray, size: int,
-                     p: ComposeParams) -> tuple[tuple[int, int, int], int]:
-    """A random square crop of the texture (scaled to fill the frame) and one of 8 orientations."""
-    hb, wb = bg.shape[:2]
-    side = int(round(min(size / _uniform(rng, p.bg_scale), hb, wb)))
-    x0 = int(rng.integers(0, wb - side + 1))
-    y0 = int(rng.integers(0, hb - side + 1))
-    return (x0, y0, side), int(rng.integers(0, 8))
-
-
-def _place_pill(rng: np.random.Generator, cut: PreparedCutout, size: int, px_per_mm: float,
-                p: ComposeParams, placed: list[tuple[np.ndarray, float]],
-                covered: list[float]) -> np.ndarray:
-    """Forward homography for one pill, drawn until its hull overlaps earlier pills little."""
-    h, w = cut.premult.shape[:2]
-    corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
-    corners32 = corners.astype(np.float32)
-    local = corners - [(w - 1) / 2, (h - 1) / 2]
-    base = px_per_mm / p.cutout_px_per_mm
-    best: tuple[float, np.ndarray, list[float], float, np.ndarray] | None = None
-    for _ in range(p.placement_tries):
-        s = base * _uniform(rng, p.pill_scale)
-        s = min(s, 0.9 * size / max(w, h))  # never larger than the frame
-        theta = math.radians(_uniform(rng, p.rotation_deg))
-        c, sn = math.cos(theta) * s, math.sin(theta) * s
-        extent = max(w, h) * s
-        jitter = rng.uniform(-p.perspective, p.perspective, (4, 2)) * extent
-        rotated = local @ np.array([[c, sn], [-sn, c]]) + jitter
-        lo, hi = rotated.min(0), rotated.max(0)
-        centre = rng.uniform(np.maximum(-lo, 0), np.maximum(size - 1 - hi, -lo + 1e-6))
-        dst = (rotated + centre).astype(np.float32)
-        fwd = cv2.getPerspectiveTransform(corners32, dst).astype(np.float64)
-        hull = _project(fwd, cut.hull).astype(np.float32)
-        area = max(float(cv2.contourArea(hull)), 1.0)
-        inters = [float(cv2.intersectConvexConvex(hull, other)[0]) for other, _ in placed]
-        worst = max([x / area for x in inters]
-                    + [(cov + x) / other_area
-                       for (_, other_area), cov, x in zip(placed, covered, inters, strict=True)],
-                    default=0.0)
-        if best is None or worst < best[0]:
-            best = (worst, fwd, inters, area, hull)
-        if worst <= p.max_overlap:
-            break
-    assert best is not None
-    _, fwd, inters, area, hull = best
-    for j, x in enumerate(inters):
-        covered[j] += x
-    placed.append((hull, area))
-    covered.append(0.0)
-    return fwd
-
-
-def _tilt(rng: np.random.Generator, size: int, p: ComposeParams) -> np.ndarray | None:
-    """Table plane -> photo homography of a camera tilted towards one of the frame's edges.
-
-    The photo's far edge sees a strip of the table up to `tilt` of the frame wider on each
-    side; the table square maps inside the photo, so every pill placed on it stays in frame.
-    """
-    if p.tilt <= 0:
-        return None
-    t = _uniform(rng, (0.0, p.tilt)) * size
-    frame = np.array([[0, 0], [size, 0], [size, size], [0, size]], np.float64)
-    table = frame.copy()
-    k = int(rng.integers(4))  # which edge is far: top, right, bottom, left
-    a, b = k, (k + 1) % 4
-    along = (frame[b] - frame[a]) / size
-    table[a] -= along * t
-    table[b] += along * t
-    return cv2.getPerspectiveTransform(table.astype(np.float32),
-                                       frame.astype(np.float32)).astype(np.float64)
-
-
-def _blur_kernel(rng: np.random.Generator, p: ComposeParams) -> np.ndarray:
-    if rng.random() < p.motion_share:
-        length = _uniform(rng, p.motion_length)
-        k = 2 * int(math.ceil(length / 2)) + 1
-        kernel = np.zeros((k, k), np.float32)
-        t = rng.uniform(0, math.pi)
-        dx, dy = math.cos(t) * (length - 1) / 2, math.sin(t) * (length - 1) / 2
-        c = k // 2
-        shift = 8  # cv2 sub-pixel line endpoints, 1/256 px
-        p0 = (int(round((c - dx) * 256)), int(round((c - dy) * 256)))
-        p1 = (int(round((c + dx) * 256)), int(round((c + dy) * 256)))
-        cv2.line(kernel, p0, p1, 1.0, 1, cv2.LINE_AA, shift)
-    else:  # defocus: an anti-aliased disc
-        r = _uniform(rng, p.defocus_radius)
-        k = 2 * int(math.ceil(r)) + 1
-        yy, xx = np.mgrid[0:k, 0:k] - k // 2
-        kernel = np.clip(r + 0.5 - np.hypot(xx, yy), 0.0, 1.0).astype(np.float32)
-    total = float(kernel.sum())
-    if total <= 0:
-        kernel[kernel.shape[0] // 2, kernel.shape[1] // 2] = 1.0
-        total = 1.0
-    return (kernel / total).astype(np.float32)
-
-
-def plan_scene(background: np.ndarray, cutouts: list[np.ndarray | PreparedCutout],
-               rng: np.random.Generator, params: ComposeParams,
-               out_size: int = 640) -> ScenePlan:
-    """Draw every random choice of one scene (all cut-outs are placed, in order)."""
-    if not isinstance(background, np.ndarray) or background.dtype != np.uint8 \
-            or background.ndim != 3 or background.shape[2] != 3 or min(background.shape[:2]) < 4:
-        got = getattr(background, "shape", type(background).__name__)
-        raise ComposeError(f"background: expected RGB uint8 (h, w, 3) of at least 4 px, got {got}")
-    if not 1 <= len(cutouts) <= params.max_pills:
-        raise ComposeError(f"cutouts: got {len(cutouts)}, need 1..max_pills={params.max_pills}")
-    if out_size < 16:
-        raise ComposeError(f"out_size={out_size}: need >= 16")
-    prepared = [c if isinstance(c, PreparedCutout)
-                else prepare_cutout(c, params.shadow_blur, name=f"cut-out {i}")
-                for i, c in enumerate(cutouts)]
-    for i, cut in enumerate(prepared):
-        if cut.shadow_blur != params.shadow_blur:
-            raise ComposeError(f"cut-out {i} was prepared with shadow_blur={cut.shadow_blur}, "
-                               f"but params.shadow_blur={params.shadow_blur}; prepare it again")
-    size = out_size
-    bg_crop, bg_orient = _background_crop(rng, background, size, params)
-    px_per_mm = size / _uniform(rng, params.fov_mm)
-    shadow_on = rng.random() < params.shadow_prob
-    shadow_dir = rng.uniform(0, 2 * math.pi)
-    shadow_len = _uniform(rng, params.shadow_offset)
-    plane = _tilt(rng, size, params)
-    lift = plane if plane is not None else np.eye(3)  # pills are placed on the table plane
-    placed: list[tuple[np.ndarray, float]] = []
-    covered: list[float] = []
-    pills = []
-    for cut in prepared:
-        on_table = _place_pill(rng, cut, size, px_per_mm, params, placed, covered)
-        fwd = lift @ on_table
-        hinv = _normalised_inverse(fwd, cut.premult.shape[:2])
-        h, w = cut.premult.shape[:2]
-        colour = _colour_matrix(rng, params)
-        strength = _uniform(rng, params.shadow_strength) if shadow_on else 0.0
-        # the offset scales with the pill's on-screen size, so small pills cast short shadows
-        reach = shadow_len * math.sqrt(max(float(cv2.contourArea(placed[-1][0])), 1.0))
-        d = (math.cos(shadow_dir) * reach, math.sin(shadow_dir) * reach)
-        sh_fwd = lift @ _translate(*d) @ on_table @ _translate(-cut.pad, -cut.pad)
-        sh_hinv = _normalised_inverse(sh_fwd, cut.shadow.shape[:2])
-        sh_h, sh_w = cut.shadow.shape
-        sh_region = _region(sh_fwd, sh_w, sh_h, size) if strength > 0 else (0, 0, 0, 0)
-        pills.append(PillPlan(cut, hinv, _region(fwd, w, h, size), colour.astype(np.float32),
-                              np.float32(strength), sh_hinv, sh_region))
-    wb = 1.0 + rng.uniform(-params.white_balance, params.white_balance, 3)
-    gain = _uniform(rng, params.light_gain)
-    slope_x = rng.uniform(-params.light_gradient, params.light_gradient)
-    slope_y = rng.uniform(-params.light_gradient, params.light_gradient)
-    radial = -_uniform(rng, params.vignette) * 2.0  # corners sit at r^2 = 0.5
-    blur = _blur_kernel(rng, params) if rng.random() < params.blur_prob else None
-    noise_seed = int(rng.integers(0, 2**32, dtype=np.uint64))
-    add_noise = bool(rng.random() < params.noise_prob)
-    read, shot = _uniform(rng, params.noise_sigma), _uniform(rng, params.shot_noise)
-    light = np.array([gain, slope_x, slope_y, radial, *wb, read * read, shot, NOISE_INV_STD],
-                     np.float32)
-    jpeg = int(round(_uniform(rng, params.jpeg_quality))) if rng.random() < params.jpeg_prob \
-        else None
-    return ScenePlan(size, np.ascontiguousarray(background), bg_crop, bg_orient, pills, light, blur,
-                     add_noise, noise_seed, jpeg, plane)
 
 
 # ------------------------------------------------------------------------------ NumPy twin
@@ -670,42 +288,3 @@ def compose_scene(background: np.ndarray, cutouts: list[np.ndarray | PreparedCut
     """One synthetic scene: (RGB uint8 (S, S, 3), YOLO boxes float32 (k, 4), row i = cutouts[i])."""
     rendered = render_plan(plan_scene(background, cutouts, rng, params, out_size))
     return rendered.image, rendered.boxes
-
-
-CROP_PAD = 0.1  # context around a box, per side, as a fraction of its longer side
-
-
-def xyxy_to_yolo(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Pixel (x1, y1, x2, y2) -> normalised YOLO (cx, cy, w, h)."""
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    return np.stack(
-        [(b[:, 0] + b[:, 2]) / 2 / width, (b[:, 1] + b[:, 3]) / 2 / height,
-         (b[:, 2] - b[:, 0]) / width, (b[:, 3] - b[:, 1]) / height], 1
-    ).astype(np.float32)
-
-
-def crop_boxes(scene: np.ndarray, boxes: np.ndarray, crop_size: int, pad: float = CROP_PAD) -> (
-        np.ndarray):
-    """Square crops around YOLO boxes, padded by `pad` of the box side, resized: (k, S, S, 3)."""
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    if crop_size < 1 or pad < 0:
-        raise ComposeError(f"crop_size={crop_size}, pad={pad}: need crop_size >= 1, pad >= 0")
-    hs, ws = scene.shape[:2]
-    out = np.zeros((len(boxes), crop_size, crop_size, scene.shape[2]), np.uint8)
-    for i, (cx, cy, bw, bh) in enumerate(boxes):
-        if bw <= 0 or bh <= 0:
-            continue
-        side = max(bw * ws, bh * hs) * (1 + 2 * pad)
-        x0 = int(math.floor(cx * ws - side / 2))
-        y0 = int(math.floor(cy * hs - side / 2))
-        n = max(1, int(round(side)))
-        # pad by reflection where the square runs off the frame, then crop inside that
-        px0, py0 = max(0, -x0), max(0, -y0)
-        px1, py1 = max(0, x0 + n - ws), max(0, y0 + n - hs)
-        patch = scene[max(0, y0):min(hs, y0 + n), max(0, x0):min(ws, x0 + n)]
-        if px0 or py0 or px1 or py1:
-            patch = cv2.copyMakeBorder(patch, py0, py1, px0, px1, cv2.BORDER_REFLECT_101)
-        interp = cv2.INTER_AREA if n > crop_size else cv2.INTER_LINEAR
-        out[i] = cv2.resize(patch, (crop_size, crop_size), interpolation=interp).reshape(
-            crop_size, crop_size, -1)
-    return out

@@ -19,14 +19,11 @@ import torch.nn.functional as F
 from fedray.pill.compose import (
     DEN_EPS,
     LABEL_ALPHA,
-    ComposeError,
-    PreparedCutout,
-    RenderedScene,
-    ScenePlan,
     apply_jpeg,
     boxes_from_labels,
     warp_background,
 )
+from fedray.pill.compose_types import ComposeError, PreparedCutout, RenderedScene, ScenePlan
 
 _MASK32 = 0xFFFFFFFF
 

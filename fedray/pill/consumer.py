@@ -21,16 +21,10 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from fedray.pill.compose import (
-    CROP_PAD,
-    ComposeParams,
-    PreparedCutout,
-    ScenePlan,
-    crop_boxes,
-    plan_scene,
-    render_plan,
-    xyxy_to_yolo,
-)
+from fedray.pill.compose import render_plan
+from fedray.pill.compose_plan import plan_scene
+from fedray.pill.compose_types import ComposeParams, PreparedCutout, ScenePlan
+from fedray.pill.crops import CROP_PAD, crop_boxes, xyxy_to_yolo
 
 # How a consumer photo becomes a classifier crop (data.crop_with; see photo_crop).
 CROP_WITH = ("size_class", "truth", "detector")

@@ -34,13 +34,9 @@ from fedray.data.datasets import (
 )
 from fedray.data.sources import dataset_builder
 from fedray.pill.catalog import make_catalog
-from fedray.pill.compose import (
-    ComposeParams,
-    PreparedCutout,
-    plan_scene,
-    prepare_cutout,
-    render_plan,
-)
+from fedray.pill.compose import render_plan
+from fedray.pill.compose_plan import plan_scene
+from fedray.pill.compose_types import ComposeParams, PreparedCutout, prepare_cutout
 from fedray.pill.consumer import CONSUMER_COMPOSE
 from fedray.pill.render import BACKGROUND_RGB, default_px_per_mm, render_reference
 from fedray.pill.segment import segment_reference

@@ -14,9 +14,10 @@ import yaml
 from fedray.config import ConfigError
 from fedray.data.datasets import is_complete, load_images, load_labels
 from fedray.data.sources import build_dataset
-from fedray.pill import synth
+from fedray.pill import synth, synth_plan, synth_tasks, synth_write
 from fedray.pill.catalog import load_catalog
-from fedray.pill.compose import prepare_cutout
+from fedray.pill.compose_types import prepare_cutout
+from fedray.pill.textures import bundled_textures
 
 TINY = {
     "num_pills": 4,
@@ -165,7 +166,7 @@ def test_user_backgrounds_join_the_textures_and_the_cache_key(tmp_path):
            "reference_crops": 8, "consumer_crops": 8}
     info = synth.build_synthetic(cfg, 0, tmp_path / "cache")
     meta = json.loads((Path(info.root) / "meta.json").read_text())
-    assert meta["textures"] == len(synth.bundled_textures(8)) + 2
+    assert meta["textures"] == len(bundled_textures(8)) + 2
     cv2.imwrite(str(folder / "2.png"), np.full((40, 60, 3), 99, np.uint8))
     assert synth.build_synthetic(cfg, 0, tmp_path / "cache").root != info.root
 
@@ -174,7 +175,7 @@ def test_interrupted_build_leaves_no_complete_entry(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synth, "_write_contact_sheet", boom)
+    monkeypatch.setattr(synth_write, "_write_contact_sheet", boom)
     cfg = {**TINY, "detection_scenes": 0, "consumer_crops": 8}
     with pytest.raises(KeyboardInterrupt):
         synth.build_synthetic(cfg, 0, tmp_path)
@@ -187,10 +188,10 @@ def test_interrupted_build_leaves_no_complete_entry(tmp_path, monkeypatch):
 
 def test_a_pill_hidden_in_its_scene_is_photographed_again(monkeypatch):
     cfg = synth.synth_config(TINY)
-    pills = synth.make_pills(cfg)[:2]
-    cutouts = [prepare_cutout(cut) for _, cut, _ in synth._references_task(pills, 0)]
+    pills = synth_plan.make_pills(cfg)[:2]
+    cutouts = [prepare_cutout(cut) for _, cut, _ in synth_tasks.references_task(pills, 0)]
     textures = [np.full((64, 64, 3), 90, np.uint8)]
-    real_render, calls = synth.render_plan, []
+    real_render, calls = synth_tasks.render_plan, []
 
     def hide_first_pill(plan, **kwargs):
         shown = real_render(plan, **kwargs)
@@ -199,23 +200,24 @@ def test_a_pill_hidden_in_its_scene_is_photographed_again(monkeypatch):
             shown.boxes[0] = 0.0  # as if the second pill covered it completely
         return shown
 
-    monkeypatch.setattr(synth, "render_plan", hide_first_pill)
+    monkeypatch.setattr(synth_tasks, "render_plan", hide_first_pill)
     spec = {"seed": (0, 2, 0), "scenes": [[0, 3]], "scene_size": 96, "image_size": 16}
-    crops = synth._crop_scenes_task(spec, cutouts, textures, synth.scene_params(cfg, True))
+    params = synth_plan.scene_params(cfg, True)
+    crops = synth_tasks.crop_scenes_task(spec, cutouts, textures, params)
     assert calls == [2, 1]  # the scene, then the hidden pill alone
     assert crops.shape == (2, 16, 16, 3)
     assert crops[0].std() > 1.0  # a real crop, not the empty one crop_boxes gives a 0 box
 
 
 def test_public_catalog_is_disjoint_from_the_private_one():
-    private = synth.make_pills(synth.synth_config({"num_pills": 20}))
-    public = synth.make_pills(synth.synth_config({"num_pills": 100, "public": True}))
+    private = synth_plan.make_pills(synth.synth_config({"num_pills": 20}))
+    public = synth_plan.make_pills(synth.synth_config({"num_pills": 100, "public": True}))
     assert len(public) == 100
-    assert min(p.id for p in public) >= synth.PUBLIC_ID_OFFSET
+    assert min(p.id for p in public) >= synth_plan.PUBLIC_ID_OFFSET
     assert not {p.id for p in private} & {p.id for p in public}
     assert not {p.key() for p in private} & {p.key() for p in public}
     # also disjoint from a larger private catalog drawn from the same seed
-    bigger = synth.make_pills(synth.synth_config({"num_pills": 300}))
+    bigger = synth_plan.make_pills(synth.synth_config({"num_pills": 300}))
     assert not {p.key() for p in bigger} & {p.key() for p in public}
 
 

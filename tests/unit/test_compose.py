@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from fedray.pill import compose as C
-from fedray.pill.compose import ComposeError, ComposeParams
+from fedray.pill import compose_plan as P
+from fedray.pill.compose_types import ComposeError, ComposeParams, ScenePlan
+from fedray.pill.crops import crop_boxes
 
 SIZE = 96
 HAS_KERNEL = C._ckernel is not None
@@ -45,10 +47,10 @@ def _params(**kw) -> ComposeParams:
     return ComposeParams(**{**base, **kw})
 
 
-def _plan(background, cutouts, seed, k=None, **kw) -> C.ScenePlan:
+def _plan(background, cutouts, seed, k=None, **kw) -> ScenePlan:
     rng = np.random.default_rng(seed)
     chosen = cutouts[: k or 1 + seed % len(cutouts)]
-    return C.plan_scene(background, chosen, rng, _params(**kw), SIZE)
+    return P.plan_scene(background, chosen, rng, _params(**kw), SIZE)
 
 
 def _pixel_box(box: np.ndarray) -> tuple[int, int, int, int]:
@@ -57,7 +59,7 @@ def _pixel_box(box: np.ndarray) -> tuple[int, int, int, int]:
             int(round(cy + h / 2)))
 
 
-def _placed_alpha(plan: C.ScenePlan, i: int) -> np.ndarray:
+def _placed_alpha(plan: ScenePlan, i: int) -> np.ndarray:
     """The pill's alpha as placed, recomputed independently with OpenCV: (S, S) float in 0..1."""
     alpha = plan.pills[i].cutout.premult[:, :, 3]
     return cv2.warpPerspective(alpha, plan.pills[i].hinv.astype(np.float64), (SIZE, SIZE),
@@ -75,7 +77,7 @@ def test_box_is_exact_for_an_upright_rectangle(background):
     params = _params(fov_mm=(12.0, 12.0), cutout_px_per_mm=8.0, rotation_deg=(0.0, 0.0),
                      perspective=0.0, pill_scale=(1.0, 1.0))
     for seed in range(5):
-        plan = C.plan_scene(background, [block], np.random.default_rng(seed), params, SIZE)
+        plan = P.plan_scene(background, [block], np.random.default_rng(seed), params, SIZE)
         boxes = C.render_plan(plan, backend="numpy").boxes
         assert boxes.shape == (1, 4) and boxes.dtype == np.float32
         assert boxes[0, 2] * SIZE == pytest.approx(20.0)
@@ -91,7 +93,7 @@ def test_identity_plan_keeps_colours_exactly(background):
                "light_gain": (1.0, 1.0), "light_gradient": 0.0, "vignette": (0.0, 0.0),
                "white_balance": 0.0, "blur_prob": 0.0, "noise_prob": 0.0, "jpeg_prob": 0.0}
     params = _params(fov_mm=(12.0, 12.0), cutout_px_per_mm=8.0, **neutral)
-    plan = C.plan_scene(background, [block], np.random.default_rng(1), params, SIZE)
+    plan = P.plan_scene(background, [block], np.random.default_rng(1), params, SIZE)
     r = C.render_plan(plan, backend="numpy")
     x0, y0, x1, y1 = _pixel_box(r.boxes[0])
     assert np.array_equal(r.image[y0 + 1:y1 - 1, x0 + 1:x1 - 1],
@@ -135,7 +137,7 @@ def test_occluded_pill_gets_the_box_of_its_visible_part(background):
     block[:, :] = (200, 100, 50, 255)
     params = _params(fov_mm=(12.0, 12.0), cutout_px_per_mm=8.0, rotation_deg=(0.0, 0.0),
                      perspective=0.0, pill_scale=(1.0, 1.0), shadow_prob=0.0)
-    plan = C.plan_scene(background, [block, block], np.random.default_rng(5), params, SIZE)
+    plan = P.plan_scene(background, [block, block], np.random.default_rng(5), params, SIZE)
     first, second = plan.pills
     # put the second copy 10 px right of the first: it hides the first one's right half
     shift = np.array([[1, 0, -10], [0, 1, 0], [0, 0, 1]], np.float32)
@@ -179,7 +181,7 @@ def test_a_tilted_table_keeps_pills_in_frame_and_shrinks_the_far_ones(background
         assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == _pixel_box(r.boxes[0])
         # which edge is far: the one the table's corners were pulled in from
         table = np.array([[0, 0], [SIZE, 0], [SIZE, SIZE], [0, SIZE]], np.float64)
-        shown = C._project(plan.plane, table)
+        shown = P._project(plan.plane, table)
         inset = np.abs(shown - table).sum(1)
         far_edge = np.argsort(-inset)[:2]
         centre = np.array([cx, cy]) * SIZE
@@ -268,7 +270,7 @@ def test_noise_hash_matches_reference_and_torch():
 
 
 def test_noise_has_the_planned_sigma_and_no_pattern():
-    light = np.array([1, 0, 0, 0, 1, 1, 1, 16.0, 0.0, C.NOISE_INV_STD], np.float32)  # sigma 4
+    light = np.array([1, 0, 0, 0, 1, 1, 1, 16.0, 0.0, P.NOISE_INV_STD], np.float32)  # sigma 4
     noisy = C._noise_numpy(np.full((96, 96, 3), 128, np.uint8), 1234, light).astype(float) - 128
     assert abs(noisy.mean()) < 0.1
     assert noisy.std() == pytest.approx(4.0, rel=0.05)
@@ -285,7 +287,7 @@ def test_crop_boxes_centres_and_pads():
     scene[40:60, 20:40] = (255, 0, 0)
     boxes = np.array([[0.30, 0.50, 0.20, 0.20], [0.02, 0.02, 0.1, 0.1], [0.5, 0.5, 0.0, 0.0]],
                      np.float32)
-    crops = C.crop_boxes(scene, boxes, crop_size=24, pad=0.1)
+    crops = crop_boxes(scene, boxes, crop_size=24, pad=0.1)
     assert crops.shape == (3, 24, 24, 3) and crops.dtype == np.uint8
     assert np.array_equal(crops[0, 4:20, 4:20], np.full((16, 16, 3), (255, 0, 0), np.uint8))
     assert crops[0, 0, 0].tolist() == [0, 0, 0]  # the 10% pad shows the surroundings
@@ -295,13 +297,13 @@ def test_crop_boxes_centres_and_pads():
 def test_bad_inputs_name_the_culprit(background, cutouts):
     rng = np.random.default_rng(0)
     with pytest.raises(ComposeError, match="cut-out 1"):
-        C.plan_scene(background, [cutouts[0], cutouts[1][:, :, :3]], rng, _params(), SIZE)
+        P.plan_scene(background, [cutouts[0], cutouts[1][:, :, :3]], rng, _params(), SIZE)
     with pytest.raises(ComposeError, match="cut-out 0: no pixel"):
-        C.plan_scene(background, [np.zeros((8, 8, 4), np.uint8)], rng, _params(), SIZE)
+        P.plan_scene(background, [np.zeros((8, 8, 4), np.uint8)], rng, _params(), SIZE)
     with pytest.raises(ComposeError, match="max_pills=2"):
-        C.plan_scene(background, cutouts[:3], rng, _params(max_pills=2), SIZE)
+        P.plan_scene(background, cutouts[:3], rng, _params(max_pills=2), SIZE)
     with pytest.raises(ComposeError, match="background"):
-        C.plan_scene(background[:, :, 0], cutouts[:1], rng, _params(), SIZE)
+        P.plan_scene(background[:, :, 0], cutouts[:1], rng, _params(), SIZE)
     with pytest.raises(ComposeError, match="rotation_deg"):
         ComposeParams(rotation_deg=(10.0, -10.0))
     with pytest.raises(ComposeError, match="jpeg_prob"):

@@ -7,7 +7,9 @@ import pytest
 
 from fedray.pill import consumer
 from fedray.pill.catalog import Color, Pill
-from fedray.pill.compose import ComposeError, ComposeParams, plan_scene, prepare_cutout, render_plan
+from fedray.pill.compose import render_plan
+from fedray.pill.compose_plan import plan_scene
+from fedray.pill.compose_types import ComposeError, ComposeParams, prepare_cutout
 from fedray.pill.render import default_px_per_mm, render_reference
 from fedray.pill.segment import segment_reference
 

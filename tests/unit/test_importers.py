@@ -12,15 +12,9 @@ import pytest
 import yaml
 
 from fedray.data.datasets import DatasetError, load_images, load_labels
-from fedray.pill.importers import (
-    center_square,
-    crop_box,
-    import_epillid,
-    import_yolo,
-    label_path_for,
-    parse_yolo_labels,
-    stratified_split,
-)
+from fedray.pill.epillid import import_epillid
+from fedray.pill.import_common import center_square, crop_box, stratified_split
+from fedray.pill.importers import import_yolo, label_path_for, parse_yolo_labels
 
 NAMES = ["red", "green", "blue"]
 RGB = {0: (220, 30, 30), 1: (30, 220, 30), 2: (30, 30, 220)}

@@ -112,6 +112,7 @@ def prepare_eval_folder(root: str | Path, split: str, out: Path) -> tuple[Path, 
     Every image must decode and every label line parse (else DatasetError naming the file and
     line); images are linked, labels rewritten with class 0. Returns (data.yaml, images, boxes).
     """
+    from fedray.pill.import_common import read_rgb
     from fedray.pill.importers import (
         _find_yolo_splits,
         _list_images,
@@ -119,7 +120,6 @@ def prepare_eval_folder(root: str | Path, split: str, out: Path) -> tuple[Path, 
         _parse_names,
         label_path_for,
         parse_yolo_labels,
-        read_rgb,
     )
 
     root = Path(root).expanduser().resolve()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fedray.config import ConfigError
-from fedray.pill.compose import xyxy_to_yolo  # noqa: F401  (identify's callers import it here)
+from fedray.pill.crops import xyxy_to_yolo  # noqa: F401  (identify's callers import it here)
 from fedray.pill.detect import DETECT_HINT
 
 

@@ -14,16 +14,12 @@ import numpy as np
 
 from fedray.pill import consumer
 from fedray.pill.catalog import load_catalog
-from fedray.pill.compose import (
-    ComposeParams,
-    PreparedCutout,
-    plan_scene,
-    prepare_cutout,
-    render_plan,
-)
+from fedray.pill.compose import render_plan
+from fedray.pill.compose_plan import plan_scene
+from fedray.pill.compose_types import ComposeParams, PreparedCutout, prepare_cutout
 from fedray.pill.render import default_px_per_mm, render_reference
 from fedray.pill.segment import segment_reference
-from fedray.pill.synth import REFERENCE_SIZE, SIDES
+from fedray.pill.synth_plan import REFERENCE_SIZE, SIDES
 from fedray.pill.textures import FAMILIES, make_textures
 
 PHOTO_SEED_STREAM = 7_000_001  # far from the build's seed streams

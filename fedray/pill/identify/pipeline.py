@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
-from fedray.pill.compose import CROP_PAD, crop_boxes, xyxy_to_yolo
 from fedray.pill.consumer import DetectFn
+from fedray.pill.crops import CROP_PAD, crop_boxes, xyxy_to_yolo
 from fedray.pill.identify.classifier import Classifier
 
 UNKNOWN = "unknown"

@@ -21,7 +21,7 @@ import numpy as np
 from fedray.data.datasets import config_hash, default_cache_dir
 from fedray.pill import consumer
 from fedray.pill.catalog import Pill, make_catalog
-from fedray.pill.compose import prepare_cutout
+from fedray.pill.compose_types import prepare_cutout
 from fedray.pill.render import default_px_per_mm, render_reference
 from fedray.pill.segment import SegmentationError, segment_reference
 from fedray.pill.textures import FAMILIES, make_textures
@@ -35,7 +35,8 @@ TEXTURE_SIZE = 512
 # (R, G, B) gains of strong casts: tungsten, candle, daylight blue, fluorescent green, red LED
 CASTS = ((1.0, 0.78, 0.42), (1.0, 0.62, 0.30), (0.55, 0.75, 1.0), (0.72, 1.0, 0.62),
          (1.0, 0.55, 0.55))
-_SOURCES = ("catalog.py", "render.py", "segment.py", "compose.py", "consumer.py", "textures.py")
+_SOURCES = ("catalog.py", "render.py", "segment.py", "compose.py", "compose_plan.py",
+            "compose_types.py", "crops.py", "consumer.py", "textures.py")
 
 
 @dataclass
