@@ -191,12 +191,25 @@ def view_features(
     return out
 
 
-def tapped_head(width: int, num_classes: int, dropout: float) -> nn.Sequential:
+def tapped_head(
+    width: int, num_classes: int, dropout: float, hidden: int | None = None
+) -> nn.Sequential:
     """The head on tapped features: dropout, then one linear map of the pooled vector (a 1x1
-    conv on a 1 x 1 map is the same maths at ten times the cost per small batch on CPU)."""
+    conv on a 1 x 1 map is the same maths at ten times the cost per small batch on CPU), or
+    with `hidden` an MLP (Linear, ReLU, Linear): a head that is not linear in the features, so
+    that averaging heads is not the same as averaging their logits (what FedDF distils)."""
     from fedray.models.dropout import Dropout
 
-    return nn.Sequential(Dropout(dropout), nn.Linear(width, num_classes))
+    if hidden is None:
+        return nn.Sequential(Dropout(dropout), nn.Linear(width, num_classes))
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+        from fedray.config import ConfigError
+
+        raise ConfigError(f"model.hidden={hidden!r}: a positive integer (the MLP head's width)")
+    return nn.Sequential(
+        Dropout(dropout), nn.Linear(width, hidden), nn.ReLU(inplace=True),
+        nn.Linear(hidden, num_classes),
+    )  # fmt: skip
 
 
 @torch.no_grad()

@@ -127,11 +127,13 @@ def pretrain_head(cfg: dict[str, Any]) -> tuple[Any, str]:
 
 
 def pretrain_model_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The model config pretraining builds: the private model without its views, under the
-    pretraining head (`pretrain_head`) and dropout (`pretrain.dropout`; null: the model's own)."""
+    """The model config pretraining builds: the private model without its views or MLP head,
+    under the pretraining head (`pretrain_head`) and dropout (`pretrain.dropout`; null: the
+    model's own)."""
     taps, pool = pretrain_head(cfg)
     return {
-        **cfg["model"],
+        # the private head's MLP width (model.hidden) is the private head's, like its views
+        **{k: v for k, v in cfg["model"].items() if k != "hidden"},
         "pretrained": None,
         # augmentation turns the images already; turned and zoomed views are the private head's
         "turns": 1,

@@ -46,6 +46,7 @@ class SqueezeNetBN(nn.Module):
         zooms: tuple = (1.0,),
         taps: list | None = None,
         pool: str = "avg",
+        hidden: int | None = None,
     ) -> None:
         super().__init__()
         self.turns = 1  # quarter-turn averaging of the backbone (model.turns, fedray.models.views)
@@ -63,11 +64,15 @@ class SqueezeNetBN(nn.Module):
         self.pool = check_pool(pool, self.taps)
         width = head_width(self.features, self.zooms, self.taps, self.pool)
         if self.taps is None:
+            if hidden is not None:
+                from fedray.config import ConfigError
+
+                raise ConfigError("model.hidden (an MLP head) needs model.taps (a pooled head)")
             self.classifier = nn.Sequential(
                 Dropout(dropout), nn.Conv2d(width, num_classes, 1), nn.AdaptiveAvgPool2d(1)
             )
         else:
-            self.classifier = tapped_head(width, num_classes, dropout)
+            self.classifier = tapped_head(width, num_classes, dropout, hidden)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -87,10 +92,12 @@ def build_squeezenet(
     zooms: tuple = (1.0,),
     taps: list | None = None,
     pool: str = "avg",
+    hidden: int | None = None,
 ) -> nn.Module:
-    """SqueezeNet, randomly initialised (nothing is downloaded)."""
+    """SqueezeNet, randomly initialised (nothing is downloaded); `hidden`: an MLP head of that
+    width on the tapped features (None: one linear map)."""
     zooms = tuple(zooms)
-    if not batch_norm and (zooms != (1.0,) or taps is not None):
+    if not batch_norm and (zooms != (1.0,) or taps is not None or hidden is not None):
         from fedray.config import ConfigError
 
         raise ConfigError(
@@ -105,7 +112,7 @@ def build_squeezenet(
             raise ConfigError(
                 "model.batch_norm=true is the SqueezeNet 1.1 layout: model.version=1_1"
             )
-        return SqueezeNetBN(num_classes, zooms=zooms, taps=taps, pool=pool)
+        return SqueezeNetBN(num_classes, zooms=zooms, taps=taps, pool=pool, hidden=hidden)
     factory = {"1_0": squeezenet1_0, "1_1": squeezenet1_1}.get(version)
     if factory is None:
         from fedray.config import ConfigError

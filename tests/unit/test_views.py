@@ -229,3 +229,20 @@ def test_cache_precision_is_checked_and_bf16_features_match_fp32():
     assert not torch.equal(bf16, fp32)  # it did run in bfloat16 ...
     # ... to bfloat16's precision: about 3 significant digits per op, over 13 blocks
     assert float((bf16 - fp32).norm() / fp32.norm()) < 0.02
+
+
+def test_hidden_gives_the_pill_squeezenet_an_mlp_head_that_ridge_refuses():
+    from fedray.fl.head_init import check_head_init
+
+    torch.manual_seed(0)
+    model = build_model({**SQUEEZENET, "taps": [-1], "pool": "max", "hidden": 32}, 5)
+    linears = [m for m in model.classifier if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(512, 32), (32, 5)]
+    assert model.eval()(torch.rand(2, 3, 64, 64)).shape == (2, 5)
+    fl = {"head_init": "ridge", "trainable": "classifier", "cache_features": True}
+    with pytest.raises(ConfigError, match="one linear map"):
+        check_head_init(fl, model, ["classifier.1.weight"], len(model.features))
+    with pytest.raises(ConfigError, match="model.hidden"):
+        build_model({**SQUEEZENET, "hidden": 32}, 5)  # no taps: the 1x1-conv head
+    with pytest.raises(ConfigError, match="model.hidden=0"):
+        build_model({**SQUEEZENET, "taps": [-1], "hidden": 0}, 5)
