@@ -182,6 +182,18 @@ class FederatedServer:
             self.fl["num_clients"],
             self.k,
         )
+        per_actor = -(-self.k // size)
+        if self.cached and per_actor > spec["shard_cache"]:
+            # round robin hands an actor up to `per_actor` clients a round; an LRU smaller than
+            # that evicts each client's features before its next turn: all recomputed each round
+            log.warning(
+                "each client actor serves up to %d clients a round but keeps ray.shard_cache=%d "
+                "shards: their cached features would be recomputed every round; set "
+                "ray.shard_cache=%d (memory: one client's cached features each)",
+                per_actor,
+                spec["shard_cache"],
+                per_actor,
+            )
         return ClientPool(actor_cls, ray.put(spec), size, float(ray_cfg["client_cpus"]), wait=False)
 
     def _warm_up(self) -> None:

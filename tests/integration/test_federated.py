@@ -156,3 +156,12 @@ def test_ridge_head_init_is_the_centralized_solve_under_label_skew(make_cfg, tmp
     assert _rows(tmp_path / "fed")[0]["comm/bytes_total"] > fed["head_init/bytes_up"]
     # an isolated client solves from its own 2 classes only
     assert iso["head_init/val_acc"] <= 0.5 + 1e-9 < fed["head_init/val_acc"]
+
+
+def test_a_shard_cache_smaller_than_an_actors_clients_is_warned(make_cfg, caplog, monkeypatch):
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("fedray"), "propagate", True)
+    with caplog.at_level(logging.WARNING, logger="fedray"):
+        run(make_cfg("fl.trainable=classifier", "ray.max_actors=1", "ray.shard_cache=1"))
+    assert "set ray.shard_cache=2" in caplog.text
