@@ -114,3 +114,33 @@ def test_transfer_set_must_not_be_the_clients_data(drifted):
         FedDF(steps=-1)
     with pytest.raises(ConfigError, match="strategy.base"):
         FedDF(base={"name": "nope"})
+
+
+def test_the_ensemble_is_the_plain_or_the_sample_weighted_mean_of_logits():
+    from fedray.fl.strategies.feddf import ensemble_logits
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    x = np.random.default_rng(0).integers(0, 255, (4, 2, 2, 3), dtype=np.uint8)
+    rng = np.random.default_rng(1)
+    results = [
+        ClientResult(
+            client_id=i,
+            params={"1.weight": rng.normal(size=(3, 12)).astype(np.float32),
+                    "1.bias": rng.normal(size=3).astype(np.float32)},
+            num_samples=n,
+            metrics={},
+        )
+        for i, n in enumerate((1, 3))
+    ]
+    from fedray.fl.train import predict_logits, set_params
+
+    each = []
+    for r in results:
+        set_params(model, r.params)
+        each.append(predict_logits(model, x))
+    plain = ensemble_logits(model, results, x)
+    weighted = ensemble_logits(model, results, x, weighted=True)
+    torch.testing.assert_close(plain, (each[0] + each[1]) / 2)
+    torch.testing.assert_close(weighted, (each[0] + 3 * each[1]) / 4)
+    with pytest.raises(ConfigError, match="strategy.weighted"):
+        FedDF(weighted="yes")

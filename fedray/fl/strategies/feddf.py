@@ -6,6 +6,8 @@ their logits, on an unlabelled transfer set that only the server holds: KL at te
 (default 1), Adam (1e-3) with a cosine schedule, batches of 128, early stopping on a held-out
 part of the transfer set (the params with the lowest held-out KL are kept, the averaged model
 included). Only the travelled params are distilled; frozen layers stay what the clients have.
+The ensemble is the plain mean of the clients' logits (the paper's); ``weighted: true`` weights
+each client by its sample count, as FedAvg weights its params.
 
 The server gives the rule its model through ``bind(model_factory, cfg)``; unbound (e.g. a
 sweep's dry feasibility check) FedDF is its base rule. ``transfer: null`` re-generates the
@@ -29,6 +31,26 @@ from fedray.fl.types import ClientResult, Params
 log = logging.getLogger("fedray")
 
 
+def ensemble_logits(
+    model: torch.nn.Module,
+    results: list[ClientResult],
+    inputs: Any,
+    cached: int = 0,
+    weighted: bool = False,
+) -> torch.Tensor:
+    """The clients' mean logits on `inputs` (each client's params loaded into `model` in turn);
+    `weighted`: each client weighted by its `num_samples`."""
+    from fedray.fl.train import predict_logits, set_params
+
+    total = None
+    weights = [float(r.num_samples) if weighted else 1.0 for r in results]
+    for res, w in zip(results, weights, strict=True):
+        set_params(model, res.params)
+        logits = w * predict_logits(model, inputs, cached=cached)
+        total = logits if total is None else total + logits
+    return total / sum(weights)
+
+
 class FedDF(Strategy):
     """The base rule's aggregate, distilled from the clients' averaged logits on server data."""
 
@@ -48,6 +70,7 @@ class FedDF(Strategy):
         val_fraction: float = 0.2,
         eval_every: int = 20,
         patience: int = 5,
+        weighted: bool = False,
     ) -> None:
         from fedray.fl.strategies import build_strategy
 
@@ -80,6 +103,9 @@ class FedDF(Strategy):
         self.val_fraction = float_param("val_fraction", val_fraction, 0.0, 1.0, high_open=True)
         self.eval_every = int_param("eval_every", eval_every, 1)
         self.patience = int_param("patience", patience, 1)
+        if not isinstance(weighted, bool):
+            raise ConfigError(f"strategy.weighted must be true or false, got {weighted!r}")
+        self.weighted = weighted
         self.rounds_done = 0
         self._model_factory: Callable[[], torch.nn.Module] | None = None
         self._model: torch.nn.Module | None = None
@@ -190,12 +216,7 @@ class FedDF(Strategy):
         cached, x, hx = self._inputs(model, trainable)
 
         def ensemble(inputs: Any) -> torch.Tensor:
-            total = None
-            for res in results:
-                set_params(model, res.params)
-                logits = predict_logits(model, inputs, cached=cached)
-                total = logits if total is None else total + logits
-            return total / len(results)
+            return ensemble_logits(model, results, inputs, cached, self.weighted)
 
         with torch.no_grad():
             target = ensemble(x)
