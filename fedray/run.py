@@ -66,6 +66,9 @@ def find_resume_dir(cfg: dict[str, Any]) -> Path | None:
     return path
 
 
+WORKER_PRELOAD = ("torch", "torch._dynamo", "fedray.fl.client")
+
+
 def ensure_ray(ray_cfg: dict[str, Any]) -> bool:
     """Start (or join) Ray unless already initialised; returns True when this call started it."""
     import ray
@@ -79,7 +82,15 @@ def ensure_ray(ray_cfg: dict[str, Any]) -> bool:
     if ray_cfg.get("address"):
         ray.init(address=ray_cfg["address"], **kwargs)
     else:
-        ray.init(num_cpus=ray_cfg.get("num_cpus"), num_gpus=ray_cfg.get("num_gpus"), **kwargs)
+        ray.init(
+            num_cpus=ray_cfg.get("num_cpus"),
+            num_gpus=ray_cfg.get("num_gpus"),
+            # the workers Ray starts with the cluster import what a client actor needs right
+            # away, while the driver still prepares the run, instead of once it has asked for
+            # the actors (torch, and torch._dynamo which every optimizer's first call imports)
+            _system_config={"preload_python_modules": list(WORKER_PRELOAD)},
+            **kwargs,
+        )
     return True
 
 
@@ -211,6 +222,32 @@ def run_pretrain_stage(cfg: dict[str, Any]) -> dict[str, Any]:
 def _run_federated(
     cfg: dict[str, Any], info, run_dir: Path, resume_dir: Path | None, on_round: OnRound | None
 ) -> dict:
+    from fedray.fl.pool import PoolBoot
+    from fedray.fl.server import clients_per_round, pool_size
+
+    # Ray and the client actors' processes start in a thread while this one partitions the data
+    # and builds the server (fedray/fl/pool.py:PoolBoot)
+    boot = PoolBoot(
+        lambda: ensure_ray(cfg["ray"]),
+        cfg["ray"],
+        clients_per_round(cfg["fl"]),
+        cfg["client"]["optimizer"],
+        pool_size,
+    )
+    try:
+        return _run_federated_rounds(cfg, info, run_dir, resume_dir, on_round, boot)
+    finally:
+        boot.close()  # and stops Ray if the boot started it
+
+
+def _run_federated_rounds(
+    cfg: dict[str, Any],
+    info,
+    run_dir: Path,
+    resume_dir: Path | None,
+    on_round: OnRound | None,
+    boot,
+) -> dict:
     from fedray.data.partition import partition, partition_matrix, save_partition_heatmap
     from fedray.fl.checkpoint import CHECKPOINT, load_checkpoint
     from fedray.fl.server import FederatedServer
@@ -223,25 +260,18 @@ def _run_federated(
     ckpt_path = run_dir / CHECKPOINT
     rows = load_checkpoint(ckpt_path)["rows"] if resume_dir is not None else None
     logger = RunLogger(run_dir, cfg, resume_rows=rows)
-    started = ensure_ray(cfg["ray"])
     try:
         by_label = task.partition_by == "label"
         keys = info.num_classes if by_label else int(labels.max()) + 1
         matrix = partition_matrix(labels, parts, keys)
-        if cfg["logger"].get("plots", True):
-            save_partition_heatmap(
-                matrix,
-                run_dir / "partition.png",
-                info.class_names if by_label else [f"group {g}" for g in range(keys)],
-                title=f"{cfg['partition'].get('name')} partition",
-            )
         server = FederatedServer(cfg, info, parts, logger)
         if resume_dir is not None:
             server.restore(ckpt_path)
             log.info("resuming after round %d from %s", server.start_round, ckpt_path)
         t0 = time.perf_counter()
         ckpt = ckpt_path if cfg["fl"].get("checkpoint", True) else None
-        last = server.run(cfg["ray"], ckpt, on_round)
+        last = server.run(cfg["ray"], ckpt, on_round, actors=boot.result())
+        boot.release()  # Ray stops in its thread while this one evaluates and draws
         metric = task.metric
         groups: dict[str, float] = {}  # per site/device val metrics, when the data has groups
         if server.isolated:  # each client's own model on the global val set
@@ -278,14 +308,17 @@ def _run_federated(
                 "stage": cfg["stage"],
             }
         )
+        if cfg["logger"].get("plots", True):  # drawn here, not before round 1: start-up time
+            save_partition_heatmap(
+                matrix,
+                run_dir / "partition.png",
+                info.class_names if by_label else [f"group {g}" for g in range(keys)],
+                title=f"{cfg['partition'].get('name')} partition",
+            )
         _finish(cfg, info, run_dir, logger, summary, cm, matrix, task)
         return summary
     finally:
         logger.close()
-        if started:
-            import ray
-
-            ray.shutdown()
 
 
 def _build_task(cfg: dict[str, Any]):
@@ -454,7 +487,9 @@ def _finish(
                 labels={
                     rank_key: f"{rank_key} ({(cfg.get('strategy') or {}).get('name')})",
                     base_key: f"{rank_key}, the base rule's aggregate of the same round",
-                } if with_base else None,
+                }
+                if with_base
+                else None,
             ),
             f"plots/{metric}_vs_bytes": plot_curves(
                 logger.rows,

@@ -231,9 +231,32 @@ def check_fl(fl: Any) -> int:
     return k
 
 
+def probe_optimizer(cls: type, params: list, kwargs: dict[str, Any]) -> None:
+    """Run a `torch.optim.Optimizer` subclass's own argument checks (`lr < 0`, betas out of
+    range, `nesterov` without momentum...) on `params`, stopping short of
+    `torch.optim.Optimizer.__init__`.
+
+    The base class's `__init__` is wrapped by torch's lazy dynamo guard: its first call in a
+    process imports `torch._dynamo`, 2.5 s on a 2-core machine, which validation alone would add
+    to every run's start-up (the driver builds no optimizer otherwise). A stand-in base placed
+    after `cls` in the method order receives `cls`'s `super().__init__(params, defaults)` call
+    and keeps what the base would have kept, so checks that follow it still run.
+    """
+    import torch
+
+    class _Base(torch.optim.Optimizer):
+        def __init__(self, params, defaults):  # noqa: D107 - no super(): that is the point
+            self.defaults = defaults
+            self.state = {}
+            self.param_groups = [{"params": list(params), **defaults}]
+
+    type(f"_Probe{cls.__name__}", (cls, _Base), {})(params, **kwargs)
+
+
 def check_optimizer(opt: Any, key: str) -> None:
     """An optimizer config `{_target_, _partial_: true, lr, ...}`: known arguments of the right
-    type, and values the optimizer accepts (built on a dummy parameter, one step taken)."""
+    type, and values the optimizer accepts (its class's own checks, `probe_optimizer`; a factory
+    function is built on a dummy parameter and takes one step)."""
     import torch
     from hydra.utils import instantiate
 
@@ -272,9 +295,12 @@ def check_optimizer(opt: Any, key: str) -> None:
             )
     param = torch.nn.Parameter(torch.zeros(2))
     try:
-        optimizer = instantiate(opt)([param])
-        param.grad = torch.ones_like(param)
-        optimizer.step()
+        if isinstance(fn, type) and issubclass(fn, torch.optim.Optimizer):
+            probe_optimizer(fn, [param], kwargs)
+        else:  # a factory function: build what it returns and take one step
+            optimizer = instantiate(opt)([param])
+            param.grad = torch.ones_like(param)
+            optimizer.step()
     except Exception as exc:  # noqa: BLE001 - whatever the optimizer rejects is the user's value
         raise ConfigError(f"{key}: {target} rejects {kwargs}: {_first_line(exc)}") from None
 

@@ -38,7 +38,31 @@ def client_seed(seed: int, round_idx: int, client_id: int) -> int:
 class ClientActor:
     """Local training for virtual clients; `make_client_actor` turns it into a Ray actor class."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(
+        self, spec: dict[str, Any] | None = None, boot: dict[str, Any] | None = None
+    ) -> None:
+        if boot is not None:
+            self._boot(boot)
+        if spec is not None:
+            self.configure(spec)
+
+    def _boot(self, boot: dict[str, Any]) -> None:
+        """A process started before its run's spec exists (`ClientPool.prestart`, while the driver
+        prepares): set the thread count and pay the first optimizer's one-off costs now (its
+        first step imports `torch._dynamo`, 2.5 s on a 2-core machine)."""
+        from hydra.utils import instantiate
+
+        torch.set_num_threads(max(1, int(boot.get("num_threads", 1))))
+        try:
+            param = torch.nn.Parameter(torch.zeros(2))
+            optimizer = instantiate(boot["optimizer"])([param])
+            param.grad = torch.ones_like(param)
+            optimizer.step()
+        except Exception as exc:  # noqa: BLE001 - an optimisation only; configure() reports errors
+            log.debug("client actor boot warm-up skipped: %s", exc)
+
+    def configure(self, spec: dict[str, Any]) -> int:
+        """Build the model, task and optimizer of `spec` and warm them up; returns the pid."""
         from hydra.utils import instantiate
 
         from fedray.models import build_model
@@ -65,6 +89,7 @@ class ClientActor:
         self.max_shards = int(spec.get("shard_cache", 8))
         self.images = None
         self._warm_up()
+        return os.getpid()
 
     def _load_dataset(self) -> None:
         if self.images is None:

@@ -37,22 +37,39 @@ def wave_threads(num_clients: int, size: int, actor_cpus: float) -> list[int]:
 
 
 class ClientPool:
-    """`size` actors serve any number of virtual clients; a failed actor is replaced."""
+    """`size` actors serve any number of virtual clients; a failed actor is replaced.
+
+    `actors`: processes already started by `PoolBoot` (their imports and first optimizer step
+    paid while the driver prepared the run); they are configured with the spec here.
+    """
 
     def __init__(
-        self, actor_cls: Any, spec_ref: Any, size: int, actor_cpus: float = 1.0, wait: bool = True
+        self,
+        actor_cls: Any,
+        spec_ref: Any,
+        size: int,
+        actor_cpus: float = 1.0,
+        wait: bool = True,
+        actors: list[Any] | None = None,
     ) -> None:
         self.actor_cls = actor_cls
         self.spec_ref = spec_ref
         self.actor_cpus = float(actor_cpus)
-        self.actors = [actor_cls.remote(spec_ref) for _ in range(size)]
+        if actors and len(actors) == size:
+            self.actors = list(actors)
+            self._starting = [a.configure.remote(spec_ref) for a in self.actors]
+        else:
+            for a in actors or []:  # a pool of another size: start afresh
+                ray.kill(a, no_restart=True)
+            self.actors = [actor_cls.remote(spec_ref) for _ in range(size)]
+            self._starting = [a.ping.remote() for a in self.actors]
         if wait:
             self.wait_ready()
 
     def wait_ready(self) -> None:
         """Block until every actor has started (imports, model build, warm-up run in parallel),
         so round 1 times training only."""
-        ray.get([a.ping.remote() for a in self.actors])
+        ray.get(self._starting)
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -117,3 +134,109 @@ class ClientPool:
             except Exception:  # noqa: BLE001
                 pass
         self.actors = []
+
+
+class _NotMainThread(logging.Filter):
+    """Drops `ray.init`'s warning that it could not set its SIGTERM handler from a thread:
+    `_main_thread_sigterm` sets the same one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SIGTERM handler is not set")
+
+
+_NOT_MAIN_THREAD = _NotMainThread()
+
+
+def _main_thread_sigterm() -> None:
+    """What `ray.init` does in the main thread, for a `ray.init` called from another: SIGTERM
+    exits through `sys.exit`, unless someone already handles it. (Ray's C++ failure handler may
+    still abort the process first, as it may when `ray.init` runs in the main thread; Ray's
+    processes die with their parent either way.)"""
+    import signal
+    import sys
+    import threading
+
+    logging.getLogger("ray._private.worker").addFilter(_NOT_MAIN_THREAD)  # once: same object
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+
+
+class PoolBoot:
+    """Ray and the client actors' processes, started in a thread while the driver prepares a run.
+
+    Between its config check and round 1 a federated run's driver partitions the data, draws the
+    partition heatmap, builds the server's model and loads the validation split, while the actor
+    processes it will need import torch and take a first optimizer step: on 2 cores those are
+    seconds each, and serial they made most of a short run's start-up. `start()` (the caller's
+    `ensure_ray`) runs in the thread; `result()` waits for it and returns the started actors,
+    raising whatever the thread raised; `release()` lets the thread stop Ray (when it started
+    it) while the driver finishes; `close()` kills the actors nobody took, releases and waits.
+
+    The thread lives until `close()`: Ray ties its processes to the thread that spawned them
+    (`PR_SET_PDEATHSIG`), so a thread that returned would take the cluster down with it.
+    """
+
+    def __init__(
+        self,
+        start: Any,
+        ray_cfg: dict[str, Any],
+        k: int,
+        optimizer: dict[str, Any],
+        sizer: Any,
+    ) -> None:
+        import threading
+
+        from fedray.fl.client import make_client_actor
+
+        self._start, self._sizer, self._make = start, sizer, make_client_actor
+        self.ray_cfg, self.k, self.optimizer = ray_cfg, k, optimizer
+        self.started = False
+        self.actors: list[Any] = []
+        self._error: BaseException | None = None
+        self._ready = threading.Event()
+        self._release = threading.Event()
+        _main_thread_sigterm()
+        self._thread = threading.Thread(target=self._run, name="fedray-pool-boot", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.started = bool(self._start())
+            cpus = float(self.ray_cfg["client_cpus"])
+            actor_cls = self._make(cpus, float(self.ray_cfg["client_gpus"]))
+            boot = {"num_threads": max(1, round(cpus)), "optimizer": self.optimizer}
+            size = self._sizer(self.ray_cfg, self.k)
+            self.actors = [actor_cls.remote(None, boot) for _ in range(size)]
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the driver's thread by result()
+            self._error = exc
+        finally:
+            self._ready.set()
+        self._release.wait()
+        if self.started:
+            ray.shutdown()
+
+    def result(self) -> list[Any]:
+        """Wait for Ray and the actors' start; the actors (the caller's pool owns them now)."""
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        actors, self.actors = self.actors, []
+        return actors
+
+    def release(self) -> None:
+        """The run needs Ray no more: let the thread stop it (if it started it) without waiting."""
+        self._release.set()
+
+    def close(self) -> None:
+        """Kill the actors nobody took, stop Ray if the thread started it, end the thread."""
+        self._ready.wait()
+        for a in self.actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone is fine
+                pass
+        self.actors = []
+        self._release.set()
+        self._thread.join()

@@ -151,7 +151,7 @@ class FederatedServer:
         self.bytes_total = int(ckpt["bytes_total"])
         set_params(self.model, self.params)
 
-    def _start_pool(self, ray_cfg: dict[str, Any]) -> ClientPool:
+    def _start_pool(self, ray_cfg: dict[str, Any], actors: list[Any] | None = None) -> ClientPool:
         # the full float state once, so frozen layers on every client equal the server's
         full_state = get_params(
             self.model, [k for k, v in self.model.state_dict().items() if v.is_floating_point()]
@@ -194,7 +194,9 @@ class FederatedServer:
                 spec["shard_cache"],
                 per_actor,
             )
-        return ClientPool(actor_cls, ray.put(spec), size, float(ray_cfg["client_cpus"]), wait=False)
+        return ClientPool(
+            actor_cls, ray.put(spec), size, float(ray_cfg["client_cpus"]), wait=False, actors=actors
+        )
 
     def _warm_up(self) -> None:
         """One evaluation batch through the server's model while the actors start: a fresh
@@ -303,16 +305,18 @@ class FederatedServer:
         ray_cfg: dict[str, Any],
         ckpt_path: Path | None,
         on_round: Callable[[dict[str, Any], Path | None], None] | None = None,
+        actors: list[Any] | None = None,
     ) -> dict[str, Any]:
         """Run rounds start_round..rounds-1; returns the last round's metrics row.
 
         `on_round(row, checkpoint_path)` is called after each round is logged and checkpointed
         (Tune trials report through it, so schedulers can stop a trial at round granularity).
+        `actors`: client actors already started (`PoolBoot`) for the pool to configure.
         """
         rounds = int(self.fl["rounds"])
         if rounds < 1:
             raise ConfigError(f"fl.rounds must be >= 1, got {rounds}")
-        pool = self._start_pool(ray_cfg)
+        pool = self._start_pool(ray_cfg, actors)
         # a client's index array travels with its fit call (Ray inlines small arguments); one
         # object-store entry per client would grow the driver with num_clients (10,000 and more)
         shard_refs: Any = self.parts

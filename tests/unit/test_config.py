@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from tests.conftest import CONF, compose_plain
+from tests.conftest import CONF, ROOT, compose_plain
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 GROUPS = ("data", "partition", "model", "strategy", "client", "fl", "logger", "ray")
@@ -65,3 +67,28 @@ def test_type_error_in_override_is_rejected_at_compose_time():
 def test_unknown_key_is_rejected():
     with pytest.raises((ConfigCompositionException, ConfigKeyError)):
         compose_plain(["fl.roundz=3"])
+
+
+def test_optimizer_check_rejects_bad_values_without_importing_torch_dynamo():
+    # torch.optim.Optimizer.__init__'s first call imports torch._dynamo (seconds): validation
+    # runs the optimizer's own argument checks without it, so a run's start-up does not pay it
+    code = (
+        "import sys\n"
+        "from fedray.config import ConfigError\n"
+        "from fedray.validate import check_optimizer\n"
+        "sgd = {'_target_': 'torch.optim.SGD', '_partial_': True}\n"
+        "check_optimizer({**sgd, 'lr': 0.1, 'momentum': 0.9}, 'client.optimizer')\n"
+        "for bad in ({'lr': -1}, {'lr': 0.1, 'nesterov': True}):\n"
+        "    try:\n"
+        "        check_optimizer({**sgd, **bad}, 'client.optimizer')\n"
+        "        raise SystemExit(f'accepted {bad}')\n"
+        "    except ConfigError as exc:\n"
+        "        print(exc)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert "Invalid learning rate: -1" in lines[0]
+    assert "Nesterov momentum requires a momentum" in lines[1]
+    assert lines[2] == "False"

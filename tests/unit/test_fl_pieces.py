@@ -266,3 +266,45 @@ def test_travelled_arrays_are_c_ordered_from_a_channels_last_model():
     model = build_model(dict(TINY_CNN), 3)
     params = get_params(model, [n for n, _ in model.named_parameters()])
     assert all(v.flags.c_contiguous for v in params.values())
+
+
+def test_pool_boot_raises_its_threads_error_in_the_caller_and_closes():
+    from fedray.fl.pool import PoolBoot
+
+    def start():
+        raise RuntimeError("no cluster here")
+
+    boot = PoolBoot(start, {"client_cpus": 1, "client_gpus": 0}, 2, {}, lambda cfg, k: k)
+    with pytest.raises(RuntimeError, match="no cluster here"):
+        boot.result()
+    boot.close()  # nothing was started: returns, and the thread is gone
+    assert not boot._thread.is_alive()
+
+
+def test_client_actor_boots_before_its_spec_then_configures(tmp_path):
+    # the pool's prestarted actors: a process with no spec yet, configured once the server has one
+    from fedray.data.datasets import write_split
+
+    rng = np.random.default_rng(0)
+    write_split(
+        tmp_path, "train", rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8), np.arange(6) % 3
+    )
+    sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+    actor = ClientActor(None, {"num_threads": 1, "optimizer": sgd})
+    assert not hasattr(actor, "model")  # nothing of a run yet
+    model = build_model({**TINY_CNN, "width": 4}, 3)
+    floats = [k for k, v in model.state_dict().items() if v.is_floating_point()]
+    spec = {
+        "model": {**TINY_CNN, "width": 4},
+        "num_classes": 3,
+        "seed": 0,
+        "init_state": get_params(model, floats),
+        "trainable": [n for n, _ in model.named_parameters()],
+        "travel": floats,
+        "cached": 0,
+        "client": {"batch_size": 4, "epochs": 1, "optimizer": sgd},
+        "dataset_root": str(tmp_path),
+    }
+    assert actor.configure(spec) > 0  # the process id, as ping() returns it
+    res = actor.fit(0, np.arange(6), get_params(model, floats), 0, {})
+    assert res.num_samples == 6 and set(res.params) == set(floats)
