@@ -206,7 +206,9 @@ def report(name: str, med: dict, rounds: int) -> None:
         f"(ratio {f['wall_s'] / b['wall_s']:.2f}) | CPU: bare {b['cpu_s']:.1f}s, fedray "
         f"{f['cpu_s']:.1f}s (ratio {f['cpu_s'] / b['cpu_s']:.2f}) | peak PSS of the tree: bare "
         f"{b['peak_pss_mb']:.0f} MB, fedray {f['peak_pss_mb']:.0f} MB (RSS sum "
-        f"{f['peak_rss_mb']:.0f} MB) | fedray start-up before round 1 {f['startup_s']:.2f}s | "
+        f"{f['peak_rss_mb']:.0f} MB) | fedray start-up before round 1 {f['startup_s']:.2f}s "
+        f"(the bare loop's wall outside its loop, interpreter and torch import included: "
+        f"{b['wall_s'] - b['loop_s']:.2f}s) | "
         f"rounds/s: bare {rounds / b['loop_s']:.3f}, fedray {rounds / f['rounds_s']:.3f} | "
         f"val/acc bare {b['val_acc']:.4f} fedray {f['val_acc']:.4f}",
         flush=True,

@@ -36,6 +36,20 @@ def wave_threads(num_clients: int, size: int, actor_cpus: float) -> list[int]:
     return [base if j < full * size else last for j in range(num_clients)]
 
 
+def deal(
+    clients: list[int], size: int, actor_cpus: float, sticky: bool
+) -> tuple[list[int], list[int]]:
+    """Which actor fits each of a round's clients, and with how many torch threads.
+
+    Round robin by position, or, `sticky`, actor `client_id % size` (see `ClientPool.run_round`).
+    The last partial wave's thread boost (`wave_threads`) applies when that is round robin.
+    """
+    owners = [cid % size if sticky else j % size for j, cid in enumerate(clients)]
+    if owners == [j % size for j in range(len(clients))]:
+        return owners, wave_threads(len(clients), size, actor_cpus)
+    return owners, [max(1, round(actor_cpus))] * len(clients)
+
+
 class ClientPool:
     """`size` actors serve any number of virtual clients; a failed actor is replaced.
 
@@ -51,10 +65,12 @@ class ClientPool:
         actor_cpus: float = 1.0,
         wait: bool = True,
         actors: list[Any] | None = None,
+        sticky: bool = False,
     ) -> None:
         self.actor_cls = actor_cls
         self.spec_ref = spec_ref
         self.actor_cpus = float(actor_cpus)
+        self.sticky = sticky
         if actors and len(actors) == size:
             self.actors = list(actors)
             self._starting = [a.configure.remote(spec_ref) for a in self.actors]
@@ -90,15 +106,19 @@ class ClientPool:
         extra: dict[str, Any],
         timeout_s: float | None,
     ) -> tuple[list[ClientResult], list[Dropped]]:
-        """Fit every client (round-robin over actors); collect results and the dropped ones.
+        """Fit every client; collect results and the dropped ones.
 
+        Clients go round robin over the actors, or, when the pool is `sticky`, each to actor
+        `client_id % size`: a client sampled again finds its cached backbone features on the
+        actor that computed them (round robin by position sends it to any actor, so with
+        sampling every actor ends up caching, and evicting, every client). The thread boost for
+        a round's last partial wave applies when the clients go round robin.
         `params_ref` is the broadcast global model, or a dict client id -> that client's own
         params (isolated training).
         """
         futures: dict[Any, tuple[int, int]] = {}
-        threads = wave_threads(len(clients), len(self.actors), self.actor_cpus)
-        for j, cid in enumerate(clients):
-            a = j % len(self.actors)
+        owners, threads = deal(clients, len(self.actors), self.actor_cpus, self.sticky)
+        for j, (cid, a) in enumerate(zip(clients, owners, strict=True)):
             start = params_ref[cid] if isinstance(params_ref, dict) else params_ref
             job = {**extra, "num_threads": threads[j]}
             fut = self.actors[a].fit.remote(cid, shard_refs[cid], start, round_idx, job)

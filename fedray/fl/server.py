@@ -182,20 +182,27 @@ class FederatedServer:
             self.fl["num_clients"],
             self.k,
         )
-        per_actor = -(-self.k // size)
+        # cached features: each client sticks to actor `client_id % size`, which so serves up
+        # to `per_actor` clients over the run; an LRU smaller than that evicts a client's
+        # features before its next turn, and they are recomputed
+        per_actor = -(-int(self.fl["num_clients"]) // size)
         if self.cached and per_actor > spec["shard_cache"]:
-            # round robin hands an actor up to `per_actor` clients a round; an LRU smaller than
-            # that evicts each client's features before its next turn: all recomputed each round
             log.warning(
-                "each client actor serves up to %d clients a round but keeps ray.shard_cache=%d "
-                "shards: their cached features would be recomputed every round; set "
+                "each client actor serves up to %d clients but keeps ray.shard_cache=%d "
+                "shards: their cached features would be recomputed when they come back; set "
                 "ray.shard_cache=%d (memory: one client's cached features each)",
                 per_actor,
                 spec["shard_cache"],
                 per_actor,
             )
         return ClientPool(
-            actor_cls, ray.put(spec), size, float(ray_cfg["client_cpus"]), wait=False, actors=actors
+            actor_cls,
+            ray.put(spec),
+            size,
+            float(ray_cfg["client_cpus"]),
+            wait=False,
+            actors=actors,
+            sticky=bool(self.cached),
         )
 
     def _warm_up(self) -> None:

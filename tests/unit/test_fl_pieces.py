@@ -8,7 +8,7 @@ import torch
 
 from fedray.config import ConfigError
 from fedray.fl.client import ClientActor, client_seed
-from fedray.fl.pool import wave_threads
+from fedray.fl.pool import deal, wave_threads
 from fedray.fl.server import clients_per_round, is_finite, sample_clients
 from fedray.fl.train import (
     augment_turns_flips,
@@ -308,3 +308,17 @@ def test_client_actor_boots_before_its_spec_then_configures(tmp_path):
     assert actor.configure(spec) > 0  # the process id, as ping() returns it
     res = actor.fit(0, np.arange(6), get_params(model, floats), 0, {})
     assert res.num_samples == 6 and set(res.params) == set(floats)
+
+
+def test_sticky_pools_send_a_client_to_the_same_actor_every_round():
+    # cached features live on the actor that computed them: a sampled client must go back there
+    for r in range(5):
+        sampled = sample_clients(100, 20, seed=0, round_idx=r)
+        owners, threads = deal(sampled, 2, 1.0, sticky=True)
+        assert owners == [c % 2 for c in sampled]
+        assert threads == [1] * 20
+    # round robin by position otherwise, with the partial last wave's boost
+    owners, threads = deal([3, 8, 9, 14, 20], 2, 1.0, sticky=False)
+    assert owners == [0, 1, 0, 1, 0] and threads == [1, 1, 1, 1, 2]
+    # all clients every round: sticky is round robin, the boost stays
+    assert deal(list(range(5)), 2, 1.0, sticky=True) == ([0, 1, 0, 1, 0], [1, 1, 1, 1, 2])
