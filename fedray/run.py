@@ -66,34 +66,6 @@ def find_resume_dir(cfg: dict[str, Any]) -> Path | None:
     return path
 
 
-WORKER_PRELOAD = ("torch", "torch._dynamo", "fedray.fl.client")
-
-
-def ensure_ray(ray_cfg: dict[str, Any]) -> bool:
-    """Start (or join) Ray unless already initialised; returns True when this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {
-        "include_dashboard": bool(ray_cfg.get("include_dashboard", False)),
-        "logging_level": logging.WARNING,
-    }
-    if ray_cfg.get("address"):
-        ray.init(address=ray_cfg["address"], **kwargs)
-    else:
-        ray.init(
-            num_cpus=ray_cfg.get("num_cpus"),
-            num_gpus=ray_cfg.get("num_gpus"),
-            # the workers Ray starts with the cluster import what a client actor needs right
-            # away, while the driver still prepares the run, instead of once it has asked for
-            # the actors (torch, and torch._dynamo which every optimizer's first call imports)
-            _system_config={"preload_python_modules": list(WORKER_PRELOAD)},
-            **kwargs,
-        )
-    return True
-
-
 def stage_target(cfg: dict[str, Any]) -> str | None:
     """The `_target_` of the config group named like the stage (a plug-in stage), if any."""
     group = cfg.get(str(cfg.get("stage")))
@@ -222,7 +194,7 @@ def run_pretrain_stage(cfg: dict[str, Any]) -> dict[str, Any]:
 def _run_federated(
     cfg: dict[str, Any], info, run_dir: Path, resume_dir: Path | None, on_round: OnRound | None
 ) -> dict:
-    from fedray.fl.pool import PoolBoot
+    from fedray.fl.pool import PoolBoot, ensure_ray
     from fedray.fl.server import clients_per_round, pool_size
 
     # Ray and the client actors' processes start in a thread while this one partitions the data

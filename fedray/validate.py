@@ -232,15 +232,11 @@ def check_fl(fl: Any) -> int:
 
 
 def probe_optimizer(cls: type, params: list, kwargs: dict[str, Any]) -> None:
-    """Run a `torch.optim.Optimizer` subclass's own argument checks (`lr < 0`, betas out of
-    range, `nesterov` without momentum...) on `params`, stopping short of
-    `torch.optim.Optimizer.__init__`.
-
-    The base class's `__init__` is wrapped by torch's lazy dynamo guard: its first call in a
-    process imports `torch._dynamo`, 2.5 s on a 2-core machine, which validation alone would add
-    to every run's start-up (the driver builds no optimizer otherwise). A stand-in base placed
-    after `cls` in the method order receives `cls`'s `super().__init__(params, defaults)` call
-    and keeps what the base would have kept, so checks that follow it still run.
+    """Run a `torch.optim.Optimizer` subclass's own argument checks (`lr < 0`, betas, `nesterov`
+    without momentum...) on `params`, stopping short of `torch.optim.Optimizer.__init__`, whose
+    first call imports `torch._dynamo` (2.5 s on 2 cores; the driver builds no optimizer
+    otherwise). A stand-in base after `cls` in the method order receives `cls`'s
+    `super().__init__(params, defaults)` and keeps what the base would, so later checks run.
     """
     import torch
 

@@ -14,6 +14,32 @@ from fedray.fl.types import ClientResult
 log = logging.getLogger("fedray")
 
 
+WORKER_PRELOAD = ("torch", "torch._dynamo", "fedray.fl.client")
+
+
+def ensure_ray(ray_cfg: dict[str, Any]) -> bool:
+    """Start (or join) Ray unless already initialised; returns True when this call started it."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {
+        "include_dashboard": bool(ray_cfg.get("include_dashboard", False)),
+        "logging_level": logging.WARNING,
+    }
+    if ray_cfg.get("address"):
+        ray.init(address=ray_cfg["address"], **kwargs)
+    else:
+        ray.init(
+            num_cpus=ray_cfg.get("num_cpus"),
+            num_gpus=ray_cfg.get("num_gpus"),
+            # the workers Ray starts with the cluster import what a client actor needs right
+            # away, while the driver still prepares the run, instead of once it has asked for
+            # the actors (torch, and torch._dynamo which every optimizer's first call imports)
+            _system_config={"preload_python_modules": list(WORKER_PRELOAD)},
+            **kwargs,
+        )
+    return True
+
+
 @dataclass
 class Dropped:
     """A sampled client whose update did not make it into the round, and why."""

@@ -74,8 +74,8 @@ def find_sweep_dir(resume: Any, sweep_dir: Path, want: str) -> Path | None:
 
 def sweep(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run the sweep `cfg["sweep"]` over the experiment `cfg`; returns the results and paths."""
+    from fedray.fl.pool import ensure_ray
     from fedray.logging import setup_console_logging
-    from fedray.run import ensure_ray
     from fedray.sweep.results import (
         collect_results,
         print_results,
