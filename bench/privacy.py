@@ -7,9 +7,14 @@ secure aggregation and DP cost (seconds per round, bytes up per round, accuracy,
     python bench/privacy.py --only phones            # DP over 100 simulated phones
     python bench/privacy.py --clients 20 --rounds 30 --attacks none,sign_flip,scaled,backdoor,\
 label_flip,gaussian
+    python bench/privacy.py --pill --only robust     # pill_noniid's data and model, 10 phones
 
 Every run is `fedray.run.run` on the smoke experiment grown to a learnable size (toy shapes,
 `--classes` classes, tiny CNN trained whole, IID shards). 20% of the clients attack (seeded).
+`--pill`: pill_noniid instead (`--clients` phones holding 4 of the 20 pills each, the head from
+random init on the frozen backbone's cached features, SGD 0.003; the backdoor needs images, so
+its default attacks are none, sign_flip and scaled; the pretraining and synthetic sets come from
+the user cache).
 Backdoor success: the share of triggered val images of the other classes read as the target.
 """
 
@@ -28,7 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 # the robust rules, each tuned to 20% attackers among n clients (filled in by `rules`)
-RULES = ("fedavg", "median", "trimmed_mean", "krum", "multi_krum", "norm_bounded")
+RULES = (
+    "fedavg", "median", "trimmed_mean", "krum", "multi_krum", "norm_bounded", "fltrust",
+    "fltrust_samples",
+)
 
 
 def rules(n: int, attackers: int, max_norm: float) -> dict[str, list[str]]:
@@ -41,6 +49,9 @@ def rules(n: int, attackers: int, max_norm: float) -> dict[str, list[str]]:
         "krum": ["strategy=krum", f"strategy.num_byzantine={f}", "strategy.multi=1"],
         "multi_krum": ["strategy=krum", f"strategy.num_byzantine={f}", f"strategy.multi={n - f}"],
         "norm_bounded": ["strategy=norm_bounded", f"strategy.max_norm={max_norm}"],
+        # the server's root set: 100 labelled images re-generated under another seed
+        "fltrust": ["strategy=fltrust"],
+        "fltrust_samples": ["strategy=fltrust", "strategy.weighting=samples"],
     }
 
 
@@ -138,6 +149,8 @@ def cost_table(base: list[str], args, out: Path) -> list[str]:
     for label, extra in scenarios.items():
         if args.cost_rows and args.cost_rows not in label:
             continue
+        if args.pill and "backdoor" in label:  # the trigger is stamped on images, not features
+            continue
         r = run_one(base, extra, out, label)
         lines.append(
             f"| {label} | {r['round_s']:.3f} | {r['bytes_up'] / 1024:.1f} | "
@@ -228,13 +241,15 @@ def main() -> None:
     p.add_argument("--per-class", type=int, default=40, help="toy training images per class")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--attacks", default="none,sign_flip,scaled,backdoor")
+    p.add_argument("--pill", action="store_true", help="pill_noniid's data and model")
+    p.add_argument("--attacks", default=None, help="default: none,sign_flip,scaled[,backdoor]")
     p.add_argument("--rules", default=",".join(RULES))
     p.add_argument(
         "--max-norm",
         type=float,
-        default=2.0,
-        help="norm_bounded's bound and DP's clip norm (about an honest update's norm)",
+        default=None,
+        help="norm_bounded's bound and DP's clip norm (about an honest update's norm); "
+        "default 2 (toy), 1 (--pill)",
     )
     p.add_argument("--cost-rows", default="", help="run only the cost rows whose label has this")
     p.add_argument("--phones-epochs", type=int, default=5)
@@ -246,6 +261,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     parts = args.only or ["protocol", "robust", "cost", "phones"]
+    if args.pill:
+        if args.only and "phones" in args.only:
+            p.error("--pill runs the robust and cost parts (the phones part is toy-only)")
+        parts = [x for x in parts if x != "phones"]
+    if args.attacks is None:
+        args.attacks = "none,sign_flip,scaled" + ("" if args.pill else ",backdoor")
+    if args.max_norm is None:
+        args.max_norm = 1.0 if args.pill else 2.0
 
     import ray
 
@@ -272,6 +295,18 @@ def main() -> None:
         f"ray.max_actors={args.cpus}",
         f"seed={args.seed}",
     ]
+    if args.pill:
+        base = [
+            "+experiment=pill_noniid",
+            f"fl.num_clients={args.clients}",
+            f"fl.rounds={args.rounds}",
+            "fl.head_init=random",  # ridge sends feature sums in the clear (no secure agg)
+            "client.optimizer.lr=0.003",
+            "fl.checkpoint=false",
+            "logger.plots=false",
+            f"ray.max_actors={args.cpus}",
+            f"seed={args.seed}",
+        ]
     t0 = time.perf_counter()
     tables = {}
     if "protocol" in parts:
@@ -287,9 +322,14 @@ def main() -> None:
         print("DP over 100 simulated phones", flush=True)
         tables["phones"] = phones_table(base, args, out)
     ray.shutdown()
+    what = (
+        "pill_noniid, 4 pills per phone, head on cached features"
+        if args.pill
+        else f"toy {args.classes} classes x {args.per_class} images, tiny CNN"
+    )
     print(
-        f"\n{args.clients} clients, {args.rounds} rounds, toy {args.classes} classes x "
-        f"{args.per_class} images, tiny CNN; total {time.perf_counter() - t0:.0f}s; runs in {out}"
+        f"\n{args.clients} clients, {args.rounds} rounds, {what}; "
+        f"total {time.perf_counter() - t0:.0f}s; runs in {out}"
     )
     for name, lines in tables.items():
         print(f"\n{name}\n" + "\n".join(lines))

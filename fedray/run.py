@@ -236,7 +236,7 @@ def _run_federated_rounds(
         by_label = task.partition_by == "label"
         keys = info.num_classes if by_label else int(labels.max()) + 1
         matrix = partition_matrix(labels, parts, keys)
-        server = FederatedServer(cfg, info, parts, logger)
+        server = FederatedServer(cfg, info, parts, logger, before_bind=boot.wait_ray)
         if resume_dir is not None:
             server.restore(ckpt_path)
             log.info("resuming after round %d from %s", server.start_round, ckpt_path)

@@ -18,6 +18,21 @@ def launch(args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT,
     return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], capture_output=True,
                           text=True, cwd=cwd, env=env, **kw)
 
+
+def toy_data_cfg(cache_dir) -> dict:
+    """A 4-class, 32 px toy dataset config (30 train / 20 val per class) in `cache_dir`."""
+    return {
+        "_target_": "fedray.data.toy.toy_dataset",
+        "name": "toy",
+        "num_classes": 4,
+        "image_size": 32,
+        "train_per_class": 30,
+        "val_per_class": 20,
+        "noise": 0.15,
+        "cache_dir": str(cache_dir),
+    }
+
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")

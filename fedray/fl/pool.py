@@ -242,6 +242,7 @@ class PoolBoot:
         self.actors: list[Any] = []
         self._error: BaseException | None = None
         self._ready = threading.Event()
+        self._ray_up = threading.Event()
         self._release = threading.Event()
         _main_thread_sigterm()
         self._thread = threading.Thread(target=self._run, name="fedray-pool-boot", daemon=True)
@@ -249,7 +250,10 @@ class PoolBoot:
 
     def _run(self) -> None:
         try:
-            self.started = bool(self._start())
+            try:
+                self.started = bool(self._start())
+            finally:
+                self._ray_up.set()
             cpus = float(self.ray_cfg["client_cpus"])
             actor_cls = self._make(cpus, float(self.ray_cfg["client_gpus"]))
             boot = {"num_threads": max(1, round(cpus)), "optimizer": self.optimizer}
@@ -262,6 +266,12 @@ class PoolBoot:
         self._release.wait()
         if self.started:
             ray.shutdown()
+
+    def wait_ray(self) -> None:
+        """Wait until the thread's `ray.init` has returned (or failed: `result()` raises it).
+        Whoever starts Ray tasks in the driver meanwhile (a strategy building its server-side
+        data) calls this first: a second `ray.init` racing the thread's would fail."""
+        self._ray_up.wait()
 
     def result(self) -> list[Any]:
         """Wait for Ray and the actors' start; the actors (the caller's pool owns them now)."""

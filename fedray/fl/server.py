@@ -92,7 +92,12 @@ class FederatedServer:
     """Holds the global model and runs rounds; the one loop every federated experiment uses."""
 
     def __init__(
-        self, cfg: dict[str, Any], info: DatasetInfo, parts: list[np.ndarray], run_logger: RunLogger
+        self,
+        cfg: dict[str, Any],
+        info: DatasetInfo,
+        parts: list[np.ndarray],
+        run_logger: RunLogger,
+        before_bind: Callable[[], None] | None = None,
     ) -> None:
         from fedray.fl.strategies import build_strategy
 
@@ -110,7 +115,9 @@ class FederatedServer:
         self.head_init = check_head_init(self.fl, self.model, self.trainable, self.cached)
         self.head_init_metrics: dict[str, Any] = {}
         self.strategy = build_strategy(cfg["strategy"])
-        if hasattr(self.strategy, "bind"):  # rules that need the model itself (FedDF)
+        if hasattr(self.strategy, "bind"):  # rules with the model and server data (FedDF, FLTrust)
+            if before_bind is not None:  # their data may be built with Ray tasks: Ray must be up
+                before_bind()
             self.strategy.bind(functools.partial(copy.deepcopy, self.model), cfg)
         self.params: Params = get_params(self.model, self.travel)
         self.k = clients_per_round(self.fl)

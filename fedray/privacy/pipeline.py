@@ -9,7 +9,7 @@ aggregation, DP and attacks are all off), called from `FederatedServer.run`.
 Under secure aggregation or central DP the strategy is handed one result: the round's (noisy)
 average update applied to the global params, so FedAvg, FedProx, Polyak and the server
 optimizers (FedAdam, FedYogi, FedAdagrad) work unchanged; rules that need each client's update
-(median, trimmed mean, Krum, norm-bounded FedAvg) are a ConfigError there.
+(median, trimmed mean, Krum, norm-bounded FedAvg, FLTrust) are a ConfigError there.
 
 Size: one seam with two sides (client, server) that must agree on every encoding
 and on the round state they checkpoint.
@@ -135,10 +135,10 @@ def protect_update(
 
 
 def _needs_individual(strategy: Any) -> bool:
-    from fedray.fl.strategies import Krum, Median, TrimmedMean
+    from fedray.fl.strategies import FLTrust, Krum, Median, TrimmedMean
     from fedray.fl.strategies.norm_bounded import NormBoundedFedAvg
 
-    return isinstance(strategy, Krum | Median | TrimmedMean | NormBoundedFedAvg)
+    return isinstance(strategy, Krum | Median | TrimmedMean | NormBoundedFedAvg | FLTrust)
 
 
 def build_privacy(

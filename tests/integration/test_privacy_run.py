@@ -67,3 +67,27 @@ def test_secagg_matches_plain_fedavg_with_a_client_vanishing(make_cfg, tmp_path)
     plain, masked = _params(tmp_path / "plain"), _params(tmp_path / "secagg")
     for k, v in plain.items():  # the same model up to the 16-bit encoding
         assert np.allclose(masked[k], v, atol=1e-3), k
+
+
+def test_fltrust_leaves_a_sign_flipper_out_of_every_round(make_cfg, tmp_path):
+    # the root set is the toy data re-generated under strategy.root_seed (built in the run,
+    # while the pool's thread starts Ray)
+    cfg = make_cfg(
+        "fl.num_clients=4",
+        "fl.rounds=3",
+        "ray.max_actors=2",
+        "logger.plots=false",
+        "strategy=fltrust",
+        "strategy.root_size=40",
+        "attack=sign_flip",
+        "attack.fraction=0.25",
+    )
+    run(cfg)
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == 3
+    for r in rows:
+        flippers = r["attack/malicious_sampled"]
+        assert flippers == 1
+        ok = r["clients"] - r["clients/dropped"]
+        assert r["fltrust/min_cos"] < 0 and r["fltrust/trusted"] == ok - flippers
+    assert all(np.isfinite(v).all() for v in _params(tmp_path / "run").values())

@@ -18,19 +18,7 @@ from fedray.fl.strategies.feddf import FedDF
 from fedray.fl.train import evaluate, get_params, train_local, travel_names
 from fedray.fl.types import ClientResult
 from fedray.models.tiny_cnn import TinyCNN
-
-
-def _data_cfg(cache_dir) -> dict:
-    return {
-        "_target_": "fedray.data.toy.toy_dataset",
-        "name": "toy",
-        "num_classes": 4,
-        "image_size": 32,
-        "train_per_class": 30,
-        "val_per_class": 20,
-        "noise": 0.15,
-        "cache_dir": str(cache_dir),
-    }
+from tests.conftest import toy_data_cfg
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +27,7 @@ def drifted(tmp_path_factory):
     ensemble well, their weights do not average (hidden units are matched in neither order)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny convs: one thread is faster, and the cores are shared
-    cfg = {"data": _data_cfg(tmp_path_factory.mktemp("cache")), "seed": 0}
+    cfg = {"data": toy_data_cfg(tmp_path_factory.mktemp("cache")), "seed": 0}
     info = build_dataset(cfg["data"], 0)
     x, y = np.asarray(load_images(info.root, "train")), load_labels(info.root, "train")
     torch.manual_seed(0)

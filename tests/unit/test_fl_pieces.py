@@ -281,6 +281,27 @@ def test_pool_boot_raises_its_threads_error_in_the_caller_and_closes():
     assert not boot._thread.is_alive()
 
 
+def test_pool_boot_wait_ray_returns_once_the_threads_start_has():
+    # a strategy building server data with Ray tasks waits for the thread's ray.init first
+    import time
+
+    from fedray.fl.pool import PoolBoot
+
+    done = []
+
+    def start():
+        time.sleep(0.3)
+        done.append(True)
+        raise RuntimeError("no actors in this test")
+
+    boot = PoolBoot(start, {"client_cpus": 1, "client_gpus": 0}, 2, {}, lambda cfg, k: k)
+    boot.wait_ray()
+    assert done == [True]
+    with pytest.raises(RuntimeError, match="no actors"):
+        boot.result()
+    boot.close()
+
+
 def test_client_actor_boots_before_its_spec_then_configures(tmp_path):
     # the pool's prestarted actors: a process with no spec yet, configured once the server has one
     from fedray.data.datasets import write_split

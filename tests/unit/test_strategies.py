@@ -38,7 +38,7 @@ def assert_params_equal(actual: dict, expected: dict) -> None:
 
 def test_registry_and_config_files_cover_the_same_strategies() -> None:
     names = {"fedavg", "polyak", "fedprox", "fedadam", "fedyogi", "fedadagrad"}
-    names |= {"median", "trimmed_mean", "krum", "feddf", "norm_bounded"}
+    names |= {"median", "trimmed_mean", "krum", "feddf", "norm_bounded", "fltrust"}
     assert set(STRATEGIES) == names
     assert {f.stem for f in CONF_DIR.glob("*.yaml")} == names
 

@@ -21,6 +21,7 @@ from fedray.fl.strategies.feddf import FedDF
 from fedray.fl.strategies.fedopt import FedOpt
 from fedray.fl.strategies.fedprox import FedProx
 from fedray.fl.strategies.fedyogi import FedYogi
+from fedray.fl.strategies.fltrust import FLTrust
 from fedray.fl.strategies.krum import Krum
 from fedray.fl.strategies.median import Median
 from fedray.fl.strategies.norm_bounded import NormBoundedFedAvg
@@ -31,7 +32,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (
         FedAvg, Polyak, FedProx, FedAdam, FedYogi, FedAdagrad, Median, TrimmedMean, Krum, FedDF,
-        NormBoundedFedAvg,
+        NormBoundedFedAvg, FLTrust,
     )
 }
 
@@ -41,6 +42,7 @@ __all__ = [
     "FedAdam",
     "FedAvg",
     "FedDF",
+    "FLTrust",
     "FedOpt",
     "FedProx",
     "FedYogi",

@@ -26,6 +26,7 @@ import torch
 
 from fedray.config import ConfigError
 from fedray.fl.strategies.base import Strategy, float_param, int_param
+from fedray.fl.strategies.server_data import check_data_knob, server_dataset
 from fedray.fl.types import ClientResult, Params
 
 log = logging.getLogger("fedray")
@@ -91,11 +92,7 @@ class FedDF(Strategy):
         self.temperature = float_param("temperature", temperature, 0.0, low_open=True)
         self.lr = float_param("lr", lr, 0.0, low_open=True)
         self.batch_size = int_param("batch_size", batch_size, 2)
-        if transfer is not None and not (
-            isinstance(transfer, Mapping) and transfer.get("_target_")
-        ):
-            raise ConfigError(f"strategy.transfer must be null or a data config, got {transfer!r}")
-        self.transfer = None if transfer is None else dict(transfer)
+        self.transfer = check_data_knob("transfer", transfer)
         self.transfer_seed = int_param("transfer_seed", transfer_seed, 0)
         self.transfer_size = (
             None if transfer_size is None else int_param("transfer_size", transfer_size, 4)
@@ -140,24 +137,8 @@ class FedDF(Strategy):
 
     def _load_transfer(self, cfg: dict[str, Any]) -> np.ndarray:
         from fedray.data.datasets import load_images
-        from fedray.data.sources import build_dataset
 
-        data = dict(cfg["data"])
-        transfer = dict(self.transfer) if self.transfer is not None else dict(data)
-        transfer.setdefault("cache_dir", data.get("cache_dir"))
-        private = build_dataset(data, int(cfg["seed"]))
-        info = build_dataset(transfer, self.transfer_seed)
-        if info.root == private.root:
-            raise ConfigError(
-                "strategy.transfer resolves to the clients' own dataset: the server's transfer "
-                "set must never hold private images (set strategy.transfer to a public data "
-                "config, or another strategy.transfer_seed for generated data)"
-            )
-        if info.image_size != private.image_size:
-            raise ConfigError(
-                f"strategy.transfer has image_size {info.image_size}, the clients' data "
-                f"{private.image_size}"
-            )
+        info = server_dataset(cfg, self.transfer, self.transfer_seed, "transfer")
         return np.asarray(load_images(info.root, "train"))
 
     def client_config(self) -> dict[str, Any]:

@@ -1,0 +1,253 @@
+"""FLTrust (Cao et al., NDSS 2021, "FLTrust: Byzantine-robust Federated Learning via Trust
+Bootstrapping").
+
+The server holds a small, clean, labelled root set (the paper: ~100 examples the service provider
+collected itself; for the pill app, the provider's own photos of the catalog pills). Each round it
+trains the global model on that set with the clients' recipe (their optimizer, batch size and lr
+schedule, for as many steps as the round's median client took, ``steps: null``) to get a server
+update g0. Each client update g_i gets the trust score ReLU(cos(g_i, g0)), is rescaled to the
+norm of g0, and the new model is the global one plus the trust-weighted mean of the rescaled
+updates. An update that points against the server's (sign flipping) weighs nothing, one of any
+size (scaled, model replacement) moves the model no further than g0, and, unlike coordinate-wise
+rules (median, trimmed mean), nothing requires the clients to agree with one another: under
+label skew each pill's row of the head is trained by the few phones that hold it, and their
+updates still point along the server's.
+
+``weighting: samples`` keeps the cosine as a filter only: the trusted updates (cosine > 0) are
+averaged by sample count as FedAvg does, each capped at the norm of g0. Under strong label skew
+an honest phone's update agrees only weakly with the server's (its few pills against all of
+them), and the paper's weighting then shrinks and reweights the honest updates too.
+
+``root: null`` re-generates the experiment's own dataset under ``root_seed`` (other images of
+the same classes, never a client's) and keeps ``root_size`` of its training images, balanced
+over classes. The rule needs each client's update: with secure aggregation or central DP it is a
+ConfigError. The server gives the rule its model through ``bind(model_factory, cfg)``; unbound
+(a sweep's dry check), FLTrust is FedAvg.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedray.config import ConfigError
+from fedray.fl.aggregate import weighted_average
+from fedray.fl.strategies.base import Strategy, int_param
+from fedray.fl.strategies.server_data import check_data_knob, server_dataset
+from fedray.fl.types import ClientResult, Params
+
+log = logging.getLogger("fedray")
+
+WEIGHTINGS = ("cosine", "samples")
+
+
+def balanced_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of `size` items, spread as evenly as the classes allow (all: size None).
+    Labels that are not one class id per item (masks, boxes) are sampled uniformly."""
+    n = len(labels)
+    if size is None or size >= n:
+        return np.arange(n)
+    rng = np.random.default_rng([seed, 0x7257])
+    if labels.ndim != 1:
+        return np.sort(rng.choice(n, size, replace=False))
+    by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < size:  # round robin over the classes, each in its own shuffled order
+        for members in by_class:
+            if depth < len(members) and len(chosen) < size:
+                chosen.append(int(members[depth]))
+        depth += 1
+    return np.sort(np.array(chosen, dtype=np.int64))
+
+
+def trust_weights(updates: list[np.ndarray], server: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(trust scores ReLU(cos(u_i, g0)), the cosines) of flat client updates against g0."""
+    g_norm = float(np.linalg.norm(server))
+    cos = np.array(
+        [
+            float(u @ server) / (float(np.linalg.norm(u)) * g_norm)
+            if g_norm > 0 and np.linalg.norm(u) > 0
+            else 0.0
+            for u in updates
+        ]
+    )
+    return np.maximum(cos, 0.0), cos
+
+
+class FLTrust(Strategy):
+    """Client updates rescaled to the server's root-set update and weighted by ReLU(cosine)."""
+
+    name = "fltrust"
+
+    def __init__(
+        self,
+        *,
+        root: Any = None,
+        root_seed: int = 1002,
+        root_size: int | None = 100,
+        steps: int | None = None,
+        weighting: str = "cosine",
+    ) -> None:
+        self.root = check_data_knob("root", root)
+        self.root_seed = int_param("root_seed", root_seed, 0)
+        self.root_size = None if root_size is None else int_param("root_size", root_size, 1)
+        self.steps = None if steps is None else int_param("steps", steps, 1)
+        if weighting not in WEIGHTINGS:
+            raise ConfigError(
+                f"strategy.weighting must be one of {list(WEIGHTINGS)}, got {weighting!r}"
+            )
+        self.weighting = weighting
+        self.rounds_done = 0
+        self._model_factory: Callable[[], torch.nn.Module] | None = None
+        self._model: torch.nn.Module | None = None
+        self._x: Any = None
+        self._y: np.ndarray | None = None
+        self._cfg: dict[str, Any] = {}
+        self.last: dict[str, float] = {}
+
+    def bind(self, model_factory: Callable[[], torch.nn.Module], cfg: dict[str, Any]) -> None:
+        """Take a factory for the server's model and load the root set."""
+        from fedray.data.datasets import load_images
+        from fedray.tasks import build_task
+
+        info = server_dataset(cfg, self.root, self.root_seed, "root")
+        task = build_task(cfg.get("task"))
+        labels = np.asarray(task.load_targets(info.root, "train"))
+        idx = balanced_subset(labels, self.root_size, self.root_seed)
+        self._x = np.asarray(load_images(info.root, "train")[idx])
+        self._y = labels[idx]
+        self._cfg = {
+            "client": dict(cfg["client"]),
+            "rounds": int(cfg["fl"]["rounds"]),
+            "task": task,
+            "precision": str(cfg["fl"].get("cache_precision", "fp32")),
+        }
+        self._model_factory = model_factory
+        self._model = None
+        log.info(
+            "fltrust: root set of %d images over %d classes (seed %d)",
+            len(idx),
+            len(np.unique(self._y)) if self._y.ndim == 1 else 0,
+            self.root_seed,
+        )
+
+    def _root_inputs(self, model: torch.nn.Module, trainable: list[str]) -> tuple[int, Any]:
+        """The root images, or once-computed features of the frozen leading blocks."""
+        from fedray.fl.train import extract_features
+        from fedray.models import frozen_prefix
+        from fedray.models.views import has_views
+
+        cached = frozen_prefix(model, trainable)
+        if has_views(model) and cached < len(model.features):
+            cached = 0  # turned/zoomed views need the whole backbone: train on the images
+        if cached and not isinstance(self._x, torch.Tensor):
+            self._x = extract_features(
+                model, self._x, upto=cached, precision=self._cfg["precision"]
+            )
+        return cached, self._x
+
+    def server_update(self, global_params: Params, client_steps: int) -> Params:
+        """The global model trained on the root set with the clients' recipe, minus the global
+        model: FLTrust's g0."""
+        from hydra.utils import instantiate
+
+        from fedray.fl.train import get_params, round_lr_scale, set_params, train_local
+
+        if self._model is None:
+            self._model = self._model_factory()
+        model = self._model
+        names = list(global_params)
+        trainable = [n for n, _ in model.named_parameters() if n in global_params]
+        cached, x = self._root_inputs(model, trainable)
+        set_params(model, global_params)
+        client = self._cfg["client"]
+        batch = min(int(client["batch_size"]), len(self._y))
+        per_epoch = -(-len(self._y) // batch)
+        steps = self.steps if self.steps is not None else client_steps
+        train_local(
+            model,
+            x,
+            self._y,
+            trainable,
+            epochs=max(1, round(steps / per_epoch)),
+            batch_size=batch,
+            optimizer_factory=instantiate(client["optimizer"]),
+            seed=self.root_seed * 7919 + self.rounds_done,
+            cached=cached,
+            lr_scale=round_lr_scale(
+                client.get("lr_schedule", "constant"), self.rounds_done, self._cfg["rounds"]
+            ),
+            task=self._cfg["task"],
+        )
+        trained = get_params(model, names)
+        return {k: trained[k].astype(np.float64) - np.asarray(global_params[k], np.float64)
+                for k in names}
+
+    def _client_steps(self, results: list[ClientResult]) -> int:
+        """The median client's optimizer steps this round (epochs x batches)."""
+        client = self._cfg["client"]
+        bs, epochs = int(client["batch_size"]), int(client["epochs"])
+        return int(np.median([epochs * math.ceil(r.num_samples / bs) for r in results]))
+
+    def _aggregate(self, global_params: Params, results: list[ClientResult]) -> Params:
+        if self._model_factory is None:  # unbound: no root set, plain FedAvg
+            return weighted_average([r.params for r in results], [r.num_samples for r in results])
+        names = list(global_params)
+        g0 = self.server_update(global_params, self._client_steps(results))
+        self.rounds_done += 1
+        flat_g0 = np.concatenate([g0[k].ravel() for k in names])
+        g0_norm = float(np.linalg.norm(flat_g0))
+        deltas = [
+            np.concatenate(
+                [(np.asarray(r.params[k], np.float64) - global_params[k]).ravel() for k in names]
+            )
+            for r in results
+        ]
+        trust, cos = trust_weights(deltas, flat_g0)
+        total = float(trust.sum())
+        self.last = {
+            "trusted": float((trust > 0).sum()),
+            "mean_cos": float(cos.mean()),
+            "min_cos": float(cos.min()),
+            "server_norm": g0_norm,
+        }
+        if total == 0.0:  # every update points away from the server's: the model stays
+            log.warning("fltrust: no client update has a positive cosine with the server's")
+            return {k: np.asarray(v, np.float64) for k, v in global_params.items()}
+        step = np.zeros_like(flat_g0)
+        if self.weighting == "samples":  # the cosine only filters; FedAvg weights, norm capped
+            counts = np.array([r.num_samples if t > 0 else 0 for r, t in zip(results, trust,
+                                                                             strict=True)], float)
+            weights = counts / counts.sum()
+        for i, (w, d) in enumerate(zip(trust, deltas, strict=True)):
+            norm = float(np.linalg.norm(d))
+            if w <= 0 or norm == 0:
+                continue
+            if self.weighting == "cosine":  # the paper: rescaled to |g0|, weighted by trust
+                step += (w / total) * (g0_norm / norm) * d
+            else:
+                step += weights[i] * min(1.0, g0_norm / norm) * d
+        out, pos = {}, 0
+        for k in names:
+            g = np.asarray(global_params[k], np.float64)
+            out[k] = g + step[pos : pos + g.size].reshape(g.shape)
+            pos += g.size
+        return out
+
+    def round_metrics(self) -> dict[str, float]:
+        """Clients trusted (cosine > 0), mean and lowest cosine, the server update's norm."""
+        return {f"fltrust/{k}": float(v) for k, v in self.last.items()}
+
+    def _state(self) -> dict[str, Any]:
+        return {"rounds_done": self.rounds_done}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        if set(state) != {"rounds_done"}:
+            raise ValueError(f"fltrust state needs keys ['rounds_done'], got {sorted(state)}")
+        self.rounds_done = int(state["rounds_done"])

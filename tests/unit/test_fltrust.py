@@ -1,0 +1,159 @@
+"""FLTrust: trust scores, rescaling to the server update, the root set, checks and state."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from fedray.config import ConfigError
+from fedray.data.datasets import load_images, load_labels
+from fedray.data.sources import build_dataset
+from fedray.fl.strategies import STRATEGIES, FedAvg, build_strategy
+from fedray.fl.strategies.fltrust import FLTrust, balanced_subset, trust_weights
+from fedray.fl.train import evaluate, get_params, set_params, train_local, travel_names
+from fedray.fl.types import ClientResult
+from fedray.models.tiny_cnn import TinyCNN
+from fedray.privacy.pipeline import build_privacy
+from tests.conftest import toy_data_cfg
+
+
+def test_trust_is_relu_of_the_cosine_and_updates_take_the_server_norm(monkeypatch):
+    g = {"w": np.zeros(2, np.float32)}
+    g0 = {"w": np.array([2.0, 0.0])}  # norm 2
+    ups = [np.array([1.0, 1.0]), np.array([30.0, 0.0]), np.array([-4.0, 0.0])]
+    trust, cos = trust_weights(ups, g0["w"])
+    assert np.allclose(cos, [np.sqrt(0.5), 1.0, -1.0])
+    assert np.allclose(trust, [np.sqrt(0.5), 1.0, 0.0])
+
+    rule = FLTrust()
+    rule._model_factory = object  # bound, with the server's training replaced by a fixed g0
+    rule._cfg = {"client": {"batch_size": 4, "epochs": 1}}
+    monkeypatch.setattr(rule, "server_update", lambda params, steps: g0)
+    results = [ClientResult(i, {"w": u.astype(np.float32)}, 10) for i, u in enumerate(ups)]
+    out = rule.aggregate(g, results)
+    # each update rescaled to norm 2, weighted by trust / sum(trust); the flipped one weighs 0
+    t = np.sqrt(0.5)
+    want = (t * np.array([np.sqrt(2), np.sqrt(2)]) + 1.0 * np.array([2.0, 0.0])) / (t + 1.0)
+    assert np.allclose(out["w"], want, atol=1e-6)
+    assert rule.round_metrics()["fltrust/trusted"] == 2.0
+    assert rule.round_metrics()["fltrust/min_cos"] == pytest.approx(-1.0)
+    # weighting=samples: the cosine only filters; FedAvg of the trusted updates, norms capped at 2
+    by_samples = FLTrust(weighting="samples")
+    by_samples._model_factory = object
+    by_samples._cfg = rule._cfg
+    monkeypatch.setattr(by_samples, "server_update", lambda params, steps: g0)
+    results[1].num_samples = 30
+    out = by_samples.aggregate(g, results)
+    assert np.allclose(out["w"], 0.25 * np.array([1.0, 1.0]) + 0.75 * np.array([2.0, 0.0]))
+    with pytest.raises(ConfigError, match="strategy.weighting"):
+        FLTrust(weighting="votes")
+    # nobody agrees with the server: the model does not move
+    flipped = [ClientResult(0, {"w": np.array([-1.0, 0.0], np.float32)}, 10)]
+    assert np.array_equal(rule.aggregate(g, flipped)["w"], g["w"])
+
+
+def test_root_subset_is_balanced_over_classes_and_seeded():
+    labels = np.repeat(np.arange(5), [50, 40, 30, 20, 2])
+    idx = balanced_subset(labels, 20, 3)
+    counts = np.bincount(labels[idx], minlength=5)
+    assert counts.tolist() == [5, 5, 4, 4, 2]  # round robin; the 2-item class gives what it has
+    assert len(set(idx.tolist())) == 20 and np.all(np.diff(idx) > 0)
+    assert np.array_equal(idx, balanced_subset(labels, 20, 3))
+    assert not np.array_equal(idx, balanced_subset(labels, 20, 4))
+    assert len(balanced_subset(labels, None, 0)) == len(labels)
+
+
+@pytest.fixture(scope="module")
+def attacked(tmp_path_factory):
+    """Four honest clients, each holding 2 of the 4 classes, one step of local training from a
+    shared start, and a fifth that sends its honest update flipped and scaled 4x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    client = {
+        "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.05},
+        "batch_size": 16,
+        "epochs": 2,
+        "lr_schedule": "constant",
+    }
+    cfg = {"data": toy_data_cfg(tmp_path_factory.mktemp("cache")), "seed": 0, "client": client,
+           "fl": {"rounds": 5}}
+    info = build_dataset(cfg["data"], 0)
+    x, y = np.asarray(load_images(info.root, "train")), load_labels(info.root, "train")
+    torch.manual_seed(0)
+    server = TinyCNN(4, width=8)
+    names = [n for n, _ in server.named_parameters()]
+    travel = travel_names(server, names)
+    start = get_params(server, travel)
+    opt = functools.partial(torch.optim.SGD, lr=0.05)
+    results = []
+    for cid, pair in enumerate([(0, 1), (2, 3), (0, 2), (1, 3), (0, 1)]):
+        model = copy.deepcopy(server)
+        idx = np.flatnonzero(np.isin(y, pair))
+        train_local(model, x[idx], y[idx], names, 2, 16, opt, seed=cid)
+        params = get_params(model, travel)
+        if cid == 4:  # the attacker: -4 x its update
+            params = {k: start[k] - 4.0 * (params[k] - start[k]) for k in params}
+        results.append(ClientResult(cid, params, len(idx)))
+    val = (np.asarray(load_images(info.root, "val")), load_labels(info.root, "val"))
+    yield cfg, server, start, results, val
+    torch.set_num_threads(threads)
+
+
+def _acc(server, params, val) -> float:
+    model = copy.deepcopy(server)
+    set_params(model, params)
+    return evaluate(model, val[0], val[1], 4)[0]["acc"]
+
+
+def test_fltrust_gives_a_sign_flipper_no_weight_and_keeps_the_honest_direction(attacked):
+    cfg, server, start, results, val = attacked
+    rule = build_strategy({"_target_": "fedray.fl.strategies.fltrust.FLTrust", "root_size": 40})
+    rule.bind(functools.partial(copy.deepcopy, server), cfg)
+    assert len(rule._y) == 40 and np.bincount(rule._y).tolist() == [10, 10, 10, 10]
+    out = rule.aggregate(start, results)
+    m = rule.round_metrics()
+    assert m["fltrust/min_cos"] < 0 and m["fltrust/trusted"] == 4.0  # the flipper is out
+    honest = FedAvg().aggregate(start, results[:4])
+    attacked_avg = FedAvg().aggregate(start, results)
+    flat = lambda p: np.concatenate([(p[k] - start[k]).ravel() for k in start])  # noqa: E731
+    cos = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+    assert cos(flat(out), flat(honest)) > 0.8
+    assert cos(flat(attacked_avg), flat(honest)) < 0  # FedAvg is dragged backwards
+    assert rule.rounds_done == 1
+    state = rule.state_dict()
+    again = FLTrust()
+    again.load_state_dict(state)
+    assert again.rounds_done == 1
+    # unbound (a sweep's dry check): FedAvg
+    plain = FLTrust().aggregate(start, results)
+    assert all(np.allclose(plain[k], attacked_avg[k]) for k in plain)
+    assert _acc(server, out, val) >= _acc(server, attacked_avg, val)
+
+
+def test_root_set_must_not_be_the_clients_data_and_knobs_are_checked(attacked):
+    cfg, server, *_ = attacked
+    with pytest.raises(ConfigError, match="strategy.root"):
+        FLTrust(root_seed=0).bind(functools.partial(copy.deepcopy, server), cfg)
+    with pytest.raises(ConfigError, match="strategy.root_size"):
+        FLTrust(root_size=0)
+    with pytest.raises(ConfigError, match="strategy.root "):
+        FLTrust(root="somewhere")
+    with pytest.raises(ConfigError, match="strategy.nope"):
+        build_strategy({"name": "fltrust", "nope": 1})
+    assert "fltrust" in STRATEGIES
+
+
+def test_fltrust_needs_each_update_so_secure_aggregation_is_refused():
+    cfg = {
+        "seed": 0,
+        "stage": "federated",
+        "fl": {"num_clients": 4, "secure_agg": "secagg", "head_init": "random", "rounds": 1,
+               "secagg": {"clip": 1.0, "quant_bits": 16}},
+        "logger": {"plots": False},
+    }
+    with pytest.raises(ValueError, match="needs each client's update"):
+        build_privacy(cfg, FLTrust(), 4, 3, 0)
