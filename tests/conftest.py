@@ -33,6 +33,27 @@ def toy_data_cfg(cache_dir) -> dict:
     }
 
 
+def toy_server(cache_dir):
+    """The toy data of `toy_data_cfg` built (seed 0) and a seeded TinyCNN server on it:
+    (data config, train x, train y, server, trainable names, travelled names, (val x, val y))."""
+    import numpy as np
+    import torch
+
+    from fedray.data.datasets import load_images, load_labels
+    from fedray.data.sources import build_dataset
+    from fedray.fl.train import travel_names
+    from fedray.models.tiny_cnn import TinyCNN
+
+    data = toy_data_cfg(cache_dir)
+    info = build_dataset(data, 0)
+    x, y = np.asarray(load_images(info.root, "train")), load_labels(info.root, "train")
+    torch.manual_seed(0)
+    server = TinyCNN(4, width=8)
+    names = [n for n, _ in server.named_parameters()]
+    val = (np.asarray(load_images(info.root, "val")), load_labels(info.root, "val"))
+    return data, x, y, server, names, travel_names(server, names), val
+
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")

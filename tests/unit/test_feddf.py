@@ -10,15 +10,13 @@ import pytest
 import torch
 
 from fedray.config import ConfigError
-from fedray.data.datasets import load_images, load_labels
-from fedray.data.sources import build_dataset
 from fedray.fl.strategies import STRATEGIES, build_strategy
 from fedray.fl.strategies.fedavg import FedAvg
 from fedray.fl.strategies.feddf import FedDF
-from fedray.fl.train import evaluate, get_params, train_local, travel_names
+from fedray.fl.train import evaluate, get_params, train_local
 from fedray.fl.types import ClientResult
 from fedray.models.tiny_cnn import TinyCNN
-from tests.conftest import toy_data_cfg
+from tests.conftest import toy_server
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +25,8 @@ def drifted(tmp_path_factory):
     ensemble well, their weights do not average (hidden units are matched in neither order)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny convs: one thread is faster, and the cores are shared
-    cfg = {"data": toy_data_cfg(tmp_path_factory.mktemp("cache")), "seed": 0}
-    info = build_dataset(cfg["data"], 0)
-    x, y = np.asarray(load_images(info.root, "train")), load_labels(info.root, "train")
-    torch.manual_seed(0)
-    server = TinyCNN(4, width=8)
-    names = [n for n, _ in server.named_parameters()]
-    travel = travel_names(server, names)
+    data, x, y, server, names, travel, val = toy_server(tmp_path_factory.mktemp("cache"))
+    cfg = {"data": data, "seed": 0}
     opt = functools.partial(torch.optim.SGD, lr=0.02, momentum=0.9)
     halves = np.random.default_rng(0).permutation(len(y))
     results = []
@@ -43,7 +36,6 @@ def drifted(tmp_path_factory):
         idx = np.sort(halves[cid::2])
         train_local(client, x[idx], y[idx], names, 8, 16, opt, seed=cid)
         results.append(ClientResult(cid, get_params(client, travel), len(idx)))
-    val = (np.asarray(load_images(info.root, "val")), load_labels(info.root, "val"))
     yield cfg, server, get_params(server, travel), results, val
     torch.set_num_threads(threads)
 

@@ -10,15 +10,12 @@ import pytest
 import torch
 
 from fedray.config import ConfigError
-from fedray.data.datasets import load_images, load_labels
-from fedray.data.sources import build_dataset
 from fedray.fl.strategies import STRATEGIES, FedAvg, build_strategy
 from fedray.fl.strategies.fltrust import FLTrust, balanced_subset, trust_weights
-from fedray.fl.train import evaluate, get_params, set_params, train_local, travel_names
+from fedray.fl.train import evaluate, get_params, set_params, train_local
 from fedray.fl.types import ClientResult
-from fedray.models.tiny_cnn import TinyCNN
 from fedray.privacy.pipeline import build_privacy
-from tests.conftest import toy_data_cfg
+from tests.conftest import toy_server
 
 
 def test_trust_is_relu_of_the_cosine_and_updates_take_the_server_norm(monkeypatch):
@@ -79,14 +76,8 @@ def attacked(tmp_path_factory):
         "epochs": 2,
         "lr_schedule": "constant",
     }
-    cfg = {"data": toy_data_cfg(tmp_path_factory.mktemp("cache")), "seed": 0, "client": client,
-           "fl": {"rounds": 5}}
-    info = build_dataset(cfg["data"], 0)
-    x, y = np.asarray(load_images(info.root, "train")), load_labels(info.root, "train")
-    torch.manual_seed(0)
-    server = TinyCNN(4, width=8)
-    names = [n for n, _ in server.named_parameters()]
-    travel = travel_names(server, names)
+    data, x, y, server, names, travel, val = toy_server(tmp_path_factory.mktemp("cache"))
+    cfg = {"data": data, "seed": 0, "client": client, "fl": {"rounds": 5}}
     start = get_params(server, travel)
     opt = functools.partial(torch.optim.SGD, lr=0.05)
     results = []
@@ -98,7 +89,6 @@ def attacked(tmp_path_factory):
         if cid == 4:  # the attacker: -4 x its update
             params = {k: start[k] - 4.0 * (params[k] - start[k]) for k in params}
         results.append(ClientResult(cid, params, len(idx)))
-    val = (np.asarray(load_images(info.root, "val")), load_labels(info.root, "val"))
     yield cfg, server, start, results, val
     torch.set_num_threads(threads)
 

@@ -36,8 +36,7 @@ import numpy as np
 import torch
 
 from fedray.config import ConfigError
-from fedray.fl.aggregate import weighted_average
-from fedray.fl.strategies.base import Strategy, int_param
+from fedray.fl.strategies.base import Strategy, average_results, int_param
 from fedray.fl.strategies.server_data import check_data_knob, server_dataset
 from fedray.fl.types import ClientResult, Params
 
@@ -66,16 +65,17 @@ def balanced_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarr
     return np.sort(np.array(chosen, dtype=np.int64))
 
 
-def trust_weights(updates: list[np.ndarray], server: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(trust scores ReLU(cos(u_i, g0)), the cosines) of flat client updates against g0."""
+def trust_weights(
+    updates: list[np.ndarray], server: np.ndarray, norms: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(trust scores ReLU(cos(u_i, g0)), the cosines) of flat client updates against g0;
+    `norms`: the updates' L2 norms, when the caller has them."""
     g_norm = float(np.linalg.norm(server))
+    if norms is None:
+        norms = np.array([np.linalg.norm(u) for u in updates])
     cos = np.array(
-        [
-            float(u @ server) / (float(np.linalg.norm(u)) * g_norm)
-            if g_norm > 0 and np.linalg.norm(u) > 0
-            else 0.0
-            for u in updates
-        ]
+        [float(u @ server) / (n * g_norm) if g_norm > 0 and n > 0 else 0.0
+         for u, n in zip(updates, norms, strict=True)]
     )
     return np.maximum(cos, 0.0), cos
 
@@ -197,7 +197,7 @@ class FLTrust(Strategy):
 
     def _aggregate(self, global_params: Params, results: list[ClientResult]) -> Params:
         if self._model_factory is None:  # unbound: no root set, plain FedAvg
-            return weighted_average([r.params for r in results], [r.num_samples for r in results])
+            return average_results(results)
         names = list(global_params)
         g0 = self.server_update(global_params, self._client_steps(results))
         self.rounds_done += 1
@@ -209,30 +209,24 @@ class FLTrust(Strategy):
             )
             for r in results
         ]
-        trust, cos = trust_weights(deltas, flat_g0)
-        total = float(trust.sum())
+        norms = np.array([np.linalg.norm(d) for d in deltas])
+        trust, cos = trust_weights(deltas, flat_g0, norms)
         self.last = {
             "trusted": float((trust > 0).sum()),
             "mean_cos": float(cos.mean()),
             "min_cos": float(cos.min()),
             "server_norm": g0_norm,
         }
-        if total == 0.0:  # every update points away from the server's: the model stays
+        if not trust.any():  # every update points away from the server's: the model stays
             log.warning("fltrust: no client update has a positive cosine with the server's")
             return {k: np.asarray(v, np.float64) for k, v in global_params.items()}
-        step = np.zeros_like(flat_g0)
-        if self.weighting == "samples":  # the cosine only filters; FedAvg weights, norm capped
-            counts = np.array([r.num_samples if t > 0 else 0 for r, t in zip(results, trust,
-                                                                             strict=True)], float)
-            weights = counts / counts.sum()
-        for i, (w, d) in enumerate(zip(trust, deltas, strict=True)):
-            norm = float(np.linalg.norm(d))
-            if w <= 0 or norm == 0:
-                continue
-            if self.weighting == "cosine":  # the paper: rescaled to |g0|, weighted by trust
-                step += (w / total) * (g0_norm / norm) * d
-            else:
-                step += weights[i] * min(1.0, g0_norm / norm) * d
+        safe = np.where(norms > 0, norms, 1.0)
+        if self.weighting == "cosine":  # the paper: rescaled to |g0|, weighted by trust
+            coef = trust / trust.sum() * (g0_norm / safe)
+        else:  # the cosine only filters; FedAvg weights of the trusted, norms capped at |g0|
+            counts = np.where(trust > 0, [float(r.num_samples) for r in results], 0.0)
+            coef = counts / counts.sum() * np.minimum(1.0, g0_norm / safe)
+        step = sum(c * d for c, d in zip(coef, deltas, strict=True))
         out, pos = {}, 0
         for k in names:
             g = np.asarray(global_params[k], np.float64)
