@@ -53,6 +53,48 @@ def test_trust_is_relu_of_the_cosine_and_updates_take_the_server_norm(monkeypatc
     assert np.array_equal(rule.aggregate(g, flipped)["w"], g["w"])
 
 
+def test_memory_trusts_on_each_clients_moving_average_of_cosines(monkeypatch):
+    g = {"w": np.zeros(2, np.float32)}
+    g0 = {"w": np.array([1.0, 0.0])}
+    rule = FLTrust(weighting="samples", memory=0.75)
+    rule._model_factory = object
+    rule._cfg = {"client": {"batch_size": 4, "epochs": 1}}
+    monkeypatch.setattr(rule, "server_update", lambda params, steps: g0)
+
+    def round_of(*vectors):
+        results = [ClientResult(i, {"w": np.array(v, np.float32)}, 10) for i, v in vectors]
+        return rule.aggregate(g, results), rule.round_metrics()["fltrust/trusted"]
+
+    # round 1: client 0 agrees (cos 0.8), client 1 points against the server (cos -0.6)
+    out, trusted = round_of((0, [0.8, 0.6]), (1, [-0.6, 0.8]))
+    assert trusted == 1.0 and np.allclose(out["w"], [0.8, 0.6])
+    assert rule.scores == pytest.approx({0: 0.8, 1: -0.6})
+    # round 2: client 0 dips below 0 (cos -0.6), client 1 now agrees a little (cos 0.6):
+    # on history 0 keeps its trust (0.75 * 0.8 + 0.25 * -0.6 = 0.45), 1 stays out (-0.3)
+    out, trusted = round_of((0, [-0.6, 0.8]), (1, [0.6, 0.8]))
+    assert rule.scores == pytest.approx({0: 0.45, 1: -0.3})
+    assert trusted == 1.0 and np.allclose(out["w"], [-0.6, 0.8])
+    # a client seen for the first time starts from its own cosine; absent clients keep theirs
+    round_of((2, [1.0, 0.0]))
+    assert rule.scores == pytest.approx({0: 0.45, 1: -0.3, 2: 1.0})
+    # the scores travel in the checkpoint; a checkpoint from before memory loads with none
+    again = FLTrust(memory=0.75)
+    again.load_state_dict(rule.state_dict())
+    assert again.scores == rule.scores and again.rounds_done == 3
+    again.load_state_dict({"name": "fltrust", "rounds_done": 2})
+    assert again.scores == {} and again.rounds_done == 2
+    # memory 0 is the paper: the same two rounds trust on this round's cosine alone
+    plain = FLTrust(weighting="samples")
+    plain._model_factory, plain._cfg = object, rule._cfg
+    monkeypatch.setattr(plain, "server_update", lambda params, steps: g0)
+    r2 = [ClientResult(0, {"w": np.array([-0.6, 0.8], np.float32)}, 10),
+          ClientResult(1, {"w": np.array([0.6, 0.8], np.float32)}, 10)]
+    assert np.allclose(plain.aggregate(g, r2)["w"], [0.6, 0.8])
+    for bad in (1.0, -0.1, "x"):
+        with pytest.raises(ConfigError, match="strategy.memory"):
+            FLTrust(memory=bad)
+
+
 def test_root_subset_is_balanced_over_classes_and_seeded():
     labels = np.repeat(np.arange(5), [50, 40, 30, 20, 2])
     idx = balanced_subset(labels, 20, 3)

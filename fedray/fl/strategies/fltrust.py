@@ -18,6 +18,16 @@ averaged by sample count as FedAvg does, each capped at the norm of g0. Under st
 an honest phone's update agrees only weakly with the server's (its few pills against all of
 them), and the paper's weighting then shrinks and reweights the honest updates too.
 
+``memory`` (0 by default: the paper) trusts on each client's history instead of one round: its
+score is an exponential moving average of its cosines, ``s <- memory * s + (1 - memory) * cos``
+(the first cosine as it is), and ReLU(s) replaces ReLU(cos). As the model converges, the server's
+update on 100 root images becomes a noisy reference and an honest phone's cosine drifts to about
+0, one round above, the next below; a phone that has agreed with the server for many rounds keeps
+its trust through such a round, and one that has pointed against it keeps none. The price: a
+client that behaves for many rounds and then attacks is trusted for a few rounds (with memory
+0.9, a cosine of -c outweighs a history of +c after about 7 rounds). The scores live in the
+driver, one float per client seen, and travel in the checkpoint.
+
 ``root: null`` re-generates the experiment's own dataset under ``root_seed`` (other images of
 the same classes, never a client's) and keeps ``root_size`` of its training images, balanced
 over classes. The rule needs each client's update: with secure aggregation or central DP it is a
@@ -36,7 +46,7 @@ import numpy as np
 import torch
 
 from fedray.config import ConfigError
-from fedray.fl.strategies.base import Strategy, average_results, int_param
+from fedray.fl.strategies.base import Strategy, average_results, float_param, int_param
 from fedray.fl.strategies.server_data import check_data_knob, server_dataset
 from fedray.fl.types import ClientResult, Params
 
@@ -93,6 +103,7 @@ class FLTrust(Strategy):
         root_size: int | None = 100,
         steps: int | None = None,
         weighting: str = "cosine",
+        memory: float = 0.0,
     ) -> None:
         self.root = check_data_knob("root", root)
         self.root_seed = int_param("root_seed", root_seed, 0)
@@ -103,6 +114,8 @@ class FLTrust(Strategy):
                 f"strategy.weighting must be one of {list(WEIGHTINGS)}, got {weighting!r}"
             )
         self.weighting = weighting
+        self.memory = float_param("memory", memory, 0.0, 1.0, high_open=True)
+        self.scores: dict[int, float] = {}
         self.rounds_done = 0
         self._model_factory: Callable[[], torch.nn.Module] | None = None
         self._model: torch.nn.Module | None = None
@@ -211,6 +224,8 @@ class FLTrust(Strategy):
         ]
         norms = np.array([np.linalg.norm(d) for d in deltas])
         trust, cos = trust_weights(deltas, flat_g0, norms)
+        if self.memory > 0:
+            trust = np.maximum(self._remember(results, cos), 0.0)
         self.last = {
             "trusted": float((trust > 0).sum()),
             "mean_cos": float(cos.mean()),
@@ -234,14 +249,25 @@ class FLTrust(Strategy):
             pos += g.size
         return out
 
+    def _remember(self, results: list[ClientResult], cos: np.ndarray) -> np.ndarray:
+        """Each client's moving average of its cosines, updated with this round's."""
+        m = self.memory
+        for r, c in zip(results, cos, strict=True):
+            prev = self.scores.get(r.client_id)
+            self.scores[r.client_id] = float(c) if prev is None else m * prev + (1 - m) * float(c)
+        return np.array([self.scores[r.client_id] for r in results])
+
     def round_metrics(self) -> dict[str, float]:
         """Clients trusted (cosine > 0), mean and lowest cosine, the server update's norm."""
         return {f"fltrust/{k}": float(v) for k, v in self.last.items()}
 
     def _state(self) -> dict[str, Any]:
-        return {"rounds_done": self.rounds_done}
+        return {"rounds_done": self.rounds_done, "scores": dict(self.scores)}
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        if set(state) != {"rounds_done"}:
-            raise ValueError(f"fltrust state needs keys ['rounds_done'], got {sorted(state)}")
-        self.rounds_done = int(state["rounds_done"])
+        if "rounds_done" not in state or not set(state) <= {"rounds_done", "scores"}:
+            raise ValueError(
+                f"fltrust state needs keys ['rounds_done', 'scores'], got {sorted(state)}"
+            )
+        self.rounds_done = int(state["rounds_done"])  # a checkpoint from before memory: no scores
+        self.scores = {int(k): float(v) for k, v in state.get("scores", {}).items()}
