@@ -256,6 +256,8 @@ def train_local(
     scheduler = make_schedule(optimizer, schedule, steps)
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else None
     y_all = torch.as_tensor(np.asarray(labels))  # int64 per batch: masks stay uint8 until then
+    if task is not None:
+        task = task.local(labels)
     ce = nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
     total, seen = 0.0, 0
     for _ in range(epochs):

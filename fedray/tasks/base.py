@@ -8,6 +8,8 @@ runners only ever call a `Task`:
 - `loss(outputs, targets)`: the scalar training loss of one batch (mean over the batch);
   training calls `train_loss(outputs, targets, inputs)`, which is `loss` unless the task also
   needs the batch's input tensor (distillation: a teacher's outputs on the same images);
+  `local(targets)` is the task as a client with those targets trains it (itself, unless the loss
+  depends on the shard: FedRS);
 - `accumulator(num_classes)`: streams an evaluation over batches (`update(outputs, targets)`,
   `compute() -> {name: float}`); `evaluate` in `fedray.fl.train` runs the model and feeds it;
 - `partition_keys(root, split)`: what the partitioner splits (class labels, or per-sample group
@@ -85,6 +87,13 @@ class Task(ABC):
         model ran from cached features). Most tasks need only `loss`."""
         del inputs
         return self.loss(outputs, targets)
+
+    def local(self, targets: np.ndarray) -> Task:
+        """The task as one client trains it, given all of that client's `targets` (its shard).
+        Most tasks train the same everywhere; classification's FedRS scales the logits of the
+        classes a client does not hold."""
+        del targets
+        return self
 
     @abstractmethod
     def accumulator(self, num_classes: int) -> Accumulator:

@@ -1,7 +1,17 @@
-"""1-of-N classification: cross-entropy, accuracy/macro P-R-F1/top-5, a confusion matrix."""
+"""1-of-N classification: cross-entropy, accuracy/macro P-R-F1/top-5, a confusion matrix.
+
+`absent_scale` < 1 is FedRS's restricted softmax (Li and Zhan, KDD 2021, "FedRS: Federated
+Learning with Restricted Softmax for Label Distribution Non-IID Data"): in a client's training,
+the logits of the classes its shard does not hold are multiplied by `absent_scale` before the
+cross-entropy, so a phone that never sees a pill pushes that pill's row of the head down less (0:
+not at all). Under label skew the rows of the classes a client lacks are what FedAvg's client
+drift wrecks. Evaluation and any training that holds every class (centralized, a server's data)
+are unchanged.
+"""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +32,21 @@ class Classification(Task):
     confusion = True
     augments = True
 
-    def __init__(self, label_smoothing: float = 0.0, partition_by: str = "label") -> None:
+    def __init__(
+        self, label_smoothing: float = 0.0, partition_by: str = "label", absent_scale: float = 1.0
+    ) -> None:
+        from fedray.config import ConfigError
+
         super().__init__(partition_by)
         self.label_smoothing = float(label_smoothing)
+        ok = isinstance(absent_scale, int | float) and not isinstance(absent_scale, bool)
+        if not (ok and 0.0 <= absent_scale <= 1.0):
+            raise ConfigError(
+                f"task.absent_scale={absent_scale!r}: must be a number in [0, 1] (FedRS's scale "
+                "of the logits of classes a client does not hold; 1: plain cross-entropy)"
+            )
+        self.absent_scale = float(absent_scale)
+        self.present: np.ndarray | None = None  # set on a client's copy (`local`)
 
     def load_targets(self, root: str | Path, split: str) -> np.ndarray:
         """The split's int64 class labels."""
@@ -35,6 +57,27 @@ class Classification(Task):
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy (with `label_smoothing`)."""
         return F.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing)
+
+    def local(self, targets: np.ndarray) -> Classification:
+        """With FedRS on, a copy that knows the classes in `targets`; else this task."""
+        if self.absent_scale == 1.0:
+            return self
+        mine = copy.copy(self)
+        mine.present = np.unique(np.asarray(targets)).astype(np.int64)
+        return mine
+
+    def train_loss(
+        self, outputs: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Cross-entropy; on a client's copy with FedRS, absent classes' logits scaled first."""
+        del inputs
+        if self.present is not None and self.present.size < outputs.shape[1]:
+            scale = torch.full(
+                (outputs.shape[1],), self.absent_scale, dtype=outputs.dtype, device=outputs.device
+            )
+            scale[torch.as_tensor(self.present, device=outputs.device)] = 1.0
+            outputs = outputs * scale
+        return self.loss(outputs, targets)
 
     def accumulator(self, num_classes: int) -> MetricAccumulator:
         """`fedray.metrics.MetricAccumulator`: acc, macro P/R/F1, top5, loss, confusion."""

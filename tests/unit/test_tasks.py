@@ -179,3 +179,39 @@ def test_task_options_compose_and_build(option):
     seg = compose_plain(["+experiment=seg_two_sites"])
     assert seg["task"]["_target_"].endswith("Segmentation")
     assert seg["partition"]["_target_"] == "fedray.data.natural.partition_by_group"
+
+
+def test_fedrs_scales_only_the_absent_classes_logits_on_a_clients_copy():
+    from fedray.fl.train import train_local
+    from fedray.models import TinyCNN, trainable_names
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 5, requires_grad=True)
+    y = torch.tensor([0, 2, 0, 2, 2, 0])
+    task = Classification(absent_scale=0.25)
+    assert float(task.local(np.arange(5)).train_loss(logits, y, None)) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, y))
+    )  # a shard with every class (centralized): plain cross-entropy
+    mine = task.local(np.array([2, 0, 2, 0]))
+    assert task.present is None and mine.present.tolist() == [0, 2]  # the shared task untouched
+    scale = torch.tensor([1.0, 0.25, 1.0, 0.25, 0.25])
+    want = torch.nn.functional.cross_entropy(logits * scale, y)
+    assert float(mine.train_loss(logits, y, None)) == pytest.approx(float(want))
+    assert float(mine.loss(logits, y)) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, y))
+    )  # evaluation's loss is plain
+    # absent_scale 0: the absent classes' rows get no gradient at all (FedRS's restricted softmax)
+    torch.manual_seed(1)
+    model = TinyCNN(5, width=4)
+    head = [n for n in trainable_names(model, "all") if n.endswith("weight")][-1]
+    before = dict(model.named_parameters())[head].detach().clone()
+    x = np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3), dtype=np.uint8)
+    sgd = lambda p: torch.optim.SGD(p, lr=0.5)  # noqa: E731
+    train_local(model, x, np.array([0, 2] * 4), [head], 2, 4, sgd, seed=0,
+                task=Classification(absent_scale=0.0))
+    moved = (dict(model.named_parameters())[head].detach() - before).abs().flatten(1).sum(1)
+    assert moved[[0, 2]].min() > 0 and moved[[1, 3, 4]].max() == 0
+    assert Classification().local(np.array([0])) is not None
+    for bad in (1.5, -0.1, "x", True):
+        with pytest.raises(ConfigError, match="task.absent_scale"):
+            Classification(absent_scale=bad)
