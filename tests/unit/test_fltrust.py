@@ -95,6 +95,39 @@ def test_memory_trusts_on_each_clients_moving_average_of_cosines(monkeypatch):
             FLTrust(memory=bad)
 
 
+def test_norm_median_caps_at_the_trusted_updates_median_norm(monkeypatch):
+    g = {"w": np.zeros(2, np.float32)}
+    g0 = {"w": np.array([0.1, 0.0])}  # a server update far smaller than the clients'
+    ups = [[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [40.0, 0.0], [-5.0, 0.0]]  # norms 1, 2, 3, 40; 5
+    results = [ClientResult(i, {"w": np.array(u, np.float32)}, 10) for i, u in enumerate(ups)]
+    for weighting in ("samples", "cosine"):
+        rule = FLTrust(weighting=weighting, norm="median")
+        rule._model_factory = object
+        rule._cfg = {"client": {"batch_size": 4, "epochs": 1}}
+        monkeypatch.setattr(rule, "server_update", lambda params, steps: g0)
+        out = rule.aggregate(g, results)
+        m = rule.round_metrics()
+        # trusted: 0, 2 and 3 (1 is orthogonal to g0: cosine 0; 4 points against it)
+        assert m["fltrust/trusted"] == 3.0 and m["fltrust/ref_norm"] == pytest.approx(3.0)
+        if weighting == "samples":  # capped at 3: [1,0], [3,0], [40,0] -> [3,0]; equal counts
+            assert np.allclose(out["w"], [(1.0 + 3.0 + 3.0) / 3, 0.0])
+        else:  # every trusted update rescaled to 3 and weighted by its trust (all cosines 1)
+            assert np.allclose(out["w"], [3.0, 0.0])
+    # server_weight 1: g0 joins the average as one more client of the trusted ones' mean weight
+    joined = FLTrust(weighting="samples", norm="median", server_weight=1.0)
+    joined._model_factory, joined._cfg = object, rule._cfg
+    monkeypatch.setattr(joined, "server_update", lambda params, steps: g0)
+    assert np.allclose(joined.aggregate(g, results)["w"], [(1.0 + 3.0 + 3.0 + 0.1) / 4, 0.0])
+    server = FLTrust(weighting="samples")  # the paper's reference: everything capped at 0.1
+    server._model_factory, server._cfg = object, rule._cfg
+    monkeypatch.setattr(server, "server_update", lambda params, steps: g0)
+    assert np.allclose(server.aggregate(g, results)["w"], [0.1, 0.0])
+    with pytest.raises(ConfigError, match="strategy.norm"):
+        FLTrust(norm="mean")
+    with pytest.raises(ConfigError, match="strategy.server_weight"):
+        FLTrust(server_weight=-1)
+
+
 def test_root_subset_is_balanced_over_classes_and_seeded():
     labels = np.repeat(np.arange(5), [50, 40, 30, 20, 2])
     idx = balanced_subset(labels, 20, 3)

@@ -18,6 +18,17 @@ averaged by sample count as FedAvg does, each capped at the norm of g0. Under st
 an honest phone's update agrees only weakly with the server's (its few pills against all of
 them), and the paper's weighting then shrinks and reweights the honest updates too.
 
+``norm: median`` takes the median norm of the trusted updates as the reference instead of the
+server update's (``norm: server``, the paper): as the global model fits the 100 root images, the
+server's update shrinks faster than the clients' (each still far from fitting its own shard), and
+capping every update at it slows all learning down. The median of the trusted updates is still
+an honest scale while attackers are fewer than half of them, so a scaled update is still cut
+down to it.
+
+``server_weight`` (0 by default: the paper, where g0 only judges) also adds g0 to the average as
+that many clients' worth of weight: the root set holds every class, so the classes that lost a
+holder to an excluded attacker are still trained by someone.
+
 ``memory`` (0 by default: the paper) trusts on each client's history instead of one round: its
 score is an exponential moving average of its cosines, ``s <- memory * s + (1 - memory) * cos``
 (the first cosine as it is), and ReLU(s) replaces ReLU(cos). As the model converges, the server's
@@ -53,6 +64,7 @@ from fedray.fl.types import ClientResult, Params
 log = logging.getLogger("fedray")
 
 WEIGHTINGS = ("cosine", "samples")
+NORMS = ("server", "median")
 
 
 def balanced_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
@@ -104,6 +116,8 @@ class FLTrust(Strategy):
         steps: int | None = None,
         weighting: str = "cosine",
         memory: float = 0.0,
+        norm: str = "server",
+        server_weight: float = 0.0,
     ) -> None:
         self.root = check_data_knob("root", root)
         self.root_seed = int_param("root_seed", root_seed, 0)
@@ -114,6 +128,10 @@ class FLTrust(Strategy):
                 f"strategy.weighting must be one of {list(WEIGHTINGS)}, got {weighting!r}"
             )
         self.weighting = weighting
+        if norm not in NORMS:
+            raise ConfigError(f"strategy.norm must be one of {list(NORMS)}, got {norm!r}")
+        self.norm = norm
+        self.server_weight = float_param("server_weight", server_weight, 0.0)
         self.memory = float_param("memory", memory, 0.0, 1.0, high_open=True)
         self.scores: dict[int, float] = {}
         self.rounds_done = 0
@@ -231,17 +249,26 @@ class FLTrust(Strategy):
             "mean_cos": float(cos.mean()),
             "min_cos": float(cos.min()),
             "server_norm": g0_norm,
+            "ref_norm": g0_norm,
         }
         if not trust.any():  # every update points away from the server's: the model stays
             log.warning("fltrust: no client update has a positive cosine with the server's")
             return {k: np.asarray(v, np.float64) for k, v in global_params.items()}
         safe = np.where(norms > 0, norms, 1.0)
-        if self.weighting == "cosine":  # the paper: rescaled to |g0|, weighted by trust
-            coef = trust / trust.sum() * (g0_norm / safe)
-        else:  # the cosine only filters; FedAvg weights of the trusted, norms capped at |g0|
-            counts = np.where(trust > 0, [float(r.num_samples) for r in results], 0.0)
-            coef = counts / counts.sum() * np.minimum(1.0, g0_norm / safe)
-        step = sum(c * d for c, d in zip(coef, deltas, strict=True))
+        ref = g0_norm if self.norm == "server" else float(np.median(norms[trust > 0]))
+        self.last["ref_norm"] = ref
+        if self.weighting == "cosine":  # the paper: rescaled to |g0| (ref), weighted by trust
+            weights = trust
+            scale = ref / safe
+        else:  # the cosine only filters; FedAvg weights of the trusted, norms capped at ref
+            weights = np.where(trust > 0, [float(r.num_samples) for r in results], 0.0)
+            scale = np.minimum(1.0, ref / safe)
+        # g0 as server_weight clients of the trusted ones' mean weight (capped/rescaled to ref)
+        w0 = self.server_weight * float(weights[weights > 0].mean())
+        total = weights.sum() + w0
+        step = sum(w / total * c * d for w, c, d in zip(weights, scale, deltas, strict=True))
+        if w0 > 0 and g0_norm > 0:
+            step = step + w0 / total * min(1.0, ref / g0_norm) * flat_g0
         out, pos = {}, 0
         for k in names:
             g = np.asarray(global_params[k], np.float64)
@@ -258,7 +285,8 @@ class FLTrust(Strategy):
         return np.array([self.scores[r.client_id] for r in results])
 
     def round_metrics(self) -> dict[str, float]:
-        """Clients trusted (cosine > 0), mean and lowest cosine, the server update's norm."""
+        """Clients trusted, mean and lowest cosine, the server update's norm and the norm every
+        update is rescaled or capped to (`ref_norm`)."""
         return {f"fltrust/{k}": float(v) for k, v in self.last.items()}
 
     def _state(self) -> dict[str, Any]:
