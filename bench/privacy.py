@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # the robust rules, each tuned to 20% attackers among n clients (filled in by `rules`)
 RULES = (
     "fedavg", "median", "trimmed_mean", "krum", "multi_krum", "norm_bounded", "fltrust",
-    "fltrust_samples",
+    "fltrust_samples", "fltrust_history",
 )
 
 
@@ -52,6 +52,10 @@ def rules(n: int, attackers: int, max_norm: float) -> dict[str, list[str]]:
         # the server's root set: 100 labelled images re-generated under another seed
         "fltrust": ["strategy=fltrust"],
         "fltrust_samples": ["strategy=fltrust", "strategy.weighting=samples"],
+        # trust on each phone's moving average of cosines, judged against the other phones'
+        # (mad), updates capped at the trusted median norm
+        "fltrust_history": ["strategy=fltrust", "strategy.weighting=samples",
+                            "strategy.memory=0.9", "strategy.norm=median", "strategy.filter=mad"],
     }
 
 

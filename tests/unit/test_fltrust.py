@@ -11,7 +11,7 @@ import torch
 
 from fedray.config import ConfigError
 from fedray.fl.strategies import STRATEGIES, FedAvg, build_strategy
-from fedray.fl.strategies.fltrust import FLTrust, balanced_subset, trust_weights
+from fedray.fl.strategies.fltrust import FLTrust, balanced_subset, mad_keep, trust_weights
 from fedray.fl.train import evaluate, get_params, set_params, train_local
 from fedray.fl.types import ClientResult
 from fedray.privacy.pipeline import build_privacy
@@ -126,6 +126,30 @@ def test_norm_median_caps_at_the_trusted_updates_median_norm(monkeypatch):
         FLTrust(norm="mean")
     with pytest.raises(ConfigError, match="strategy.server_weight"):
         FLTrust(server_weight=-1)
+
+
+def test_filter_mad_keeps_phones_near_the_median_score_and_drops_the_flippers(monkeypatch):
+    assert mad_keep(np.array([0.01, -0.01, 0.0, 0.02, -0.02, -0.15])).tolist() == [
+        True, True, True, True, True, False]
+    g = {"w": np.zeros(3, np.float32)}
+    g0 = {"w": np.array([1.0, 0.0, 0.0])}
+    # late in training: honest updates nearly orthogonal to g0, two just below 0; one flipper
+    ups = [[0.02, 1.0, 0.0], [-0.01, 0.0, 1.0], [-0.02, 1.0, 0.0], [0.01, 0.0, 1.0],
+           [-0.5, 0.5, 0.0]]
+    results = [ClientResult(i, {"w": np.array(u, np.float32)}, 10) for i, u in enumerate(ups)]
+    for flt, kept in (("positive", [0, 3]), ("mad", [0, 1, 2, 3])):
+        rule = FLTrust(weighting="samples", norm="median", filter=flt)
+        rule._model_factory = object
+        rule._cfg = {"client": {"batch_size": 4, "epochs": 1}}
+        monkeypatch.setattr(rule, "server_update", lambda params, steps: g0)
+        out = rule.aggregate(g, results)
+        assert rule.round_metrics()["fltrust/trusted"] == len(kept)
+        want = np.mean([np.array(ups[i]) for i in kept], axis=0)  # norms ~1: no cap bites
+        assert np.allclose(out["w"], want, atol=1e-3)
+    with pytest.raises(ConfigError, match="strategy.filter"):
+        FLTrust(filter="vote")
+    with pytest.raises(ConfigError, match="weighting=samples"):
+        FLTrust(filter="mad")
 
 
 def test_root_subset_is_balanced_over_classes_and_seeded():

@@ -29,6 +29,14 @@ down to it.
 that many clients' worth of weight: the root set holds every class, so the classes that lost a
 holder to an excluded attacker are still trained by someone.
 
+``filter: mad`` trusts a client whose score is no more than 3 scaled median absolute deviations
+below the round's median score, instead of one whose score is above 0 (``filter: positive``, the
+paper). As the model converges the server's update on 100 root images stops being a reference
+(an honest phone's cosine hovers around 0, as often below as above), while a flipped update
+still points clearly against it; judged relative to the other phones, the honest ones stay in
+and the flippers stay out, as long as they are fewer than half. It goes with ``weighting:
+samples``.
+
 ``memory`` (0 by default: the paper) trusts on each client's history instead of one round: its
 score is an exponential moving average of its cosines, ``s <- memory * s + (1 - memory) * cos``
 (the first cosine as it is), and ReLU(s) replaces ReLU(cos). As the model converges, the server's
@@ -65,6 +73,8 @@ log = logging.getLogger("fedray")
 
 WEIGHTINGS = ("cosine", "samples")
 NORMS = ("server", "median")
+FILTERS = ("positive", "mad")
+MAD_K = 3.0  # filter=mad: scores more than this many scaled MADs below the median are left out
 
 
 def balanced_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
@@ -102,6 +112,13 @@ def trust_weights(
     return np.maximum(cos, 0.0), cos
 
 
+def mad_keep(scores: np.ndarray, k: float = MAD_K) -> np.ndarray:
+    """Which scores are at most `k` scaled MADs (1.4826 x median |s - median|) below the median."""
+    med = float(np.median(scores))
+    mad = 1.4826 * float(np.median(np.abs(scores - med)))
+    return scores >= med - k * mad
+
+
 class FLTrust(Strategy):
     """Client updates rescaled to the server's root-set update and weighted by ReLU(cosine)."""
 
@@ -118,6 +135,7 @@ class FLTrust(Strategy):
         memory: float = 0.0,
         norm: str = "server",
         server_weight: float = 0.0,
+        filter: str = "positive",  # noqa: A002 - the config key's name
     ) -> None:
         self.root = check_data_knob("root", root)
         self.root_seed = int_param("root_seed", root_seed, 0)
@@ -132,6 +150,14 @@ class FLTrust(Strategy):
             raise ConfigError(f"strategy.norm must be one of {list(NORMS)}, got {norm!r}")
         self.norm = norm
         self.server_weight = float_param("server_weight", server_weight, 0.0)
+        if filter not in FILTERS:
+            raise ConfigError(f"strategy.filter must be one of {list(FILTERS)}, got {filter!r}")
+        if filter == "mad" and weighting != "samples":
+            raise ConfigError(
+                "strategy.filter=mad needs strategy.weighting=samples (the cosine weighting "
+                "weighs by the score itself, which is about 0 for every phone once mad matters)"
+            )
+        self.filter = filter
         self.memory = float_param("memory", memory, 0.0, 1.0, high_open=True)
         self.scores: dict[int, float] = {}
         self.rounds_done = 0
@@ -241,31 +267,33 @@ class FLTrust(Strategy):
             for r in results
         ]
         norms = np.array([np.linalg.norm(d) for d in deltas])
-        trust, cos = trust_weights(deltas, flat_g0, norms)
-        if self.memory > 0:
-            trust = np.maximum(self._remember(results, cos), 0.0)
+        _, cos = trust_weights(deltas, flat_g0, norms)
+        score = self._remember(results, cos) if self.memory > 0 else cos
+        kept = mad_keep(score) if self.filter == "mad" else score > 0
         self.last = {
-            "trusted": float((trust > 0).sum()),
+            "trusted": float(kept.sum()),
             "mean_cos": float(cos.mean()),
             "min_cos": float(cos.min()),
             "server_norm": g0_norm,
             "ref_norm": g0_norm,
         }
-        if not trust.any():  # every update points away from the server's: the model stays
+        if not kept.any():  # every update points away from the server's: the model stays
             log.warning("fltrust: no client update has a positive cosine with the server's")
             return {k: np.asarray(v, np.float64) for k, v in global_params.items()}
         safe = np.where(norms > 0, norms, 1.0)
-        ref = g0_norm if self.norm == "server" else float(np.median(norms[trust > 0]))
+        ref = g0_norm if self.norm == "server" else float(np.median(norms[kept]))
         self.last["ref_norm"] = ref
         if self.weighting == "cosine":  # the paper: rescaled to |g0| (ref), weighted by trust
-            weights = trust
+            weights = np.where(kept, np.maximum(score, 0.0), 0.0)
             scale = ref / safe
         else:  # the cosine only filters; FedAvg weights of the trusted, norms capped at ref
-            weights = np.where(trust > 0, [float(r.num_samples) for r in results], 0.0)
+            weights = np.where(kept, [float(r.num_samples) for r in results], 0.0)
             scale = np.minimum(1.0, ref / safe)
         # g0 as server_weight clients of the trusted ones' mean weight (capped/rescaled to ref)
-        w0 = self.server_weight * float(weights[weights > 0].mean())
+        w0 = self.server_weight * float(weights[weights > 0].mean()) if weights.any() else 0.0
         total = weights.sum() + w0
+        if total <= 0:  # the kept clients have no samples (or no positive trust): stay
+            return {k: np.asarray(v, np.float64) for k, v in global_params.items()}
         step = sum(w / total * c * d for w, c, d in zip(weights, scale, deltas, strict=True))
         if w0 > 0 and g0_norm > 0:
             step = step + w0 / total * min(1.0, ref / g0_norm) * flat_g0
