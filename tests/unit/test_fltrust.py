@@ -131,6 +131,17 @@ def test_norm_median_caps_at_the_trusted_updates_median_norm(monkeypatch):
 def test_filter_mad_keeps_phones_near_the_median_score_and_drops_the_flippers(monkeypatch):
     assert mad_keep(np.array([0.01, -0.01, 0.0, 0.02, -0.02, -0.15])).tolist() == [
         True, True, True, True, True, False]
+    # early rounds: honest cosines high and close, one honest phone low but positive
+    early = FLTrust(weighting="samples", filter="mad")
+    early._model_factory, early._cfg = object, {"client": {"batch_size": 4, "epochs": 1}}
+    g2 = {"w": np.zeros(2, np.float32)}
+    monkeypatch.setattr(early, "server_update", lambda params, steps: {"w": np.array([1.0, 0])})
+    cosines = np.array([0.3, 0.32, 0.31, 0.05, -0.3])
+    assert mad_keep(cosines).tolist() == [True, True, True, False, False]
+    spread = [[c, np.sqrt(1 - c * c)] for c in cosines]
+    early.aggregate(g2, [ClientResult(i, {"w": np.array(u, np.float32)}, 10)
+                         for i, u in enumerate(spread)])
+    assert early.round_metrics()["fltrust/trusted"] == 4.0  # the flipper alone is out
     g = {"w": np.zeros(3, np.float32)}
     g0 = {"w": np.array([1.0, 0.0, 0.0])}
     # late in training: honest updates nearly orthogonal to g0, two just below 0; one flipper

@@ -29,13 +29,13 @@ down to it.
 that many clients' worth of weight: the root set holds every class, so the classes that lost a
 holder to an excluded attacker are still trained by someone.
 
-``filter: mad`` trusts a client whose score is no more than 3 scaled median absolute deviations
-below the round's median score, instead of one whose score is above 0 (``filter: positive``, the
-paper). As the model converges the server's update on 100 root images stops being a reference
-(an honest phone's cosine hovers around 0, as often below as above), while a flipped update
-still points clearly against it; judged relative to the other phones, the honest ones stay in
-and the flippers stay out, as long as they are fewer than half. It goes with ``weighting:
-samples``.
+``filter: mad`` also trusts a client whose score is below 0 but no more than 3 scaled median
+absolute deviations below the round's median score (``filter: positive``, the paper, trusts
+only scores above 0). As the model converges the server's update on 100 root images stops being
+a reference (an honest phone's cosine hovers around 0, as often below as above), while a flipped
+update still points clearly against it; judged relative to the other phones, the honest ones stay
+in and the flippers stay out, as long as they are fewer than half. Early on, when the honest
+cosines are spread wide, a positive score is enough. It goes with ``weighting: samples``.
 
 ``memory`` (0 by default: the paper) trusts on each client's history instead of one round: its
 score is an exponential moving average of its cosines, ``s <- memory * s + (1 - memory) * cos``
@@ -74,7 +74,7 @@ log = logging.getLogger("fedray")
 WEIGHTINGS = ("cosine", "samples")
 NORMS = ("server", "median")
 FILTERS = ("positive", "mad")
-MAD_K = 3.0  # filter=mad: scores more than this many scaled MADs below the median are left out
+MAD_K = 3.0  # filter=mad: a score <= 0 is kept within this many scaled MADs below the median
 
 
 def balanced_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
@@ -269,7 +269,9 @@ class FLTrust(Strategy):
         norms = np.array([np.linalg.norm(d) for d in deltas])
         _, cos = trust_weights(deltas, flat_g0, norms)
         score = self._remember(results, cos) if self.memory > 0 else cos
-        kept = mad_keep(score) if self.filter == "mad" else score > 0
+        kept = score > 0
+        if self.filter == "mad":
+            kept |= mad_keep(score)
         self.last = {
             "trusted": float(kept.sum()),
             "mean_cos": float(cos.mean()),
