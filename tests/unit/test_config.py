@@ -40,7 +40,7 @@ def test_pill_noniid_is_the_source_split():
     assert cfg["partition"]["classes_per_client"] == 4
     # another split on the same experiment takes none of the pathological split's keys along
     other = compose_plain(["+experiment=pill_noniid", "partition=dirichlet"])
-    assert other["partition"] == {**other["partition"], "name": "dirichlet"}
+    assert other["partition"]["name"] == "dirichlet"
     assert "classes_per_client" not in other["partition"]
     assert cfg["strategy"]["name"] == "fedavg"
     assert cfg["model"]["name"] == "squeezenet"
