@@ -35,18 +35,14 @@ class Classification(Task):
     def __init__(
         self, label_smoothing: float = 0.0, partition_by: str = "label", absent_scale: float = 1.0
     ) -> None:
-        from fedray.config import ConfigError
+        from fedray.validate import number
 
         super().__init__(partition_by)
         self.label_smoothing = float(label_smoothing)
-        ok = isinstance(absent_scale, int | float) and not isinstance(absent_scale, bool)
-        if not (ok and 0.0 <= absent_scale <= 1.0):
-            raise ConfigError(
-                f"task.absent_scale={absent_scale!r}: must be a number in [0, 1] (FedRS's scale "
-                "of the logits of classes a client does not hold; 1: plain cross-entropy)"
-            )
+        number("task.absent_scale", absent_scale, 0.0, 1.0)  # FedRS; 1: plain cross-entropy
         self.absent_scale = float(absent_scale)
         self.present: np.ndarray | None = None  # set on a client's copy (`local`)
+        self._scale: torch.Tensor | None = None  # that copy's per-class logit scale
 
     def load_targets(self, root: str | Path, split: str) -> np.ndarray:
         """The split's int64 class labels."""
@@ -64,6 +60,7 @@ class Classification(Task):
             return self
         mine = copy.copy(self)
         mine.present = np.unique(np.asarray(targets)).astype(np.int64)
+        mine._scale = None
         return mine
 
     def train_loss(
@@ -72,11 +69,12 @@ class Classification(Task):
         """Cross-entropy; on a client's copy with FedRS, absent classes' logits scaled first."""
         del inputs
         if self.present is not None and self.present.size < outputs.shape[1]:
-            scale = torch.full(
-                (outputs.shape[1],), self.absent_scale, dtype=outputs.dtype, device=outputs.device
-            )
-            scale[torch.as_tensor(self.present, device=outputs.device)] = 1.0
-            outputs = outputs * scale
+            scale = self._scale
+            if scale is None:  # one model per training call: the same classes and device
+                scale = torch.full((outputs.shape[1],), self.absent_scale, device=outputs.device)
+                scale[torch.as_tensor(self.present, device=outputs.device)] = 1.0
+                self._scale = scale  # built once per client copy, not per batch
+            outputs = outputs * scale.to(outputs.dtype)
         return self.loss(outputs, targets)
 
     def accumulator(self, num_classes: int) -> MetricAccumulator:

@@ -68,6 +68,7 @@ from fedray.config import ConfigError
 from fedray.fl.strategies.base import Strategy, average_results, float_param, int_param
 from fedray.fl.strategies.server_data import check_data_knob, server_dataset
 from fedray.fl.types import ClientResult, Params
+from fedray.validate import choice
 
 log = logging.getLogger("fedray")
 
@@ -112,6 +113,11 @@ def trust_weights(
     return np.maximum(cos, 0.0), cos
 
 
+def _unchanged(global_params: Params) -> Params:
+    """The global model as the round's result (nothing trusted to move it)."""
+    return {k: np.asarray(v, np.float64) for k, v in global_params.items()}
+
+
 def mad_keep(scores: np.ndarray, k: float = MAD_K) -> np.ndarray:
     """Which scores are at most `k` scaled MADs (1.4826 x median |s - median|) below the median."""
     med = float(np.median(scores))
@@ -141,17 +147,12 @@ class FLTrust(Strategy):
         self.root_seed = int_param("root_seed", root_seed, 0)
         self.root_size = None if root_size is None else int_param("root_size", root_size, 1)
         self.steps = None if steps is None else int_param("steps", steps, 1)
-        if weighting not in WEIGHTINGS:
-            raise ConfigError(
-                f"strategy.weighting must be one of {list(WEIGHTINGS)}, got {weighting!r}"
-            )
+        choice("strategy.weighting", weighting, WEIGHTINGS)
+        choice("strategy.norm", norm, NORMS)
+        choice("strategy.filter", filter, FILTERS)
         self.weighting = weighting
-        if norm not in NORMS:
-            raise ConfigError(f"strategy.norm must be one of {list(NORMS)}, got {norm!r}")
         self.norm = norm
         self.server_weight = float_param("server_weight", server_weight, 0.0)
-        if filter not in FILTERS:
-            raise ConfigError(f"strategy.filter must be one of {list(FILTERS)}, got {filter!r}")
         if filter == "mad" and weighting != "samples":
             raise ConfigError(
                 "strategy.filter=mad needs strategy.weighting=samples (the cosine weighting "
@@ -281,7 +282,7 @@ class FLTrust(Strategy):
         }
         if not kept.any():  # every update points away from the server's: the model stays
             log.warning("fltrust: no client update has a positive cosine with the server's")
-            return {k: np.asarray(v, np.float64) for k, v in global_params.items()}
+            return _unchanged(global_params)
         safe = np.where(norms > 0, norms, 1.0)
         ref = g0_norm if self.norm == "server" else float(np.median(norms[kept]))
         self.last["ref_norm"] = ref
@@ -295,7 +296,7 @@ class FLTrust(Strategy):
         w0 = self.server_weight * float(weights[weights > 0].mean()) if weights.any() else 0.0
         total = weights.sum() + w0
         if total <= 0:  # the kept clients have no samples (or no positive trust): stay
-            return {k: np.asarray(v, np.float64) for k, v in global_params.items()}
+            return _unchanged(global_params)
         step = sum(w / total * c * d for w, c, d in zip(weights, scale, deltas, strict=True))
         if w0 > 0 and g0_norm > 0:
             step = step + w0 / total * min(1.0, ref / g0_norm) * flat_g0
