@@ -4,9 +4,10 @@
     python bench/overhead.py --only tiny100 --repeats 1
     python bench/overhead.py --only crossdevice --rounds 5
 
-Each workload runs as two subprocesses, alternated repeat by repeat so that a busy machine slows
-both alike: fedray (`python launch.py +experiment=...`, defaults as a user gets them: evaluation,
-metrics.jsonl, checkpoints and plots where the experiment has them) and bench/bare_loop.py doing
+Each workload runs as subprocesses, alternated repeat by repeat so that a busy machine slows
+them alike: fedray on each client backend (`--backends`: Ray actors, `ray.backend=inprocess`),
+as `python launch.py +experiment=...` with the defaults a user gets (evaluation, metrics.jsonl,
+checkpoints and plots where the experiment has them), and bench/bare_loop.py doing
 the same local training (same data, shards, sampled clients, model, epochs, batch size, lr). The
 dataset is built into a shared cache before either is timed. Every process tree is sampled with
 psutil (the driver, Raylet, GCS, workers): printed are wall seconds, CPU seconds (user + system
@@ -164,30 +165,37 @@ def fedray_cmd(overrides: list[str], run_dir: Path) -> list[str]:
     return [sys.executable, "launch.py", *overrides, f"hydra.run.dir={run_dir}"]
 
 
-def run_workload(name: str, overrides: list[str], repeats: int, work: Path, threads: int) -> dict:
-    """Alternate bare loop and fedray `repeats` times; medians of each figure."""
+def run_workload(
+    name: str, overrides: list[str], repeats: int, work: Path, threads: int, backends: list[str]
+) -> dict:
+    """Alternate the bare loop and fedray on each backend `repeats` times; medians of each."""
     job = prepare(overrides, work, threads)
-    bare, fed = [], []
+    runs: dict[str, list[dict]] = {"bare": [], **{b: [] for b in backends}}
     for i in range(repeats):
         b = measure([sys.executable, str(ROOT / "bench" / "bare_loop.py"), str(job)])
         b.update(json.loads(b.pop("stdout").strip().splitlines()[-1]))
-        bare.append(b)
-        run_dir = work / f"fedray-{i}"
-        f = measure(fedray_cmd(overrides, run_dir), first_row=run_dir / "metrics.jsonl")
-        f.pop("stdout")
-        rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        f["rounds_s"] = sum(r["time/round_s"] for r in rows)
-        f["round1_s"] = rows[0]["time/round_s"]
-        summary = json.loads((run_dir / "summary.json").read_text())
-        f["val_acc"] = summary.get("val/acc")
-        f["startup_s"] = (f["first_row_s"] or float("nan")) - f["round1_s"]
-        fed.append(f)
-        print(f"  [{name} #{i + 1}] bare {_brief(b)} | fedray {_brief(f)}", flush=True)
-    med = {
-        side: {k: statistics.median(r[k] for r in runs) for k in runs[0] if _num(runs[0][k])}
-        for side, runs in (("bare", bare), ("fedray", fed))
+        runs["bare"].append(b)
+        line = f"  [{name} #{i + 1}] bare {_brief(b)}"
+        for backend in backends:
+            run_dir = work / f"fedray-{backend}-{i}"
+            f = measure(
+                fedray_cmd([*overrides, f"ray.backend={backend}"], run_dir),
+                first_row=run_dir / "metrics.jsonl",
+            )
+            f.pop("stdout")
+            rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            f["rounds_s"] = sum(r["time/round_s"] for r in rows)
+            f["round1_s"] = rows[0]["time/round_s"]
+            summary = json.loads((run_dir / "summary.json").read_text())
+            f["val_acc"] = summary.get("val/acc")
+            f["startup_s"] = (f["first_row_s"] or float("nan")) - f["round1_s"]
+            runs[backend].append(f)
+            line += f" | fedray {backend} {_brief(f)}"
+        print(line, flush=True)
+    return {
+        side: {k: statistics.median(r[k] for r in rs) for k in rs[0] if _num(rs[0][k])}
+        for side, rs in runs.items()
     }
-    return med
 
 
 def _num(v: object) -> bool:
@@ -199,20 +207,23 @@ def _brief(r: dict) -> str:
 
 
 def report(name: str, med: dict, rounds: int) -> None:
-    """Print one workload's medians and ratios."""
-    b, f = med["bare"], med["fedray"]
-    print(
-        f"[{name}] wall: bare {b['wall_s']:.2f}s, fedray {f['wall_s']:.2f}s "
-        f"(ratio {f['wall_s'] / b['wall_s']:.2f}) | CPU: bare {b['cpu_s']:.1f}s, fedray "
-        f"{f['cpu_s']:.1f}s (ratio {f['cpu_s'] / b['cpu_s']:.2f}) | peak PSS of the tree: bare "
-        f"{b['peak_pss_mb']:.0f} MB, fedray {f['peak_pss_mb']:.0f} MB (RSS sum "
-        f"{f['peak_rss_mb']:.0f} MB) | fedray start-up before round 1 {f['startup_s']:.2f}s "
-        f"(the bare loop's wall outside its loop, interpreter and torch import included: "
-        f"{b['wall_s'] - b['loop_s']:.2f}s) | "
-        f"rounds/s: bare {rounds / b['loop_s']:.3f}, fedray {rounds / f['rounds_s']:.3f} | "
-        f"val/acc bare {b['val_acc']:.4f} fedray {f['val_acc']:.4f}",
-        flush=True,
-    )
+    """Print one workload's medians and ratios, one line per backend."""
+    b = med["bare"]
+    for backend, f in med.items():
+        if backend == "bare":
+            continue
+        print(
+            f"[{name}] fedray {backend} | wall: bare {b['wall_s']:.2f}s, fedray "
+            f"{f['wall_s']:.2f}s (ratio {f['wall_s'] / b['wall_s']:.2f}) | CPU: bare "
+            f"{b['cpu_s']:.1f}s, fedray {f['cpu_s']:.1f}s (ratio {f['cpu_s'] / b['cpu_s']:.2f}) | "
+            f"peak PSS of the tree: bare {b['peak_pss_mb']:.0f} MB, fedray "
+            f"{f['peak_pss_mb']:.0f} MB (RSS sum {f['peak_rss_mb']:.0f} MB) | fedray start-up "
+            f"before round 1 {f['startup_s']:.2f}s (the bare loop's wall outside its loop, "
+            f"interpreter and torch import included: {b['wall_s'] - b['loop_s']:.2f}s) | "
+            f"rounds/s: bare {rounds / b['loop_s']:.3f}, fedray {rounds / f['rounds_s']:.3f} | "
+            f"val/acc bare {b['val_acc']:.4f} fedray {f['val_acc']:.4f}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -229,6 +240,11 @@ def main() -> None:
         help="torch threads of the bare loop (fedray's actors run 1 each); 0: torch's default",
     )
     ap.add_argument("--cache", default=None, help="dataset cache (default: a fresh temp dir)")
+    ap.add_argument(
+        "--backends",
+        default="ray,inprocess",
+        help="fedray's client backends to time (ray.backend), comma-separated",
+    )
     args = ap.parse_args()
     cache = args.cache or tempfile.mkdtemp(prefix="fedray-overhead-cache-")
     print(
@@ -243,7 +259,9 @@ def main() -> None:
             over.append(f"fl.rounds={args.rounds}")
         rounds = int(compose(over)["fl"]["rounds"])
         work = Path(tempfile.mkdtemp(prefix=f"fedray-overhead-{name}-"))
-        report(name, run_workload(name, over, args.repeats, work, args.bare_threads), rounds)
+        backends = [b for b in args.backends.split(",") if b]
+        med = run_workload(name, over, args.repeats, work, args.bare_threads, backends)
+        report(name, med, rounds)
 
 
 if __name__ == "__main__":

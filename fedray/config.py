@@ -71,6 +71,7 @@ class ClientConfig:
 
 @dataclass
 class RayConfig:
+    backend: str = "ray"  # ray: client actors; inprocess: clients fit in turn in the driver
     address: str | None = None  # None: start a local Ray; "auto" or an address: join a cluster
     num_cpus: int | None = None  # local Ray only; None = all cores
     num_gpus: int | None = None

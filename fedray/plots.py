@@ -61,7 +61,10 @@ def save_heatmap(
     for name, labels, size in (("row_labels", row_labels, rows), ("col_labels", col_labels, cols)):
         if labels is not None and len(labels) != size:
             raise PlotError(f"{name} has {len(labels)} entries, matrix has {size}")
-    fig = _new_figure(min(4 + 0.45 * cols, 24), min(3 + 0.4 * rows, 24))
+    # room for each labelled row and column; unlabelled ones (too many) get a plain image
+    width = min(4 + 0.45 * cols, 24) if cols <= TICKS_MAX else 12
+    height = min(3 + 0.4 * rows, 24) if rows <= TICKS_MAX else 8
+    fig = _new_figure(width, height)
     ax = fig.add_subplot()
     image = ax.imshow(matrix, cmap="viridis", aspect="auto", vmin=0, vmax=vmax)
     fig.colorbar(image, ax=ax)

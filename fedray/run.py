@@ -194,18 +194,22 @@ def run_pretrain_stage(cfg: dict[str, Any]) -> dict[str, Any]:
 def _run_federated(
     cfg: dict[str, Any], info, run_dir: Path, resume_dir: Path | None, on_round: OnRound | None
 ) -> dict:
-    from fedray.fl.pool import PoolBoot, ensure_ray
-    from fedray.fl.server import clients_per_round, pool_size
+    from fedray.fl.inprocess import InProcessBoot, backend
 
-    # Ray and the client actors' processes start in a thread while this one partitions the data
-    # and builds the server (fedray/fl/pool.py:PoolBoot)
-    boot = PoolBoot(
-        lambda: ensure_ray(cfg["ray"]),
-        cfg["ray"],
-        clients_per_round(cfg["fl"]),
-        cfg["client"]["optimizer"],
-        pool_size,
-    )
+    boot: Any = InProcessBoot()  # in-process clients need nothing started (not even Ray imported)
+    if backend(cfg) == "ray":
+        from fedray.fl.pool import PoolBoot, ensure_ray
+        from fedray.fl.server import clients_per_round, pool_size
+
+        # Ray and the client actors' processes start in a thread while this one partitions the
+        # data and builds the server (fedray/fl/pool.py:PoolBoot)
+        boot = PoolBoot(
+            lambda: ensure_ray(cfg["ray"]),
+            cfg["ray"],
+            clients_per_round(cfg["fl"]),
+            cfg["client"]["optimizer"],
+            pool_size,
+        )
     try:
         return _run_federated_rounds(cfg, info, run_dir, resume_dir, on_round, boot)
     finally:

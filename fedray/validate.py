@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fedray.config import ConfigError
+from fedray.fl.inprocess import check_backend
 
 # the stages whose fl, client and model groups are checked here (a plug-in stage checks its own)
 TRAINING_STAGES = ("federated", "isolated", "centralized")
@@ -481,6 +482,7 @@ def validate(cfg: dict[str, Any]) -> None:
     check_top(cfg)
     check_logger(cfg.get("logger"))
     check_ray(cfg.get("ray"))
+    check_backend(cfg)
     stage = cfg["stage"]
     if stage in TRAINING_STAGES or cfg.get("data") is not None:
         check_data(cfg.get("data"))

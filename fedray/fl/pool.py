@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from fedray.fl.types import ClientResult
+from fedray.fl.types import ClientResult, Dropped, PerClient
 
 log = logging.getLogger("fedray")
 
@@ -38,14 +37,6 @@ def ensure_ray(ray_cfg: dict[str, Any]) -> bool:
             **kwargs,
         )
     return True
-
-
-@dataclass
-class Dropped:
-    """A sampled client whose update did not make it into the round, and why."""
-
-    client_id: int
-    reason: str
 
 
 def wave_threads(num_clients: int, size: int, actor_cpus: float) -> list[int]:
@@ -116,6 +107,11 @@ class ClientPool:
     def __len__(self) -> int:
         return len(self.actors)
 
+    @staticmethod
+    def put(value: Any) -> Any:
+        """Into the object store once, for every actor to read (parameters, per round)."""
+        return ray.put(value)
+
     def _replace(self, i: int) -> None:
         try:
             ray.kill(self.actors[i], no_restart=True)
@@ -139,13 +135,13 @@ class ClientPool:
         actor that computed them (round robin by position sends it to any actor, so with
         sampling every actor ends up caching, and evicting, every client). The thread boost for
         a round's last partial wave applies when the clients go round robin.
-        `params_ref` is the broadcast global model, or a dict client id -> that client's own
-        params (isolated training).
+        `params_ref` is the broadcast global model, or a `PerClient` dict client id -> that
+        client's own params (isolated training).
         """
         futures: dict[Any, tuple[int, int]] = {}
         owners, threads = deal(clients, len(self.actors), self.actor_cpus, self.sticky)
         for j, (cid, a) in enumerate(zip(clients, owners, strict=True)):
-            start = params_ref[cid] if isinstance(params_ref, dict) else params_ref
+            start = params_ref[cid] if isinstance(params_ref, PerClient) else params_ref
             job = {**extra, "num_threads": threads[j]}
             fut = self.actors[a].fit.remote(cid, shard_refs[cid], start, round_idx, job)
             futures[fut] = (cid, a)

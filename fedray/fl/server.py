@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray
 import torch
 
 from fedray.config import ConfigError
@@ -25,7 +24,6 @@ from fedray.data.datasets import DatasetInfo, load_groups, load_images, load_lab
 from fedray.fl.checkpoint import load_checkpoint, save_checkpoint
 from fedray.fl.client import make_client_actor
 from fedray.fl.head_init import check_head_init, solve_head
-from fedray.fl.pool import ClientPool, Dropped
 from fedray.fl.train import (
     extract_features,
     get_params,
@@ -34,7 +32,7 @@ from fedray.fl.train import (
     set_params,
     travel_names,
 )
-from fedray.fl.types import ClientResult, Params, params_nbytes
+from fedray.fl.types import ClientResult, Dropped, Params, PerClient, params_nbytes
 from fedray.logging import RunLogger
 from fedray.models import build_model, frozen_prefix, trainable_names
 from fedray.privacy.pipeline import build_privacy
@@ -83,6 +81,8 @@ def pool_size(ray_cfg: dict[str, Any], k: int) -> int:
     """Actors to start: at most one per sampled client, at most what the cluster's CPUs hold."""
     if ray_cfg.get("max_actors"):
         return max(1, min(k, int(ray_cfg["max_actors"])))
+    import ray
+
     cpus = ray.cluster_resources().get("CPU", 1.0)
     per = float(ray_cfg["client_cpus"]) or 1.0
     return max(1, min(k, int(cpus // per) or 1))
@@ -158,7 +158,7 @@ class FederatedServer:
         self.bytes_total = int(ckpt["bytes_total"])
         set_params(self.model, self.params)
 
-    def _start_pool(self, ray_cfg: dict[str, Any], actors: list[Any] | None = None) -> ClientPool:
+    def _start_pool(self, ray_cfg: dict[str, Any], actors: list[Any] | None = None) -> Any:
         # the full float state once, so frozen layers on every client equal the server's
         full_state = get_params(
             self.model, [k for k, v in self.model.state_dict().items() if v.is_floating_point()]
@@ -180,6 +180,11 @@ class FederatedServer:
             "shard_cache": int(ray_cfg.get("shard_cache", 8)),
             "faults": self.fl.get("faults") or [],
         }
+        if ray_cfg.get("backend", "ray") == "inprocess":
+            from fedray.fl.inprocess import InProcessPool
+
+            log.info("clients fit one after another in this process (ray.backend=inprocess)")
+            return InProcessPool(spec, float(ray_cfg["client_cpus"]))
         actor_cls = make_client_actor(float(ray_cfg["client_cpus"]), float(ray_cfg["client_gpus"]))
         size = pool_size(ray_cfg, self.k)
         log.info(
@@ -202,6 +207,10 @@ class FederatedServer:
                 spec["shard_cache"],
                 per_actor,
             )
+        import ray
+
+        from fedray.fl.pool import ClientPool
+
         return ClientPool(
             actor_cls,
             ray.put(spec),
@@ -289,16 +298,16 @@ class FederatedServer:
 
     def _fit_round(
         self,
-        pool: ClientPool,
+        pool: Any,
         shard_refs: dict[int, Any],
         sampled: list[int],
         extra: dict[str, Any],
     ) -> tuple[list[ClientResult], list[Dropped], int]:
         """One round of local training; returns usable results, dropped clients, bytes up."""
         if self.isolated:  # every client continues from its own model; nothing is shared
-            start: Any = {cid: ray.put(self.client_params[cid]) for cid in sampled}
+            start: Any = PerClient({cid: pool.put(self.client_params[cid]) for cid in sampled})
         else:
-            start = ray.put(self.params)  # broadcast once; actors read the same object
+            start = pool.put(self.params)  # broadcast once; actors read the same object
         results, dropped = pool.run_round(
             sampled, shard_refs, start, self.round, extra, self.fl.get("round_timeout_s")
         )
@@ -421,7 +430,7 @@ class FederatedServer:
             pool.shutdown()
         return row
 
-    def _init_head(self, pool: ClientPool, shard_refs: dict[int, Any]) -> None:
+    def _init_head(self, pool: Any, shard_refs: dict[int, Any]) -> None:
         """fl.head_init=ridge: every client's feature sums once, the head solved from them.
 
         Runs through the pool like a round (faults, timeouts, quorum and byte counts alike);

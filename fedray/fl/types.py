@@ -23,3 +23,16 @@ class ClientResult:
 def params_nbytes(params: Params) -> int:
     """Bytes on the wire for a parameter dict (the raw tensors, no framing)."""
     return int(sum(a.nbytes for a in params.values()))
+
+
+@dataclass
+class Dropped:
+    """A sampled client whose update did not make it into the round, and why."""
+
+    client_id: int
+    reason: str
+
+
+class PerClient(dict):
+    """A round's start parameters client by client (isolated training), as opposed to one
+    broadcast model, which is itself a dict (of parameter arrays) where no object store wraps it."""

@@ -11,7 +11,8 @@ from fedray.sweep.space import decode
 def trial_bundles(
     cfg: dict[str, Any], driver_cpus: float, cluster_cpus: float
 ) -> list[dict[str, float]]:
-    """Placement-group bundles of one trial: its driver, then one per client actor.
+    """Placement-group bundles of one trial: its driver, then one per client actor (or the
+    driver alone, sized for a client, when the clients fit in it: `ray.backend=inprocess`).
 
     The actor count is what the run's pool would start (one per sampled client, at most
     `ray.max_actors`) capped by what fits next to the driver, so a trial never waits for CPUs
@@ -22,6 +23,9 @@ def trial_bundles(
     ray_cfg = cfg["ray"]
     per_cpu = float(ray_cfg.get("client_cpus") or 0.0)
     per_gpu = float(ray_cfg.get("client_gpus") or 0.0)
+    if ray_cfg.get("backend") == "inprocess":  # the clients fit inside the trial's own process
+        one: dict[str, float] = {"CPU": max(float(driver_cpus), per_cpu)}
+        return [{**one, "GPU": per_gpu} if per_gpu > 0 else one]
     n = clients_per_round(cfg["fl"])
     if ray_cfg.get("max_actors"):
         n = min(n, int(ray_cfg["max_actors"]))

@@ -410,6 +410,13 @@ def test_trial_bundles_cover_the_driver_and_one_bundle_per_client_actor():
     assert resources.trial_bundles(cfg, 0.5, 8) == [{"CPU": 0.5}, {"CPU": 0.5, "GPU": 0.25}]
 
 
+def test_an_inprocess_trial_is_one_bundle_its_clients_fit_in():
+    cfg = _base("fl.num_clients=5", "fl.clients_per_round=3", "ray.client_cpus=2", "ray=inprocess")
+    assert resources.trial_bundles(cfg, 1.0, 8) == [{"CPU": 2.0}]
+    cfg["ray"]["client_gpus"] = 0.5
+    assert resources.trial_bundles(cfg, 1.0, 8) == [{"CPU": 2.0, "GPU": 0.5}]
+
+
 # --- results ------------------------------------------------------------------------------------
 
 
