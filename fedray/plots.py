@@ -51,7 +51,7 @@ def save_heatmap(
     fmt: str = "d",
     vmax: float | None = None,
 ) -> Path:
-    """Save a 2-D matrix as an annotated (when small) heatmap PNG."""
+    """Save a 2-D matrix as a heatmap PNG, its non-zero cells annotated when it is small."""
     matrix = np.asarray(matrix)
     if matrix.ndim != 2 or 0 in matrix.shape:
         raise PlotError(f"heatmap needs a non-empty 2-D matrix, got shape {matrix.shape}")
@@ -71,6 +71,8 @@ def save_heatmap(
     if matrix.size <= ANNOTATE_MAX_CELLS:
         top = float(matrix.max()) if vmax is None else vmax
         for (i, j), value in np.ndenumerate(matrix):
+            if value == 0:  # empty cells stay dark and blank: the non-zero ones stand out
+                continue
             # Dark text on the bright end of viridis, light text elsewhere.
             colour = "black" if top > 0 and value > 0.6 * top else "white"
             text = format(int(value), fmt) if fmt == "d" else format(float(value), fmt)
