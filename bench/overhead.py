@@ -20,6 +20,8 @@ Workloads:
 - `tiny100`: 100 clients, 10 per round, a tiny CNN, 30 rounds (bench/fl_overhead.py's `tiny`).
 - `crossdevice`: +experiment=cifar_crossdevice (1,000 clients, 50 per round, CIFAR-shaped),
   `--rounds` rounds; rounds per second of both.
+- `crossdevice_10k`, `crossdevice_1k`: +experiment=crossdevice_10k (10,000 clients, 100 per
+  round, 20 rounds) and the same rounds drawn from 1,000 clients (not run by default).
 The round-loop-only figure (Ray already up, actors timed from inside) stays in bench/fl_overhead.py.
 """
 
@@ -63,6 +65,14 @@ WORKLOADS: dict[str, list[str]] = {
     # bench/fl_overhead.py's `tiny` scenario, as a user launches it
     "tiny100": ["+experiment=smoke", "fl.cache_features=false", *ROUND_LOOP_SCENARIOS["tiny"]],
     "crossdevice": ["+experiment=cifar_crossdevice"],
+    # 10,000 clients, 100 per round, 20 rounds; and the same round (100 clients of 5 samples)
+    # drawn from 1,000 clients: only the number of clients differs
+    "crossdevice_10k": ["+experiment=crossdevice_10k"],
+    "crossdevice_1k": [
+        "+experiment=crossdevice_10k",
+        "fl.num_clients=1000",
+        "data.train_size=5000",
+    ],
 }
 SQUEEZENET = ["model=squeezenet", "model.pretrained=null"]
 
@@ -251,7 +261,7 @@ def main() -> None:
         f"cores={os.cpu_count()} load={os.getloadavg()[0]:.1f} repeats={args.repeats} "
         f"bare_threads={args.bare_threads or 'torch default'}"
     )
-    for name in args.only or list(WORKLOADS):
+    for name in args.only or ["five", "tiny100", "crossdevice"]:
         over = [*WORKLOADS[name], "logger=jsonl", f"data.cache_dir={cache}"]
         if name == "five" and args.squeezenet:
             over += SQUEEZENET
