@@ -80,6 +80,7 @@ class RayConfig:
     max_actors: int | None = None  # None: as many as the cluster's CPUs allow
     include_dashboard: bool = False
     shard_cache: int = 8  # client shards an actor keeps in memory between rounds
+    batch_clients: bool = False  # one actor call per actor and round, for all its clients
 
 
 @dataclass

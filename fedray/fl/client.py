@@ -24,7 +24,7 @@ from fedray.fl.train import (
     set_params,
     train_local,
 )
-from fedray.fl.types import ClientResult, Params
+from fedray.fl.types import ClientResult, Dropped, Params
 from fedray.privacy.pipeline import poison_shard, protect_update
 
 log = logging.getLogger("fedray")
@@ -218,6 +218,20 @@ class ClientActor:
             )
             metrics.update(extra_metrics)
         return ClientResult(client_id, params, int(stats["num_samples"]), metrics)
+
+    def fit_many(
+        self, calls: list[tuple[int, np.ndarray, int, dict[str, Any]]], global_params: Params
+    ) -> list[ClientResult | Dropped]:
+        """Several clients' `fit`s from the same broadcast model in one actor call
+        (`ray.batch_clients`): one dispatch and one reply per actor and round instead of one per
+        client. A client that raises comes back as a `Dropped` and the others' results stand."""
+        out: list[ClientResult | Dropped] = []
+        for client_id, indices, round_idx, extra in calls:
+            try:
+                out.append(self.fit(client_id, indices, global_params, round_idx, extra))
+            except Exception as exc:  # noqa: BLE001 - reported per client, as the pool does
+                out.append(Dropped(client_id, f"raised {type(exc).__name__}: {exc}"))
+        return out
 
     def ping(self) -> int:
         """Liveness check; returns the process id."""

@@ -72,6 +72,7 @@ class ClientPool:
 
     `actors`: processes already started by `PoolBoot` (their imports and first optimizer step
     paid while the driver prepared the run); they are configured with the spec here.
+    `batch`: each actor gets its clients of a round in one `fit_many` call (`ray.batch_clients`).
     """
 
     def __init__(
@@ -83,8 +84,10 @@ class ClientPool:
         wait: bool = True,
         actors: list[Any] | None = None,
         sticky: bool = False,
+        batch: bool = False,
     ) -> None:
         self.actor_cls = actor_cls
+        self.batch = batch
         self.spec_ref = spec_ref
         self.actor_cpus = float(actor_cpus)
         self.sticky = sticky
@@ -138,31 +141,46 @@ class ClientPool:
         `params_ref` is the broadcast global model, or a `PerClient` dict client id -> that
         client's own params (isolated training).
         """
-        futures: dict[Any, tuple[int, int]] = {}
+        futures: dict[Any, tuple[list[int], int]] = {}
         owners, threads = deal(clients, len(self.actors), self.actor_cpus, self.sticky)
+        batches: dict[int, list[tuple[int, Any, int, dict[str, Any]]]] = {}
         for j, (cid, a) in enumerate(zip(clients, owners, strict=True)):
-            start = params_ref[cid] if isinstance(params_ref, PerClient) else params_ref
             job = {**extra, "num_threads": threads[j]}
+            if self.batch and not isinstance(params_ref, PerClient):
+                batches.setdefault(a, []).append((cid, shard_refs[cid], round_idx, job))
+                continue
+            start = params_ref[cid] if isinstance(params_ref, PerClient) else params_ref
             fut = self.actors[a].fit.remote(cid, shard_refs[cid], start, round_idx, job)
-            futures[fut] = (cid, a)
+            futures[fut] = ([cid], a)
+        for a, calls in batches.items():  # one call per actor: its clients in turn
+            fut = self.actors[a].fit_many.remote(calls, params_ref)
+            futures[fut] = ([c[0] for c in calls], a)
         ready, pending = ray.wait(list(futures), num_returns=len(futures), timeout=timeout_s)
         results: list[ClientResult] = []
         dropped: list[Dropped] = []
         broken: set[int] = set()
         for fut in ready:
-            cid, a = futures[fut]
+            cids, a = futures[fut]
             try:
-                results.append(ray.get(fut))
+                out = ray.get(fut)
             except RayTaskError as exc:
                 cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-                dropped.append(Dropped(cid, f"raised {type(cause).__name__}: {cause}"))
+                dropped += [Dropped(c, f"raised {type(cause).__name__}: {cause}") for c in cids]
                 broken.add(a)
+                continue
             except (RayActorError, GetTimeoutError) as exc:
-                dropped.append(Dropped(cid, f"actor died ({type(exc).__name__})"))
+                dropped += [Dropped(c, f"actor died ({type(exc).__name__})") for c in cids]
                 broken.add(a)
+                continue
+            for res in out if isinstance(out, list) else [out]:
+                if isinstance(res, Dropped):  # raised inside a batch; its neighbours stand
+                    dropped.append(res)
+                    broken.add(a)
+                else:
+                    results.append(res)
         for fut in pending:
-            cid, a = futures[fut]
-            dropped.append(Dropped(cid, f"timed out after {timeout_s}s"))
+            cids, a = futures[fut]
+            dropped += [Dropped(c, f"timed out after {timeout_s}s") for c in cids]
             broken.add(a)
         for a in sorted(broken):
             self._replace(a)

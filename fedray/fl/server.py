@@ -219,6 +219,7 @@ class FederatedServer:
             wait=False,
             actors=actors,
             sticky=bool(self.cached),
+            batch=bool(ray_cfg.get("batch_clients", False)),
         )
 
     def _warm_up(self) -> None:

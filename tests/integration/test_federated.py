@@ -165,3 +165,18 @@ def test_a_shard_cache_smaller_than_an_actors_clients_is_warned(make_cfg, caplog
     with caplog.at_level(logging.WARNING, logger="fedray"):
         run(make_cfg("fl.trainable=classifier", "ray.max_actors=1", "ray.shard_cache=1"))
     assert "set ray.shard_cache=2" in caplog.text
+
+
+def test_batched_clients_train_the_same_and_drop_only_the_failing_one(make_cfg, tmp_path):
+    # ray.batch_clients: an actor's clients of a round go in one call; same fits, same faults
+    over = ("fl.num_clients=4", "fl.rounds=2", "ray.max_actors=2", "fl.quorum=0.5")
+    runs = {}
+    for batch in (False, True):
+        cfg = make_cfg(*over, f"ray.batch_clients={batch}", run_dir=tmp_path / str(batch))
+        cfg["fl"]["faults"] = [{"round": 1, "client": 1, "kind": "raise"}]
+        run(cfg)
+        runs[batch] = _rows(tmp_path / str(batch))
+    assert [r["clients/dropped"] for r in runs[True]] == [1, 0]  # its 3 neighbours stood
+    strip = [[{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+             for rows in runs.values()]
+    assert strip[0] == strip[1]

@@ -330,6 +330,19 @@ def test_client_actor_boots_before_its_spec_then_configures(tmp_path):
     res = actor.fit(0, np.arange(6), get_params(model, floats), 0, {})
     assert res.num_samples == 6 and set(res.params) == set(floats)
 
+    # ray.batch_clients: several clients in one call, each the same as its own fit; one that
+    # raises comes back dropped and the others stand
+    start = get_params(model, floats)
+    alone = [actor.fit(c, np.arange(c, 6), start, 1, {}) for c in (0, 1)]
+    spec["faults"] = [{"round": 2, "client": 2, "kind": "raise"}]
+    calls = [(0, np.arange(0, 6), 1, {}), (2, np.arange(2, 6), 1, {}), (1, np.arange(1, 6), 1, {})]
+    many = actor.fit_many(calls, start)
+    assert [type(r).__name__ for r in many] == ["ClientResult", "Dropped", "ClientResult"]
+    assert many[1].client_id == 2 and "injected fault" in many[1].reason
+    for a, b in zip(alone, (many[0], many[2]), strict=True):
+        assert a.client_id == b.client_id and a.num_samples == b.num_samples
+        assert all(np.array_equal(a.params[k], b.params[k]) for k in floats)
+
 
 def test_sticky_pools_send_a_client_to_the_same_actor_every_round():
     # cached features live on the actor that computed them: a sampled client must go back there
