@@ -271,3 +271,19 @@ def test_sweep_killed_midway_resumes_without_rerunning_finished_trials(tmp_path,
     ]
     assert done.stat().st_mtime_ns == stamp
     assert _trial(first, 0)["attempts"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_inprocess_trials_are_one_bundle_and_run_their_clients_inside(make_cfg, tmp_path):
+    # ray=inprocess: each trial is one process holding its clients; two trials fit the 2 CPUs
+    cfg = make_cfg("sweep=local_epochs", "ray=inprocess", "fl.rounds=2", "fl.num_clients=3")
+    out = tuner.sweep(cfg)
+    sweep_dir = tmp_path / "run"
+    assert out["trials"] == 4
+    for i in range(4):
+        info = _trial(sweep_dir, i)
+        assert info["bundles"] == [{"CPU": 1.0}]  # no bundle for client actors
+        rows = [json.loads(s) for s in
+                (sweep_dir / "trials" / trainable.trial_name(i) / "metrics.jsonl").open()]
+        assert [(r["round"], r["actors"], r["clients"]) for r in rows] == [(1, 1, 3), (2, 1, 3)]
