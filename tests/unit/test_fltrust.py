@@ -157,6 +157,17 @@ def test_filter_mad_keeps_phones_near_the_median_score_and_drops_the_flippers(mo
         assert rule.round_metrics()["fltrust/trusted"] == len(kept)
         want = np.mean([np.array(ups[i]) for i in kept], axis=0)  # norms ~1: no cap bites
         assert np.allclose(out["w"], want, atol=1e-3)
+    # a flipper inside the band (scores spread by the honest phones) points against the trusted
+    # phones' consensus and stays out; the honest ones below 0 point along it and come in
+    flip = [*ups[:4], [-0.05, -0.5, -0.5]]
+    assert mad_keep(np.array([u[0] / np.linalg.norm(u) for u in flip])).tolist() == [True] * 5
+    rule = FLTrust(weighting="samples", norm="median", filter="mad")
+    rule._model_factory, rule._cfg = object, {"client": {"batch_size": 4, "epochs": 1}}
+    monkeypatch.setattr(rule, "server_update", lambda params, steps: g0)
+    out = rule.aggregate(g, [ClientResult(i, {"w": np.array(u, np.float32)}, 10)
+                             for i, u in enumerate(flip)])
+    assert rule.round_metrics()["fltrust/trusted"] == 4.0
+    assert np.allclose(out["w"], np.mean(np.array(ups[:4]), axis=0), atol=1e-3)
     with pytest.raises(ConfigError, match="strategy.filter"):
         FLTrust(filter="vote")
     with pytest.raises(ConfigError, match="weighting=samples"):

@@ -35,7 +35,10 @@ only scores above 0). As the model converges the server's update on 100 root ima
 a reference (an honest phone's cosine hovers around 0, as often below as above), while a flipped
 update still points clearly against it; judged relative to the other phones, the honest ones stay
 in and the flippers stay out, as long as they are fewer than half. Early on, when the honest
-cosines are spread wide, a positive score is enough. It goes with ``weighting: samples``.
+cosines are spread wide, a positive score is enough. A phone let in by the band must also point
+along the trusted phones' consensus (a positive cosine with the mean of their unit updates): under
+milder skew (Dirichlet 0.5) the honest phones' spread widened the band until it held the flippers,
+whose updates still point against everyone else's. It goes with ``weighting: samples``.
 
 ``memory`` (0 by default: the paper) trusts on each client's history instead of one round: its
 score is an exponential moving average of its cosines, ``s <- memory * s + (1 - memory) * cos``
@@ -123,6 +126,20 @@ def mad_keep(scores: np.ndarray, k: float = MAD_K) -> np.ndarray:
     med = float(np.median(scores))
     mad = 1.4826 * float(np.median(np.abs(scores - med)))
     return scores >= med - k * mad
+
+
+def agrees_with_trusted(
+    deltas: list[np.ndarray], norms: np.ndarray, kept: np.ndarray
+) -> np.ndarray:
+    """Which updates point along the trusted ones' consensus: a positive cosine with the mean of
+    their unit vectors (so a scaled update counts once); all True when none is trusted yet."""
+    if not kept.any():
+        return np.ones(len(deltas), dtype=bool)
+    units = [d / n for d, n, k in zip(deltas, norms, kept, strict=True) if k and n > 0]
+    if not units:
+        return np.ones(len(deltas), dtype=bool)
+    consensus = np.mean(units, axis=0)
+    return np.array([float(d @ consensus) > 0 for d in deltas])
 
 
 class FLTrust(Strategy):
@@ -272,7 +289,7 @@ class FLTrust(Strategy):
         score = self._remember(results, cos) if self.memory > 0 else cos
         kept = score > 0
         if self.filter == "mad":
-            kept |= mad_keep(score)
+            kept |= mad_keep(score) & agrees_with_trusted(deltas, norms, kept)
         self.last = {
             "trusted": float(kept.sum()),
             "mean_cos": float(cos.mean()),
