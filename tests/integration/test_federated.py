@@ -167,6 +167,7 @@ def test_a_shard_cache_smaller_than_an_actors_clients_is_warned(make_cfg, caplog
     assert "set ray.shard_cache=2" in caplog.text
 
 
+@pytest.mark.slow  # fit_many itself is checked fast in tests/unit/test_fl_pieces.py
 def test_batched_clients_train_the_same_and_drop_only_the_failing_one(make_cfg, tmp_path):
     # ray.batch_clients: an actor's clients of a round go in one call; same fits, same faults
     over = ("fl.num_clients=4", "fl.rounds=2", "ray.max_actors=2", "fl.quorum=0.5")
