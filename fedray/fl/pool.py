@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import ray
@@ -24,10 +25,15 @@ def ensure_ray(ray_cfg: dict[str, Any]) -> bool:
         "include_dashboard": bool(ray_cfg.get("include_dashboard", False)),
         "logging_level": logging.WARNING,
     }
-    if ray_cfg.get("address"):
-        ray.init(address=ray_cfg["address"], **kwargs)
+    # ray.address, else RAY_ADDRESS (what `ray job submit` sets): join that cluster; else start
+    # a new local one, never a stray cluster Ray would find on this machine (`ray start`), which
+    # takes neither the CPU count nor the system config below
+    address = ray_cfg.get("address") or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **kwargs)
     else:
         ray.init(
+            address="local",
             num_cpus=ray_cfg.get("num_cpus"),
             num_gpus=ray_cfg.get("num_gpus"),
             # the workers Ray starts with the cluster import what a client actor needs right

@@ -287,3 +287,32 @@ def test_inprocess_trials_are_one_bundle_and_run_their_clients_inside(make_cfg, 
         rows = [json.loads(s) for s in
                 (sweep_dir / "trials" / trainable.trial_name(i) / "metrics.jsonl").open()]
         assert [(r["round"], r["actors"], r["clients"]) for r in rows] == [(1, 1, 3), (2, 1, 3)]
+
+
+@pytest.mark.slow
+def test_a_run_joins_the_cluster_in_ray_address_and_starts_none(tmp_path, cache_dir):
+    # RAY_ADDRESS (what `ray job submit` sets) with ray.address=null: join it, as Ray's own
+    # tools do; a run used to pass the local-start options to it and die with a traceback
+    temp = Path("/tmp") / f"frja{os.getpid()}"
+    port = _free_port()
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    head = subprocess.Popen(
+        [ray_cli, "start", "--head", f"--port={port}", f"--temp-dir={temp}", "--num-cpus=2",
+         "--include-dashboard=false", f"--dashboard-port={_free_port()}", "--block",
+         "--disable-usage-stats", "--object-store-memory=80000000",
+         f"--dashboard-agent-listen-port={_free_port()}",
+         f"--dashboard-agent-grpc-port={_free_port()}",
+         f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"],
+        env=_env(), start_new_session=True, stdout=open(tmp_path / "head.log", "w"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        time.sleep(6)
+        env = {**_env(), "RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_TMPDIR": str(tmp_path / "own")}
+        out = launch(["+experiment=smoke", "fl.rounds=1", f"data.cache_dir={cache_dir}",
+                      f"hydra.run.dir={tmp_path / 'run'}"], env, timeout=300)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert (tmp_path / "run" / "summary.json").exists()
+        assert not (tmp_path / "own").exists()  # no Ray of its own was started
+    finally:
+        _stop([head])
