@@ -82,6 +82,8 @@ def ray_session():
     """A real local Ray with 2 CPUs, shared by every integration test."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    # address="local": a Ray of its own, never one that `ray start` left running on the machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
+             log_to_driver=False)
     yield ray
     ray.shutdown()
