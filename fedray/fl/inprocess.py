@@ -135,7 +135,7 @@ class InProcessPool:
         dropped: list[Dropped] = []
         with driver_state():
             for cid in clients:
-                start = params_ref[cid] if isinstance(params_ref, PerClient) else params_ref
+                start = PerClient.start(params_ref, cid)
                 job = {**extra, "num_threads": self.threads}
                 try:
                     results.append(self.client.fit(cid, shard_refs[cid], start, round_idx, job))

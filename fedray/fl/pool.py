@@ -155,7 +155,7 @@ class ClientPool:
             if self.batch and not isinstance(params_ref, PerClient):
                 batches.setdefault(a, []).append((cid, shard_refs[cid], round_idx, job))
                 continue
-            start = params_ref[cid] if isinstance(params_ref, PerClient) else params_ref
+            start = PerClient.start(params_ref, cid)
             fut = self.actors[a].fit.remote(cid, shard_refs[cid], start, round_idx, job)
             futures[fut] = ([cid], a)
         for a, calls in batches.items():  # one call per actor: its clients in turn

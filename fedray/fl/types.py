@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -36,3 +37,8 @@ class Dropped:
 class PerClient(dict):
     """A round's start parameters client by client (isolated training), as opposed to one
     broadcast model, which is itself a dict (of parameter arrays) where no object store wraps it."""
+
+    @staticmethod
+    def start(params_ref: Any, client_id: int) -> Any:
+        """What client `client_id` starts from: its own entry, or the one broadcast model."""
+        return params_ref[client_id] if isinstance(params_ref, PerClient) else params_ref
