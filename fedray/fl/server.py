@@ -32,7 +32,14 @@ from fedray.fl.train import (
     set_params,
     travel_names,
 )
-from fedray.fl.types import ClientResult, Dropped, Params, PerClient, params_nbytes
+from fedray.fl.types import (
+    ClientResult,
+    Dropped,
+    Params,
+    PerClient,
+    human_bytes,
+    params_nbytes,
+)
 from fedray.logging import RunLogger
 from fedray.models import build_model, frozen_prefix, trainable_names
 from fedray.privacy.pipeline import build_privacy
@@ -75,17 +82,6 @@ def check_augment(cfg: dict[str, Any], cached: int) -> None:
 def is_finite(params: Params) -> bool:
     """True when every travelled value is finite."""
     return all(np.isfinite(v).all() for v in params.values())
-
-
-def pool_size(ray_cfg: dict[str, Any], k: int) -> int:
-    """Actors to start: at most one per sampled client, at most what the cluster's CPUs hold."""
-    if ray_cfg.get("max_actors"):
-        return max(1, min(k, int(ray_cfg["max_actors"])))
-    import ray
-
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    per = float(ray_cfg["client_cpus"]) or 1.0
-    return max(1, min(k, int(cpus // per) or 1))
 
 
 class FederatedServer:
@@ -134,6 +130,9 @@ class FederatedServer:
                 upto=self.cached,
                 precision=self.fl.get("cache_precision", "fp32"),
             )
+        # full val passes of the current params (and, isolated, the clients' models) by object:
+        # the final evaluation reuses the last round's; emptied whenever the params change
+        self._evals: dict[int, tuple[Params, dict[str, Any], np.ndarray | None]] = {}
         self.start_round = 0
         self.round = 0
         self.bytes_total = 0
@@ -186,14 +185,11 @@ class FederatedServer:
             log.info("clients fit one after another in this process (ray.backend=inprocess)")
             return InProcessPool(spec, float(ray_cfg["client_cpus"]))
         actor_cls = make_client_actor(float(ray_cfg["client_cpus"]), float(ray_cfg["client_gpus"]))
+        from fedray.fl.pool import pool_size
+
         size = pool_size(ray_cfg, self.k)
-        log.info(
-            "starting %d client actors (%.2g CPU each) for %d clients, %d per round",
-            size,
-            float(ray_cfg["client_cpus"]),
-            self.fl["num_clients"],
-            self.k,
-        )
+        log.info("starting %d client actors (%.2g CPU each) for %d clients, %d per round",
+                 size, float(ray_cfg["client_cpus"]), self.fl["num_clients"], self.k)
         # cached features: each client sticks to actor `client_id % size`, which so serves up
         # to `per_actor` clients over the run; an LRU smaller than that evicts a client's
         # features before its next turn, and they are recomputed
@@ -246,11 +242,22 @@ class FederatedServer:
         the task's metrics and its confusion matrix."""
         from fedray.fl.train import evaluate
 
-        set_params(self.model, self.params if params is None else params)
+        params = self.params if params is None else params
+        hit = self._evals.get(id(params)) if subset is None else None
+        if hit is not None and hit[0] is params:  # already scored since the last aggregation
+            return dict(hit[1]), hit[2]
+        set_params(self.model, params)
         x, y = self.val_x, self.val_y
         if subset is not None:
             x, y = x[subset], y[subset]
-        return evaluate(self.model, x, y, self.info.num_classes, cached=self.cached, task=self.task)
+        metrics, cm = evaluate(
+            self.model, x, y, self.info.num_classes, cached=self.cached, task=self.task
+        )
+        if subset is None:
+            if cm is not None:
+                cm.flags.writeable = False  # shared by the callers of the cached pass
+            self._evals[id(params)] = (params, metrics, cm)
+        return dict(metrics), cm
 
     def group_metrics(self, params: Params | None = None) -> dict[str, float]:
         """Metrics on each group's (site's) val samples, `group<g>/<metric>`; {} without groups."""
@@ -276,16 +283,15 @@ class FederatedServer:
         return out
 
     def per_client_accuracy(self, params: Params | None = None) -> dict[int, float]:
-        """Accuracy of a model on the val samples of the classes each client holds."""
-        from fedray.fl.train import predict_logits
-
-        set_params(self.model, self.params if params is None else params)
-        pred = predict_logits(self.model, self.val_x, cached=self.cached).argmax(1).numpy()
+        """Accuracy of a model on the val samples of the classes each client holds, read off the
+        confusion matrix of its val pass (rows: true classes)."""
+        _, cm = self.evaluate(params)
         train_y = load_labels(self.info.root, "train")
         out = {}
         for cid, idx in enumerate(self.parts):
-            mask = np.isin(self.val_y, np.unique(train_y[idx]))
-            out[cid] = float((pred[mask] == self.val_y[mask]).mean()) if mask.any() else 0.0
+            held = np.unique(train_y[idx])
+            n = cm[held].sum()
+            out[cid] = float(cm[held, held].sum() / n) if n else 0.0
         return out
 
     def _check_quorum(self, good: list[ClientResult], dropped: list[Dropped], sampled: list[int]):
@@ -373,6 +379,7 @@ class FederatedServer:
                         continue
                     job.update(self.privacy.client_extra(sampled, r, self.params))
                 good, dropped, bytes_up = self._fit_round(pool, shard_refs, sampled, job)
+                self._evals.clear()  # a strategy may update the params in place
                 if self.isolated:
                     self.client_params.update({res.client_id: res.params for res in good})
                     bytes_up = bytes_down = 0
@@ -420,7 +427,7 @@ class FederatedServer:
                     _fmt(row.get(self.task.rank_key)),
                     _fmt(row.get("val/loss")),
                     row["train/loss"],
-                    _human_bytes(bytes_up),
+                    human_bytes(bytes_up),
                     row["time/round_s"],
                 )
                 if ckpt_path is not None:
@@ -462,7 +469,7 @@ class FederatedServer:
             "head init (ridge) from %d clients' feature sums: val/acc %.4f, %s up, %.1fs",
             len(good),
             metrics["acc"],
-            _human_bytes(bytes_up),
+            human_bytes(bytes_up),
             self.head_init_metrics["head_init/time_s"],
         )
 
@@ -488,11 +495,3 @@ class FederatedServer:
 
 def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.4f}"
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024:
-            return f"{n:.1f}{unit}"
-        n /= 1024
-    return f"{n:.1f}TB"

@@ -54,6 +54,45 @@ def test_same_rounds_as_ray_actors(make_cfg, tmp_path, ray_session, extra):
     assert torch.get_num_threads() == threads  # the clients' thread count stayed with them
 
 
+def test_the_final_evaluation_reuses_the_last_rounds_val_pass(make_cfg, tmp_path, monkeypatch):
+    """One val pass per round and none after: the summary is the last round's, and each client's
+    accuracy on its own classes is what the final weights predict."""
+    import fedray.fl.train as train
+    from fedray.data.datasets import load_images, load_labels
+    from fedray.data.partition import partition
+    from fedray.data.sources import build_dataset
+    from fedray.models import build_model
+
+    passes = []
+    full = train.evaluate
+
+    def counting(model, inputs, *args, **kwargs):
+        passes.append(len(inputs))
+        return full(model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", counting)
+    cfg = make_cfg(*LEARN, "ray.backend=inprocess", "partition=pathological",
+                   "partition.classes_per_client=2", "fl.rounds=3", "data.val_per_class=70")
+    summary = run(cfg)
+    rows = _rows(tmp_path / "run")
+    root = build_dataset(cfg["data"], int(cfg["seed"])).root  # the cached set the run used
+    val_y, train_y = load_labels(root, "val"), load_labels(root, "train")
+    # rounds 1-3 (and the server's 256-image warm-up): the final metrics and per-client reuse them
+    assert len(val_y) > 256 and passes.count(len(val_y)) == 3, passes
+    last = {k: v for k, v in rows[-1].items() if k.startswith("val/")}
+    assert {k: summary[k] for k in last} == last
+    # per-client accuracy, recomputed from the final weights' own predictions
+    model = build_model(cfg["model"], int(cfg["data"]["num_classes"]))
+    train.set_params(model, {k: torch.as_tensor(v) for k, v in _params(tmp_path / "run").items()})
+    pred = train.predict_logits(model, load_images(root, "val")).argmax(1).numpy()
+    parts = partition(train_y, cfg["partition"], int(cfg["fl"]["num_clients"]), int(cfg["seed"]))
+    for cid, idx in enumerate(parts):
+        mask = np.isin(val_y, np.unique(train_y[idx]))
+        assert summary[f"client/{cid}/val_acc"] == pytest.approx(
+            float((pred[mask] == val_y[mask]).mean()), abs=1e-12
+        )
+
+
 def test_a_raising_client_is_dropped_and_the_run_goes_on(make_cfg, tmp_path):
     cfg = make_cfg(*LEARN, "ray.backend=inprocess", "fl.quorum=0.5")
     cfg["fl"]["faults"] = [{"round": 1, "client": 1, "kind": "raise"}]
