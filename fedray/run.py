@@ -198,8 +198,8 @@ def _run_federated(
 
     boot: Any = InProcessBoot()  # in-process clients need nothing started (not even Ray imported)
     if backend(cfg) == "ray":
-        from fedray.fl.pool import PoolBoot, ensure_ray
-        from fedray.fl.server import clients_per_round, pool_size
+        from fedray.fl.pool import PoolBoot, ensure_ray, pool_size
+        from fedray.fl.server import clients_per_round
 
         # Ray and the client actors' processes start in a thread while this one partitions the
         # data and builds the server (fedray/fl/pool.py:PoolBoot)

@@ -21,28 +21,40 @@ def ensure_ray(ray_cfg: dict[str, Any]) -> bool:
     """Start (or join) Ray unless already initialised; returns True when this call started it."""
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {
-        "include_dashboard": bool(ray_cfg.get("include_dashboard", False)),
-        "logging_level": logging.WARNING,
-    }
-    # ray.address, else RAY_ADDRESS (what `ray job submit` sets): join that cluster; else start
-    # a new local one, never a stray cluster Ray would find on this machine (`ray start`), which
-    # takes neither the CPU count nor the system config below
-    address = ray_cfg.get("address") or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(
-            address="local",
-            num_cpus=ray_cfg.get("num_cpus"),
-            num_gpus=ray_cfg.get("num_gpus"),
+    init_ray(
+        ray_cfg.get("address"),
+        local={
+            "num_cpus": ray_cfg.get("num_cpus"),
+            "num_gpus": ray_cfg.get("num_gpus"),
             # the workers Ray starts with the cluster import what a client actor needs right
             # away, while the driver still prepares the run, instead of once it has asked for
             # the actors (torch, and torch._dynamo which every optimizer's first call imports)
-            _system_config={"preload_python_modules": list(WORKER_PRELOAD)},
-            **kwargs,
-        )
+            "_system_config": {"preload_python_modules": list(WORKER_PRELOAD)},
+        },
+        include_dashboard=bool(ray_cfg.get("include_dashboard", False)),
+        logging_level=logging.WARNING,
+    )
     return True
+
+
+def init_ray(address: str | None, local: dict[str, Any], **kwargs: Any) -> None:
+    """Join `address`, else RAY_ADDRESS (what `ray job submit` sets); else start a new local Ray
+    with the `local` arguments (CPUs, system config). Never a stray cluster that Ray would find
+    on this machine (`ray start`), which takes neither the CPU count nor the system config."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(address="local", **local, **kwargs)
+
+
+def pool_size(ray_cfg: dict[str, Any], k: int) -> int:
+    """Actors to start: at most one per sampled client, at most what the cluster's CPUs hold."""
+    if ray_cfg.get("max_actors"):
+        return max(1, min(k, int(ray_cfg["max_actors"])))
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    per = float(ray_cfg["client_cpus"]) or 1.0
+    return max(1, min(k, int(cpus // per) or 1))
 
 
 def wave_threads(num_clients: int, size: int, actor_cpus: float) -> list[int]:

@@ -42,3 +42,12 @@ class PerClient(dict):
     def start(params_ref: Any, client_id: int) -> Any:
         """What client `client_id` starts from: its own entry, or the one broadcast model."""
         return params_ref[client_id] if isinstance(params_ref, PerClient) else params_ref
+
+
+def human_bytes(n: float) -> str:
+    """1.5KB, 4.0MB: a byte count as the round log prints it."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.1f}TB"

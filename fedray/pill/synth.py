@@ -16,8 +16,9 @@ the same config + seed rebuilds byte for byte (except the timings in meta.json a
 cache path in detection/data.yaml).
 
 The stages live in: synth_plan.py (seed streams, chunking, plans and the crops' layout, fixed
-before any pixel exists), synth_tasks.py (the chunk tasks and their inline / Ray runner) and
-synth_write.py (the files); this module holds the config, the cache key and the orchestration.
+before any pixel exists), synth_tasks.py (the chunk tasks), runner.py (runs them inline or as
+Ray tasks; not in the cache key: it never changes a byte) and synth_write.py (the files); this
+module holds the config, the cache key and the orchestration.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from fedray.pill.catalog import save_catalog
 from fedray.pill.compose_types import prepare_cutout
 from fedray.pill.import_common import IMAGE_SUFFIXES, fingerprint
 from fedray.pill.render import default_px_per_mm
+from fedray.pill.runner import Runner
 from fedray.pill.synth_plan import (
     PILLS_PER_CHUNK,
     REFERENCE_SIZE,
@@ -65,7 +67,6 @@ from fedray.pill.synth_plan import (
     texture_specs,
 )
 from fedray.pill.synth_tasks import (
-    Runner,
     consumer_task,
     crop_scenes_task,
     detection_task,

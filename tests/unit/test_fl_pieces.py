@@ -356,3 +356,32 @@ def test_sticky_pools_send_a_client_to_the_same_actor_every_round():
     assert owners == [0, 1, 0, 1, 0] and threads == [1, 1, 1, 1, 2]
     # all clients every round: sticky is round robin, the boost stays
     assert deal(list(range(5)), 2, 1.0, sticky=True) == ([0, 1, 0, 1, 0], [1, 1, 1, 1, 2])
+
+
+@pytest.mark.parametrize("who", ["fl", "synth"])
+def test_ray_starts_a_local_cluster_of_its_own_unless_told_to_join(monkeypatch, who):
+    """Both Ray starters (client actors, the synthetic build's tasks) start a new local Ray with
+    their CPU count, never a stray `ray start` cluster; they join one only when named."""
+    import ray
+
+    from fedray.fl import pool
+    from fedray.pill.runner import Runner
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+
+    def start():
+        if who == "fl":
+            pool.ensure_ray({"num_cpus": 2})
+        else:
+            with Runner(2):
+                pass
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    start()
+    assert calls[-1]["address"] == "local" and calls[-1]["num_cpus"] == 2
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # what `ray job submit` sets
+    start()
+    assert calls[-1]["address"] == "10.0.0.5:6379" and "num_cpus" not in calls[-1]
