@@ -179,9 +179,9 @@ class FederatedServer:
             "shard_cache": int(ray_cfg.get("shard_cache", 8)),
             "faults": self.fl.get("faults") or [],
         }
-        if ray_cfg.get("backend", "ray") == "inprocess":
-            from fedray.fl.inprocess import InProcessPool
+        from fedray.fl.inprocess import InProcessPool, backend
 
+        if backend({"ray": ray_cfg}) == "inprocess":
             log.info("clients fit one after another in this process (ray.backend=inprocess)")
             return InProcessPool(spec, float(ray_cfg["client_cpus"]))
         actor_cls = make_client_actor(float(ray_cfg["client_cpus"]), float(ray_cfg["client_gpus"]))

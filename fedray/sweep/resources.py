@@ -18,12 +18,13 @@ def trial_bundles(
     `ray.max_actors`) capped by what fits next to the driver, so a trial never waits for CPUs
     the cluster does not have.
     """
+    from fedray.fl.inprocess import backend
     from fedray.fl.server import clients_per_round
 
     ray_cfg = cfg["ray"]
     per_cpu = float(ray_cfg.get("client_cpus") or 0.0)
     per_gpu = float(ray_cfg.get("client_gpus") or 0.0)
-    if ray_cfg.get("backend") == "inprocess":  # the clients fit inside the trial's own process
+    if backend(cfg) == "inprocess":  # the clients fit inside the trial's own process
         one: dict[str, float] = {"CPU": max(float(driver_cpus), per_cpu)}
         return [{**one, "GPU": per_gpu} if per_gpu > 0 else one]
     n = clients_per_round(cfg["fl"])
