@@ -184,9 +184,11 @@ class FederatedServer:
         if backend({"ray": ray_cfg}) == "inprocess":
             log.info("clients fit one after another in this process (ray.backend=inprocess)")
             return InProcessPool(spec, float(ray_cfg["client_cpus"]))
-        actor_cls = make_client_actor(float(ray_cfg["client_cpus"]), float(ray_cfg["client_gpus"]))
-        from fedray.fl.pool import pool_size
+        import ray
 
+        from fedray.fl.pool import ClientPool, pool_size
+
+        actor_cls = make_client_actor(float(ray_cfg["client_cpus"]), float(ray_cfg["client_gpus"]))
         size = pool_size(ray_cfg, self.k)
         log.info("starting %d client actors (%.2g CPU each) for %d clients, %d per round",
                  size, float(ray_cfg["client_cpus"]), self.fl["num_clients"], self.k)
@@ -203,10 +205,6 @@ class FederatedServer:
                 spec["shard_cache"],
                 per_actor,
             )
-        import ray
-
-        from fedray.fl.pool import ClientPool
-
         return ClientPool(
             actor_cls,
             ray.put(spec),
@@ -243,8 +241,9 @@ class FederatedServer:
         from fedray.fl.train import evaluate
 
         params = self.params if params is None else params
+        # the entry holds `params` itself, so no other live object can share its id
         hit = self._evals.get(id(params)) if subset is None else None
-        if hit is not None and hit[0] is params:  # already scored since the last aggregation
+        if hit is not None:  # already scored since the last aggregation
             return dict(hit[1]), hit[2]
         set_params(self.model, params)
         x, y = self.val_x, self.val_y
