@@ -73,7 +73,9 @@ def pill_run(tmp_path_factory, cache_dir, ray_session):
 
 @pytest.mark.slow  # trains a small federated pill run first (module fixture)
 def test_identify_names_the_pills_of_a_photo(pill_run):
-    _, clf, photos, metrics = pill_run
+    run_dir, clf, photos, metrics = pill_run
+    cal = json.loads((run_dir / "identify_calibration.json").read_text())
+    assert np.isfinite(clf.energy_floor) and clf.energy_floor == cal["energy_floor"]
     strict = dataclasses.replace(clf, threshold=1.01)
     assert all(f.name == UNKNOWN for f in identify(photos[0].image, truth_detector(photos),
                                                    strict).found)
@@ -121,6 +123,42 @@ def test_threshold_keeps_the_precision_asked_for():
     assert pick_threshold(conf, right, precision=1.0) == 0.9
     assert pick_threshold(conf, right, precision=0.8) == 0.6
     assert pick_threshold(conf, np.ones(6, bool), precision=0.99) == 0.0
+
+
+def test_uncertain_boxes_unlike_any_pill_are_dismissed_sure_ones_stay():
+    """A box is dropped only when the detector is unsure of it AND its crop's energy is under
+    the classifier's floor; a sure box unlike any pill stays (read as unknown)."""
+    import torch
+
+    from fedray.pill.identify.classifier import Classifier, softmax_energy
+    from fedray.pill.identify.pipeline import SURE_SCORE
+
+    class Bright(torch.nn.Module):  # logits grow with the crop's brightness: dark = no pill
+        def forward(self, x):
+            m = x.mean((1, 2, 3))
+            return torch.stack([2 * m, m, m], 1)  # dark: b and c tie, under 0.5 each
+
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[:, 32:] = 255  # the right half bright (pill-like to Bright), the left half dark
+    dark, bright = [4, 20, 20, 36], [40, 20, 56, 36]
+    boxes = np.array([dark, dark, bright], np.float32)
+    scores = np.array([SURE_SCORE - 0.3, SURE_SCORE + 0.2, SURE_SCORE - 0.3], np.float32)
+    clf = Classifier(Bright(), ["a", "b", "c"], 16, "", threshold=0.5)
+    _, energy = clf.scores(np.stack([np.zeros((16, 16, 3), np.uint8),
+                                     np.full((16, 16, 3), 255, np.uint8)]))
+    assert energy[0] < energy[1]
+    floor = float(energy.mean())
+    answer = identify(rgb, lambda _: (boxes, scores), dataclasses.replace(clf, energy_floor=floor))
+    assert answer.dismissed == [[float(v) for v in dark]]  # unsure and unlike every pill
+    assert [f.box for f in answer.found] == [[float(v) for v in dark],
+                                              [float(v) for v in bright]]
+    assert answer.found[0].name == UNKNOWN and answer.found[1].name == "a"
+    assert json.loads(json.dumps(answer.to_json()))["dismissed"] == answer.dismissed
+    # without a floor (a classifier calibrated before it existed) nothing is dismissed
+    assert identify(rgb, lambda _: (boxes, scores), clf).dismissed == []
+    p, e = softmax_energy(np.array([[0.0, np.log(3.0)]]), 1.0)
+    np.testing.assert_allclose(p, [[0.25, 0.75]], rtol=1e-6)
+    np.testing.assert_allclose(e, [np.log(4.0)], rtol=1e-6)
 
 
 def test_bad_photos_are_clear_errors(tmp_path):

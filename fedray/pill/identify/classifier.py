@@ -4,7 +4,10 @@ A run directory holds `config.yaml` (the resolved config: the pretrained backbon
 included) and `checkpoint.pkl` (the final trainable parameters); the model is rebuilt from both.
 The confidence threshold below which a crop reads "unknown" is calibrated once on the run's val
 split (temperature scaling, then the lowest threshold whose accepted predictions are right at
-least `precision` of the time) and kept beside the run as `identify_calibration.json`.
+least `precision` of the time) and kept beside the run as `identify_calibration.json`, with the
+energy floor: the free energy logsumexp(logits / T) that all but `FLOOR_QUANTILE` of the val pill
+crops reach. A crop below it looks to the classifier like none of the pills it knows (background,
+most often); the pipeline drops such a box when the detector was unsure of it too.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from fedray.models import build_model
 
 log = logging.getLogger("fedray")
 CALIBRATION = "identify_calibration.json"
+FLOOR_QUANTILE = 0.05  # share of the val pill crops whose energy may fall below the floor
 TRAIN_HINT = "python launch.py +experiment=pill_noniid"
 
 
@@ -42,6 +46,7 @@ class Classifier:
     data_root: str
     temperature: float = 1.0
     threshold: float = 0.0
+    energy_floor: float = float("-inf")  # below it a crop is unlike every known pill
     session: Any = None  # an onnxruntime session of the exported model: used instead of torch
 
     def logits(self, crops: np.ndarray) -> np.ndarray:
@@ -54,12 +59,22 @@ class Classifier:
 
     def probabilities(self, crops: np.ndarray, batch: int = 64) -> np.ndarray:
         """uint8 crops (N, S, S, 3) at `image_size` -> calibrated class probabilities (N, K)."""
+        return self.scores(crops, batch)[0]
+
+    def scores(self, crops: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 crops (N, S, S, 3) -> (calibrated class probabilities (N, K), energies (N,))."""
         if len(crops) == 0:
-            return np.zeros((0, len(self.class_names)), np.float32)
+            return np.zeros((0, len(self.class_names)), np.float32), np.zeros(0, np.float32)
         logits = np.concatenate(
             [self.logits(crops[i : i + batch]) for i in range(0, len(crops), batch)]
         )
-        return torch.softmax(torch.from_numpy(logits) / self.temperature, dim=1).numpy()
+        return softmax_energy(logits, self.temperature)
+
+
+def softmax_energy(logits: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """softmax(logits / T) and the free energy logsumexp(logits / T) of each row."""
+    scaled = torch.from_numpy(np.asarray(logits, np.float32)) / temperature
+    return torch.softmax(scaled, dim=1).numpy(), torch.logsumexp(scaled, dim=1).numpy()
 
 
 def find_run_dir(run: str | Path | None, outputs: str | Path = "outputs") -> Path:
@@ -114,12 +129,12 @@ def load_classifier(run_dir: str | Path, calibrate: bool = True, onnx: bool = Tr
         log.info("identify: classifier from %s (onnxruntime)", exported)
     if calibrate:
         cal_path = run_dir / CALIBRATION
-        if cal_path.exists():
-            cal = json.loads(cal_path.read_text())
-        else:
+        cal = json.loads(cal_path.read_text()) if cal_path.exists() else {}
+        if "energy_floor" not in cal:  # none yet, or one written before the floor existed
             cal = calibrate_on_val(clf)
             cal_path.write_text(json.dumps(cal, indent=2))
         clf.temperature, clf.threshold = float(cal["temperature"]), float(cal["threshold"])
+        clf.energy_floor = float(cal["energy_floor"])
     return clf
 
 
@@ -155,7 +170,7 @@ def calibrate_on_val(clf: Classifier, precision: float = 0.98, limit: int = 2000
     images, labels = images[idx], labels[idx]
     logits = np.concatenate([clf.logits(images[i : i + 64]) for i in range(0, len(images), 64)])
     temperature = fit_temperature(logits, labels)
-    probs = torch.softmax(torch.from_numpy(logits) / temperature, dim=1).numpy()
+    probs, energy = softmax_energy(logits, temperature)
     conf, pred = probs.max(1), probs.argmax(1)
     threshold = pick_threshold(conf, pred == labels, precision)
     accepted = conf >= threshold
@@ -167,6 +182,8 @@ def calibrate_on_val(clf: Classifier, precision: float = 0.98, limit: int = 2000
         "val_acc": float((pred == labels).mean()),
         "accepted_fraction": float(accepted.mean()),
         "accepted_acc": float((pred == labels)[accepted].mean()) if accepted.any() else None,
+        "energy_floor": float(np.quantile(energy, FLOOR_QUANTILE)),
+        "energy_floor_quantile": FLOOR_QUANTILE,
     }
     log.info("identify: calibrated on %d val crops: T=%.2f, threshold %.3f (%.1f%% accepted)",
              len(labels), temperature, threshold, 100 * report["accepted_fraction"])

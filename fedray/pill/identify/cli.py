@@ -52,6 +52,8 @@ def _table(path: str, answer) -> str:
         box = ",".join(f"{v:.0f}" for v in f.box)
         names = "  ".join(f"{n} {p:.1%}" for n, p in f.top)
         lines.append(f"  {i:>2}  [{box}]  {f.name:<28} | {names}")
+    if answer.dismissed:
+        lines.append(f"  ({len(answer.dismissed)} uncertain box(es) dismissed as background)")
     return "\n".join(lines)
 
 

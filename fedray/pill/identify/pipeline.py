@@ -13,6 +13,10 @@ from fedray.pill.crops import CROP_PAD, crop_boxes, xyxy_to_yolo
 from fedray.pill.identify.classifier import Classifier
 
 UNKNOWN = "unknown"
+# A box the detector scored below this and whose crop the classifier finds unlike every pill it
+# knows (energy under its calibrated floor) is background, not a pill: dropped from the answer.
+# A box the detector is sure of always stays (a pill the classifier does not know reads unknown).
+SURE_SCORE = 0.6
 
 
 @dataclass
@@ -35,6 +39,7 @@ class Answer:
     width: int = 0
     height: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    dismissed: list[list[float]] = field(default_factory=list)  # boxes dropped as background
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -49,11 +54,14 @@ def identify(rgb: np.ndarray, detect: DetectFn, clf: Classifier, top_k: int = 5)
     boxes, scores = detect(rgb)
     t1 = time.perf_counter()
     crops = crop_boxes(rgb, xyxy_to_yolo(boxes, width, height), clf.image_size, CROP_PAD)
-    probs = clf.probabilities(crops)
+    probs, energy = clf.scores(crops)
     t2 = time.perf_counter()
     k = max(1, min(int(top_k), len(clf.class_names)))
-    found = []
-    for box, score, p in zip(boxes, scores, probs, strict=True):
+    found, dismissed = [], []
+    for box, score, p, e in zip(boxes, scores, probs, energy, strict=True):
+        if score < SURE_SCORE and e < clf.energy_floor:
+            dismissed.append([round(float(v), 1) for v in box])
+            continue
         order = np.argsort(-p)[:k]
         conf = float(p[order[0]])
         known = conf >= clf.threshold
@@ -66,7 +74,7 @@ def identify(rgb: np.ndarray, detect: DetectFn, clf: Classifier, top_k: int = 5)
             confidence=conf,
         ))
     found.sort(key=lambda f: (f.box[1], f.box[0]))  # reading order: top to bottom, left to right
-    return Answer(found, width, height, {"detect": t1 - t0, "classify": t2 - t1})
+    return Answer(found, width, height, {"detect": t1 - t0, "classify": t2 - t1}, dismissed)
 
 
 def annotate(rgb: np.ndarray, answer: Answer) -> np.ndarray:

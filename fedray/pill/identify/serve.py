@@ -59,7 +59,8 @@ async function send(f){
   const j=await r.json();
   if(!r.ok){status.textContent='';err.textContent=j.error||('error '+r.status);return;}
   photo.src=j.image;
-  status.textContent=j.found.length?(j.found.length+' pill(s) found'):'no pill found';
+  status.textContent=(j.found.length?(j.found.length+' pill(s) found'):'no pill found')+
+    (j.dismissed.length?' ('+j.dismissed.length+' uncertain box(es) dismissed as background)':'');
   j.found.forEach((p,i)=>{
     const ref=p.reference?'<img alt="reference" src="'+p.reference+'">':'';
     const alt=p.top.slice(1).map(t=>esc(t[0])+' '+(100*t[1]).toFixed(1)+'%').join('<br>');
@@ -116,6 +117,7 @@ def create_app(identifier: Identifier) -> FastAPI:
             found.append(f)
         return JSONResponse({
             "found": found,
+            "dismissed": answer.dismissed,
             "image": "data:image/png;base64," + base64.b64encode(png.tobytes()).decode(),
             "seconds": answer.seconds,
         })
