@@ -85,7 +85,10 @@ def main() -> None:
                 xyxy = np.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w,
                                  (cy + bh / 2) * h], 1).astype(np.float32)
                 truth = lambda rgb, b=xyxy: (b, np.ones(len(b), np.float32))  # noqa: E731
-                gated, plain = identify(p.image, det, clf), identify(p.image, det, kept_all)
+                found = det(p.image)  # detected once, classified with and without dismissal
+                detected = lambda rgb, f=found: f  # noqa: E731
+                gated = identify(p.image, detected, clf)
+                plain = identify(p.image, detected, kept_all)
                 by_truth = identify(p.image, truth, clf)
                 row[:3] += [photo_correct(a, xyxy, p.classes) for a in (gated, plain, by_truth)]
                 row[3:5] += [match_truth(a, xyxy, p.classes)[0] for a in (gated, by_truth)]

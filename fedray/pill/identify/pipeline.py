@@ -59,14 +59,15 @@ def identify(rgb: np.ndarray, detect: DetectFn, clf: Classifier, top_k: int = 5)
     k = max(1, min(int(top_k), len(clf.class_names)))
     found, dismissed = [], []
     for box, score, p, e in zip(boxes, scores, probs, energy, strict=True):
+        xyxy = [round(float(v), 1) for v in box]
         if score < SURE_SCORE and e < clf.energy_floor:
-            dismissed.append([round(float(v), 1) for v in box])
+            dismissed.append(xyxy)
             continue
         order = np.argsort(-p)[:k]
         conf = float(p[order[0]])
         known = conf >= clf.threshold
         found.append(Found(
-            box=[round(float(v), 1) for v in box],
+            box=xyxy,
             score=float(score),
             top=[(clf.class_names[i], float(p[i])) for i in order],
             name=clf.class_names[order[0]] if known else UNKNOWN,
