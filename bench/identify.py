@@ -7,9 +7,10 @@ Needs a trained classifier run and detector (`python launch.py +experiment=pill_
 Also prints, on held-out square photos of 1, 4 and 8 pills drawn fresh from the run's catalog (per
 seed: each seed draws its own 16 surfaces, and one pill-like surface moves a seed's figure by
 several points), the share of photos in which every pill is found and named right and the share
-of pills named right: through the detector, through the detector keeping every box (no background
-dismissal), and through the photos' true boxes (the classifier alone, same crops' recipe) -- the
-gap is what detection costs. Prints p50/p95 over the photos, per backend.
+of pills named right: through the detector, through the detector without weighing names by the
+pills' sizes, through the detector keeping every box (no background dismissal), and through
+the photos' true boxes (the classifier alone, same crops' recipe) -- the gap is what detection
+costs. Prints p50/p95 over the photos, per backend.
 """
 
 from __future__ import annotations
@@ -68,16 +69,17 @@ def main() -> None:
     # photos so no pill is cut by the frame; each seed draws its own 16 surfaces
     clf, det = backends["torch"]
     kept_all = dataclasses.replace(clf, energy_floor=float("-inf"))
+    no_sizes = dataclasses.replace(clf, sizes=None)
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"\nheld-out photos: {args.photos} per seed and pill count, seeds {seeds}; "
           f"energy floor {clf.energy_floor:.2f}, detector scores < {SURE_SCORE} may be dismissed")
-    print("pills seed photos   every pill found+named               pills named right")
-    print("                    detector  no dismissal  true boxes    detector  true boxes"
-          "  dismissed")
+    print("pills seed photos   every pill found+named                         pills named right")
+    print("                    detector  no sizes  no dismissal  true boxes    detector  "
+          "true boxes  dismissed")
     for pills in (1, 4, 8):
-        pooled = np.zeros(6)
+        pooled = np.zeros(7)
         for seed in seeds:
-            row = np.zeros(6)  # photos ok x3, pills ok x2, boxes dismissed
+            row = np.zeros(7)  # photos ok x4, pills ok x2, boxes dismissed
             photos = synthetic_photos(clf0.data_root, args.photos, pills, seed=seed)
             for p in photos:
                 h, w = p.image.shape[:2]
@@ -88,11 +90,11 @@ def main() -> None:
                 found = det(p.image)  # detected once, classified with and without dismissal
                 detected = lambda rgb, f=found: f  # noqa: E731
                 gated = identify(p.image, detected, clf)
-                plain = identify(p.image, detected, kept_all)
-                by_truth = identify(p.image, truth, clf)
-                row[:3] += [photo_correct(a, xyxy, p.classes) for a in (gated, plain, by_truth)]
-                row[3:5] += [match_truth(a, xyxy, p.classes)[0] for a in (gated, by_truth)]
-                row[5] += len(gated.dismissed)
+                answers = (gated, identify(p.image, detected, no_sizes),
+                           identify(p.image, detected, kept_all), identify(p.image, truth, clf))
+                row[:4] += [photo_correct(a, xyxy, p.classes) for a in answers]
+                row[4:6] += [match_truth(a, xyxy, p.classes)[0] for a in (gated, answers[3])]
+                row[6] += len(gated.dismissed)
             pooled += row
             _print_row(pills, str(seed), len(photos), pills * len(photos), row)
         if len(seeds) > 1:
@@ -101,8 +103,9 @@ def main() -> None:
 
 
 def _print_row(pills: int, seed: str, n: int, k: int, row: np.ndarray) -> None:
-    print(f"{pills:>5} {seed:>4} {n:>6}   {row[0] / n:>8.1%}  {row[1] / n:>12.1%}  "
-          f"{row[2] / n:>10.1%}    {row[3] / k:>8.1%}  {row[4] / k:>10.1%}  {int(row[5]):>9}")
+    print(f"{pills:>5} {seed:>4} {n:>6}   {row[0] / n:>8.1%}  {row[1] / n:>8.1%}  "
+          f"{row[2] / n:>12.1%}  {row[3] / n:>10.1%}    {row[4] / k:>8.1%}  {row[5] / k:>10.1%}  "
+          f"{int(row[6]):>9}")
 
 
 if __name__ == "__main__":

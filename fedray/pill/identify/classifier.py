@@ -29,6 +29,7 @@ from fedray.extras import missing
 from fedray.fl.checkpoint import CHECKPOINT, load_checkpoint
 from fedray.fl.train import set_params
 from fedray.models import build_model
+from fedray.pill.identify.sizes import SizePrior, catalog_sizes
 
 log = logging.getLogger("fedray")
 CALIBRATION = "identify_calibration.json"
@@ -48,6 +49,7 @@ class Classifier:
     threshold: float = 0.0
     energy_floor: float = float("-inf")  # below it a crop is unlike every known pill
     session: Any = None  # an onnxruntime session of the exported model: used instead of torch
+    sizes: SizePrior | None = None  # the classes' catalog outlines: box sizes as evidence
 
     def logits(self, crops: np.ndarray) -> np.ndarray:
         """uint8 crops (N, S, S, 3) -> logits (N, K), by onnxruntime when exported, else torch."""
@@ -121,6 +123,7 @@ def load_classifier(run_dir: str | Path, calibrate: bool = True, onnx: bool = Tr
     set_params(model, ckpt["params"])
     model.eval()
     clf = Classifier(model, list(info.class_names), int(info.image_size), str(info.root))
+    clf.sizes = catalog_sizes(info.root, clf.class_names)
     exported = run_dir / "export" / "classifier.onnx"
     if onnx and exported.exists() and not missing("onnxruntime"):
         from fedray.pill.identify.export import onnx_session

@@ -40,6 +40,7 @@ class Answer:
     height: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     dismissed: list[list[float]] = field(default_factory=list)  # boxes dropped as background
+    px_per_mm: float | None = None  # the photo's scale, when sure pills set one (sizes.py)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -52,22 +53,25 @@ def identify(rgb: np.ndarray, detect: DetectFn, clf: Classifier, top_k: int = 5)
     height, width = rgb.shape[:2]
     t0 = time.perf_counter()
     boxes, scores = detect(rgb)
+    boxes, scores = np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores).reshape(-1)
     t1 = time.perf_counter()
     crops = crop_boxes(rgb, xyxy_to_yolo(boxes, width, height), clf.image_size, CROP_PAD)
     probs, energy = clf.scores(crops)
     t2 = time.perf_counter()
     k = max(1, min(int(top_k), len(clf.class_names)))
-    found, dismissed = [], []
-    for box, score, p, e in zip(boxes, scores, probs, energy, strict=True):
-        xyxy = [round(float(v), 1) for v in box]
-        if score < SURE_SCORE and e < clf.energy_floor:
-            dismissed.append(xyxy)
-            continue
+    keep = ~((scores < SURE_SCORE) & (energy < clf.energy_floor))
+    dismissed = [_rounded(b) for b in boxes[~keep]]
+    boxes, scores, probs = boxes[keep], scores[keep], probs[keep]
+    scale = None
+    if clf.sizes is not None:  # the other pills' sizes weigh each crop's reading
+        probs, scale = clf.sizes.reweigh(boxes, probs, clf.threshold)
+    found = []
+    for box, score, p in zip(boxes, scores, probs, strict=True):
         order = np.argsort(-p)[:k]
         conf = float(p[order[0]])
         known = conf >= clf.threshold
         found.append(Found(
-            box=xyxy,
+            box=_rounded(box),
             score=float(score),
             top=[(clf.class_names[i], float(p[i])) for i in order],
             name=clf.class_names[order[0]] if known else UNKNOWN,
@@ -75,7 +79,12 @@ def identify(rgb: np.ndarray, detect: DetectFn, clf: Classifier, top_k: int = 5)
             confidence=conf,
         ))
     found.sort(key=lambda f: (f.box[1], f.box[0]))  # reading order: top to bottom, left to right
-    return Answer(found, width, height, {"detect": t1 - t0, "classify": t2 - t1}, dismissed)
+    return Answer(found, width, height, {"detect": t1 - t0, "classify": t2 - t1}, dismissed,
+                  scale)
+
+
+def _rounded(box: np.ndarray) -> list[float]:
+    return [round(float(v), 1) for v in box]
 
 
 def annotate(rgb: np.ndarray, answer: Answer) -> np.ndarray:

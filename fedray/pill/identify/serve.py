@@ -118,6 +118,7 @@ def create_app(identifier: Identifier) -> FastAPI:
         return JSONResponse({
             "found": found,
             "dismissed": answer.dismissed,
+            "px_per_mm": answer.px_per_mm,
             "image": "data:image/png;base64," + base64.b64encode(png.tobytes()).decode(),
             "seconds": answer.seconds,
         })

@@ -1,0 +1,105 @@
+"""Pill sizes as evidence: the pills of one photo lie on one table, seen from one camera.
+
+A crop shows a pill's shape and imprint, not its size: the classifier sees a 13.9 mm and a
+16.5 mm white oblong tablet alike. The photo does know the size, relative to the other pills: at
+one camera distance every pill's box is its catalog outline (at some rotation) times one scale,
+pixels per mm. So the pills the classifier is sure of set the photo's scale, and each box's
+class probabilities are weighed by how well that class's outline, at that scale, fits the box:
+
+    p'(c) ~ p(c) * exp(-d_c^2 / (2 SIGMA^2)),
+    d_c = min over rotations of || log(box w, h) - log(scale * outline extent w, h) ||.
+
+A box never sets its own scale (the median over the OTHER sure boxes, at least
+`MIN_REFERENCES` of them), so a photo of one pill, or of two, is read by its crops alone. The
+spread SIGMA covers the per-pill size spread of the photos (+-8 %), perspective and the
+detector's box error; classes of a dataset without a catalog (an imported one) are not weighed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SIGMA = 0.1  # log-size spread of a pill's box about the photo's scale
+MIN_REFERENCES = 2  # sure boxes (besides the one weighed) a photo needs before sizes count
+ANGLES = np.deg2rad(np.arange(0.0, 180.0, 3.0))  # box extents repeat every 180 degrees
+
+
+@dataclass
+class SizePrior:
+    """Every class's axis-aligned box, log mm (C, A, 2): width and height at A rotations."""
+
+    log_extent: np.ndarray
+    sigma: float = SIGMA
+    min_references: int = MIN_REFERENCES
+
+    @classmethod
+    def from_outlines(cls, outlines: list[np.ndarray], **kw) -> SizePrior:
+        """From each class's silhouette, (N, 2) points in mm."""
+        cos, sin = np.cos(ANGLES)[:, None], np.sin(ANGLES)[:, None]
+        ext = []
+        for o in outlines:
+            x = o[:, 0][None] * cos - o[:, 1][None] * sin
+            y = o[:, 0][None] * sin + o[:, 1][None] * cos
+            ext.append(np.stack([np.ptp(x, 1), np.ptp(y, 1)], 1))
+        return cls(np.log(np.maximum(np.array(ext), 1e-3)), **kw)
+
+    def scales(self, log_box: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """log px per mm of each box (N, 2 log px) read as its class: at the rotation whose
+        aspect ratio fits the box best."""
+        r = log_box[:, None, :] - self.log_extent[classes]  # (N, A, 2)
+        best = np.abs(r[..., 0] - r[..., 1]).argmin(1)
+        return r[np.arange(len(r)), best].mean(1)
+
+    def misfit(self, log_box: np.ndarray, log_scale: np.ndarray) -> np.ndarray:
+        """(N, C): how far each box is from each class's outline at the given scales (log)."""
+        r = log_box[:, None, None, :] - log_scale[:, None, None, None] - self.log_extent[None]
+        return np.sqrt((r ** 2).sum(-1)).min(-1)
+
+    def reweigh(self, boxes: np.ndarray, probs: np.ndarray, threshold: float
+                ) -> tuple[np.ndarray, float | None]:
+        """Probabilities weighed by size (N, C), and the photo's scale in px per mm (None when
+        fewer than `min_references` + 1 boxes are sure: nothing is weighed then)."""
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        sure = probs.max(1) >= threshold if len(probs) else np.zeros(0, bool)
+        if sure.sum() < self.min_references:
+            return probs, None
+        log_box = np.log(np.maximum(boxes[:, 2:] - boxes[:, :2], 1.0))
+        own = self.scales(log_box, probs.argmax(1))
+        out = probs.astype(np.float64)
+        weighed = []
+        for i in range(len(boxes)):
+            others = sure.copy()
+            others[i] = False
+            if others.sum() < self.min_references:
+                continue  # a box is never weighed against a scale it set itself
+            log_scale = np.median(own[others])
+            d = self.misfit(log_box[i:i + 1], np.array([log_scale]))[0]
+            w = out[i] * np.exp(-0.5 * (d / self.sigma) ** 2)
+            if w.sum() > 0:  # no class fits at all: leave the crop's own reading
+                out[i] = w / w.sum()
+            weighed.append(log_scale)
+        scale = float(np.exp(np.median(own[sure]))) if weighed else None
+        return out.astype(probs.dtype), scale
+
+
+def catalog_sizes(data_root: str | Path, class_names: list[str]) -> SizePrior | None:
+    """The size prior of a dataset's classes from its catalog.json (class names start with the
+    pill id); None when there is no catalog or a class is not in it."""
+    path = Path(data_root) / "catalog.json"
+    if not data_root or not path.is_file():
+        return None
+    from fedray.pill.catalog import load_catalog
+    from fedray.pill.render import outline_mm
+
+    try:
+        by_id = {str(p.id): p for p in load_catalog(path)}
+    except (OSError, ValueError, json.JSONDecodeError):
+        return None
+    pills = [by_id.get(name.split(" ", 1)[0]) for name in class_names]
+    if any(p is None for p in pills):
+        return None
+    return SizePrior.from_outlines([outline_mm(p) for p in pills])

@@ -1,0 +1,66 @@
+"""Pill sizes as evidence in one photo (fedray/pill/identify/sizes.py)."""
+
+import numpy as np
+
+from fedray.pill.catalog import Pill
+from fedray.pill.identify.sizes import SizePrior
+from fedray.pill.render import outline_mm
+
+
+def _pill(shape, length, width):
+    return Pill(id=0, name="p", shape=shape, size_mm=(length, width), thickness_mm=4.0,
+                colors=(), imprint_front="", imprint_back="", imprint_style="debossed",
+                score_line="none", coating="matte")
+
+
+
+def _prior():
+    outlines = [outline_mm(_pill("round", 6.5, 6.5)), outline_mm(_pill("round", 11.2, 11.2)),
+                outline_mm(_pill("oblong", 16.5, 7.9))]
+    return SizePrior.from_outlines(outlines), outlines
+
+
+def _box(outline, scale, deg, at=(0.0, 0.0)):
+    t = np.deg2rad(deg)
+    x = outline[:, 0] * np.cos(t) - outline[:, 1] * np.sin(t)
+    y = outline[:, 0] * np.sin(t) + outline[:, 1] * np.cos(t)
+    return [at[0] + scale * x.min(), at[1] + scale * y.min(),
+            at[0] + scale * x.max(), at[1] + scale * y.max()]
+
+
+def test_the_scale_of_a_rotated_pill_is_read_back_from_its_box():
+    prior, outlines = _prior()
+    boxes = np.array([_box(outlines[2], 9.0, deg) for deg in (0, 20, 45, 70, 90)])
+    log_box = np.log(boxes[:, 2:] - boxes[:, :2])
+    np.testing.assert_allclose(np.exp(prior.scales(log_box, np.full(5, 2))), 9.0, rtol=0.03)
+    # at that scale the oblong fits its boxes, the round pills do not
+    d = prior.misfit(log_box, np.full(5, np.log(9.0)))
+    assert (d[:, 2] < 0.03).all() and (d[:, :2] > 0.3).all()
+
+
+def test_sure_pills_set_the_scale_that_names_an_ambiguous_one():
+    prior, outlines = _prior()
+    sure = [_box(outlines[2], 10.0, 30), _box(outlines[2], 10.0, 80, (300, 0))]
+    small = _box(outlines[0], 10.0, 0, (0, 300))
+    probs = np.array([[0.01, 0.01, 0.98], [0.01, 0.02, 0.97], [0.40, 0.55, 0.05]], np.float32)
+    out, scale = prior.reweigh(np.array(sure + [small]), probs, threshold=0.9)
+    assert abs(scale - 10.0) < 0.3
+    assert out[2].argmax() == 0 and out[2, 0] > 0.95  # 65 px at 10 px/mm: the 6.5 mm pill
+    np.testing.assert_allclose(out.sum(1), 1.0, rtol=1e-5)
+    # the sure ones keep their reading (each weighed against the other alone: below the
+    # minimum of references, so not weighed at all)
+    np.testing.assert_allclose(out[:2], probs[:2])
+    # a larger photo scale reads the same box as the smaller pill no more
+    big = [_box(outlines[2], 5.8, 30), _box(outlines[2], 5.8, 80, (300, 0))]
+    out, _ = prior.reweigh(np.array(big + [small]), probs, threshold=0.9)
+    assert out[2].argmax() == 1
+
+
+def test_too_few_sure_pills_weigh_nothing():
+    prior, outlines = _prior()
+    boxes = np.array([_box(outlines[2], 10.0, 0), _box(outlines[0], 10.0, 0, (0, 300))])
+    probs = np.array([[0.0, 0.0, 1.0], [0.4, 0.6, 0.0]], np.float32)
+    out, scale = prior.reweigh(boxes, probs, threshold=0.9)
+    assert scale is None and out is probs
+    out, scale = prior.reweigh(np.zeros((0, 4)), np.zeros((0, 3), np.float32), threshold=0.9)
+    assert scale is None and out.shape == (0, 3)
