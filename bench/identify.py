@@ -36,11 +36,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
+    from fedray.pill.crops import CROP_PAD, crop_boxes, xyxy_to_yolo
     from fedray.pill.identify.app import latest_detector
     from fedray.pill.identify.classifier import load_classifier
     from fedray.pill.identify.detector import Detector
     from fedray.pill.identify.photos import synthetic_photos
-    from fedray.pill.identify.pipeline import SURE_SCORE, identify, match_truth, photo_correct
+    from fedray.pill.identify.pipeline import (
+        SURE_SCORE,
+        Answer,
+        identify,
+        match_truth,
+        name_boxes,
+        photo_correct,
+    )
 
     det_pt = args.detector or str(latest_detector())
     export = os.path.join(args.run, "export")
@@ -86,12 +94,16 @@ def main() -> None:
                 cx, cy, bw, bh = p.boxes.T
                 xyxy = np.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w,
                                  (cy + bh / 2) * h], 1).astype(np.float32)
-                truth = lambda rgb, b=xyxy: (b, np.ones(len(b), np.float32))  # noqa: E731
-                found = det(p.image)  # detected once, classified with and without dismissal
-                detected = lambda rgb, f=found: f  # noqa: E731
-                gated = identify(p.image, detected, clf)
-                answers = (gated, identify(p.image, detected, no_sizes),
-                           identify(p.image, detected, kept_all), identify(p.image, truth, clf))
+                # detected once and each box set classified once; named with and without
+                # the size weighing and the background dismissal
+                det_boxes, det_scores = det(p.image)
+                read = [(b, sc, *clf.scores(crop_boxes(p.image, xyxy_to_yolo(b, w, h),
+                                                        clf.image_size, CROP_PAD)))
+                        for b, sc in ((det_boxes, det_scores), (xyxy, np.ones(len(xyxy))))]
+                named = [name_boxes(*read[i], c)
+                         for i, c in ((0, clf), (0, no_sizes), (0, kept_all), (1, clf))]
+                answers = [Answer(found, dismissed=gone) for found, gone, _ in named]
+                gated = answers[0]
                 row[:4] += [photo_correct(a, xyxy, p.classes) for a in answers]
                 row[4:6] += [match_truth(a, xyxy, p.classes)[0] for a in (gated, answers[3])]
                 row[6] += len(gated.dismissed)

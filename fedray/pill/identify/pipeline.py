@@ -58,6 +58,16 @@ def identify(rgb: np.ndarray, detect: DetectFn, clf: Classifier, top_k: int = 5)
     crops = crop_boxes(rgb, xyxy_to_yolo(boxes, width, height), clf.image_size, CROP_PAD)
     probs, energy = clf.scores(crops)
     t2 = time.perf_counter()
+    found, dismissed, scale = name_boxes(boxes, scores, probs, energy, clf, top_k)
+    return Answer(found, width, height, {"detect": t1 - t0, "classify": t2 - t1}, dismissed,
+                  scale)
+
+
+def name_boxes(boxes: np.ndarray, scores: np.ndarray, probs: np.ndarray, energy: np.ndarray,
+               clf: Classifier, top_k: int = 5
+               ) -> tuple[list[Found], list[list[float]], float | None]:
+    """The detector's boxes and the classifier's reading of their crops -> the pills found (in
+    reading order), the boxes dismissed as background and the photo's scale (px per mm)."""
     k = max(1, min(int(top_k), len(clf.class_names)))
     keep = ~((scores < SURE_SCORE) & (energy < clf.energy_floor))
     dismissed = [_rounded(b) for b in boxes[~keep]]
@@ -79,8 +89,7 @@ def identify(rgb: np.ndarray, detect: DetectFn, clf: Classifier, top_k: int = 5)
             confidence=conf,
         ))
     found.sort(key=lambda f: (f.box[1], f.box[0]))  # reading order: top to bottom, left to right
-    return Answer(found, width, height, {"detect": t1 - t0, "classify": t2 - t1}, dismissed,
-                  scale)
+    return found, dismissed, scale
 
 
 def _rounded(box: np.ndarray) -> list[float]:
