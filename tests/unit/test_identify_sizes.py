@@ -40,26 +40,30 @@ def test_the_scale_of_a_rotated_pill_is_read_back_from_its_box():
 
 def test_sure_pills_set_the_scale_that_names_an_ambiguous_one():
     prior, outlines = _prior()
-    sure = [_box(outlines[2], 10.0, 30), _box(outlines[2], 10.0, 80, (300, 0))]
+    sure = [_box(outlines[2], 10.0, 30), _box(outlines[2], 10.0, 80, (300, 0)),
+            _box(outlines[1], 10.0, 0, (300, 300))]
     small = _box(outlines[0], 10.0, 0, (0, 300))
-    probs = np.array([[0.01, 0.01, 0.98], [0.01, 0.02, 0.97], [0.40, 0.55, 0.05]], np.float32)
+    probs = np.array([[0.01, 0.01, 0.98], [0.01, 0.02, 0.97], [0.02, 0.96, 0.02],
+                      [0.40, 0.55, 0.05]], np.float32)
     out, scale = prior.reweigh(np.array(sure + [small]), probs, threshold=0.9)
     assert abs(scale - 10.0) < 0.3
-    assert out[2].argmax() == 0 and out[2, 0] > 0.95  # 65 px at 10 px/mm: the 6.5 mm pill
+    assert out[3].argmax() == 0 and out[3, 0] > 0.95  # 65 px at 10 px/mm: the 6.5 mm pill
     np.testing.assert_allclose(out.sum(1), 1.0, rtol=1e-5)
-    # the sure ones keep their reading (each weighed against the other alone: below the
-    # minimum of references, so not weighed at all)
-    np.testing.assert_allclose(out[:2], probs[:2])
-    # a larger photo scale reads the same box as the smaller pill no more
-    big = [_box(outlines[2], 5.8, 30), _box(outlines[2], 5.8, 80, (300, 0))]
+    # the sure ones keep their reading (each has 2 other sure boxes: under the minimum of
+    # references, so not weighed at all)
+    np.testing.assert_allclose(out[:3], probs[:3])
+    # at a scale where 65 px is an 11.2 mm pill, the same box reads as the larger one
+    big = [_box(outlines[2], 5.8, 30), _box(outlines[2], 5.8, 80, (300, 0)),
+           _box(outlines[1], 5.8, 0, (300, 300))]
     out, _ = prior.reweigh(np.array(big + [small]), probs, threshold=0.9)
-    assert out[2].argmax() == 1
+    assert out[3].argmax() == 1
 
 
 def test_too_few_sure_pills_weigh_nothing():
     prior, outlines = _prior()
-    boxes = np.array([_box(outlines[2], 10.0, 0), _box(outlines[0], 10.0, 0, (0, 300))])
-    probs = np.array([[0.0, 0.0, 1.0], [0.4, 0.6, 0.0]], np.float32)
+    boxes = np.array([_box(outlines[2], 10.0, 0), _box(outlines[2], 10.0, 90, (300, 0)),
+                      _box(outlines[0], 10.0, 0, (0, 300))])
+    probs = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.4, 0.6, 0.0]], np.float32)
     out, scale = prior.reweigh(boxes, probs, threshold=0.9)
     assert scale is None and out is probs
     out, scale = prior.reweigh(np.zeros((0, 4)), np.zeros((0, 3), np.float32), threshold=0.9)

@@ -10,7 +10,7 @@ class probabilities are weighed by how well that class's outline, at that scale,
     d_c = min over rotations of || log(box w, h) - log(scale * outline extent w, h) ||.
 
 A box never sets its own scale (the median over the OTHER sure boxes, at least
-`MIN_REFERENCES` of them), so a photo of one pill, or of two, is read by its crops alone. The
+`MIN_REFERENCES` of them), so a photo of up to three pills is read by its crops alone. The
 spread SIGMA covers the per-pill size spread of the photos (+-8 %), perspective and the
 detector's box error; classes of a dataset without a catalog (an imported one) are not weighed.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 SIGMA = 0.1  # log-size spread of a pill's box about the photo's scale
-MIN_REFERENCES = 2  # sure boxes (besides the one weighed) a photo needs before sizes count
+MIN_REFERENCES = 3  # sure boxes (besides the one weighed) a photo needs before sizes count
 ANGLES = np.deg2rad(np.arange(0.0, 180.0, 3.0))  # box extents repeat every 180 degrees
 
 
