@@ -296,6 +296,46 @@ def _tray(rng: np.random.Generator, size: int) -> np.ndarray:
     return out + (gloss * rng.uniform(30, 90))[..., None]
 
 
+def _printed(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A printed tablecloth or placemat: flat pill-sized motifs (dots, rounded squares, ovals,
+    diamonds) in a lattice or scattered, printed into the cloth's weave. No relief and no
+    shadow: the hard negatives a pill detector must learn to leave alone."""
+    out = _fabric(rng, size) if rng.random() < 0.5 else _plain(rng, size)
+    weave = _noise(rng, size, int(rng.integers(20, 60)), 2)
+    ink = np.zeros((size, size), np.float32)
+    pitch = rng.uniform(size / 10, size / 4)
+    r = pitch * rng.uniform(0.18, 0.38)
+    kind = int(rng.integers(4))  # 0 dot, 1 rounded square, 2 oval, 3 diamond
+    if rng.random() < 0.6:  # a lattice, every other row shifted half a pitch or not
+        shift = pitch / 2 if rng.random() < 0.5 else 0.0
+        ox, oy = rng.uniform(0, pitch, 2)
+        centres = [(cx + shift * (j % 2), cy)
+                   for j, cy in enumerate(np.arange(oy - pitch, size + pitch, pitch))
+                   for cx in np.arange(ox - pitch, size + pitch, pitch)]
+    else:  # scattered
+        n = int((size / pitch) ** 2)
+        centres = list(map(tuple, rng.uniform(0, size, (n, 2))))
+    angle = rng.uniform(0, 180)
+    for cx, cy in centres:
+        c = (int(cx), int(cy))
+        if kind == 0:
+            cv2.circle(ink, c, int(r), 1.0, -1, cv2.LINE_AA)
+        elif kind == 2:
+            cv2.ellipse(ink, c, (int(r), int(r * 0.55)), angle, 0, 360, 1.0, -1, cv2.LINE_AA)
+        else:
+            corner = r * (0.35 if kind == 1 else 0.05)
+            half = r - corner
+            rot = math.radians(angle + (45 if kind == 3 else 0))
+            u = np.array([[-half, -half], [half, -half], [half, half], [-half, half]])
+            m = np.array([[math.cos(rot), -math.sin(rot)], [math.sin(rot), math.cos(rot)]])
+            pts = (u @ m.T + np.array([cx, cy])).astype(np.int32)
+            cv2.fillConvexPoly(ink, pts, 1.0, cv2.LINE_AA)
+            cv2.polylines(ink, [pts], True, 1.0, max(1, int(2 * corner)), cv2.LINE_AA)
+    ink = cv2.GaussianBlur(ink, (0, 0), rng.uniform(0.5, 1.5)) * rng.uniform(0.6, 1.0)
+    colour = _hsv(rng.random(), rng.uniform(0.0, 0.9), rng.uniform(0.2, 1.0))
+    return _lerp(out, colour * (0.85 + 0.3 * weave)[..., None], ink)
+
+
 # Surfaces only the detection scenes draw on (data.detection_surfaces): kept out of FAMILIES so
 # the classifier crops' textures, and their seeds, stay as they were.
 SCENE_FAMILIES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
@@ -306,6 +346,7 @@ SCENE_FAMILIES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "granite": _granite,
     "fabric": _fabric,
     "marble": _marble,
+    "printed": _printed,
 }
 
 
