@@ -68,3 +68,28 @@ def test_too_few_sure_pills_weigh_nothing():
     assert scale is None and out is probs
     out, scale = prior.reweigh(np.zeros((0, 4)), np.zeros((0, 3), np.float32), threshold=0.9)
     assert scale is None and out.shape == (0, 3)
+
+
+def test_identify_names_a_box_by_its_size_among_sure_pills():
+    import dataclasses
+
+    from fedray.pill.identify.classifier import Classifier
+    from fedray.pill.identify.pipeline import identify
+
+    small, large = (outline_mm(_pill("round", d, d)) for d in (6.5, 11.2))
+    probs = np.array([[0.02, 0.98]] * 3 + [[0.6, 0.4]], np.float32)
+
+    class Fixed(Classifier):  # the crops' reading, fixed: three sure "large", one unsure box
+        def scores(self, crops, batch=64):
+            return probs[:len(crops)], np.full(len(crops), 10.0, np.float32)
+
+    boxes = np.array([_box(large, 10.0, 0, (60 + 130 * i, 60)) for i in range(4)], np.float32)
+    clf = Fixed(None, ["small", "large"], 16, "", threshold=0.5,
+                sizes=SizePrior.from_outlines([small, large]))
+    rgb = np.zeros((240, 640, 3), np.uint8)
+    answer = identify(rgb, lambda _: (boxes, np.ones(4, np.float32)), clf)
+    assert [f.name for f in answer.found] == ["large"] * 4  # 112 px at 10 px/mm: 11.2 mm
+    assert abs(answer.px_per_mm - 10.0) < 0.3
+    plain = identify(rgb, lambda _: (boxes, np.ones(4, np.float32)),
+                     dataclasses.replace(clf, sizes=None))
+    assert [f.name for f in plain.found] == ["large"] * 3 + ["small"] and plain.px_per_mm is None
