@@ -65,25 +65,19 @@ class SizePrior:
         fewer than `min_references` + 1 boxes are sure: nothing is weighed then)."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         sure = probs.max(1) >= threshold if len(probs) else np.zeros(0, bool)
-        if sure.sum() < self.min_references:
+        # a box is weighed only against a scale other sure boxes set, never one it set itself
+        idx = np.flatnonzero(sure.sum() - sure >= self.min_references)
+        if len(idx) == 0:
             return probs, None
         log_box = np.log(np.maximum(boxes[:, 2:] - boxes[:, :2], 1.0))
         own = self.scales(log_box, probs.argmax(1))
+        log_scale = np.array([np.median(own[sure & (np.arange(len(sure)) != i)]) for i in idx])
+        w = probs[idx] * np.exp(-0.5 * (self.misfit(log_box[idx], log_scale) / self.sigma) ** 2)
+        total = w.sum(1, keepdims=True)
         out = probs.astype(np.float64)
-        weighed = []
-        for i in range(len(boxes)):
-            others = sure.copy()
-            others[i] = False
-            if others.sum() < self.min_references:
-                continue  # a box is never weighed against a scale it set itself
-            log_scale = np.median(own[others])
-            d = self.misfit(log_box[i:i + 1], np.array([log_scale]))[0]
-            w = out[i] * np.exp(-0.5 * (d / self.sigma) ** 2)
-            if w.sum() > 0:  # no class fits at all: leave the crop's own reading
-                out[i] = w / w.sum()
-            weighed.append(log_scale)
-        scale = float(np.exp(np.median(own[sure]))) if weighed else None
-        return out.astype(probs.dtype), scale
+        # where no class fits at all, the crop's own reading stands
+        out[idx] = np.where(total > 0, w / np.maximum(total, 1e-300), out[idx])
+        return out.astype(probs.dtype), float(np.exp(np.median(own[sure])))
 
 
 def catalog_sizes(data_root: str | Path, class_names: list[str]) -> SizePrior | None:
