@@ -17,6 +17,14 @@ UNKNOWN = "unknown"
 # knows (energy under its calibrated floor) is background, not a pill: dropped from the answer.
 # A box the detector is sure of always stays (a pill the classifier does not know reads unknown).
 SURE_SCORE = 0.6
+# A surface's own motif (a lattice of dots on a tablecloth, a carpet's tufts) repeats: boxes the
+# classifier finds unlike every pill and the detector is not quite sure of, at least
+# PATTERN_COUNT of them (each counted with itself) of about one size (log width and height within
+# PATTERN_SIZE_TOL), are that motif, not pills. A pill the detector is sure of
+# (>= PATTERN_SCORE) stays, however many copies of it lie on the table.
+PATTERN_COUNT = 3
+PATTERN_SIZE_TOL = 0.2
+PATTERN_SCORE = 0.85
 
 
 @dataclass
@@ -69,7 +77,8 @@ def name_boxes(boxes: np.ndarray, scores: np.ndarray, probs: np.ndarray, energy:
     """The detector's boxes and the classifier's reading of their crops -> the pills found (in
     reading order), the boxes dismissed as background and the photo's scale (px per mm)."""
     k = max(1, min(int(top_k), len(clf.class_names)))
-    keep = ~((scores < SURE_SCORE) & (energy < clf.energy_floor))
+    unlike = energy < clf.energy_floor  # the crop is unlike every pill the classifier knows
+    keep = ~(unlike & ((scores < SURE_SCORE) | surface_motif(boxes, scores, unlike)))
     dismissed = [_rounded(b) for b in boxes[~keep]]
     boxes, scores, probs = boxes[keep], scores[keep], probs[keep]
     scale = None
@@ -90,6 +99,17 @@ def name_boxes(boxes: np.ndarray, scores: np.ndarray, probs: np.ndarray, energy:
         ))
     found.sort(key=lambda f: (f.box[1], f.box[0]))  # reading order: top to bottom, left to right
     return found, dismissed, scale
+
+
+def surface_motif(boxes: np.ndarray, scores: np.ndarray, unlike: np.ndarray) -> np.ndarray:
+    """Which boxes repeat one another as a surface's motif does: unlike every pill, under
+    PATTERN_SCORE, and with at least PATTERN_COUNT - 1 others like them of about their size."""
+    cand = unlike & (scores < PATTERN_SCORE)
+    if cand.sum() < PATTERN_COUNT:
+        return np.zeros(len(boxes), bool)
+    log_size = np.log(np.maximum(boxes[:, 2:] - boxes[:, :2], 1.0))
+    alike = np.abs(log_size[:, None] - log_size[None]).max(-1) < PATTERN_SIZE_TOL
+    return cand & ((alike & cand[None]).sum(1) >= PATTERN_COUNT)
 
 
 def _rounded(box: np.ndarray) -> list[float]:
