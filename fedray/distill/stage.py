@@ -244,6 +244,15 @@ def transfer_set(
     return x, y, name
 
 
+def student_cfg(cfg: dict[str, Any], dcfg: dict[str, Any]) -> dict[str, Any]:
+    """The student's model config, its `pretrained: <pretrain.name>` (e.g. `public`) resolved to
+    the weights the experiment's pretrain stage makes for the student's own architecture (cached
+    like the teacher's backbone), so a student can start where its teacher did."""
+    from fedray.run import resolve_pretrained
+
+    return resolve_pretrained({**cfg, "model": dcfg["student"]})["model"]
+
+
 def run_distill(
     cfg: dict[str, Any], on_round: Callable[[dict[str, Any], Path | None], None] | None = None
 ) -> dict[str, Any]:
@@ -277,7 +286,7 @@ def run_distill(
         t_logits = predict_logits(teacher, tx, device=device)  # fixed teacher: computed once
 
         torch.manual_seed(seed)
-        student = build_model(dcfg["student"], info.num_classes).to(device)
+        student = build_model(student_cfg(cfg, dcfg), info.num_classes).to(device)
         pre = int(dcfg["pre_epochs"])
         if pre:  # stage one of the two-stage recipe: the student alone on the hard labels
             fit(student, x, y, pre, dcfg, seed + 2, device=device, desc="student alone (stage 1)")

@@ -47,17 +47,19 @@ class SqueezeNetBN(nn.Module):
         taps: list | None = None,
         pool: str = "avg",
         hidden: int | None = None,
+        width: float = 1.0,
     ) -> None:
         super().__init__()
+        c = _width(width)
         self.turns = 1  # quarter-turn averaging of the backbone (model.turns, fedray.models.views)
         self.zooms = tuple(zooms)  # centre zooms stacked on channels (model.zooms)
         down = nn.MaxPool2d(3, 2, ceil_mode=True)
         self.features = nn.Sequential(
-            nn.Conv2d(3, 64, 3, stride=2), nn.BatchNorm2d(64), nn.ReLU(inplace=True), down,
-            Fire(64, 16, 64, 64), Fire(128, 16, 64, 64), down,
-            Fire(128, 32, 128, 128), Fire(256, 32, 128, 128), down,
-            Fire(256, 48, 192, 192), Fire(384, 48, 192, 192),
-            Fire(384, 64, 256, 256), Fire(512, 64, 256, 256),
+            nn.Conv2d(3, c(64), 3, stride=2), nn.BatchNorm2d(c(64)), nn.ReLU(inplace=True), down,
+            Fire(c(64), c(16), c(64), c(64)), Fire(2 * c(64), c(16), c(64), c(64)), down,
+            Fire(2 * c(64), c(32), c(128), c(128)), Fire(2 * c(128), c(32), c(128), c(128)), down,
+            Fire(2 * c(128), c(48), c(192), c(192)), Fire(2 * c(192), c(48), c(192), c(192)),
+            Fire(2 * c(192), c(64), c(256), c(256)), Fire(2 * c(256), c(64), c(256), c(256)),
         )  # fmt: skip
         # pooled outputs of these blocks feed the head (model.taps; None: the last block's map)
         self.taps = check_taps(taps, len(self.features))
@@ -85,6 +87,15 @@ class SqueezeNetBN(nn.Module):
         return torch.flatten(self.classifier(feats), 1)
 
 
+def _width(multiplier: float):
+    """Channels at a width multiplier: a multiple of 8 (at least 8), as MobileNets round them."""
+    if not isinstance(multiplier, int | float) or not 0 < multiplier <= 4:
+        from fedray.config import ConfigError
+
+        raise ConfigError(f"model.width={multiplier!r}: a channel multiplier in (0, 4]")
+    return lambda n: n if multiplier == 1 else max(8, int(n * multiplier + 4) // 8 * 8)
+
+
 def build_squeezenet(
     num_classes: int,
     version: str = "1_1",
@@ -93,10 +104,16 @@ def build_squeezenet(
     taps: list | None = None,
     pool: str = "avg",
     hidden: int | None = None,
+    width: float = 1.0,
 ) -> nn.Module:
     """SqueezeNet, randomly initialised (nothing is downloaded); `hidden`: an MLP head of that
-    width on the tapped features (None: one linear map)."""
+    width on the tapped features (None: one linear map); `width`: a channel multiplier of the
+    BatchNorm layout (0.3: a phone-sized student with about a tenth of the parameters)."""
     zooms = tuple(zooms)
+    if width != 1.0 and not batch_norm:
+        from fedray.config import ConfigError
+
+        raise ConfigError("model.width needs the BatchNorm layout (model.batch_norm=true)")
     if not batch_norm and (zooms != (1.0,) or taps is not None or hidden is not None):
         from fedray.config import ConfigError
 
@@ -112,7 +129,8 @@ def build_squeezenet(
             raise ConfigError(
                 "model.batch_norm=true is the SqueezeNet 1.1 layout: model.version=1_1"
             )
-        return SqueezeNetBN(num_classes, zooms=zooms, taps=taps, pool=pool, hidden=hidden)
+        return SqueezeNetBN(num_classes, zooms=zooms, taps=taps, pool=pool, hidden=hidden,
+                            width=width)
     factory = {"1_0": squeezenet1_0, "1_1": squeezenet1_1}.get(version)
     if factory is None:
         from fedray.config import ConfigError

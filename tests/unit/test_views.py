@@ -246,3 +246,26 @@ def test_hidden_gives_the_pill_squeezenet_an_mlp_head_that_ridge_refuses():
         build_model({**SQUEEZENET, "hidden": 32}, 5)  # no taps: the 1x1-conv head
     with pytest.raises(ConfigError, match="model.hidden=0"):
         build_model({**SQUEEZENET, "taps": [-1], "hidden": 0}, 5)
+
+
+def test_width_shrinks_the_pill_squeezenet_for_a_phone_and_default_stays_the_same():
+    cfg = {"_target_": "fedray.pill.squeezenet.build_squeezenet", "zooms": [1.0, 1.6],
+           "taps": [4, 5, 7, 8, 10, 11, 12, 13], "pool": "max", "turns": 4}
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    full = count(build_model(cfg, 20))
+    assert full == count(build_model({**cfg, "width": 1.0}, 20)) == 830_804
+    narrow = build_model({**cfg, "width": 0.3}, 20)
+    assert full / count(narrow) > 7.6  # MobileDeepPill's compression: 7.6x fewer parameters
+    # every channel count a multiple of 8; the forward and the cached-feature path still agree
+    convs = [m for m in narrow.features.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.out_channels % 8 == 0 for c in convs)
+    narrow.eval()
+    x = _images(n=3, size=64)
+    torch.testing.assert_close(
+        predict_logits(narrow, extract_features(narrow, x), cached=len(narrow.features)),
+        predict_logits(narrow, x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="model.width"):
+        build_model({**cfg, "width": 0}, 20)
+    with pytest.raises(ConfigError, match="model.width"):
+        build_model({**cfg, "width": 0.5, "batch_norm": False, "zooms": [1.0], "taps": None,
+                     "pool": "avg", "turns": 1}, 20)

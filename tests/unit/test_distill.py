@@ -1,0 +1,25 @@
+"""stage=distill: how the student is built (fedray/distill/stage.py)."""
+
+
+def test_a_students_pretrained_public_is_its_own_pretraining_through_the_pretrain_stage(
+        monkeypatch):
+    import fedray.run as run
+    from fedray.distill.stage import student_cfg
+
+    asked = []
+
+    def pretrain(cfg):  # stands in for the pill application's public-pill pretraining
+        asked.append(cfg["model"])
+        return {**cfg, "model": {**cfg["model"], "pretrained": "/cache/narrow.pt"}}
+
+    monkeypatch.setattr(run, "_pretrain_resolver", lambda cfg: pretrain)
+    cfg = {"pretrain": {"_target_": "x", "name": "public"},
+           "model": {"_target_": "teacher", "pretrained": "/cache/teacher.pt"}}
+    student = {"_target_": "student", "width": 0.3, "pretrained": "public"}
+    out = student_cfg(cfg, {"student": student})
+    assert out == {**student, "pretrained": "/cache/narrow.pt"}
+    assert asked == [student]  # the student's architecture is pretrained, not the teacher's
+    for given in (None, "/my/weights.pt"):  # a path or nothing is taken as it is
+        out = student_cfg(cfg, {"student": {**student, "pretrained": given}})
+        assert out["pretrained"] == given
+    assert len(asked) == 1
