@@ -11,6 +11,7 @@ import numpy as np
 from fedray.pill.consumer import DetectFn
 from fedray.pill.crops import CROP_PAD, crop_boxes, xyxy_to_yolo
 from fedray.pill.identify.classifier import Classifier
+from fedray.pill.identify.sizes import log_sizes
 
 UNKNOWN = "unknown"
 # A box the detector scored below this and whose crop the classifier finds unlike every pill it
@@ -107,7 +108,7 @@ def surface_motif(boxes: np.ndarray, scores: np.ndarray, unlike: np.ndarray) -> 
     cand = unlike & (scores < PATTERN_SCORE)
     if cand.sum() < PATTERN_COUNT:
         return np.zeros(len(boxes), bool)
-    log_size = np.log(np.maximum(boxes[:, 2:] - boxes[:, :2], 1.0))
+    log_size = log_sizes(boxes)
     alike = np.abs(log_size[:, None] - log_size[None]).max(-1) < PATTERN_SIZE_TOL
     return cand & ((alike & cand[None]).sum(1) >= PATTERN_COUNT)
 

@@ -69,7 +69,7 @@ class SizePrior:
         idx = np.flatnonzero(sure.sum() - sure >= self.min_references)
         if len(idx) == 0:
             return probs, None
-        log_box = np.log(np.maximum(boxes[:, 2:] - boxes[:, :2], 1.0))
+        log_box = log_sizes(boxes)
         own = self.scales(log_box, probs.argmax(1))
         log_scale = np.array([np.median(own[sure & (np.arange(len(sure)) != i)]) for i in idx])
         w = probs[idx] * np.exp(-0.5 * (self.misfit(log_box[idx], log_scale) / self.sigma) ** 2)
@@ -78,6 +78,11 @@ class SizePrior:
         # where no class fits at all, the crop's own reading stands
         out[idx] = np.where(total > 0, w / np.maximum(total, 1e-300), out[idx])
         return out.astype(probs.dtype), float(np.exp(np.median(own[sure])))
+
+
+def log_sizes(boxes: np.ndarray) -> np.ndarray:
+    """log (width, height) in px of xyxy boxes (N, 4) -> (N, 2); at least 1 px each."""
+    return np.log(np.maximum(boxes[:, 2:] - boxes[:, :2], 1.0))
 
 
 def catalog_sizes(data_root: str | Path, class_names: list[str]) -> SizePrior | None:
