@@ -47,6 +47,7 @@ KEYS = (
     "weight_decay",
     "baseline",
     "latency_runs",
+    "pretrain_teacher",
 )
 
 
@@ -77,6 +78,10 @@ def check_distill(dcfg: Any) -> dict[str, Any]:
             raise ConfigError(f"distill.{key} must be a number in [{low}, {high}], got {v!r}")
     if dcfg["temperature"] <= 0:
         raise ConfigError(f"distill.temperature must be > 0, got {dcfg['temperature']!r}")
+    if not isinstance(dcfg.get("pretrain_teacher", False), bool):
+        raise ConfigError(
+            f"distill.pretrain_teacher must be true or false, got {dcfg['pretrain_teacher']!r}"
+        )
     size = dcfg.get("transfer_size")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 2):
         raise ConfigError(f"distill.transfer_size must be null or an integer >= 2, got {size!r}")
@@ -247,10 +252,15 @@ def transfer_set(
 def student_cfg(cfg: dict[str, Any], dcfg: dict[str, Any]) -> dict[str, Any]:
     """The student's model config, its `pretrained: <pretrain.name>` (e.g. `public`) resolved to
     the weights the experiment's pretrain stage makes for the student's own architecture (cached
-    like the teacher's backbone), so a student can start where its teacher did."""
+    like the teacher's backbone), so a student can start where its teacher did; with
+    `distill.pretrain_teacher` that pretraining is itself distilled from the pretraining of the
+    experiment's `model` (fedray/pill/pretrain_teacher.py)."""
     from fedray.run import resolve_pretrained
 
-    return resolve_pretrained({**cfg, "model": dcfg["student"]})["model"]
+    pretrain = cfg.get("pretrain") or {}
+    if dcfg.get("pretrain_teacher"):  # the experiment's model pretrained teaches the student's
+        pretrain = {**pretrain, "teacher": cfg["model"]}
+    return resolve_pretrained({**cfg, "model": dcfg["student"], "pretrain": pretrain})["model"]
 
 
 def run_distill(

@@ -34,6 +34,13 @@ import torch
 from fedray.config import ConfigError
 from fedray.data.datasets import cached_build, config_hash, load_images, load_labels
 from fedray.data.sources import NOT_BUILDER_KEYS, build_dataset, cache_dir_for
+from fedray.pill.pretrain_teacher import (
+    TEACHER_KEYS,
+    load_teacher,
+    taught_loss,
+    teacher_cfg,
+    teacher_recipe,
+)
 
 log = logging.getLogger("fedray")
 WEIGHTS = "model.pt"
@@ -42,7 +49,8 @@ STATE = "state.pt"  # the resumable training state in the .partial directory
 # Bump when the training loop would make other weights from the same key.
 RECIPE_VERSION = 2
 # pretrain keys that choose how often to report or save, or name the stage: never the weights
-_NOT_IN_KEY = ("_target_", "name", "data", "eval_every", "checkpoint_every", "taps", "pool")
+_NOT_IN_KEY = ("_target_", "name", "data", "eval_every", "checkpoint_every", "taps", "pool",
+               *TEACHER_KEYS)  # the teacher enters the key as its own key (teacher_recipe)
 # data keys that choose where or how fast a dataset is built, never its bytes
 _DATA_NOT_IN_KEY = (*NOT_BUILDER_KEYS, "workers")
 # Called after each epoch (and its checkpoint) with the number of epochs done; tests use it to
@@ -144,20 +152,39 @@ def pretrain_model_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def model_key(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The model as pretraining builds it, canonical: its label and weights path aside, and a key
+    spelt at its builder's default dropped (`width: 1.0` and no width are one network)."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    model = {k: v for k, v in pretrain_model_cfg(cfg).items() if k not in ("name", "pretrained")}
+    try:
+        params = inspect.signature(get_object(str(model.get("_target_")))).parameters
+    except Exception:  # noqa: BLE001 - the model check reports a bad _target_ by name
+        params = {}
+    return {
+        k: v for k, v in model.items()
+        if not (k in params and type(params[k].default) is type(v) and params[k].default == v)
+    }
+
+
 def pretrain_key(cfg: dict[str, Any]) -> dict[str, Any]:
     """Everything that decides the pretrained weights, and nothing else (the cache key).
 
-    The public set (`public_set_key`), the model as pretraining builds it (its label `name` aside)
-    and the recipe (`precision: auto` as what it resolves to here: a bf16 and an fp32 backbone
+    The public set (`public_set_key`), the model as pretraining builds it (`model_key`) and the
+    recipe (`precision: auto` as what it resolves to here: a bf16 and an fp32 backbone
     are different weights); not the private data, not how often progress is reported or saved.
     """
     from fedray.fl.train import resolve_precision
 
     seed = int(cfg["seed"])
     pcfg = cfg["pretrain"]
-    model = {k: v for k, v in pretrain_model_cfg(cfg).items() if k not in ("name", "pretrained")}
+    model = model_key(cfg)
     recipe = {k: v for k, v in pcfg.items() if k not in _NOT_IN_KEY}
     recipe["precision"] = resolve_precision(pcfg.get("precision", "fp32"), "pretrain.precision")
+    recipe.update(teacher_recipe(cfg, lambda tcfg: config_hash(pretrain_key(tcfg))))
     return {
         "public_set": public_set_key(public_data_cfg(cfg), seed),
         "model": model,
@@ -190,6 +217,9 @@ def check_pretrain(cfg: dict[str, Any]) -> None:
     check_optimizer(pcfg.get("optimizer"), "pretrain.optimizer")
     pretrain_key(cfg)  # the public set's config (its builder's checks), precision, pool
     build_model(pretrain_model_cfg(cfg), 2)  # the pretraining head's taps fit the backbone
+    tcfg = teacher_cfg(cfg)
+    if tcfg is not None:
+        build_model(pretrain_model_cfg(tcfg), 2)  # the teacher is a model that builds
 
 
 # Public batches are drawn at random: from an array in RAM they cost nothing, from a memory map
@@ -301,6 +331,7 @@ def _train(
     model = build_model(model_cfg, info.num_classes)
     x = in_memory(load_images(info.root, "train"))  # random batches from RAM, not the page cache
     y = load_labels(info.root, "train")
+    teacher = load_teacher(cfg, info.num_classes)  # pretrained first if not cached
     vx = np.asarray(load_images(info.root, "val"))
     vy = load_labels(info.root, "val")
     epochs, batch_size = int(pcfg["epochs"]), int(pcfg["batch_size"])
@@ -352,8 +383,13 @@ def _train(
                         batch = x[idx]
                         if augment is not None:
                             batch = augment(batch, rng)
-                        logits = model(to_tensor_batch(batch))
+                        inputs = to_tensor_batch(batch)
+                        logits = model(inputs)
                     loss = loss_fn(logits.float(), y_all[idx])
+                    if teacher is not None:
+                        with torch.no_grad(), autocast(precision):
+                            taught = teacher(inputs).float()
+                        loss = taught_loss(cfg, logits.float(), taught, loss)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()

@@ -59,6 +59,8 @@ BAD = [
     (["strategy=fedprox", "strategy.mu=-1"], "strategy.mu"),
     (["model.pretrained=public", "pretrain.epochs=0"], "pretrain.epochs"),
     (["model.pretrained=public", "pretrain.optimizer.momentum=x"], "pretrain.optimizer.momentum"),
+    (["model.pretrained=public", "pretrain.teacher=3"], "pretrain.teacher"),
+    (["model.pretrained=public", "pretrain.teacher={width: 16}"], "pretrain.teacher"),
     # privacy, checked with the rest before Ray (it used to fail inside the server)
     (["dp=central", "dp.clip_norm=-1"], "dp.clip_norm"),
     (["dp=central", "dp.noise_multiplier=abc"], "dp"),

@@ -65,3 +65,23 @@ def test_a_checkpoint_of_another_key_is_not_resumed(make_cfg, tmp_path):
     epochs_run: list[int] = []
     pretrained_weights(cfg, on_epoch=epochs_run.append)
     assert epochs_run == [1, 2, 3]
+
+
+def test_a_taught_pretraining_makes_its_teacher_first_and_learns_from_it(make_cfg, tmp_path):
+    # Prepare: a narrow TinyCNN pretrained alone, and the same taught by the width-16 model's
+    # own pretraining (the smoke model), in one cache
+    narrow = (*PRETRAIN, "model.width=4", f"data.cache_dir={tmp_path}")
+    teacher_cfg = make_cfg(*PRETRAIN, f"data.cache_dir={tmp_path}")
+    alone = _weights(pretrained_weights(make_cfg(*narrow)))
+
+    # Execute
+    taught_path = pretrained_weights(make_cfg(*narrow, "pretrain.teacher={width: 16}"))
+
+    # Assert: the teacher's pretraining was made and cached under its own key on the way, and
+    # the student's soft targets changed its weights (same seed, same batches otherwise)
+    teacher_root = tmp_path / f"pretrain-{config_hash(pretrain_key(teacher_cfg))}"
+    assert (teacher_root / "model.pt").exists()
+    taught = _weights(taught_path)
+    assert taught.keys() == alone.keys()
+    assert not all(torch.equal(taught[k], alone[k]) for k in alone)
+    assert json.loads((taught_path.parent / "metrics.json").read_text())["public/val_acc"] >= 0

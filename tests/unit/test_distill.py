@@ -23,3 +23,20 @@ def test_a_students_pretrained_public_is_its_own_pretraining_through_the_pretrai
         out = student_cfg(cfg, {"student": {**student, "pretrained": given}})
         assert out["pretrained"] == given
     assert len(asked) == 1
+
+
+def test_pretrain_teacher_makes_the_experiments_model_teach_the_students_pretraining(
+        monkeypatch):
+    import fedray.run as run
+    from fedray.distill.stage import student_cfg
+
+    seen = []
+    monkeypatch.setattr(run, "_pretrain_resolver", lambda cfg: lambda c: seen.append(c) or c)
+    model = {"_target_": "teacher", "pretrained": "public"}
+    cfg = {"pretrain": {"_target_": "x", "name": "public", "teacher": None}, "model": model}
+    student = {"_target_": "student", "width": 0.3, "pretrained": "public"}
+    student_cfg(cfg, {"student": student, "pretrain_teacher": True})
+    student_cfg(cfg, {"student": student, "pretrain_teacher": False})
+    assert [c["pretrain"]["teacher"] for c in seen] == [model, None]
+    assert all(c["model"] == student for c in seen)
+    assert cfg["pretrain"]["teacher"] is None  # the experiment's own config is left as it was

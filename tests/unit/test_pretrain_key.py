@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from fedray.config import ConfigError
 from fedray.data.datasets import config_hash
 from fedray.pill.pretrain import pretrain_key
 from tests.conftest import compose_plain
@@ -38,3 +41,33 @@ def test_what_changes_the_weights_changes_the_key(tmp_path):
     assert _key("pretrain.optimizer.lr=0.1") != base
     assert _key("model.taps=[12,13]") != base  # pretrain.taps=model: another head
     assert _key("seed=1") != base
+
+
+def test_a_teacher_enters_the_key_as_its_own_pretraining(tmp_path):
+    # the default recipe has no teacher: its key is what it was before teachers existed
+    base = _key()
+    assert _key("pretrain.teacher_lam=0.9", "pretrain.teacher_temperature=2") == base
+    narrow = _key("++model.width=0.3")
+    taught = "pretrain.teacher={width: 1.0}"
+    assert _key("++model.width=0.3", taught) not in (narrow, base)
+    # the teacher is named by its own pretraining's key: {width: 1.0} is pill_noniid's model,
+    # whose key never spelt its width, so the cached pretraining is reused, not made again
+    cfg = compose_plain([*PILL, "++model.width=0.3", taught])
+    assert pretrain_key(cfg)["recipe"]["teacher"] == base
+    # the loss's knobs count only with a teacher
+    assert _key("++model.width=0.3", taught, "pretrain.teacher_lam=0.9") != _key(
+        "++model.width=0.3", taught
+    )
+
+
+def test_a_teacher_that_is_no_model_or_the_same_model_is_a_config_error():
+    for overrides, words in (
+        (["pretrain.teacher={width: 1.0}"], "is the model being pretrained"),
+        (["pretrain.teacher=3"], "a model config"),
+        (["++model.width=0.3", "pretrain.teacher={width: 1.0}", "pretrain.teacher_lam=2"],
+         "pretrain.teacher_lam"),
+        (["++model.width=0.3", "pretrain.teacher={width: 1.0}",
+          "pretrain.teacher_temperature=0"], "pretrain.teacher_temperature"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            pretrain_key(compose_plain([*PILL, *overrides]))
