@@ -30,6 +30,9 @@ def main() -> None:
     parser.add_argument("--detector", help="detector weights (default: latest stage=detect)")
     parser.add_argument("--photos", type=int, default=20, help="photos per configuration")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--imgsz", type=int, default=None,
+                        help="the detector's side (default: the one its weights were served "
+                             "at); skips the ONNX rows")
     parser.add_argument("--seeds", default="23,31,41",
                         help="seeds of the held-out accuracy photos (each its own surfaces)")
     args = parser.parse_args()
@@ -52,8 +55,9 @@ def main() -> None:
 
     det_pt = args.detector or str(latest_detector())
     export = os.path.join(args.run, "export")
-    backends = {"torch": (load_classifier(args.run, onnx=False), Detector(det_pt))}
-    if os.path.exists(os.path.join(export, "classifier.onnx")):
+    backends = {"torch": (load_classifier(args.run, onnx=False), Detector(det_pt, args.imgsz))}
+    # an exported detector has its side fixed in the graph: no ONNX rows at another side
+    if os.path.exists(os.path.join(export, "classifier.onnx")) and args.imgsz is None:
         onnx_det = os.path.join(export, "detector.onnx")
         backends["onnxruntime"] = (load_classifier(args.run, onnx=True),
                                    Detector(onnx_det if os.path.exists(onnx_det) else det_pt))
