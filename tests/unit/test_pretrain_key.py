@@ -46,7 +46,7 @@ def test_what_changes_the_weights_changes_the_key(tmp_path):
 def test_a_teacher_enters_the_key_as_its_own_pretraining(tmp_path):
     # the default recipe has no teacher: its key is what it was before teachers existed
     base = _key()
-    assert _key("pretrain.teacher_lam=0.9", "pretrain.teacher_temperature=2") == base
+    assert _key("pretrain.teacher_lam=0.5", "pretrain.teacher_temperature=2") == base
     narrow = _key("++model.width=0.3")
     taught = "pretrain.teacher={width: 1.0}"
     assert _key("++model.width=0.3", taught) not in (narrow, base)
@@ -55,7 +55,7 @@ def test_a_teacher_enters_the_key_as_its_own_pretraining(tmp_path):
     cfg = compose_plain([*PILL, "++model.width=0.3", taught])
     assert pretrain_key(cfg)["recipe"]["teacher"] == base
     # the loss's knobs count only with a teacher
-    assert _key("++model.width=0.3", taught, "pretrain.teacher_lam=0.9") != _key(
+    assert _key("++model.width=0.3", taught, "pretrain.teacher_lam=0.5") != _key(
         "++model.width=0.3", taught
     )
 
