@@ -45,6 +45,17 @@ __all__ = [
 ]
 
 
+def target_params(target: Any) -> Any:
+    """The keyword parameters of the callable named `target` (an empty mapping when it cannot be
+    imported or inspected: the model check reports a bad `_target_` by name)."""
+    from hydra.utils import get_object
+
+    try:
+        return inspect.signature(get_object(str(target))).parameters
+    except Exception:  # noqa: BLE001 - Hydra wraps import errors of every kind
+        return {}
+
+
 def instantiate_target(
     cfg: dict[str, Any], group: str, skip: tuple = (), drop_unknown: bool = False, **given: Any
 ) -> Any:

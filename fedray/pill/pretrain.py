@@ -39,6 +39,7 @@ from fedray.pill.pretrain_teacher import (
     load_teacher,
     taught_loss,
     teacher_cfg,
+    teacher_knobs,
     teacher_recipe,
 )
 
@@ -155,15 +156,10 @@ def pretrain_model_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
 def model_key(cfg: dict[str, Any]) -> dict[str, Any]:
     """The model as pretraining builds it, canonical: its label and weights path aside, and a key
     spelt at its builder's default dropped (`width: 1.0` and no width are one network)."""
-    import inspect
-
-    from hydra.utils import get_object
+    from fedray.models import target_params
 
     model = {k: v for k, v in pretrain_model_cfg(cfg).items() if k not in ("name", "pretrained")}
-    try:
-        params = inspect.signature(get_object(str(model.get("_target_")))).parameters
-    except Exception:  # noqa: BLE001 - the model check reports a bad _target_ by name
-        params = {}
+    params = target_params(model.get("_target_"))
     return {
         k: v for k, v in model.items()
         if not (k in params and type(params[k].default) is type(v) and params[k].default == v)
@@ -332,6 +328,7 @@ def _train(
     x = in_memory(load_images(info.root, "train"))  # random batches from RAM, not the page cache
     y = load_labels(info.root, "train")
     teacher = load_teacher(cfg, info.num_classes)  # pretrained first if not cached
+    temperature, lam = teacher_knobs(pcfg)
     vx = np.asarray(load_images(info.root, "val"))
     vy = load_labels(info.root, "val")
     epochs, batch_size = int(pcfg["epochs"]), int(pcfg["batch_size"])
@@ -389,7 +386,7 @@ def _train(
                     if teacher is not None:
                         with torch.no_grad(), autocast(precision):
                             taught = teacher(inputs).float()
-                        loss = taught_loss(cfg, logits.float(), taught, loss)
+                        loss = taught_loss(logits.float(), taught, loss, temperature, lam)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()

@@ -50,18 +50,23 @@ def teacher_cfg(cfg: dict[str, Any]) -> dict[str, Any] | None:
     return out
 
 
-def teacher_recipe(cfg: dict[str, Any], key_of: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
-    """What the teacher adds to the pretraining's cache key: the teacher's own key (`key_of` its
-    config) and the loss's knobs; nothing without a teacher, so other keys stay as they were."""
+def teacher_knobs(pcfg: dict[str, Any]) -> tuple[float, float]:
+    """(temperature, lam) of the teacher's loss, checked."""
     from fedray.validate import number
 
-    tcfg = teacher_cfg(cfg)
-    if tcfg is None:
-        return {}
-    pcfg = cfg["pretrain"]
     temperature, lam = pcfg.get("teacher_temperature", 4.0), pcfg.get("teacher_lam", 0.9)
     number("pretrain.teacher_temperature", temperature, 0, low_open=True)
     number("pretrain.teacher_lam", lam, 0, 1)
+    return float(temperature), float(lam)
+
+
+def teacher_recipe(cfg: dict[str, Any], key_of: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+    """What the teacher adds to the pretraining's cache key: the teacher's own key (`key_of` its
+    config) and the loss's knobs; nothing without a teacher, so other keys stay as they were."""
+    tcfg = teacher_cfg(cfg)
+    if tcfg is None:
+        return {}
+    temperature, lam = teacher_knobs(cfg["pretrain"])
     return {"teacher": key_of(tcfg), "teacher_temperature": temperature, "teacher_lam": lam}
 
 
@@ -82,13 +87,11 @@ def load_teacher(cfg: dict[str, Any], num_classes: int) -> torch.nn.Module | Non
     return model
 
 
-def taught_loss(
-    cfg: dict[str, Any], logits: torch.Tensor, teacher_logits: torch.Tensor, hard: torch.Tensor
-) -> torch.Tensor:
-    """lam * T^2 * KL(teacher^T || student^T) + (1 - lam) * the recipe's hard loss."""
+def taught_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, hard: torch.Tensor,
+                temperature: float, lam: float) -> torch.Tensor:
+    """lam * T^2 * KL(teacher^T || student^T) + (1 - lam) * the recipe's hard loss (Hinton's
+    loss, fedray.distill.losses.hinton, with the recipe's label-smoothed CE as its hard term)."""
     from fedray.distill.losses import soft_kl
 
-    pcfg = cfg["pretrain"]
-    t = float(pcfg.get("teacher_temperature", 4.0))
-    lam = float(pcfg.get("teacher_lam", 0.9))
-    return lam * t * t * soft_kl(logits, teacher_logits, t) + (1.0 - lam) * hard
+    soft = temperature**2 * soft_kl(logits, teacher_logits, temperature)
+    return lam * soft + (1.0 - lam) * hard
