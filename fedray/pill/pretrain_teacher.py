@@ -40,7 +40,19 @@ def teacher_cfg(cfg: dict[str, Any]) -> dict[str, Any] | None:
             f"pretrain.teacher={spec!r}: null, a model config (with a _target_) or the keys to "
             "change on the run's model, e.g. {width: 1.0}"
         )
-    model = dict(spec) if "_target_" in spec else {**cfg["model"], **spec}
+    if "_target_" in spec:
+        model = dict(spec)
+    else:  # keys changed on the run's model: each one it has, or its builder takes
+        from fedray.models import target_params
+
+        known = set(cfg["model"]) | set(target_params(cfg["model"].get("_target_")))
+        unknown = sorted(set(spec) - known)
+        if unknown:
+            raise ConfigError(
+                f"pretrain.teacher.{unknown[0]}: not a key of model={cfg['model'].get('name')} "
+                f"nor an argument of its builder; it has {sorted(known - {'_target_'})}"
+            )
+        model = {**cfg["model"], **spec}
     out = {**cfg, "model": model, "pretrain": {**pcfg, "teacher": None}}
     if model_key(out) == model_key(cfg):
         raise ConfigError(

@@ -61,6 +61,7 @@ BAD = [
     (["model.pretrained=public", "pretrain.optimizer.momentum=x"], "pretrain.optimizer.momentum"),
     (["model.pretrained=public", "pretrain.teacher=3"], "pretrain.teacher"),
     (["model.pretrained=public", "pretrain.teacher={width: 16}"], "pretrain.teacher"),
+    (["model.pretrained=public", "pretrain.teacher={widht: 32}"], "pretrain.teacher.widht"),
     # privacy, checked with the rest before Ray (it used to fail inside the server)
     (["dp=central", "dp.clip_norm=-1"], "dp.clip_norm"),
     (["dp=central", "dp.noise_multiplier=abc"], "dp"),
