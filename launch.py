@@ -7,6 +7,7 @@ python launch.py +experiment=pill_noniid sweep=noniid sweep.num_samples=2   # a 
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import sys
@@ -122,3 +123,9 @@ if __name__ == "__main__":
     except Exception as exc:
         fail_if_user_error(exc)
         raise
+    finally:
+        # The interpreter's last garbage collection walks every object torch, its compiler
+        # stack and matplotlib left behind (0.6-1.0 s on 2 cores) only to free memory the OS
+        # frees anyway; frozen objects are skipped. Exit handlers, thread joins and file
+        # flushes still run.
+        gc.freeze()

@@ -2,6 +2,6 @@
 
 import sys
 
-from fedray.pill.identify.cli import main
+from fedray.pill.identify.cli import console
 
-sys.exit(main())
+sys.exit(console())
