@@ -49,6 +49,7 @@ def main() -> None:
         Answer,
         identify,
         match_truth,
+        merge_pieces,
         name_boxes,
         photo_correct,
     )
@@ -104,6 +105,7 @@ def main() -> None:
                 read = [(b, sc, *clf.scores(crop_boxes(p.image, xyxy_to_yolo(b, w, h),
                                                         clf.image_size, CROP_PAD)))
                         for b, sc in ((det_boxes, det_scores), (xyxy, np.ones(len(xyxy))))]
+                read[0] = merge_pieces(p.image, *read[0], clf)  # the detector's pieces joined
                 named = [name_boxes(*read[i], c)
                          for i, c in ((0, clf), (0, no_sizes), (0, kept_all), (1, clf))]
                 answers = [Answer(found, dismissed=gone) for found, gone, _ in named]

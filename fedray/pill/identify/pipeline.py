@@ -26,6 +26,16 @@ SURE_SCORE = 0.6
 PATTERN_COUNT = 3
 PATTERN_SIZE_TOL = 0.2
 PATTERN_SCORE = 0.85
+# The detector sometimes boxes a piece of a pill (an end of an oblong, a half beside its score
+# line) beside the whole pill. A box that reads unknown and lies at least FRAGMENT_COVER inside a
+# larger box of the answer is such a piece: dropped. A small pill that sits inside a large pill's
+# box is named by the classifier, so it stays.
+FRAGMENT_COVER = 0.8
+# ... or boxes it in two pieces (an oblong split at its score line), neither of which the
+# classifier can name. A box it cannot name is joined with an overlapping box (the two sharing at
+# least MERGE_OVERLAP of the smaller one's area) when the crop of their union is named, and more
+# surely than the other box alone: two touching pills' union reads less surely than either pill.
+MERGE_OVERLAP = 0.2
 
 
 @dataclass
@@ -66,6 +76,7 @@ def identify(rgb: np.ndarray, detect: DetectFn, clf: Classifier, top_k: int = 5)
     t1 = time.perf_counter()
     crops = crop_boxes(rgb, xyxy_to_yolo(boxes, width, height), clf.image_size, CROP_PAD)
     probs, energy = clf.scores(crops)
+    boxes, scores, probs, energy = merge_pieces(rgb, boxes, scores, probs, energy, clf)
     t2 = time.perf_counter()
     found, dismissed, scale = name_boxes(boxes, scores, probs, energy, clf, top_k)
     return Answer(found, width, height, {"detect": t1 - t0, "classify": t2 - t1}, dismissed,
@@ -85,7 +96,7 @@ def name_boxes(boxes: np.ndarray, scores: np.ndarray, probs: np.ndarray, energy:
     scale = None
     if clf.sizes is not None:  # the other pills' sizes weigh each crop's reading
         probs, scale = clf.sizes.reweigh(boxes, probs, clf.threshold)
-    found = []
+    found, named = [], []
     for box, score, p in zip(boxes, scores, probs, strict=True):
         order = np.argsort(-p)[:k]
         conf = float(p[order[0]])
@@ -98,6 +109,10 @@ def name_boxes(boxes: np.ndarray, scores: np.ndarray, probs: np.ndarray, energy:
             class_index=int(order[0]) if known else -1,
             confidence=conf,
         ))
+        named.append(known)
+    piece = pill_fragments(boxes, np.array(named, bool))
+    dismissed += [f.box for f, drop in zip(found, piece, strict=True) if drop]
+    found = [f for f, drop in zip(found, piece, strict=True) if not drop]
     found.sort(key=lambda f: (f.box[1], f.box[0]))  # reading order: top to bottom, left to right
     return found, dismissed, scale
 
@@ -111,6 +126,55 @@ def surface_motif(boxes: np.ndarray, scores: np.ndarray, unlike: np.ndarray) -> 
     log_size = log_sizes(boxes)
     alike = np.abs(log_size[:, None] - log_size[None]).max(-1) < PATTERN_SIZE_TOL
     return cand & ((alike & cand[None]).sum(1) >= PATTERN_COUNT)
+
+
+def merge_pieces(rgb: np.ndarray, boxes: np.ndarray, scores: np.ndarray, probs: np.ndarray,
+                 energy: np.ndarray, clf: Classifier
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Join each box the classifier cannot name with the overlapping box whose union it names
+    most surely (see MERGE_OVERLAP); the boxes, scores, probabilities and energies after."""
+    boxes, scores = np.array(boxes, np.float32).reshape(-1, 4), np.array(scores, np.float32)
+    probs, energy = np.array(probs, np.float32), np.array(energy, np.float32)
+    conf = probs.max(1) if len(probs) else np.zeros(0, np.float32)
+    alive = np.ones(len(boxes), bool)
+    area = box_areas(boxes)
+    height, width = rgb.shape[:2]
+    for j in np.argsort(-scores):
+        if conf[j] >= clf.threshold or not alive[j]:
+            continue
+        inter = intersections(boxes, boxes[j : j + 1])[:, 0]
+        near = np.flatnonzero(alive & (inter >= MERGE_OVERLAP * np.minimum(area, area[j])))
+        near = near[near != j]
+        if len(near) == 0:
+            continue
+        unions = np.concatenate([np.minimum(boxes[near, :2], boxes[j, :2]),
+                                 np.maximum(boxes[near, 2:], boxes[j, 2:])], 1)
+        crops = crop_boxes(rgb, xyxy_to_yolo(unions, width, height), clf.image_size, CROP_PAD)
+        p_union, e_union = clf.scores(crops)
+        c_union = p_union.max(1)
+        same = (conf[near] < clf.threshold) | (p_union.argmax(1) == probs[near].argmax(1))
+        ok = (c_union >= clf.threshold) & (c_union > conf[near]) & same
+        if not ok.any():
+            continue
+        k = int(np.argmax(np.where(ok, c_union, -1.0)))
+        i = near[k]
+        boxes[i], probs[i], energy[i], conf[i] = unions[k], p_union[k], e_union[k], c_union[k]
+        area[i] = box_areas(unions[k : k + 1])[0]
+        scores[i] = max(scores[i], scores[j])
+        alive[j] = False
+    return boxes[alive], scores[alive], probs[alive], energy[alive]
+
+
+def pill_fragments(boxes: np.ndarray, named: np.ndarray) -> np.ndarray:
+    """Which boxes are pieces of another pill's box: not `named`, and at least FRAGMENT_COVER of
+    their area inside a larger box."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if len(boxes) < 2 or named.all():
+        return np.zeros(len(boxes), bool)
+    area = box_areas(boxes)
+    inside = (intersections(boxes, boxes) >= FRAGMENT_COVER * np.maximum(area[:, None], 1e-9)) & (
+        area[None] > area[:, None])  # (piece j, larger box i)
+    return ~named & inside.any(1)
 
 
 def _rounded(box: np.ndarray) -> list[float]:
@@ -135,16 +199,26 @@ def annotate(rgb: np.ndarray, answer: Answer) -> np.ndarray:
     return out
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every pixel xyxy box in `a` with every one in `b`: (len(a), len(b))."""
+def box_areas(boxes: np.ndarray) -> np.ndarray:
+    """Area of each pixel xyxy box."""
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def intersections(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection area of every pixel xyxy box in `a` with every one in `b`: (len(a), len(b))."""
     a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
     x1 = np.maximum(a[:, None, 0], b[None, :, 0])
     y1 = np.maximum(a[:, None, 1], b[None, :, 1])
     x2 = np.minimum(a[:, None, 2], b[None, :, 2])
     y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+    return np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every pixel xyxy box in `a` with every one in `b`: (len(a), len(b))."""
+    inter = intersections(a, b)
+    return inter / np.maximum(box_areas(a)[:, None] + box_areas(b)[None, :] - inter, 1e-9)
 
 
 def match_truth(answer: Answer, true_xyxy: np.ndarray, true_classes: np.ndarray,
