@@ -58,7 +58,7 @@ class Answer:
     width: int = 0
     height: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
-    dismissed: list[list[float]] = field(default_factory=list)  # boxes dropped as background
+    dismissed: list[list[float]] = field(default_factory=list)  # background, pieces of a pill
     px_per_mm: float | None = None  # the photo's scale, when sure pills set one (sizes.py)
 
     def to_json(self) -> dict:

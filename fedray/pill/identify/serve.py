@@ -60,7 +60,8 @@ async function send(f){
   if(!r.ok){status.textContent='';err.textContent=j.error||('error '+r.status);return;}
   photo.src=j.image;
   status.textContent=(j.found.length?(j.found.length+' pill(s) found'):'no pill found')+
-    (j.dismissed.length?' ('+j.dismissed.length+' uncertain box(es) dismissed as background)':'');
+    (j.dismissed.length?' ('+j.dismissed.length+
+      ' uncertain box(es) dismissed: background or a piece of a pill)':'');
   j.found.forEach((p,i)=>{
     const ref=p.reference?'<img alt="reference" src="'+p.reference+'">':'';
     const alt=p.top.slice(1).map(t=>esc(t[0])+' '+(100*t[1]).toFixed(1)+'%').join('<br>');
