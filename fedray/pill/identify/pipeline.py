@@ -26,16 +26,16 @@ SURE_SCORE = 0.6
 PATTERN_COUNT = 3
 PATTERN_SIZE_TOL = 0.2
 PATTERN_SCORE = 0.85
-# The detector sometimes boxes a piece of a pill (an end of an oblong, a half beside its score
-# line) beside the whole pill. A box that reads unknown and lies at least FRAGMENT_COVER inside a
-# larger box of the answer is such a piece: dropped. A small pill that sits inside a large pill's
-# box is named by the classifier, so it stays.
-FRAGMENT_COVER = 0.8
-# ... or boxes it in two pieces (an oblong split at its score line), neither of which the
-# classifier can name. A box it cannot name is joined with an overlapping box (the two sharing at
-# least MERGE_OVERLAP of the smaller one's area) when the crop of their union is named, and more
-# surely than the other box alone: two touching pills' union reads less surely than either pill.
+# The detector sometimes boxes one pill in two pieces (an oblong split at its score line),
+# neither of which the classifier can name. A box it cannot name is joined with an overlapping box
+# (the two sharing at least MERGE_OVERLAP of the smaller one's area) when the crop of their union
+# is named, and more surely than the other box alone: two touching pills' union reads less surely
+# than either pill.
 MERGE_OVERLAP = 0.2
+# ... or boxes a piece (an end of an oblong) beside the whole pill. A box that reads unknown and
+# lies at least FRAGMENT_COVER inside a larger box of the answer is such a piece: dropped. A small
+# pill that sits inside a large pill's box is named by the classifier, so it stays.
+FRAGMENT_COVER = 0.8
 
 
 @dataclass
