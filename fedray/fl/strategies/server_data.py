@@ -28,6 +28,11 @@ def server_dataset(cfg: dict[str, Any], data: dict[str, Any] | None, seed: int, 
     private_cfg = dict(cfg["data"])
     server_cfg = dict(data) if data is not None else dict(private_cfg)
     server_cfg.setdefault("cache_dir", private_cfg.get("cache_dir"))
+    if "workers" in server_cfg:
+        # built in this process: the client actors, already started, may hold every CPU of the
+        # cluster, and a build's Ray tasks would wait for them forever (a generated set's bytes
+        # and cache key never depend on its workers)
+        server_cfg["workers"] = 1
     private = build_dataset(private_cfg, int(cfg["seed"]))
     info = build_dataset(server_cfg, seed)
     if info.root == private.root:
