@@ -136,6 +136,10 @@ def check_top(cfg: dict[str, Any]) -> None:
         raise ConfigError("run_dir: not set (launch.py sets it to Hydra's output directory)")
     number("seed", cfg.get("seed"), 0, integer=True)
     choice("device", cfg.get("device", "auto"), DEVICES)
+    if cfg.get("device") == "cuda":
+        from fedray.fl.train import torch_device
+
+        torch_device("cuda")  # a config error here, before any stage, where torch sees no GPU
     if not isinstance(cfg.get("name", ""), str):
         raise ConfigError(f"name: {cfg.get('name')!r} is not a string")
 
@@ -171,6 +175,19 @@ def check_ray(ray: Any) -> None:
                 f"ray.client_cpus: {ray['client_cpus']} CPUs per client actor, but the local "
                 f"Ray has {cpus} (ray.num_cpus or this machine's cores); allowed: (0, {cpus}]"
             )
+        want_gpus = float(ray.get("client_gpus") or 0.0)
+        if want_gpus > 0:
+            gpus = ray.get("num_gpus")
+            if gpus is None:
+                import torch
+
+                gpus = torch.cuda.device_count()
+            if want_gpus > float(gpus):
+                raise ConfigError(
+                    f"ray.client_gpus: {want_gpus:g} GPUs per client actor, but the local Ray has "
+                    f"{gpus:g} (ray.num_gpus or the GPUs torch sees); an actor asking for more "
+                    f"would never start; allowed: [0, {gpus:g}]"
+                )
 
 
 def check_data(data: Any) -> None:

@@ -94,13 +94,6 @@ def check_distill(dcfg: Any) -> dict[str, Any]:
     return dcfg
 
 
-def _device(cfg: dict[str, Any]) -> str:
-    want = str(cfg.get("device", "auto"))
-    if want == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return want
-
-
 def load_teacher(cfg: dict[str, Any], dcfg: dict[str, Any]) -> tuple[nn.Module | None, dict, str]:
     """(teacher model or None to train here, the data config it was trained on, its source)."""
     source = dcfg.get("teacher")
@@ -268,12 +261,12 @@ def run_distill(
 ) -> dict[str, Any]:
     """stage=distill: teacher -> student; returns the summary (also in summary.json)."""
     from fedray.data.sources import build_dataset
-    from fedray.fl.train import evaluate, predict_logits
+    from fedray.fl.train import evaluate, predict_logits, torch_device
     from fedray.models import build_model
 
     dcfg = check_distill(copy.deepcopy(cfg.get("distill")))
     seed = int(cfg["seed"])
-    device = _device(cfg)
+    device = torch_device(cfg.get("device", "auto"))
     run_dir = Path(cfg["run_dir"])
     teacher, data_cfg, source = load_teacher(cfg, dcfg)
     info = build_dataset(data_cfg, seed)

@@ -190,8 +190,10 @@ class FederatedServer:
 
         actor_cls = make_client_actor(float(ray_cfg["client_cpus"]), float(ray_cfg["client_gpus"]))
         size = pool_size(ray_cfg, self.k)
-        log.info("starting %d client actors (%.2g CPU each) for %d clients, %d per round",
-                 size, float(ray_cfg["client_cpus"]), self.fl["num_clients"], self.k)
+        gpus = float(ray_cfg["client_gpus"])
+        log.info("starting %d client actors (%.2g CPU%s each) for %d clients, %d per round",
+                 size, float(ray_cfg["client_cpus"]), f" + {gpus:.2g} GPU" if gpus else "",
+                 self.fl["num_clients"], self.k)
         # cached features: each client sticks to actor `client_id % size`, which so serves up
         # to `per_actor` clients over the run; an LRU smaller than that evicts a client's
         # features before its next turn, and they are recomputed

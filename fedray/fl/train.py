@@ -21,6 +21,20 @@ from fedray.tasks.base import Task
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
+def torch_device(want: Any = "auto") -> str:
+    """fedray's `device` setting (auto | cpu | cuda) as a torch device: `auto` is CUDA where torch
+    sees a GPU, else the CPU; `cuda` without one is a config error, not a crash mid-stage."""
+    want = str(want)
+    if want == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device: {want!r} but torch sees no CUDA device here (torch.cuda.is_available() is "
+            "False); use device=auto or device=cpu"
+        )
+    return want
+
+
 def bf16_native(device: str = "cpu") -> bool:
     """Whether `device` runs bfloat16 convolutions natively (AVX512-BF16/AMX CPUs, Ampere+ GPUs);
     elsewhere bfloat16 is emulated and slower than float32."""

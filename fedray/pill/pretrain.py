@@ -315,6 +315,7 @@ def _train(
         freeze_except,
         make_schedule,
         resolve_precision,
+        torch_device,
     )
     from fedray.models import build_model
     from fedray.progress import Progress
@@ -322,12 +323,15 @@ def _train(
     pcfg = cfg["pretrain"]
     seed = int(cfg["seed"])
     info = build_dataset(public_data_cfg(cfg), seed)
+    device = torch_device(cfg.get("device", "auto"))
     torch.manual_seed(seed)
     model_cfg = pretrain_model_cfg(cfg)
-    model = build_model(model_cfg, info.num_classes)
+    model = build_model(model_cfg, info.num_classes).to(device)
     x = in_memory(load_images(info.root, "train"))  # random batches from RAM, not the page cache
     y = load_labels(info.root, "train")
     teacher = load_teacher(cfg, info.num_classes)  # pretrained first if not cached
+    if teacher is not None:
+        teacher.to(device)
     temperature, lam = teacher_knobs(pcfg)
     vx = np.asarray(load_images(info.root, "val"))
     vy = load_labels(info.root, "val")
@@ -335,7 +339,7 @@ def _train(
     eval_every = int(pcfg.get("eval_every", 10))
     checkpoint_every = int(pcfg.get("checkpoint_every", 4))
     augment = augment_turns_flips if pcfg.get("augment", True) else None
-    precision = resolve_precision(pcfg.get("precision", "fp32"), "pretrain.precision")
+    precision = resolve_precision(pcfg.get("precision", "fp32"), "pretrain.precision", device)
     n = len(y)
     steps = -(-n // batch_size)
 
@@ -346,7 +350,7 @@ def _train(
     optimizer = instantiate(pcfg["optimizer"])([p for _, p in model.named_parameters()])
     scheduler = make_schedule(optimizer, str(pcfg.get("schedule", "cosine")), epochs * steps)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=float(pcfg.get("label_smoothing", 0.0)))
-    y_all = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    y_all = torch.as_tensor(np.asarray(y), dtype=torch.long).to(device)
     start, total, seen, spent, rows = 0, 0.0, 0, 0.0, []
 
     state = _load_state(partial, key_hash)
@@ -376,15 +380,15 @@ def _train(
                 order = rng.permutation(n)
                 for first in range(0, n, batch_size):
                     idx = np.sort(order[first : first + batch_size])  # sequential mmap reads
-                    with autocast(precision):
-                        batch = x[idx]
-                        if augment is not None:
-                            batch = augment(batch, rng)
-                        inputs = to_tensor_batch(batch)
+                    batch = x[idx]
+                    if augment is not None:
+                        batch = augment(batch, rng)
+                    inputs = to_tensor_batch(batch).to(device, non_blocking=True)
+                    with autocast(precision, device):
                         logits = model(inputs)
                     loss = loss_fn(logits.float(), y_all[idx])
                     if teacher is not None:
-                        with torch.no_grad(), autocast(precision):
+                        with torch.no_grad(), autocast(precision, device):
                             taught = teacher(inputs).float()
                         loss = taught_loss(logits.float(), taught, loss, temperature, lam)
                     optimizer.zero_grad(set_to_none=True)
@@ -405,7 +409,8 @@ def _train(
                 }
                 done = epoch + 1
                 if done % eval_every == 0 and done < epochs:  # the last epoch is scored below
-                    row["pretrain/val_acc"] = evaluate(model, vx, vy, info.num_classes)[0]["acc"]
+                    row["pretrain/val_acc"] = evaluate(
+                        model, vx, vy, info.num_classes, device=device)[0]["acc"]
                 row["time/epoch_s"] = time.perf_counter() - t_epoch
                 epoch_log.log(row)
                 log.info(
@@ -430,13 +435,13 @@ def _train(
                     })
                 if on_epoch is not None:
                     on_epoch(done)
-        metrics, _ = evaluate(model, vx, vy, info.num_classes)
+        metrics, _ = evaluate(model, vx, vy, info.num_classes, device=device)
         final = {"epoch": epochs, "pretrain/val_acc": metrics["acc"]}
         if epoch_log.wandb is not None:
             epoch_log.wandb.log(final, step=epochs)
     finally:
         epoch_log.close()
-    torch.save({"model": model.state_dict()}, root / WEIGHTS)
+    torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}}, root / WEIGHTS)
     report = {
         "public/val_acc": metrics["acc"],
         "public/train_loss": total / max(seen, 1),

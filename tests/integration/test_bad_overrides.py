@@ -42,12 +42,14 @@ BAD = [
     (["ray.client_cpus=0"], "ray.client_cpus"),
     (["ray.client_cpus=100000"], "ray.client_cpus"),
     (["ray.backend=threads"], "ray.backend"),
+    (["ray.client_gpus=0.5"], "ray.client_gpus"),  # no GPU visible (CUDA hidden below)
     (["ray=inprocess", "fl.round_timeout_s=5"], "fl.round_timeout_s"),
     (["ray=inprocess", "fl.faults=[{round:1,client:0,kind:crash}]"], "fl.faults[0].kind"),
     (["logger=wandb", "logger.wandb.mode=sometimes"], "logger.wandb.mode"),
     (["stage=nosuch"], "stage"),
     (["seed=-1"], "seed"),
     (["device=tpu"], "device"),
+    (["device=cuda"], "device"),  # run with CUDA hidden (below): torch sees no GPU
     # the pluggable groups, by their _target_
     (["model.turns=3"], "model.turns"),
     (["fl.trainable=classifier", "client.augment=true"], "client.augment"),
@@ -75,6 +77,7 @@ def _launch(overrides: list[str], tmp_path: Path) -> subprocess.CompletedProcess
         "FEDRAY_CACHE": str(tmp_path / "cache"),
         "RAY_TMPDIR": str(tmp_path / "ray"),  # a Ray started by mistake would leave this behind
         "WANDB_MODE": "offline",
+        "CUDA_VISIBLE_DEVICES": "",  # device=cuda must fail up front, GPU machine or not
     }
     args = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
     return launch(

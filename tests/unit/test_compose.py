@@ -236,13 +236,13 @@ def test_render_batch_matches_one_by_one(background, cutouts):
         assert np.array_equal(got.image, C.render_plan(plan, backend="cython").image)
 
 
-def test_torch_cpu_is_close_to_numpy(background, cutouts):
-    pytest.importorskip("torch")
+def assert_torch_close_to_numpy(background, cutouts, device: str) -> None:
+    """The torch renderer on `device` against the NumPy one, on six plans (blur, JPEG or not)."""
     from fedray.pill.compose_torch import render_plans
 
     plans = [_plan(background, cutouts, s, blur_prob=0.5, jpeg_prob=float(s % 2))
              for s in range(6)]
-    for plan, got in zip(plans, render_plans(plans, device="cpu"), strict=True):
+    for plan, got in zip(plans, render_plans(plans, device=device), strict=True):
         ref = C.render_plan(plan, backend="numpy")
         diff = np.abs(got.image.astype(int) - ref.image.astype(int))
         # grid_sample rounds differently: a grey level at most; JPEG may spread that a little
@@ -250,6 +250,11 @@ def test_torch_cpu_is_close_to_numpy(background, cutouts):
         assert diff.max() <= tol_max and diff.mean() <= tol_mean, (plan.jpeg_quality, diff.max())
         assert np.array_equal(got.labels, ref.labels)
         assert np.array_equal(got.boxes, ref.boxes)
+
+
+def test_torch_cpu_is_close_to_numpy(background, cutouts):
+    pytest.importorskip("torch")
+    assert_torch_close_to_numpy(background, cutouts, "cpu")
 
 
 def test_noise_hash_matches_reference_and_torch():

@@ -133,11 +133,10 @@ def model_yaml(name: str) -> Path:
 
 def resolve_device(device: str) -> str:
     """fedray's `device` (auto | cpu | cuda) as ultralytics spells it."""
-    import torch
+    from fedray.fl.train import torch_device
 
-    if device == "auto":
-        return "0" if torch.cuda.is_available() else "cpu"
-    return "0" if device == "cuda" else str(device)
+    device = torch_device(device)
+    return "0" if device == "cuda" else device.removeprefix("cuda:")
 
 
 def scenes_folder(root: str | Path) -> Path:
