@@ -170,16 +170,18 @@ def pretrain_key(cfg: dict[str, Any]) -> dict[str, Any]:
     """Everything that decides the pretrained weights, and nothing else (the cache key).
 
     The public set (`public_set_key`), the model as pretraining builds it (`model_key`) and the
-    recipe (`precision: auto` as what it resolves to here: a bf16 and an fp32 backbone
-    are different weights); not the private data, not how often progress is reported or saved.
+    recipe (`precision: auto` as what it resolves to on the device it trains on: a bf16 and an
+    fp32 backbone are different weights); not the private data, not how often progress is
+    reported or saved, not the device otherwise (a GPU's pretraining serves a CPU run).
     """
-    from fedray.fl.train import resolve_precision
+    from fedray.fl.train import resolve_precision, torch_device
 
     seed = int(cfg["seed"])
     pcfg = cfg["pretrain"]
     model = model_key(cfg)
     recipe = {k: v for k, v in pcfg.items() if k not in _NOT_IN_KEY}
-    recipe["precision"] = resolve_precision(pcfg.get("precision", "fp32"), "pretrain.precision")
+    recipe["precision"] = resolve_precision(pcfg.get("precision", "fp32"), "pretrain.precision",
+                                            torch_device(cfg.get("device", "auto")))
     recipe.update(teacher_recipe(cfg, lambda tcfg: config_hash(pretrain_key(tcfg))))
     return {
         "public_set": public_set_key(public_data_cfg(cfg), seed),

@@ -71,3 +71,18 @@ def test_a_teacher_that_is_no_model_or_the_same_model_is_a_config_error():
     ):
         with pytest.raises(ConfigError, match=words):
             pretrain_key(compose_plain([*PILL, *overrides]))
+
+
+def test_the_device_counts_only_through_the_precision_it_resolves(monkeypatch):
+    import torch
+
+    from fedray.fl import train
+
+    # a machine whose GPU has bf16 and whose CPU has not
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(train, "bf16_native", lambda device="cpu": str(device).startswith("cuda"))
+    assert _key("device=cpu") == _key("device=cuda") == _key("device=auto")  # fp32: one backbone
+    auto = ("pretrain.precision=auto",)
+    assert _key(*auto, "device=cpu") == _key("pretrain.precision=fp32")
+    assert _key(*auto, "device=cuda") == _key(*auto, "device=auto") == _key(
+        "pretrain.precision=bf16")
