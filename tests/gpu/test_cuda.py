@@ -14,7 +14,7 @@ import torch
 
 from fedray.run import run
 from tests.conftest import compose_plain
-from tests.integration.test_detect import TINY_DATA, TINY_DETECT, yolo_env  # noqa: F401
+from tests.integration.test_detect import TINY_DATA, TINY_DETECT, no_network, yolo_env  # noqa: F401
 from tests.integration.test_distill_stage import FAST as DISTILL
 from tests.integration.test_federated import LEARNABLE
 from tests.integration.test_pretrain import PRETRAIN
@@ -72,7 +72,8 @@ def test_distill_stage_on_cuda(make_cfg):
     assert summary["teacher/params"] == 24068 and summary["student/params"] == 1700
 
 
-def test_detector_trains_on_cuda(tmp_path, yolo_env):  # noqa: F811
+def test_detector_trains_on_cuda(tmp_path, yolo_env, no_network):  # noqa: F811
+    # on a GPU ultralytics checks AMP with weights it would download: refused, nothing leaves
     cfg = compose_plain(["+experiment=pill_detect", f"data.cache_dir={tmp_path / 'cache'}",
                          *TINY_DATA, *TINY_DETECT, "device=cuda"])
     cfg["run_dir"] = str(tmp_path / "run")
@@ -81,3 +82,4 @@ def test_detector_trains_on_cuda(tmp_path, yolo_env):  # noqa: F811
     assert 0.0 <= metrics["val/AP80"] <= metrics["val/AP50"] + 1e-9 <= 1.0 + 1e-9
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows and "train/box_loss" in rows[0]
+    assert no_network == []

@@ -264,6 +264,24 @@ def test_ultralytics_keeps_the_threads_fedray_gives_it(yolo_env):
         offline.use_threads(before)
 
 
+def test_ultralytics_downloads_are_refused_before_any_socket(yolo_env, no_network, tmp_path):
+    # YOLO_OFFLINE alone lets safe_download try curl/urllib first; on a GPU the AMP check
+    # would fetch yolo26n.pt that way. Loaded by fedray, every download fails at once.
+    from fedray.pill.detect import offline
+
+    offline.load_ultralytics()
+    from ultralytics.data import utils as data_utils
+    from ultralytics.utils import downloads
+
+    with pytest.raises(ConnectionError, match="refused to download"):
+        downloads.attempt_download_asset(str(tmp_path / "yolo26n.pt"))  # the AMP check's weights
+    with pytest.raises(ConnectionError, match="refused"):
+        downloads.safe_download(url="https://example.com/x.zip", dir=tmp_path)
+    with pytest.raises(ConnectionError, match="refused"):
+        data_utils.safe_download("https://example.com/data.zip")
+    assert no_network == [] and not list(tmp_path.iterdir())
+
+
 def test_scene_options_pill_counts_public_pills_surfaces(tmp_path):
     from fedray.pill import synth
 

@@ -89,6 +89,29 @@ def use_threads(threads: int | None) -> int:
     return n
 
 
+def _refused(url: object = "", *args: object, **kwargs: object) -> None:
+    raise ConnectionError(
+        f"fedray runs ultralytics offline and refused to download {kwargs.get('url', url)}: give "
+        "local files (e.g. detect.weights=PATH) instead"
+    )
+
+
+def refuse_downloads() -> None:
+    """Make every ultralytics download fail at once, before any socket opens.
+
+    `YOLO_OFFLINE` only makes ultralytics give up *after* a failed attempt: its `safe_download`
+    tries curl or urllib first. On a GPU its AMP check fetches yolo26n.pt that way; refused, the
+    check is skipped and AMP stays on (ultralytics' own offline branch, GPUs it knows to fail AMP
+    still excluded). Modules that imported `safe_download` by name are patched too.
+    """
+    from ultralytics.data import utils as data_utils
+    from ultralytics.utils import downloads
+
+    downloads.safe_download = _refused
+    downloads.get_github_assets = _refused
+    data_utils.safe_download = _refused
+
+
 def load_ultralytics() -> ModuleType:
     """Import ultralytics set up to run offline; returns the module."""
     global _THREADS
@@ -120,6 +143,7 @@ def load_ultralytics() -> ModuleType:
     # ultralytics redraws its bar with \r in a log file too (one line of megabytes): a bar on a
     # terminal only; in a log the epoch's final bar line and fedray's periodic lines remain
     tqdm.is_noninteractive_console = _not_a_terminal
+    refuse_downloads()
     if first:
         use_threads(None)
     wanted = {k: v for k, v in OFFLINE_SETTINGS.items() if k in utils.SETTINGS}
