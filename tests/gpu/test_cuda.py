@@ -18,6 +18,7 @@ from tests.integration.test_detect import TINY_DATA, TINY_DETECT, no_network, yo
 from tests.integration.test_distill_stage import FAST as DISTILL
 from tests.integration.test_federated import LEARNABLE
 from tests.integration.test_pretrain import PRETRAIN
+from tests.integration.test_retrieval import _cfg as retrieval_cfg
 from tests.unit.test_compose import assert_torch_close_to_numpy, background, cutouts  # noqa: F401
 
 pytestmark = [
@@ -83,3 +84,14 @@ def test_detector_trains_on_cuda(tmp_path, yolo_env, no_network):  # noqa: F811
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows and "train/box_loss" in rows[0]
     assert no_network == []
+
+
+def test_retrieval_stage_on_cuda(tmp_path):
+    # teacher, student, the distilled student and a federated teacher, all on the GPU
+    torch.cuda.reset_peak_memory_stats()
+    summary = run(retrieval_cfg(tmp_path, "device=cuda", "partition=iid",
+                                "retrieval.models=[teacher,student,student_kd,teacher_fed]",
+                                "retrieval.federated.clients=2", "retrieval.federated.rounds=1"))
+    assert torch.cuda.max_memory_allocated() > 0
+    for name in ("teacher", "student", "student_kd", "teacher_fed"):
+        assert 0.0 <= summary[f"{name}/consumer/multi/two_side/top5"] <= 1.0

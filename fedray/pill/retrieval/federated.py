@@ -37,8 +37,9 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
                     fcfg: dict[str, Any], tcfg: dict[str, Any], partition_cfg: dict[str, Any],
                     strategy_cfg: dict[str, Any], seed: int,
                     on_round: Callable[[dict[str, Any]], None] | None = None,
-                    ) -> list[dict[str, Any]]:
-    """`fcfg`: clients, rounds, local_epochs. Trains `model` in place; one row per round."""
+                    device: str = "cpu") -> list[dict[str, Any]]:
+    """`fcfg`: clients, rounds, local_epochs. Trains `model` in place (the clients on `device`,
+    one after another); one row per round."""
     from fedray.data.partition import partition
     from fedray.fl.strategies import build_strategy
 
@@ -57,7 +58,7 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
             local = copy.deepcopy(model)
             _load(local, global_params)
             rows = train_triplet(local, pool[idx], pool_pill[idx], np.arange(len(idx)),
-                                 local_cfg, seed + 7919 * (r + 1) + c)
+                                 local_cfg, seed + 7919 * (r + 1) + c, device=device)
             losses.append(rows[-1]["train/loss"])
             results.append(ClientResult(c, _params(local), len(idx)))
         global_params = strategy.aggregate(global_params, results)

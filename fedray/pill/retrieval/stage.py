@@ -97,6 +97,9 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
     seed, run_dir = int(cfg["seed"]), Path(cfg["run_dir"])
     torch.set_num_threads(int(rcfg.get("threads") or torch.get_num_threads()))
     torch.manual_seed(seed)
+    from fedray.fl.train import torch_device
+
+    device = torch_device(cfg.get("device", "auto"))
     cat = rcfg["catalog"]
     data = build_retrieval_data(int(cat["num_pills"]), int(cat["image_size"]),
                                 int(cat["photos_per_side"]), int(cat["catalog_seed"]), seed,
@@ -131,13 +134,14 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
                     train_federated(model, pool, pool_pill, rcfg["federated"], rcfg["train"],
                                     cfg["partition"], cfg["strategy"],
                                     seed + 1000 * f + 3 + ARCHS.index(arch),
-                                    lambda r, n=name: log_epoch(r, name=n))
+                                    lambda r, n=name: log_epoch(r, name=n), device=device)
                 elif name == "student_kd":
                     model = copy.deepcopy(trained["student"])
                     from fedray.pill.retrieval.train import distill
 
                     distill(model, trained["teacher"], pool, {**rcfg["train"], **rcfg["kd"]},
-                            seed + 1000 * f + 2, lambda r, n=name: log_epoch(r, name=n))
+                            seed + 1000 * f + 2, lambda r, n=name: log_epoch(r, name=n),
+                            device=device)
                 else:
                     from fedray.pill.retrieval.train import train_triplet
 
@@ -145,10 +149,10 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
                                         norm=bool(rcfg.get("norm", True)))
                     train_triplet(model, pool, pool_pill, ref_index, rcfg["train"],
                                   seed + 1000 * f + ARCHS.index(arch),
-                                  lambda r, n=name: log_epoch(r, name=n))
+                                  lambda r, n=name: log_epoch(r, name=n), device=device)
                 trained[name] = model
                 res = evaluate_fold(model, data, test, train, int(rcfg["train_photos"]), rcfg,
-                                    seed + f)
+                                    seed + f, device)
                 res["time_s"] = time.perf_counter() - t0
                 per_model[name].append(res)
                 step += 1
