@@ -78,6 +78,7 @@ class SweepSpec:
     max_concurrent_trials: int | None = None
     max_failures: int = 1
     driver_cpus: float = 1.0
+    driver_gpus: float = 0.0
     resume: Any = False
     faults: list[dict[str, Any]] = field(default_factory=list)
     description: str = ""
@@ -91,8 +92,8 @@ class SweepSpec:
 
 SPEC_FIELDS = {
     "name", "file", "error", "metric", "mode", "search", "num_samples", "seed", "scheduler",
-    "max_concurrent_trials", "max_failures", "driver_cpus", "resume", "faults", "description",
-    "space",
+    "max_concurrent_trials", "max_failures", "driver_cpus", "driver_gpus", "resume", "faults",
+    "description", "space",
 }  # fmt: skip
 # every field is in the composed node, so `sweep.resume=true` etc. are plain Hydra overrides
 SPEC_DEFAULTS: dict[str, Any] = {
@@ -105,6 +106,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "max_concurrent_trials": None,
     "max_failures": 1,
     "driver_cpus": 1.0,
+    "driver_gpus": 0.0,
     "resume": False,
     "faults": [],
     "description": "",
@@ -208,6 +210,18 @@ def load_sweep(sweep: dict[str, Any] | str | Path, base: dict[str, Any]) -> Swee
     spec.driver_cpus = sweep.get("driver_cpus", spec.driver_cpus)
     if not is_number(spec.driver_cpus) or spec.driver_cpus <= 0:
         raise spec.fail("driver_cpus", f"must be a number > 0, got {spec.driver_cpus!r}")
+    spec.driver_gpus = sweep.get("driver_gpus", spec.driver_gpus)
+    if not is_number(spec.driver_gpus) or spec.driver_gpus < 0:
+        raise spec.fail("driver_gpus", f"must be a number >= 0, got {spec.driver_gpus!r}")
+    from fedray.fl.inprocess import backend
+
+    in_driver = backend(base) == "inprocess" and float(base["ray"].get("client_gpus") or 0) > 0
+    if str(base.get("device", "auto")) == "cuda" and not (spec.driver_gpus or in_driver):
+        # Ray hides the GPUs from a trial that holds none: its pretraining and server would fail
+        raise spec.fail(
+            "driver_gpus", "0, but device=cuda: a trial's driver sees a GPU only when it holds a "
+            "share of one (e.g. sweep.driver_gpus=0.25), or use device=auto"
+        )
     spec.resume = sweep.get("resume", False)
     spec.description = str(sweep.get("description") or "")
     spec.faults = _parse_faults(spec, sweep.get("faults") or [])

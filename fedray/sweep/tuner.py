@@ -161,6 +161,11 @@ def plan(spec: SweepSpec, base: dict[str, Any], sweep_dir: Path, want: str) -> d
         raise spec.fail(
             "driver_cpus", f"{spec.driver_cpus} exceeds the cluster's {cluster_cpus:g} CPUs"
         )
+    cluster_gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    if spec.driver_gpus > cluster_gpus:
+        raise spec.fail(
+            "driver_gpus", f"{spec.driver_gpus:g} exceeds the cluster's {cluster_gpus:g} GPUs"
+        )
     for p in points or [{}]:  # a drawn trial has at least the base's clients
         tcfg, _ = trial_config(base, p, options)
         need = check_fits(tcfg, spec.driver_cpus, cluster_cpus)
@@ -222,6 +227,7 @@ def _trainable(state: dict[str, Any], sweep_dir: Path) -> Any:
             variants=state["variants"],
             driver_cpus=float(spec["driver_cpus"]),
             cluster_cpus=float(state["cluster_cpus"]),
+            driver_gpus=float(spec.get("driver_gpus") or 0.0),
         ),
     )
 

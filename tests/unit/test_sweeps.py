@@ -101,6 +101,7 @@ def test_every_shipped_sweep_validates_and_plans_one_trial(experiment, name):
         ({"space": {"fl.rounds": [1]}, "scheduler": {"name": "hyperband"}}, "scheduler.name"),
         ({"space": {"fl.rounds": [1]}, "scheduler": {"name": "asha", "grace": 1}}, "grace"),
         ({"space": {"fl.rounds": [1]}, "faults": [{"trial": 0}]}, r"sweep\.faults\[0\]"),
+        ({"space": {"fl.rounds": [1]}, "driver_gpus": -1}, r"sweep\.driver_gpus: must be"),
     ],
 )
 def test_bad_sweeps_name_file_and_key(sweep, match):
@@ -115,6 +116,18 @@ def test_sweep_error_is_a_config_error_and_broken_yaml_names_its_file(tmp_path):
     bad.write_text("space: {fl.rounds: [1, 2\n")
     with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
         sp.load_sweep(bad, _base())
+
+
+def test_device_cuda_in_a_sweep_needs_a_gpu_in_each_trials_driver():
+    # Ray hides GPUs from a trial holding none: device=cuda would fail inside every trial
+    base = _base("device=cuda")
+    sweep = {"name": "t", "file": "t.yaml", "space": {"fl.rounds": [1]}}
+    with pytest.raises(sp.SweepError, match=r"sweep\.driver_gpus: 0, but device=cuda"):
+        sp.load_sweep(sweep, base)
+    assert sp.load_sweep({**sweep, "driver_gpus": 0.25}, base).driver_gpus == 0.25
+    # in-process clients with a GPU share run in the trial's own process: it holds the GPU
+    sp.load_sweep(sweep, _base("device=cuda", "ray=inprocess", "ray.client_gpus=0.5"))
+    sp.load_sweep(sweep, _base())  # device=auto: a trial without a GPU trains on the CPU
 
 
 # --- search space -------------------------------------------------------------------------------
@@ -408,6 +421,9 @@ def test_trial_bundles_cover_the_driver_and_one_bundle_per_client_actor():
     cfg["ray"]["max_actors"] = 1
     cfg["ray"]["client_gpus"] = 0.25
     assert resources.trial_bundles(cfg, 0.5, 8) == [{"CPU": 0.5}, {"CPU": 0.5, "GPU": 0.25}]
+    # sweep.driver_gpus: the driver's bundle holds its share
+    assert resources.trial_bundles(cfg, 0.5, 8, 0.5) == [{"CPU": 0.5, "GPU": 0.5},
+                                                         {"CPU": 0.5, "GPU": 0.25}]
 
 
 def test_an_inprocess_trial_is_one_bundle_its_clients_fit_in():
@@ -415,6 +431,7 @@ def test_an_inprocess_trial_is_one_bundle_its_clients_fit_in():
     assert resources.trial_bundles(cfg, 1.0, 8) == [{"CPU": 2.0}]
     cfg["ray"]["client_gpus"] = 0.5
     assert resources.trial_bundles(cfg, 1.0, 8) == [{"CPU": 2.0, "GPU": 0.5}]
+    assert resources.trial_bundles(cfg, 1.0, 8, 0.75) == [{"CPU": 2.0, "GPU": 0.75}]
 
 
 # --- results ------------------------------------------------------------------------------------
