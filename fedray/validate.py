@@ -184,9 +184,9 @@ def check_ray(ray: Any) -> None:
                 gpus = torch.cuda.device_count()
             if want_gpus > float(gpus):
                 raise ConfigError(
-                    f"ray.client_gpus: {want_gpus:g} GPUs per client actor, but the local Ray has "
-                    f"{gpus:g} (ray.num_gpus or the GPUs torch sees); an actor asking for more "
-                    f"would never start; allowed: [0, {gpus:g}]"
+                    f"ray.client_gpus: {want_gpus:g} GPUs per client, but this machine has "
+                    f"{gpus:g} (ray.num_gpus, else the GPUs torch sees): a Ray actor asking for "
+                    f"more never starts; allowed: [0, {gpus:g}]"
                 )
 
 
