@@ -93,13 +93,13 @@ def _flat(prefix: str, res: dict[str, Any]) -> dict[str, Any]:
 
 def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
     """Train and score the configured models on every configured fold; returns the summary."""
-    rcfg = check_config(cfg["retrieval"])
-    seed, run_dir = int(cfg["seed"]), Path(cfg["run_dir"])
-    torch.set_num_threads(int(rcfg.get("threads") or torch.get_num_threads()))
-    torch.manual_seed(seed)
     from fedray.fl.train import torch_device
 
+    rcfg = check_config(cfg["retrieval"])
+    seed, run_dir = int(cfg["seed"]), Path(cfg["run_dir"])
     device = torch_device(cfg.get("device", "auto"))
+    torch.set_num_threads(int(rcfg.get("threads") or torch.get_num_threads()))
+    torch.manual_seed(seed)
     cat = rcfg["catalog"]
     data = build_retrieval_data(int(cat["num_pills"]), int(cat["image_size"]),
                                 int(cat["photos_per_side"]), int(cat["catalog_seed"]), seed,
