@@ -19,10 +19,11 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fedray.checks import boolean, choice, mapping, number
 from fedray.config import ConfigError
 from fedray.fl.inprocess import check_backend
 
@@ -35,63 +36,7 @@ FAULT_KINDS = ("raise", "crash", "nan", "hang")
 PARTITION_GIVEN = ("labels", "num_clients", "seed")
 
 
-# ------------------------------------------------------------------------------ primitives
-
-
-def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
-    if high is None:
-        return f"> {low:g}" if low_open else f">= {low:g}"
-    if low is None:
-        return f"< {high:g}" if high_open else f"<= {high:g}"
-    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-
-
-def number(
-    key: str,
-    value: Any,
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    low_open: bool = False,
-    high_open: bool = False,
-    integer: bool = False,
-    optional: bool = False,
-) -> None:
-    """`value` is a number (an int if `integer`) in the given range, or None if `optional`."""
-    if value is None and optional:
-        return
-    kind = "an integer" if integer else "a number"
-    want = kind
-    if low is not None or high is not None:
-        want += " " + _interval(low, high, low_open, high_open)
-    if optional:
-        want += " (or null)"
-    ok = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok or (isinstance(value, float) and math.isnan(value)):
-        raise ConfigError(f"{key}: {value!r} is not {want}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ConfigError(f"{key}: {value!r} is not {want}")
-    if high is not None and (value >= high if high_open else value > high):
-        raise ConfigError(f"{key}: {value!r} is not {want}")
-
-
-def choice(key: str, value: Any, choices: Sequence[Any]) -> None:
-    """`value` is one of `choices`."""
-    if value not in choices:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
-
-
-def boolean(key: str, value: Any) -> None:
-    """`value` is true or false."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}: {value!r} is not true or false")
-
-
-def mapping(key: str, value: Any) -> dict[str, Any]:
-    """`value` is a mapping (a config group)."""
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{key}: {value!r} is not a mapping of settings ({key}.KEY=...)")
-    return dict(value)
+# ------------------------------------------------------------------------------ targets
 
 
 def import_target(key: str, target: Any) -> Any:

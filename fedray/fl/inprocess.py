@@ -36,7 +36,7 @@ def backend(cfg: dict[str, Any]) -> str:
 def check_backend(cfg: dict[str, Any]) -> None:
     """`ray.backend` is a known one, `inprocess` with nothing it cannot honour;
     `ray.batch_clients` a boolean."""
-    from fedray.validate import boolean, choice
+    from fedray.checks import boolean, choice
 
     choice("ray.backend", backend(cfg), BACKENDS)
     boolean("ray.batch_clients", (cfg.get("ray") or {}).get("batch_clients", False))

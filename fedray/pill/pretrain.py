@@ -194,9 +194,10 @@ def pretrain_key(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def check_pretrain(cfg: dict[str, Any]) -> None:
     """Validate the pretraining without running it: recipe values, the public set, the model."""
+    from fedray.checks import boolean, choice, mapping, number
     from fedray.fl.train import SCHEDULES
     from fedray.models import build_model
-    from fedray.validate import boolean, check_optimizer, choice, mapping, number
+    from fedray.validate import check_optimizer
 
     pcfg = mapping("pretrain", cfg.get("pretrain"))
     number("pretrain.epochs", pcfg.get("epochs"), 1, integer=True)

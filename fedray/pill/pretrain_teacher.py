@@ -64,7 +64,7 @@ def teacher_cfg(cfg: dict[str, Any]) -> dict[str, Any] | None:
 
 def teacher_knobs(pcfg: dict[str, Any]) -> tuple[float, float]:
     """(temperature, lam) of the teacher's loss, checked."""
-    from fedray.validate import number
+    from fedray.checks import number
 
     temperature, lam = pcfg.get("teacher_temperature", 4.0), pcfg.get("teacher_lam", 0.9)
     number("pretrain.teacher_temperature", temperature, 0, low_open=True)

@@ -35,7 +35,7 @@ class Classification(Task):
     def __init__(
         self, label_smoothing: float = 0.0, partition_by: str = "label", absent_scale: float = 1.0
     ) -> None:
-        from fedray.validate import number
+        from fedray.checks import number
 
         super().__init__(partition_by)
         self.label_smoothing = float(label_smoothing)

@@ -67,11 +67,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedray.checks import choice
 from fedray.config import ConfigError
 from fedray.fl.strategies.base import Strategy, average_results, float_param, int_param
 from fedray.fl.strategies.server_data import check_data_knob, server_dataset
 from fedray.fl.types import ClientResult, Params
-from fedray.validate import choice
 
 log = logging.getLogger("fedray")
 
