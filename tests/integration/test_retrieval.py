@@ -15,6 +15,7 @@ def _cfg(tmp_path, *overrides: str) -> dict:
     cfg = compose_plain([
         "+experiment=pill_retrieval", "logger=jsonl",
         "retrieval.catalog.num_pills=4", "retrieval.catalog.photos_per_side=2",
+        "retrieval.train_photos=1", "retrieval.folds=2",
         "retrieval.catalog.num_textures=6", f"retrieval.catalog.cache_dir={tmp_path / 'cache'}",
         "retrieval.train.epochs=1", "retrieval.kd.epochs=1", "retrieval.train.batch_size=4",
         *overrides,
@@ -58,6 +59,8 @@ def test_teacher_student_and_kd_student(tmp_path):
      ("retrieval.models=[student_kd]", "student_kd"),
      ("retrieval.catalog.image_size=64", "retrieval.catalog.image_size"),
      ("retrieval.run_folds=[7]", "retrieval.run_folds"),
+     ("retrieval.train.loss=arcface", "retrieval.train.loss"),
+     ("retrieval.train.temperature=0", "retrieval.train.temperature"),
      ("retrieval.federated.clients=0", "retrieval.federated.clients")],
 )
 def test_bad_retrieval_config_names_the_key(tmp_path, override, key):

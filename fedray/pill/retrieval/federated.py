@@ -4,7 +4,9 @@ pills, with the framework's partitioners and aggregation strategies, in one proc
 Each client mines its triplets inside its own data (its images are its gallery: the anchor's
 ranking of the client's own images gives the negatives), trains `local_epochs` and returns its
 weights; the strategy (`strategy` group: FedAvg, FedProx's server side, median, ...) aggregates
-them in client-id order. Everything a client touches is its shard of the training pool.
+them in client-id order. Everything a client touches is its shard of the training pool; with
+the proxy loss, a client's proxies (one per pill it holds) are its own state across rounds and
+are never sent: they would tell the server which pills the phone holds.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from fedray.fl.types import ClientResult, Params, params_nbytes
 from fedray.pill.retrieval.nets import MultiStream
-from fedray.pill.retrieval.train import train_triplet
+from fedray.pill.retrieval.train import train_embedding
 
 
 def _params(model: torch.nn.Module) -> Params:
@@ -48,6 +50,7 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
     strategy = build_strategy(strategy_cfg)
     global_params = _params(model)
     local_cfg = {**tcfg, "epochs": int(fcfg["local_epochs"])}
+    proxies: list[dict] = [{} for _ in parts]  # each client's own (loss proxy/both): stay home
     history = []
     for r in range(int(fcfg["rounds"])):
         t0 = time.perf_counter()
@@ -57,8 +60,9 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
                 continue
             local = copy.deepcopy(model)
             _load(local, global_params)
-            rows = train_triplet(local, pool[idx], pool_pill[idx], np.arange(len(idx)),
-                                 local_cfg, seed + 7919 * (r + 1) + c, device=device)
+            rows = train_embedding(local, pool[idx], pool_pill[idx], np.arange(len(idx)),
+                                 local_cfg, seed + 7919 * (r + 1) + c, device=device,
+                                 proxies=proxies[c])
             losses.append(rows[-1]["train/loss"])
             results.append(ClientResult(c, _params(local), len(idx)))
         global_params = strategy.aggregate(global_params, results)

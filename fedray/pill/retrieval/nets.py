@@ -76,6 +76,7 @@ class EmbeddingNet(nn.Module):
             raise ValueError(f"image_size={image_size} is below the {arch}'s minimum "
                              f"{MIN_SIZE[arch]} px")
         self.arch, self.in_channels, self.image_size = arch, in_channels, image_size
+        self.embed_dim = embed_dim
         make = teacher_features if arch == "teacher" else student_features
         self.features = make(in_channels, norm)
         with torch.no_grad():

@@ -18,12 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedray import checks
 from fedray.config import ConfigError
 from fedray.logging import RunLogger
 from fedray.pill.retrieval.data import build_retrieval_data
 from fedray.pill.retrieval.evaluate import evaluate_fold
 from fedray.pill.retrieval.metrics import ASSIGNMENTS, folds_by_pill
 from fedray.pill.retrieval.nets import ARCHS, STREAM_CHANNELS, MultiStream
+from fedray.pill.retrieval.train import LOSSES, distill, train_embedding
 
 log = logging.getLogger("fedray")
 
@@ -53,6 +55,9 @@ def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
     streams = list(rcfg.get("streams") or [])
     if not streams or set(streams) - set(STREAM_CHANNELS):
         raise ConfigError(f"retrieval.streams={streams}: choose from {list(STREAM_CHANNELS)}")
+    tcfg = rcfg.get("train") or {}
+    checks.choice("retrieval.train.loss", tcfg.get("loss", "triplet"), LOSSES)
+    checks.number("retrieval.train.temperature", tcfg.get("temperature", 0.05), 0, low_open=True)
     if rcfg.get("assignment", "best") not in ASSIGNMENTS:
         raise ConfigError(f"retrieval.assignment must be one of {ASSIGNMENTS}")
     cat = rcfg["catalog"]
@@ -137,19 +142,15 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
                                     lambda r, n=name: log_epoch(r, name=n), device=device)
                 elif name == "student_kd":
                     model = copy.deepcopy(trained["student"])
-                    from fedray.pill.retrieval.train import distill
-
                     distill(model, trained["teacher"], pool, {**rcfg["train"], **rcfg["kd"]},
                             seed + 1000 * f + 2, lambda r, n=name: log_epoch(r, name=n),
                             device=device)
                 else:
-                    from fedray.pill.retrieval.train import train_triplet
-
                     model = MultiStream(arch, rcfg["streams"], int(cat["image_size"]),
                                         norm=bool(rcfg.get("norm", True)))
-                    train_triplet(model, pool, pool_pill, ref_index, rcfg["train"],
-                                  seed + 1000 * f + ARCHS.index(arch),
-                                  lambda r, n=name: log_epoch(r, name=n), device=device)
+                    train_embedding(model, pool, pool_pill, ref_index, rcfg["train"],
+                                    seed + 1000 * f + ARCHS.index(arch),
+                                    lambda r, n=name: log_epoch(r, name=n), device=device)
                 trained[name] = model
                 res = evaluate_fold(model, data, test, train, int(rcfg["train_photos"]), rcfg,
                                     seed + f, device)

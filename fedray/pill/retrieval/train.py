@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from fedray.pill.retrieval.nets import MultiStream
 from fedray.pill.retrieval.streams import stream_inputs, to_float
-from fedray.pill.retrieval.triplet import mine_triplets, triplet_loss
+from fedray.pill.retrieval.triplet import mine_triplets, proxy_loss, triplet_loss
+from fedray.progress import Progress
 
 log = logging.getLogger("fedray")
 
@@ -74,53 +75,91 @@ def _optimizer(model: torch.nn.Module, tcfg: dict[str, Any]) -> torch.optim.Opti
                             weight_decay=float(tcfg.get("weight_decay", 0.0)))
 
 
-def train_triplet(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
-                  ref_index: np.ndarray, tcfg: dict[str, Any], seed: int,
-                  on_epoch: OnEpoch | None = None, device: str = "cpu") -> list[dict[str, Any]]:
-    """Train every stream with triplet loss on `pool` (uint8 (N, S, S, 3), pills `pool_pill`).
+LOSSES = ("triplet", "proxy", "both")
 
-    `ref_index`: the pool indices of the reference images; negatives are drawn among them from
-    each stream's own ranking, refreshed at the start of every epoch (eval-mode embeddings).
+
+def train_embedding(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
+                    ref_index: np.ndarray, tcfg: dict[str, Any], seed: int,
+                    on_epoch: OnEpoch | None = None, device: str = "cpu",
+                    proxies: dict[str, torch.nn.Parameter] | None = None,
+                    ) -> list[dict[str, Any]]:
+    """Train every stream on `pool` (uint8 (N, S, S, 3), pills `pool_pill`) with `tcfg["loss"]`:
+
+    - `triplet` (the paper): per stream its own (anchor, positive, negative) images, negatives
+      drawn among the references `ref_index` (pool indices) from the stream's own ranking,
+      refreshed at the start of every epoch (eval-mode embeddings);
+    - `proxy`: the normalized-softmax loss against one learnt proxy per training pill, on
+      batches of 3 x batch_size images (as many images per step as a triplet batch);
+    - `both`: the triplet loss plus the proxy loss on the same triplet images.
+    The proxies (random unit directions at first) are not part of the model: the model is
+    the same embedding network whatever the loss. Pass a dict as `proxies` to keep them
+    across calls (a federated client's own, which never leave it); it is filled on first use.
     """
+    kind = str(tcfg.get("loss", "triplet"))
+    if kind not in LOSSES:
+        raise ValueError(f"loss={kind!r}: choose one of {LOSSES}")
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     opt = _optimizer(model, tcfg)
-    bs, window = int(tcfg["batch_size"]), int(tcfg["window"])
+    bs, window, margin = int(tcfg["batch_size"]), int(tcfg["window"]), float(tcfg["margin"])
+    temperature = float(tcfg.get("temperature", 0.05))
     std, aug = bool(tcfg.get("standardize", True)), dict(tcfg.get("augment") or {})
+    labels = np.unique(pool_pill, return_inverse=True)[1]
+    proxies = {} if proxies is None else proxies
+    if kind != "triplet":
+        if not proxies:
+            num_pills = int(labels.max()) + 1
+            proxies.update({s: torch.nn.Parameter(0.01 * torch.randn(
+                num_pills, model.nets[s].embed_dim, generator=gen).to(device))
+                for s in model.streams})
+        opt.add_param_group({"params": list(proxies.values())})
     history = []
     model.to(device).train()
     for epoch in range(int(tcfg["epochs"])):
         t0 = time.perf_counter()
-        emb = embed(model, pool, standardize=std, device=device)
-        sims = {s: (e @ e[ref_index].T).numpy() for s, e in emb.items()}
+        sims = {}
+        if kind != "proxy":  # the negatives' rankings
+            emb = embed(model, pool, standardize=std, device=device)
+            sims = {s: (e @ e[ref_index].T).numpy() for s, e in emb.items()}
         order = rng.permutation(len(pool))
         losses, active = [], []
-        for i in range(0, len(order), bs):
-            anchors = order[i:i + bs]
-            batch, counts = [], {}
-            for s in model.streams:
-                pos, neg = mine_triplets(sims[s][anchors], anchors, pool_pill,
-                                         pool_pill[ref_index], window, rng)
-                batch.append((anchors, pos, ref_index[neg]))
-            # one forward per stream of its own (anchor, positive, negative) images
+        step = 3 * bs if kind == "proxy" else bs
+        bar = Progress(-(-len(order) // step), f"retrieval: {kind} epoch {epoch + 1}", "step")
+        for i in range(0, len(order), step):
+            anchors = order[i:i + step]
             loss = torch.zeros((), device=device)
-            for s, (a, p, n) in zip(model.streams, batch, strict=True):
-                idx = np.concatenate([a, p, n])
-                x = augment_batch(to_float(pool[idx]), gen, aug).to(device)
-                e = model.nets[s](stream_inputs(x, [s], std)[s])
-                ea, ep, en = e.split(len(a))
-                ls = triplet_loss(ea, ep, en, float(tcfg["margin"]))
-                counts[s] = float(((ea - ep).pow(2).sum(1) + float(tcfg["margin"])
-                                   > (ea - en).pow(2).sum(1)).float().mean())
-                loss = loss + ls
+            if kind == "proxy":
+                x = augment_batch(to_float(pool[anchors]), gen, aug).to(device)
+                y = torch.as_tensor(labels[anchors], device=device)
+                out = model(stream_inputs(x, model.streams, std))
+                for s in model.streams:
+                    loss = loss + proxy_loss(out[s], proxies[s], y, temperature)
+            else:
+                counts = []
+                for s in model.streams:  # one forward per stream of its own triplets
+                    pos, neg = mine_triplets(sims[s][anchors], anchors, pool_pill,
+                                             pool_pill[ref_index], window, rng)
+                    idx = np.concatenate([anchors, pos, ref_index[neg]])
+                    x = augment_batch(to_float(pool[idx]), gen, aug).to(device)
+                    e = model.nets[s](stream_inputs(x, [s], std)[s])
+                    ea, ep, en = e.split(len(anchors))
+                    loss = loss + triplet_loss(ea, ep, en, margin)
+                    if kind == "both":
+                        y = torch.as_tensor(labels[idx], device=device)
+                        loss = loss + proxy_loss(e, proxies[s], y, temperature)
+                    counts.append(float(((ea - ep).pow(2).sum(1) + margin
+                                         > (ea - en).pow(2).sum(1)).float().mean()))
+                active.append(float(np.mean(counts)))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
-            active.append(float(np.mean(list(counts.values()))))
+            bar.update(1, loss=losses[-1])
+        bar.close()
         row = {"epoch": epoch + 1, "train/loss": float(np.mean(losses)),
-               "train/active_triplets": float(np.mean(active)),
                "time/epoch_s": time.perf_counter() - t0}
+        if active:
+            row["train/active_triplets"] = float(np.mean(active))
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
@@ -160,6 +199,7 @@ def distill(student: MultiStream, teacher: MultiStream, pool: np.ndarray, tcfg: 
         t0 = time.perf_counter()
         losses = []
         order = rng.permutation(len(pool))
+        bar = Progress(-(-len(order) // (3 * bs)), f"retrieval: kd epoch {epoch + 1}", "step")
         for i in range(0, len(order), 3 * bs):  # as many images per step as a triplet batch
             x = augment_batch(to_float(pool[order[i:i + 3 * bs]]), gen, aug).to(device)
             inputs = stream_inputs(x, student.streams, std)
@@ -171,6 +211,8 @@ def distill(student: MultiStream, teacher: MultiStream, pool: np.ndarray, tcfg: 
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
+            bar.update(1, loss=losses[-1])
+        bar.close()
         row = {"epoch": epoch + 1, "train/kd_loss": float(np.mean(losses)),
                "time/epoch_s": time.perf_counter() - t0}
         history.append(row)

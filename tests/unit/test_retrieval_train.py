@@ -1,0 +1,118 @@
+"""The retrieval trainers: the proxy loss, and what each training loss learns on easy images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedray.pill.retrieval.nets import MultiStream
+from fedray.pill.retrieval.train import embed, train_embedding
+from fedray.pill.retrieval.triplet import proxy_loss
+
+COLOURS = np.array([[220, 40, 40], [40, 200, 60], [50, 60, 220], [230, 220, 60],
+                    [240, 240, 240], [30, 30, 30]], np.uint8)
+
+
+def _images(per_pill: int, seed: int, size: int = 68) -> tuple[np.ndarray, np.ndarray]:
+    """A disc of the pill's colour on a random grey background, noisy: pill = colour index."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2
+    images, pills = [], []
+    for pill, colour in enumerate(COLOURS):
+        for _ in range(per_pill):
+            img = np.full((size, size, 3), rng.integers(60, 200), np.float32)
+            img[disc] = colour
+            img += rng.normal(0, 12, img.shape)
+            images.append(np.clip(img, 0, 255).astype(np.uint8))
+            pills.append(pill)
+    return np.stack(images), np.array(pills)
+
+
+def _tcfg(loss: str, epochs: int) -> dict:
+    return {"loss": loss, "epochs": epochs, "batch_size": 2, "lr": 2e-3, "margin": 0.2,
+            "window": 2, "temperature": 0.05, "standardize": True,
+            "augment": {"rotate_deg": 180, "zoom": [0.9, 1.1], "translate_px": 2,
+                        "blur_prob": 0.0}}
+
+
+def _separation(model, train, train_pill, test, test_pill) -> tuple[float, float]:
+    """(nearest-centroid accuracy of the test images, their mean margin: cosine to their own
+    pill's training centroid minus their mean cosine to the other pills')."""
+    e_train, e_test = embed(model, train)["color"], embed(model, test)["color"]
+    centroids = F.normalize(torch.stack([e_train[torch.as_tensor(train_pill == p)].mean(0)
+                                         for p in range(len(COLOURS))]), dim=1)
+    cos = e_test @ centroids.T
+    own = cos[torch.arange(len(test)), torch.as_tensor(test_pill)]
+    other = (cos.sum(1) - own) / (len(COLOURS) - 1)
+    accuracy = float((cos.argmax(1).numpy() == test_pill).mean())
+    return accuracy, float((own - other).mean())
+
+
+def test_proxy_loss_is_cross_entropy_of_scaled_cosines():
+    gen = torch.Generator().manual_seed(0)
+    emb, proxies = torch.randn(5, 8, generator=gen), torch.randn(3, 8, generator=gen)
+    labels = torch.tensor([0, 2, 1, 1, 0])
+
+    got = proxy_loss(emb, proxies, labels, temperature=0.1)
+
+    cos = F.cosine_similarity(emb[:, None], proxies[None], dim=2)
+    want = -torch.log_softmax(cos / 0.1, dim=1)[torch.arange(5), labels].mean()
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    # an embedding on its own proxy scores better than one on another pill's
+    aligned = proxy_loss(proxies[[0]], proxies, torch.tensor([0]))
+    wrong = proxy_loss(proxies[[1]], proxies, torch.tensor([0]))
+    assert aligned < wrong
+
+
+def test_proxy_training_separates_unseen_images_of_each_pill():
+    torch.manual_seed(0)
+    train, train_pill = _images(4, seed=0)
+    test, test_pill = _images(3, seed=1)
+    model = MultiStream("teacher", ["color"], 68)
+    _, margin_before = _separation(model, train, train_pill, test, test_pill)
+
+    rows = train_embedding(model, train, train_pill, np.arange(0, len(train), 4),
+                           _tcfg("proxy", 10), seed=0)
+
+    accuracy, margin = _separation(model, train, train_pill, test, test_pill)
+    assert rows[-1]["train/loss"] < rows[0]["train/loss"]
+    assert accuracy >= 0.9 and margin > margin_before + 0.04  # 0.005 -> 0.095 measured
+    assert "train/active_triplets" not in rows[-1]  # no triplets in the proxy loss
+
+
+def test_both_adds_the_proxy_loss_to_the_triplets():
+    train, train_pill = _images(2, seed=0)
+    rows = {}
+    for loss in ("triplet", "both"):
+        torch.manual_seed(0)
+        rows[loss] = train_embedding(MultiStream("teacher", ["color"], 68), train, train_pill,
+                                     np.arange(0, len(train), 2), _tcfg(loss, 1), seed=0)[0]
+    assert 0.0 <= rows["both"]["train/active_triplets"] <= 1.0
+    # same model, images and triplets: the proxy term (~ln 6 at the start) comes on top
+    assert rows["both"]["train/loss"] > rows["triplet"]["train/loss"] + 1.0
+
+
+def test_proxies_passed_in_are_kept_and_trained_across_calls():
+    train, train_pill = _images(2, seed=0)
+    model = MultiStream("teacher", ["color"], 68)
+    proxies: dict = {}
+
+    train_embedding(model, train, train_pill, np.arange(0, len(train), 2), _tcfg("proxy", 1),
+                    seed=0, proxies=proxies)
+    first = proxies["color"]
+    snapshot = first.detach().clone()
+    train_embedding(model, train, train_pill, np.arange(0, len(train), 2), _tcfg("proxy", 1),
+                    seed=1, proxies=proxies)
+
+    assert proxies["color"] is first and tuple(first.shape) == (len(COLOURS), 128)
+    assert not torch.equal(first.detach(), snapshot)  # trained on, not drawn again
+
+
+def test_unknown_loss_is_refused():
+    train, train_pill = _images(1, seed=0)
+    with pytest.raises(ValueError, match="loss='arcface'"):
+        train_embedding(MultiStream("teacher", ["color"], 68), train, train_pill,
+                        np.arange(len(train)), _tcfg("arcface", 1), seed=0)
