@@ -61,6 +61,7 @@ def test_teacher_student_and_kd_student(tmp_path):
      ("retrieval.run_folds=[7]", "retrieval.run_folds"),
      ("retrieval.train.loss=arcface", "retrieval.train.loss"),
      ("retrieval.train.temperature=0", "retrieval.train.temperature"),
+     ("retrieval.train.schedule=step", "retrieval.train.schedule"),
      ("retrieval.federated.clients=0", "retrieval.federated.clients")],
 )
 def test_bad_retrieval_config_names_the_key(tmp_path, override, key):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fedray.pill.retrieval.nets import MultiStream
-from fedray.pill.retrieval.train import embed, train_embedding
+from fedray.pill.retrieval.train import embed, lr_schedule, train_embedding
 from fedray.pill.retrieval.triplet import proxy_loss
 
 COLOURS = np.array([[220, 40, 40], [40, 200, 60], [50, 60, 220], [230, 220, 60],
@@ -116,3 +116,19 @@ def test_unknown_loss_is_refused():
     with pytest.raises(ValueError, match="loss='arcface'"):
         train_embedding(MultiStream("teacher", ["color"], 68), train, train_pill,
                         np.arange(len(train)), _tcfg("arcface", 1), seed=0)
+
+
+def test_cosine_schedule_decays_to_zero_and_constant_keeps_the_lr():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    opt = torch.optim.Adam(params, lr=2e-3)
+    sched = lr_schedule(opt, {"schedule": "cosine"}, steps=10)
+    seen = []
+    for _ in range(10):
+        opt.step()
+        sched.step()
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen[4] == pytest.approx(1e-3)  # half way: half the lr
+    assert seen[-1] == pytest.approx(0.0, abs=1e-12) and seen == sorted(seen, reverse=True)
+    assert lr_schedule(opt, {"schedule": "constant"}, steps=10) is None
+    with pytest.raises(ValueError, match="schedule='step'"):
+        lr_schedule(opt, {"schedule": "step"}, steps=10)

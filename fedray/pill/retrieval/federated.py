@@ -12,6 +12,7 @@ are never sent: they would tell the server which pills the phone holds.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -52,9 +53,13 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
     local_cfg = {**tcfg, "epochs": int(fcfg["local_epochs"])}
     proxies: list[dict] = [{} for _ in parts]  # each client's own (loss proxy/both): stay home
     history = []
-    for r in range(int(fcfg["rounds"])):
+    rounds = int(fcfg["rounds"])
+    for r in range(rounds):
         t0 = time.perf_counter()
         results, losses = [], []
+        if str(tcfg.get("schedule", "constant")) == "cosine":  # decays over rounds, not per call
+            local_cfg = {**local_cfg, "schedule": "constant",
+                         "lr": float(tcfg["lr"]) * 0.5 * (1.0 + math.cos(math.pi * r / rounds))}
         for c, idx in enumerate(parts):
             if len(np.unique(pool_pill[idx])) < 2:  # no negative to mine: nothing to learn
                 continue

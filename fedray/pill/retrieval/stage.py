@@ -25,7 +25,7 @@ from fedray.pill.retrieval.data import build_retrieval_data
 from fedray.pill.retrieval.evaluate import evaluate_fold
 from fedray.pill.retrieval.metrics import ASSIGNMENTS, folds_by_pill
 from fedray.pill.retrieval.nets import ARCHS, STREAM_CHANNELS, MultiStream
-from fedray.pill.retrieval.train import LOSSES, distill, train_embedding
+from fedray.pill.retrieval.train import LOSSES, SCHEDULES, distill, train_embedding
 
 log = logging.getLogger("fedray")
 
@@ -57,6 +57,7 @@ def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"retrieval.streams={streams}: choose from {list(STREAM_CHANNELS)}")
     tcfg = rcfg.get("train") or {}
     checks.choice("retrieval.train.loss", tcfg.get("loss", "triplet"), LOSSES)
+    checks.choice("retrieval.train.schedule", tcfg.get("schedule", "constant"), SCHEDULES)
     checks.number("retrieval.train.temperature", tcfg.get("temperature", 0.05), 0, low_open=True)
     if rcfg.get("assignment", "best") not in ASSIGNMENTS:
         raise ConfigError(f"retrieval.assignment must be one of {ASSIGNMENTS}")

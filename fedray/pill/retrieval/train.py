@@ -76,6 +76,19 @@ def _optimizer(model: torch.nn.Module, tcfg: dict[str, Any]) -> torch.optim.Opti
 
 
 LOSSES = ("triplet", "proxy", "both")
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_schedule(opt: torch.optim.Optimizer, tcfg: dict[str, Any],
+                steps: int) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """`tcfg["schedule"]`: constant lr, or a cosine decay to 0 over the call's `steps`."""
+    kind = str(tcfg.get("schedule", "constant"))
+    if kind not in SCHEDULES:
+        raise ValueError(f"schedule={kind!r}: choose one of {SCHEDULES}")
+    if kind == "constant":
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, steps) / max(steps, 1))))
 
 
 def train_embedding(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
@@ -113,6 +126,8 @@ def train_embedding(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
                 num_pills, model.nets[s].embed_dim, generator=gen).to(device))
                 for s in model.streams})
         opt.add_param_group({"params": list(proxies.values())})
+    step = 3 * bs if kind == "proxy" else bs
+    sched = lr_schedule(opt, tcfg, int(tcfg["epochs"]) * -(-len(pool) // step))
     history = []
     model.to(device).train()
     for epoch in range(int(tcfg["epochs"])):
@@ -123,7 +138,6 @@ def train_embedding(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
             sims = {s: (e @ e[ref_index].T).numpy() for s, e in emb.items()}
         order = rng.permutation(len(pool))
         losses, active = [], []
-        step = 3 * bs if kind == "proxy" else bs
         bar = Progress(-(-len(order) // step), f"retrieval: {kind} epoch {epoch + 1}", "step")
         for i in range(0, len(order), step):
             anchors = order[i:i + step]
@@ -153,6 +167,8 @@ def train_embedding(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             losses.append(float(loss.detach()))
             bar.update(1, loss=losses[-1])
         bar.close()
@@ -192,6 +208,7 @@ def distill(student: MultiStream, teacher: MultiStream, pool: np.ndarray, tcfg: 
     opt = _optimizer(student, tcfg)
     std, aug = bool(tcfg.get("standardize", True)), dict(tcfg.get("augment") or {})
     bs = int(tcfg["batch_size"])
+    sched = lr_schedule(opt, tcfg, int(tcfg["epochs"]) * -(-len(pool) // (3 * bs)))
     teacher.to(device).eval()
     student.to(device).train()
     history = []
@@ -210,6 +227,8 @@ def distill(student: MultiStream, teacher: MultiStream, pool: np.ndarray, tcfg: 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             losses.append(float(loss.detach()))
             bar.update(1, loss=losses[-1])
         bar.close()
