@@ -17,3 +17,27 @@ def test_table5_rows_follow_the_paper_and_skip_missing_models():
     assert len(lines) == 3  # header, rule, the teacher (no colour-only, student or KD entries)
     assert lines[2] == ("| Multi-CNNs (teacher) | 0.500 ± 0.010 | 25.0 ± 1.0% | 75.0 ± 1.0% "
                         "| 0.500 ± 0.010 | 25.0 ± 1.0% | 75.0 ± 1.0% |")
+
+
+def test_cli_joins_run_dirs_and_names_a_missing_summary(tmp_path, capsys):
+    import json
+
+    from fedray.pill.retrieval.report import main
+
+    for name, model in (("central", "student"), ("fed", "student_fed")):
+        summary = {"folds_run": [0]}
+        for scheme in ("one_side", "two_side"):
+            for m in ("map", "top1", "top5"):
+                summary[f"{model}/shifted/multi/{scheme}/{m}"] = 0.5
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+
+    assert main([str(tmp_path / "central"), str(tmp_path / "fed"), "--queries", "shifted"]) == 0
+    out = capsys.readouterr().out
+    assert "| Student without KD | 0.500 |" in out
+    assert "| Student without KD, federated | 0.500 |" in out
+
+    assert main([str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedray: error: ") and "nowhere/summary.json" in err
+    assert "Traceback" not in err

@@ -1,8 +1,14 @@
-"""Table 5 of the paper from a retrieval run's summary.json: `python -m
-fedray.pill.retrieval.report RUN_DIR [QUERY_SET]` prints it as a markdown table."""
+"""Table 5 of the paper from retrieval runs' summary.json, as a markdown table:
+
+    python -m fedray.pill.retrieval.report RUN_DIR [RUN_DIR ...] [--queries shifted]
+
+Several run directories (e.g. the central models and a `student_fed` run of the same fold) fill
+one table; a model in two of them is read from the last.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -41,11 +47,30 @@ def table5(summary: dict[str, Any], query_set: str = "consumer") -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-    """Print the table of the run directory argv[0] (query set argv[1], default consumer)."""
-    summary = json.loads((Path(argv[0]) / "summary.json").read_text())
-    print(table5(summary, argv[1] if len(argv) > 1 else "consumer"))
+QUERY_SETS = ("consumer", "shifted", "seen")
+
+
+def main(argv: list[str]) -> int:
+    """Print the table of the run directories in `argv`; 2 on a missing or unreadable summary."""
+    ap = argparse.ArgumentParser(prog="python -m fedray.pill.retrieval.report",
+                                 description="Table 5 of MobileDeepPill from retrieval runs.")
+    ap.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    ap.add_argument("--queries", choices=QUERY_SETS, default="consumer",
+                    help="consumer photos of unseen pills (default), the same under colour "
+                         "casts, or held-out photos of trained pills")
+    args = ap.parse_args(argv)
+    summary: dict[str, Any] = {}
+    for run_dir in args.run_dirs:
+        path = run_dir / "summary.json"
+        try:
+            summary.update(json.loads(path.read_text()))
+        except (OSError, ValueError) as e:
+            print(f"fedray: error: {path}: {getattr(e, 'strerror', None) or e} (a stage=retrieval "
+                  "run writes it when it ends)", file=sys.stderr)
+            return 2
+    print(table5(summary, args.queries))
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))
