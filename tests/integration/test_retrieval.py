@@ -62,7 +62,8 @@ def test_teacher_student_and_kd_student(tmp_path):
      ("retrieval.train.loss=arcface", "retrieval.train.loss"),
      ("retrieval.train.temperature=0", "retrieval.train.temperature"),
      ("retrieval.train.schedule=step", "retrieval.train.schedule"),
-     ("retrieval.federated.clients=0", "retrieval.federated.clients")],
+     ("retrieval.federated.clients=0", "retrieval.federated.clients"),
+     ("retrieval.federated.lr=-1", "retrieval.federated.lr")],
 )
 def test_bad_retrieval_config_names_the_key(tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -81,3 +82,15 @@ def test_federated_teacher_trains_across_clients(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert rows[0]["fl/clients"] == 2 and rows[0]["comm/bytes_up"] > 0
     assert 0.0 <= summary["teacher_fed/consumer/multi/two_side/map"] <= 1.0
+
+
+def test_a_client_split_that_cannot_be_made_fails_before_any_training(tmp_path):
+    from fedray.data.partition import PartitionError
+
+    # 2 training pills on 5 clients, 3 pills each: refused before the teacher trains
+    cfg = _cfg(tmp_path, "retrieval.models=[teacher,student_fed]", "retrieval.folds=2",
+               "partition=pathological", "partition.classes_per_client=3")
+    with pytest.raises(PartitionError, match="classes_per_client"):
+        run(cfg)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    assert not metrics.exists() or metrics.read_text().strip() == ""

@@ -41,8 +41,8 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
                     strategy_cfg: dict[str, Any], seed: int,
                     on_round: Callable[[dict[str, Any]], None] | None = None,
                     device: str = "cpu") -> list[dict[str, Any]]:
-    """`fcfg`: clients, rounds, local_epochs. Trains `model` in place (the clients on `device`,
-    one after another); one row per round."""
+    """`fcfg`: clients, rounds, local_epochs, lr (null: `tcfg`'s). Trains `model` in place (the
+    clients on `device`, one after another); one row per round."""
     from fedray.data.partition import partition
     from fedray.fl.strategies import build_strategy
 
@@ -50,7 +50,8 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
     parts = partition(labels, partition_cfg, int(fcfg["clients"]), seed)
     strategy = build_strategy(strategy_cfg)
     global_params = _params(model)
-    local_cfg = {**tcfg, "epochs": int(fcfg["local_epochs"])}
+    lr = float(fcfg.get("lr") or tcfg["lr"])  # the clients' own lr, else the central one
+    local_cfg = {**tcfg, "epochs": int(fcfg["local_epochs"]), "lr": lr}
     proxies: list[dict] = [{} for _ in parts]  # each client's own (loss proxy/both): stay home
     history = []
     rounds = int(fcfg["rounds"])
@@ -59,7 +60,7 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
         results, losses = [], []
         if str(tcfg.get("schedule", "constant")) == "cosine":  # decays over rounds, not per call
             local_cfg = {**local_cfg, "schedule": "constant",
-                         "lr": float(tcfg["lr"]) * 0.5 * (1.0 + math.cos(math.pi * r / rounds))}
+                         "lr": lr * 0.5 * (1.0 + math.cos(math.pi * r / rounds))}
         for c, idx in enumerate(parts):
             if len(np.unique(pool_pill[idx])) < 2:  # no negative to mine: nothing to learn
                 continue

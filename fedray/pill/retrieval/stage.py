@@ -52,6 +52,7 @@ def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(fed.get(key), int) or fed[key] < 1:
                 raise ConfigError(f"retrieval.federated.{key} must be an integer >= 1 for "
                                   f"the *_fed models, got {fed.get(key)!r}")
+        checks.number("retrieval.federated.lr", fed.get("lr"), 0, low_open=True, optional=True)
     streams = list(rcfg.get("streams") or [])
     if not streams or set(streams) - set(STREAM_CHANNELS):
         raise ConfigError(f"retrieval.streams={streams}: choose from {list(STREAM_CHANNELS)}")
@@ -81,15 +82,19 @@ def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
     return {**rcfg, "models": models, "streams": streams, "run_folds": run_folds}
 
 
+def _pool_pills(data, pills: np.ndarray, train_photos: int) -> np.ndarray:
+    """The pill of each image of `_pool(data, pills, train_photos)`."""
+    ids = data.pill_ids[pills]
+    return np.concatenate([np.repeat(ids, 2), np.repeat(ids, 2 * train_photos)])
+
+
 def _pool(data, pills: np.ndarray, train_photos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training images (references of `pills`, then their first photos), their pills, and
     which of them are references."""
     refs = data.references[pills].reshape(-1, *data.references.shape[-3:])
     photos = data.photos[pills][:, :, :train_photos].reshape(-1, *data.photos.shape[-3:])
-    ids = data.pill_ids[pills]
     pool = np.concatenate([refs, photos])
-    pool_pill = np.concatenate([np.repeat(ids, 2), np.repeat(ids, 2 * train_photos)])
-    return pool, pool_pill, np.arange(len(refs))
+    return pool, _pool_pills(data, pills, train_photos), np.arange(len(refs))
 
 
 def _flat(prefix: str, res: dict[str, Any]) -> dict[str, Any]:
@@ -111,6 +116,14 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
                                 int(cat["photos_per_side"]), int(cat["catalog_seed"]), seed,
                                 int(cat["num_textures"]), cat.get("cache_dir"))
     folds = folds_by_pill(np.arange(data.num_pills), int(rcfg["folds"]), seed)
+    if any(m.endswith("_fed") for m in rcfg["models"]):  # a split that cannot be made fails now
+        from fedray.data.partition import partition
+
+        for f in rcfg["run_folds"]:
+            train = np.setdiff1d(np.arange(data.num_pills), folds[f])
+            labels = np.unique(_pool_pills(data, train, int(rcfg["train_photos"])),
+                               return_inverse=True)[1]
+            partition(labels, cfg["partition"], int(rcfg["federated"]["clients"]), seed)
     logger = RunLogger(run_dir, cfg)
     step = 0
     per_model: dict[str, list[dict[str, Any]]] = {m: [] for m in rcfg["models"]}
