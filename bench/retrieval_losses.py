@@ -1,9 +1,9 @@
 """The retrieval training losses side by side on one fold of a small synthetic catalog.
 
-Trains a fresh embedding network per variant (`loss:epochs:lr[:batch]`) on the training pills
-of fold 0 and scores the consumer photos of the fold's unseen pills against the gallery of
-every reference (two-side and one-side MAP / top-1 / top-5), and held-out photos of the training
-pills ("seen"). Prints one row per variant with its training time.
+Trains a fresh embedding network per variant (`loss:epochs:lr[:batch[:schedule]]`) on the
+training pills of fold 0 and scores the consumer photos of the fold's unseen pills against the
+gallery of every reference (two-side and one-side MAP / top-1 / top-5), and held-out photos of
+the training pills ("seen"). Prints one row per variant with its training time.
 
     python bench/retrieval_losses.py --pills 200 --photos 8 --train-photos 6 \\
         --variants triplet:6:3e-4 proxy:17:1e-3 both:6:1e-3
@@ -49,12 +49,14 @@ def main() -> None:
     print(f"{args.pills} pills ({len(train)} train, {len(test)} unseen), {args.photos} photos "
           f"per side ({args.train_photos} trained), {args.arch} {streams}, {args.size} px, "
           f"seed {args.seed}")
-    print("| loss | epochs | lr | batch | train s | two-side MAP | top-1 | top-5 | one-side top-5 "
-          "| seen two-side top-5 |")
+    print("| loss | epochs | lr | batch | schedule | train s | two-side MAP | top-1 | top-5 "
+          "| one-side top-5 | seen two-side top-5 |")
     for variant in args.variants:
         loss, epochs, lr, *rest = variant.split(":")
         batch = int(rest[0]) if rest else 32
+        schedule = rest[1] if len(rest) > 1 else "constant"
         tcfg = {"loss": loss, "epochs": int(epochs), "lr": float(lr), "batch_size": batch,
+                "schedule": schedule,
                 "margin": 0.2, "window": 5, "temperature": 0.05, "standardize": True,
                 "augment": AUGMENT}
         torch.manual_seed(args.seed)
@@ -65,8 +67,8 @@ def main() -> None:
         res = evaluate_fold(model, data, test, train, args.train_photos, {"train": tcfg},
                             args.seed)
         two, one = res["consumer/multi/two_side"], res["consumer/multi/one_side"]
-        print(f"| {loss} | {epochs} | {lr} | {batch} | {seconds:.0f} | {two['map']:.3f} | "
-              f"{two['top1']:.1%} | {two['top5']:.1%} | {one['top5']:.1%} | "
+        print(f"| {loss} | {epochs} | {lr} | {batch} | {schedule} | {seconds:.0f} | "
+              f"{two['map']:.3f} | {two['top1']:.1%} | {two['top5']:.1%} | {one['top5']:.1%} | "
               f"{res['seen/multi/two_side']['top5']:.1%} |", flush=True)
 
 

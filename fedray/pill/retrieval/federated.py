@@ -67,8 +67,8 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
             local = copy.deepcopy(model)
             _load(local, global_params)
             rows = train_embedding(local, pool[idx], pool_pill[idx], np.arange(len(idx)),
-                                 local_cfg, seed + 7919 * (r + 1) + c, device=device,
-                                 proxies=proxies[c])
+                                   local_cfg, seed + 7919 * (r + 1) + c, device=device,
+                                   proxies=proxies[c])
             losses.append(rows[-1]["train/loss"])
             results.append(ClientResult(c, _params(local), len(idx)))
         global_params = strategy.aggregate(global_params, results)
