@@ -1,4 +1,4 @@
-"""Triplet loss (paper eq. 2) and the paper's online triplet generation (§4.2.2).
+"""Triplet loss (paper eq. 2), the paper's online triplet generation (§4.2.2) and the proxy loss.
 
 For an anchor image I^a, the positive I^p is another image of the same pill, drawn at random;
 the negative comes from the anchor's current ranking of the reference gallery: if the anchor's
