@@ -8,6 +8,7 @@ import pytest
 from conftest import compose_plain
 
 from fedray.config import ConfigError
+from fedray.pill.retrieval.nets import load_model
 from fedray.run import run
 
 
@@ -43,6 +44,9 @@ def test_teacher_run_writes_table5_metrics_and_cmc(tmp_path):
     assert len(cmc) == 20 and cmc == sorted(cmc) and cmc[-1] == 1.0  # 4 pills: all within 20
     assert (run_dir / "cmc.png").stat().st_size > 0
     assert json.loads((run_dir / "summary.json").read_text())["stage"] == "retrieval"
+    saved = load_model(run_dir / "models" / "fold0" / "teacher.pt")  # the trained streams
+    assert saved.streams == ["color", "gray"] and saved.image_size == 68 and not saved.training
+    assert [p.name for p in (run_dir / "models").iterdir()] == ["fold0"]  # run_folds: [0]
 
 
 @pytest.mark.slow

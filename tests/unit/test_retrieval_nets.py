@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedray.pill.retrieval.nets import EmbeddingNet, MultiStream, count_macs, count_params
+from fedray.pill.retrieval.nets import (
+    EmbeddingNet,
+    MultiStream,
+    count_macs,
+    count_params,
+    load_model,
+    save_model,
+)
 
 
 @pytest.mark.parametrize(
@@ -48,3 +55,20 @@ def test_smaller_input_keeps_the_layers_and_embeds_to_the_unit_sphere():
 def test_too_small_input_is_refused():
     with pytest.raises(ValueError, match="minimum"):
         EmbeddingNet("student", 3, 96)
+
+
+def test_a_saved_model_loads_back_to_the_same_embeddings(tmp_path):
+    torch.manual_seed(0)
+    model = MultiStream("student", ["color", "gradient"], 99, norm=True)
+    model.train()
+    model({"color": torch.rand(4, 3, 99, 99), "gradient": torch.rand(4, 1, 99, 99)})  # BN stats
+    model.eval()
+    x = {"color": torch.rand(2, 3, 99, 99), "gradient": torch.rand(2, 1, 99, 99)}
+
+    loaded = load_model(save_model(model, tmp_path / "m" / "student.pt"))
+
+    assert (loaded.arch, loaded.image_size, loaded.norm) == ("student", 99, True)
+    assert loaded.streams == ["color", "gradient"]
+    with torch.no_grad():
+        for s, e in model(x).items():
+            assert torch.equal(loaded(x)[s], e)

@@ -9,6 +9,7 @@ only fc1 (its input is whatever the last pool leaves), so the 2-core default can
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +107,7 @@ class MultiStream(nn.Module):
         unknown = sorted(set(streams) - set(STREAM_CHANNELS))
         if unknown or not streams:
             raise ValueError(f"streams={list(streams)}: choose from {list(STREAM_CHANNELS)}")
-        self.arch, self.image_size = arch, image_size
+        self.arch, self.image_size, self.norm = arch, image_size, norm
         self.nets = nn.ModuleDict({
             s: EmbeddingNet(arch, STREAM_CHANNELS[s], image_size, embed_dim, norm, dropout)
             for s in streams
@@ -120,6 +121,27 @@ class MultiStream(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{stream: (B, C_s, S, S)} -> {stream: (B, D)} unit-norm embeddings."""
         return {s: net(inputs[s]) for s, net in self.nets.items()}
+
+
+def save_model(model: MultiStream, path: str | Path) -> Path:
+    """The trained streams and what rebuilds them, to `path` (`load_model` reads it back)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    first = next(iter(model.nets.values()))
+    torch.save({"arch": model.arch, "streams": model.streams, "image_size": model.image_size,
+                "embed_dim": first.embed_dim, "norm": model.norm,
+                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
+               path)
+    return path
+
+
+def load_model(path: str | Path) -> MultiStream:
+    """A `MultiStream` saved by `save_model`, in eval mode on the CPU."""
+    saved = torch.load(Path(path), map_location="cpu", weights_only=True)
+    model = MultiStream(saved["arch"], saved["streams"], int(saved["image_size"]),
+                        int(saved["embed_dim"]), bool(saved["norm"]))
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()
 
 
 def count_params(model: nn.Module) -> int:

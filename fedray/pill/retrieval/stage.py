@@ -4,7 +4,8 @@ Per fold (5-fold cross-validation by pill): train the teacher streams with tripl
 student the same way (the paper's "student without KD"), then distil the teacher into a copy of
 that student with the l2 loss ("student with KD"); score each on the fold's consumer photos
 against the gallery of every reference. Rows go to metrics.jsonl (and W&B), the mean and std over
-folds to summary.json, the CMC curves to cmc.png.
+folds to summary.json, the CMC curves to cmc.png, each trained model to
+models/fold<k>/<model>.pt (`nets.load_model` reads one back).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from fedray.logging import RunLogger
 from fedray.pill.retrieval.data import build_retrieval_data
 from fedray.pill.retrieval.evaluate import evaluate_fold
 from fedray.pill.retrieval.metrics import ASSIGNMENTS, folds_by_pill
-from fedray.pill.retrieval.nets import ARCHS, STREAM_CHANNELS, MultiStream
+from fedray.pill.retrieval.nets import ARCHS, STREAM_CHANNELS, MultiStream, save_model
 from fedray.pill.retrieval.train import LOSSES, SCHEDULES, distill, train_embedding
 
 log = logging.getLogger("fedray")
@@ -166,6 +167,7 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
                                     seed + 1000 * f + ARCHS.index(arch),
                                     lambda r, n=name: log_epoch(r, name=n), device=device)
                 trained[name] = model
+                save_model(model, run_dir / "models" / f"fold{f}" / f"{name}.pt")
                 res = evaluate_fold(model, data, test, train, int(rcfg["train_photos"]), rcfg,
                                     seed + f, device)
                 res["time_s"] = time.perf_counter() - t0
