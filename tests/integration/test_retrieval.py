@@ -57,6 +57,49 @@ def test_teacher_student_and_kd_student(tmp_path):
         assert 0.0 <= summary[f"{name}/consumer/multi/two_side/top5"] <= 1.0
 
 
+@pytest.mark.slow
+def test_a_later_run_reuses_trained_models_and_trains_only_the_rest(tmp_path):
+    first = tmp_path / "first"
+    first.mkdir()
+    cfg = _cfg(first, "retrieval.models=[teacher,student]", "retrieval.streams=[gray]")
+    before = run(cfg)
+
+    cfg = _cfg(tmp_path, "retrieval.models=[teacher,student,student_kd]",
+               "retrieval.streams=[gray]", f"retrieval.reuse={first / 'run'}")
+    after = run(cfg)
+
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    trained = {r["model"] for r in rows if "train/loss" in r or "train/kd_loss" in r}
+    assert trained == {"student_kd"}  # the teacher and the student were loaded
+    for name in ("teacher", "student"):  # the same weights score the same
+        key = f"{name}/consumer/multi/two_side/map"
+        assert after[key] == pytest.approx(before[key], abs=1e-9)
+    assert (tmp_path / "run" / "models" / "fold0" / "student_kd.pt").exists()
+
+
+@pytest.mark.parametrize(("override", "match"),
+                         [("seed=1", r"retrieval\.reuse: .*teacher\.pt.*seed"),
+                          ("retrieval.train_photos=2", r"retrieval\.reuse: .*train_photos"),
+                          ("retrieval.streams=[color]", r"retrieval\.reuse: .*streams")])
+def test_reused_models_must_come_from_this_runs_catalog_split_and_streams(tmp_path, override,
+                                                                          match):
+    first = tmp_path / "first"
+    first.mkdir()
+    run(_cfg(first, "retrieval.models=[teacher]", "retrieval.streams=[gray]",
+             "retrieval.catalog.image_size=68"))
+
+    cfg = _cfg(tmp_path, "retrieval.models=[teacher]", "retrieval.streams=[gray]",
+               "retrieval.catalog.image_size=68", f"retrieval.reuse={first / 'run'}", override)
+    with pytest.raises(ConfigError, match=match):
+        run(cfg)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # refused before anything ran
+
+
+def test_reuse_of_a_directory_without_models_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"retrieval\.reuse: .* holds no models/"):
+        run(_cfg(tmp_path, f"retrieval.reuse={tmp_path}"))
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
     [("retrieval.models=[resnet]", "retrieval.models"),

@@ -123,24 +123,26 @@ class MultiStream(nn.Module):
         return {s: net(inputs[s]) for s, net in self.nets.items()}
 
 
-def save_model(model: MultiStream, path: str | Path) -> Path:
-    """The trained streams and what rebuilds them, to `path` (`load_model` reads it back)."""
+def save_model(model: MultiStream, path: str | Path, meta: dict | None = None) -> Path:
+    """The trained streams, what rebuilds them and `meta` (what they were trained on), to `path`
+    (`load_model` reads it back)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     first = next(iter(model.nets.values()))
     torch.save({"arch": model.arch, "streams": model.streams, "image_size": model.image_size,
-                "embed_dim": first.embed_dim, "norm": model.norm,
+                "embed_dim": first.embed_dim, "norm": model.norm, "meta": meta or {},
                 "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
                path)
     return path
 
 
 def load_model(path: str | Path) -> MultiStream:
-    """A `MultiStream` saved by `save_model`, in eval mode on the CPU."""
+    """A `MultiStream` saved by `save_model`, in eval mode on the CPU; its `meta` as `.meta`."""
     saved = torch.load(Path(path), map_location="cpu", weights_only=True)
     model = MultiStream(saved["arch"], saved["streams"], int(saved["image_size"]),
                         int(saved["embed_dim"]), bool(saved["norm"]))
     model.load_state_dict(saved["state_dict"])
+    model.meta = dict(saved.get("meta") or {})
     return model.eval()
 
 

@@ -25,7 +25,13 @@ from fedray.logging import RunLogger
 from fedray.pill.retrieval.data import build_retrieval_data
 from fedray.pill.retrieval.evaluate import evaluate_fold
 from fedray.pill.retrieval.metrics import ASSIGNMENTS, folds_by_pill
-from fedray.pill.retrieval.nets import ARCHS, STREAM_CHANNELS, MultiStream, save_model
+from fedray.pill.retrieval.nets import (
+    ARCHS,
+    STREAM_CHANNELS,
+    MultiStream,
+    load_model,
+    save_model,
+)
 from fedray.pill.retrieval.train import LOSSES, SCHEDULES, distill, train_embedding
 
 log = logging.getLogger("fedray")
@@ -33,7 +39,7 @@ log = logging.getLogger("fedray")
 MODELS = ("teacher", "student", "student_kd", "teacher_fed", "student_fed")  # the run order
 REPORTED = ("map", "top1", "top5")
 _KEYS = {"_target_", "catalog", "folds", "run_folds", "train_photos", "models", "streams",
-         "assignment", "norm", "threads", "train", "kd", "federated"}
+         "assignment", "norm", "threads", "train", "kd", "federated", "reuse"}
 
 
 def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +86,44 @@ def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
             MultiStream(arch, streams[:1], size)
         except ValueError as e:
             raise ConfigError(f"retrieval.catalog.image_size: {e}") from None
+    reuse = rcfg.get("reuse")
+    if reuse is not None and not (Path(str(reuse)) / "models").is_dir():
+        raise ConfigError(f"retrieval.reuse: {reuse} holds no models/ folder (give the directory "
+                          "of an earlier retrieval run: models/fold<k>/<model>.pt)")
     return {**rcfg, "models": models, "streams": streams, "run_folds": run_folds}
+
+
+def _meta(rcfg: dict[str, Any], seed: int, fold: int) -> dict[str, Any]:
+    """What decides which pills and photos a model of `fold` trained on."""
+    return {"seed": seed, "fold": fold, "folds": int(rcfg["folds"]),
+            "train_photos": int(rcfg["train_photos"]),
+            "catalog": {k: v for k, v in rcfg["catalog"].items() if k != "cache_dir"}}
+
+
+def _reused(rcfg: dict[str, Any], seed: int) -> dict[tuple[int, str], MultiStream]:
+    """{(fold, model): trained model} found under `retrieval.reuse`, each checked to have been
+    trained on this run's catalog, split and fold (else its test pills may have been trained
+    on) and to have this run's streams; the rest of the models train as usual."""
+    if rcfg.get("reuse") is None:
+        return {}
+    out = {}
+    for f in rcfg["run_folds"]:
+        for name in rcfg["models"]:
+            path = Path(str(rcfg["reuse"])) / "models" / f"fold{f}" / f"{name}.pt"
+            if not path.exists():
+                continue
+            model, want = load_model(path), _meta(rcfg, seed, f)
+            differ = sorted(k for k in set(want) | set(model.meta)
+                            if want.get(k) != model.meta.get(k))
+            if differ:
+                raise ConfigError(f"retrieval.reuse: {path} was trained on another catalog, "
+                                  f"split or seed ({', '.join(differ)} differ from this run's)")
+            if model.streams != rcfg["streams"] or model.norm != bool(rcfg.get("norm", True)):
+                raise ConfigError(f"retrieval.reuse: {path} has streams {model.streams} "
+                                  f"(norm {model.norm}); this run asks for {rcfg['streams']} "
+                                  f"(norm {bool(rcfg.get('norm', True))})")
+            out[(f, name)] = model
+    return out
 
 
 def _pool_pills(data, pills: np.ndarray, train_photos: int) -> np.ndarray:
@@ -109,6 +152,7 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
 
     rcfg = check_config(cfg["retrieval"])
     seed, run_dir = int(cfg["seed"]), Path(cfg["run_dir"])
+    reused = _reused(rcfg, seed)
     device = torch_device(cfg.get("device", "auto"))
     torch.set_num_threads(int(rcfg.get("threads") or torch.get_num_threads()))
     torch.manual_seed(seed)
@@ -117,7 +161,8 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
                                 int(cat["photos_per_side"]), int(cat["catalog_seed"]), seed,
                                 int(cat["num_textures"]), cat.get("cache_dir"))
     folds = folds_by_pill(np.arange(data.num_pills), int(rcfg["folds"]), seed)
-    if any(m.endswith("_fed") for m in rcfg["models"]):  # a split that cannot be made fails now
+    if any(m.endswith("_fed") and (f, m) not in reused  # a split that cannot be made fails now
+           for m in rcfg["models"] for f in rcfg["run_folds"]):
         from fedray.data.partition import partition
 
         for f in rcfg["run_folds"]:
@@ -146,7 +191,10 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
             for name in rcfg["models"]:
                 t0 = time.perf_counter()
                 arch = name.split("_")[0]
-                if name.endswith("_fed"):
+                if (f, name) in reused:
+                    model = reused[(f, name)].to(device)
+                    log.info("fold %d %s: reused from %s, not trained", f, name, rcfg["reuse"])
+                elif name.endswith("_fed"):
                     from fedray.pill.retrieval.federated import train_federated
 
                     model = MultiStream(arch, rcfg["streams"], int(cat["image_size"]),
@@ -167,7 +215,8 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
                                     seed + 1000 * f + ARCHS.index(arch),
                                     lambda r, n=name: log_epoch(r, name=n), device=device)
                 trained[name] = model
-                save_model(model, run_dir / "models" / f"fold{f}" / f"{name}.pt")
+                save_model(model, run_dir / "models" / f"fold{f}" / f"{name}.pt",
+                           _meta(rcfg, seed, f))
                 res = evaluate_fold(model, data, test, train, int(rcfg["train_photos"]), rcfg,
                                     seed + f, device)
                 res["time_s"] = time.perf_counter() - t0
