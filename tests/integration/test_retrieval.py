@@ -98,6 +98,10 @@ def test_reused_models_must_come_from_this_runs_catalog_split_and_streams(tmp_pa
 def test_reuse_of_a_directory_without_models_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"retrieval\.reuse: .* holds no models/"):
         run(_cfg(tmp_path, f"retrieval.reuse={tmp_path}"))
+    (tmp_path / "models" / "fold0").mkdir(parents=True)
+    (tmp_path / "models" / "fold0" / "teacher.pt").write_bytes(b"not a model")
+    with pytest.raises(ConfigError, match=r"teacher\.pt is not a saved retrieval model"):
+        run(_cfg(tmp_path, f"retrieval.reuse={tmp_path}"))
 
 
 @pytest.mark.parametrize(

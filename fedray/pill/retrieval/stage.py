@@ -112,7 +112,12 @@ def _reused(rcfg: dict[str, Any], seed: int) -> dict[tuple[int, str], MultiStrea
             path = Path(str(rcfg["reuse"])) / "models" / f"fold{f}" / f"{name}.pt"
             if not path.exists():
                 continue
-            model, want = load_model(path), _meta(rcfg, seed, f)
+            try:
+                model = load_model(path)
+            except Exception as e:  # not a file save_model wrote: a user's mistake, not a bug
+                raise ConfigError(f"retrieval.reuse: {path} is not a saved retrieval model "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+            want = _meta(rcfg, seed, f)
             differ = sorted(k for k in set(want) | set(model.meta)
                             if want.get(k) != model.meta.get(k))
             if differ:
