@@ -106,10 +106,10 @@ def _reused(rcfg: dict[str, Any], seed: int) -> dict[tuple[int, str], MultiStrea
     on) and to have this run's streams; the rest of the models train as usual."""
     if rcfg.get("reuse") is None:
         return {}
-    out = {}
+    out, root = {}, Path(str(rcfg["reuse"])) / "models"
     for f in rcfg["run_folds"]:
         for name in rcfg["models"]:
-            path = Path(str(rcfg["reuse"])) / "models" / f"fold{f}" / f"{name}.pt"
+            path = root / f"fold{f}" / f"{name}.pt"
             if not path.exists():
                 continue
             try:
@@ -123,10 +123,11 @@ def _reused(rcfg: dict[str, Any], seed: int) -> dict[tuple[int, str], MultiStrea
             if differ:
                 raise ConfigError(f"retrieval.reuse: {path} was trained on another catalog, "
                                   f"split or seed ({', '.join(differ)} differ from this run's)")
-            if model.streams != rcfg["streams"] or model.norm != bool(rcfg.get("norm", True)):
+            norm = bool(rcfg.get("norm", True))
+            if (model.streams, model.norm) != (rcfg["streams"], norm):
                 raise ConfigError(f"retrieval.reuse: {path} has streams {model.streams} "
                                   f"(norm {model.norm}); this run asks for {rcfg['streams']} "
-                                  f"(norm {bool(rcfg.get('norm', True))})")
+                                  f"(norm {norm})")
             out[(f, name)] = model
     return out
 
