@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fedray.pill.retrieval.nets import MultiStream
-from fedray.pill.retrieval.train import embed, lr_schedule, train_embedding
+from fedray.pill.retrieval.train import align_to, embed, lr_schedule, train_embedding
 from fedray.pill.retrieval.triplet import proxy_loss
 
 COLOURS = np.array([[220, 40, 40], [40, 200, 60], [50, 60, 220], [230, 220, 60],
@@ -132,3 +132,25 @@ def test_cosine_schedule_decays_to_zero_and_constant_keeps_the_lr():
     assert lr_schedule(opt, {"schedule": "constant"}, steps=10) is None
     with pytest.raises(ValueError, match="schedule='step'"):
         lr_schedule(opt, {"schedule": "step"}, steps=10)
+
+
+def test_align_recovers_a_rotated_basis_and_keeps_the_rankings():
+    torch.manual_seed(0)
+    student = MultiStream("student", ["color", "gray"], 100)
+    teacher = MultiStream("student", ["color", "gray"], 100)
+    teacher.load_state_dict(student.state_dict())
+    q = torch.linalg.qr(torch.randn(128, 128, dtype=torch.float64))[0]
+    with torch.no_grad():  # the teacher embeds exactly as the student, in a turned basis
+        for net in teacher.nets.values():
+            fc = net.classifier[-1]
+            fc.weight.copy_(q.float() @ fc.weight)
+            fc.bias.copy_(q.float() @ fc.bias)
+    images = (np.random.default_rng(0).random((48, 100, 100, 3)) * 255).astype(np.uint8)
+    before = embed(student, images)
+    gaps = align_to(student, teacher, images)
+    after, target = embed(student, images), embed(teacher, images)
+    for s in student.streams:
+        assert gaps[s][0] > 0.5 and gaps[s][1] < 1e-6  # turned apart, then onto each other
+        torch.testing.assert_close(after[s], target[s], atol=1e-4, rtol=0)
+        torch.testing.assert_close(after[s] @ after[s].T, before[s] @ before[s].T,
+                                   atol=1e-5, rtol=0)

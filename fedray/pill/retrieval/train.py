@@ -182,6 +182,36 @@ def train_embedding(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
     return history
 
 
+@torch.no_grad()
+def align_to(student: MultiStream, teacher: MultiStream, images: np.ndarray,
+             standardize: bool = True, device: str = "cpu") -> dict[str, tuple[float, float]]:
+    """Rotate each student stream's embedding onto its teacher stream's before distillation.
+
+    Two nets trained apart embed the same image in unrelated bases, so the l2 loss would first
+    spend its steps turning one basis into the other. The orthogonal R that best maps the
+    student's embeddings of `images` onto the teacher's (Procrustes: R = U V^T from the SVD of
+    T^T S) is folded into the student's last linear layer. Cosine similarities, and so every
+    ranking the student makes, are unchanged: the student starts distillation as good as it
+    was, already close to the teacher. Returns {stream: (mean l2 before, after)}.
+    """
+    s_emb = embed(student, images, standardize=standardize, device=device)
+    t_emb = embed(teacher, images, standardize=standardize, device=device)
+    out = {}
+    for s in student.streams:
+        a, b = s_emb[s].double(), t_emb[s].double()
+        u, _, vh = torch.linalg.svd(b.T @ a)
+        rot = u @ vh
+        fc = student.nets[s].classifier[-1]
+        fc.weight.copy_(rot.to(fc.weight) @ fc.weight)
+        fc.bias.copy_(rot.to(fc.bias) @ fc.bias)
+        before = float((a - b).pow(2).sum(1).mean())
+        after = float((a @ rot.T - b).pow(2).sum(1).mean())
+        out[s] = (before, after)
+        log.info("retrieval: kd: %s stream aligned to the teacher's basis, l2 %.3f -> %.3f",
+                 s, before, after)
+    return out
+
+
 def _l2_loss() -> Callable[..., torch.Tensor]:
     """The distillation issue's l2 (eq. 8) when present, else the same formula here."""
     try:
@@ -203,10 +233,13 @@ def distill(student: MultiStream, teacher: MultiStream, pool: np.ndarray, tcfg: 
     if student.streams != teacher.streams:
         raise ValueError(f"student streams {student.streams} != teacher's {teacher.streams}")
     l2 = _l2_loss()
+    std = bool(tcfg.get("standardize", True))
+    if tcfg.get("align", True):
+        align_to(student, teacher, pool, std, device)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     opt = _optimizer(student, tcfg)
-    std, aug = bool(tcfg.get("standardize", True)), dict(tcfg.get("augment") or {})
+    aug = dict(tcfg.get("augment") or {})
     bs = int(tcfg["batch_size"])
     sched = lr_schedule(opt, tcfg, int(tcfg["epochs"]) * -(-len(pool) // (3 * bs)))
     teacher.to(device).eval()
