@@ -114,7 +114,8 @@ def test_reuse_of_a_directory_without_models_is_refused(tmp_path):
      ("retrieval.train.temperature=0", "retrieval.train.temperature"),
      ("retrieval.train.schedule=step", "retrieval.train.schedule"),
      ("retrieval.federated.clients=0", "retrieval.federated.clients"),
-     ("retrieval.federated.lr=-1", "retrieval.federated.lr")],
+     ("retrieval.federated.lr=-1", "retrieval.federated.lr"),
+     ("retrieval.federated.batch_size=0", "retrieval.federated.batch_size")],
 )
 def test_bad_retrieval_config_names_the_key(tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -145,3 +146,29 @@ def test_a_client_split_that_cannot_be_made_fails_before_any_training(tmp_path):
         run(cfg)
     metrics = tmp_path / "run" / "metrics.jsonl"
     assert not metrics.exists() or metrics.read_text().strip() == ""
+
+
+def test_clients_train_with_their_own_batch_size(monkeypatch):
+    import numpy as np
+
+    from fedray.pill.retrieval import federated
+    from fedray.pill.retrieval.nets import MultiStream
+
+    seen = []
+
+    def fake_train(model, pool, pool_pill, ref_index, tcfg, seed, **kw):
+        seen.append((tcfg["batch_size"], tcfg["epochs"], tcfg["lr"]))
+        return [{"train/loss": 1.0}]
+
+    monkeypatch.setattr(federated, "train_embedding", fake_train)
+    pool = np.zeros((8, 100, 100, 3), np.uint8)
+    pills = np.repeat(np.arange(4), 2)
+    tcfg = {"batch_size": 64, "lr": 1e-3, "epochs": 9}
+    for fed_bs, want in ((16, 16), (None, 64)):
+        seen.clear()
+        federated.train_federated(
+            MultiStream("student", ["gray"], 100), pool, pills,
+            {"clients": 2, "rounds": 1, "local_epochs": 2, "batch_size": fed_bs}, tcfg,
+            {"_target_": "fedray.data.partition.partition_iid", "name": "iid"},
+            {"_target_": "fedray.fl.strategies.fedavg.FedAvg"}, seed=0)
+        assert seen == [(want, 2, 1e-3)] * 2

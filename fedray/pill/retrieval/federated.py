@@ -41,7 +41,7 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
                     strategy_cfg: dict[str, Any], seed: int,
                     on_round: Callable[[dict[str, Any]], None] | None = None,
                     device: str = "cpu") -> list[dict[str, Any]]:
-    """`fcfg`: clients, rounds, local_epochs, lr (null: `tcfg`'s). Trains `model` in place (the
+    """`fcfg`: clients, rounds, local_epochs, lr and batch_size (null: `tcfg`'s). Trains `model` in place (the
     clients on `device`, one after another); one row per round."""
     from fedray.data.partition import partition
     from fedray.fl.strategies import build_strategy
@@ -51,7 +51,8 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
     strategy = build_strategy(strategy_cfg)
     global_params = _params(model)
     lr = float(fcfg.get("lr") or tcfg["lr"])  # the clients' own lr, else the central one
-    local_cfg = {**tcfg, "epochs": int(fcfg["local_epochs"]), "lr": lr}
+    local_cfg = {**tcfg, "epochs": int(fcfg["local_epochs"]), "lr": lr,
+                 "batch_size": int(fcfg.get("batch_size") or tcfg["batch_size"])}
     proxies: list[dict] = [{} for _ in parts]  # each client's own (loss proxy/both): stay home
     history = []
     rounds = int(fcfg["rounds"])

@@ -60,6 +60,8 @@ def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"retrieval.federated.{key} must be an integer >= 1 for "
                                   f"the *_fed models, got {fed.get(key)!r}")
         checks.number("retrieval.federated.lr", fed.get("lr"), 0, low_open=True, optional=True)
+        checks.number("retrieval.federated.batch_size", fed.get("batch_size"), 1, integer=True,
+                      optional=True)
     streams = list(rcfg.get("streams") or [])
     if not streams or set(streams) - set(STREAM_CHANNELS):
         raise ConfigError(f"retrieval.streams={streams}: choose from {list(STREAM_CHANNELS)}")
