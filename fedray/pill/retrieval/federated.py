@@ -41,8 +41,8 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
                     strategy_cfg: dict[str, Any], seed: int,
                     on_round: Callable[[dict[str, Any]], None] | None = None,
                     device: str = "cpu") -> list[dict[str, Any]]:
-    """`fcfg`: clients, rounds, local_epochs, lr and batch_size (null: `tcfg`'s). Trains `model` in place (the
-    clients on `device`, one after another); one row per round."""
+    """`fcfg`: clients, rounds, local_epochs, lr and batch_size (null: `tcfg`'s). Trains
+    `model` in place (the clients on `device`, one after another); one row per round."""
     from fedray.data.partition import partition
     from fedray.fl.strategies import build_strategy
 
