@@ -115,7 +115,8 @@ def test_reuse_of_a_directory_without_models_is_refused(tmp_path):
      ("retrieval.train.schedule=step", "retrieval.train.schedule"),
      ("retrieval.federated.clients=0", "retrieval.federated.clients"),
      ("retrieval.federated.lr=-1", "retrieval.federated.lr"),
-     ("retrieval.federated.batch_size=0", "retrieval.federated.batch_size")],
+     ("retrieval.federated.batch_size=0", "retrieval.federated.batch_size"),
+     ("retrieval.kd.align=maybe", "retrieval.kd.align")],
 )
 def test_bad_retrieval_config_names_the_key(tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -69,6 +69,7 @@ def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
     checks.choice("retrieval.train.loss", tcfg.get("loss", "triplet"), LOSSES)
     checks.choice("retrieval.train.schedule", tcfg.get("schedule", "constant"), SCHEDULES)
     checks.number("retrieval.train.temperature", tcfg.get("temperature", 0.05), 0, low_open=True)
+    checks.boolean("retrieval.kd.align", (rcfg.get("kd") or {}).get("align", True))
     if rcfg.get("assignment", "best") not in ASSIGNMENTS:
         raise ConfigError(f"retrieval.assignment must be one of {ASSIGNMENTS}")
     cat = rcfg["catalog"]

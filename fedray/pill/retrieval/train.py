@@ -229,7 +229,8 @@ def distill(student: MultiStream, teacher: MultiStream, pool: np.ndarray, tcfg: 
             seed: int, on_epoch: OnEpoch | None = None,
             device: str = "cpu") -> list[dict[str, Any]]:
     """Stage 2 of the paper's recipe: each student stream imitates its teacher stream's
-    embedding of the same (augmented) image, l2 loss, no labels."""
+    embedding of the same (augmented) image, l2 loss, no labels; first turned onto the
+    teacher's basis (`align_to`) unless `tcfg["align"]` is false."""
     if student.streams != teacher.streams:
         raise ValueError(f"student streams {student.streams} != teacher's {teacher.streams}")
     l2 = _l2_loss()
