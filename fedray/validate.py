@@ -340,8 +340,22 @@ def check_model(cfg: dict[str, Any]) -> None:
         ) from None
 
 
-def check_partition(partition: Any) -> None:
-    """The partitioner's keys are its arguments; its usual knobs are in range."""
+def _classes_known(data: Any) -> int | None:
+    """How many classes the data will have, when the config says so before it is built: its
+    `num_classes`, or the synthetic pills' `num_pills` (one class a pill)."""
+    if not isinstance(data, Mapping):
+        return None
+    n = data.get("num_classes")
+    if n is None and data.get("_target_") == "fedray.pill.synth.build_synthetic":
+        n = data.get("num_pills")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
+
+
+def check_partition(partition: Any, num_classes: int | None = None,
+                    num_clients: Any = None) -> None:
+    """The partitioner's keys are its arguments; its usual knobs are in range; with the number
+    of classes known from the config, `classes_per_client` can deal them all (checked before
+    the data is built)."""
     partition = mapping("partition", partition)
     target = partition.get("_target_")
     fn = import_target("partition._target_", target)
@@ -366,7 +380,18 @@ def check_partition(partition: Any) -> None:
         if math.isinf(kwargs["alpha"]):
             raise ConfigError("partition.alpha: inf is not a finite number > 0")
     if "classes_per_client" in kwargs:
-        number("partition.classes_per_client", kwargs["classes_per_client"], 1, integer=True)
+        k = kwargs["classes_per_client"]
+        number("partition.classes_per_client", k, 1, integer=True)
+        if num_classes is not None and k > num_classes:
+            raise ConfigError(f"partition.classes_per_client={k}: the data has only "
+                              f"{num_classes} classes; choose 1 to {num_classes}")
+        if (num_classes is not None and isinstance(num_clients, int)
+                and num_clients * k < num_classes):
+            need = -(-num_classes // num_clients)
+            raise ConfigError(
+                f"partition.classes_per_client={k}: {num_clients} clients x {k} classes leave "
+                f"some of the {num_classes} classes unused; set it to {need} or more (or more "
+                "clients)")
     if "min_size" in kwargs:
         number("partition.min_size", kwargs["min_size"], 0, integer=True)
     if "max_retries" in kwargs:
@@ -453,7 +478,8 @@ def validate(cfg: dict[str, Any]) -> None:
         check_client(cfg.get("client"))
         check_model(cfg)
         if stage in ("federated", "isolated"):
-            check_partition(cfg.get("partition"))
+            check_partition(cfg.get("partition"), _classes_known(cfg.get("data")),
+                            (cfg.get("fl") or {}).get("num_clients"))
             check_strategy(cfg.get("strategy"), per_round)
         if stage == "federated":
             check_dp_config(cfg, per_round)

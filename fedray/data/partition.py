@@ -121,8 +121,9 @@ def partition_pathological(
         )
     if num_clients * k < classes.size:
         raise PartitionError(
-            f"num_clients * classes_per_client = {num_clients} * {k} < {classes.size} classes: "
-            "some classes would be left unused; raise classes_per_client or num_clients"
+            f"classes_per_client={k}: {num_clients} clients x {k} classes leave some of the "
+            f"{classes.size} classes unused; set it to {-(-classes.size // num_clients)} or more "
+            "(or more clients)"
         )
     rng = np.random.default_rng(seed)
     dealt = _deal_classes(classes, num_clients, k, rng)

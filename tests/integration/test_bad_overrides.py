@@ -55,6 +55,9 @@ BAD = [
     (["fl.trainable=classifier", "client.augment=true"], "client.augment"),
     (["partition=dirichlet", "partition.alpha=abc"], "partition.alpha"),
     (["partition=pathological", "partition.classes_per_client=0"], "partition.classes_per_client"),
+    # smoke's 4 toy classes on 2 clients: known before the data is built
+    (["partition=pathological", "partition.classes_per_client=5"], "partition.classes_per_client"),
+    (["partition=pathological", "partition.classes_per_client=1"], "partition.classes_per_client"),
     (["+partition.nosuch=1"], "partition.nosuch"),
     (["strategy=krum"], "strategy"),
     (["strategy=trimmed_mean", "strategy.beta=0.7"], "strategy.beta"),

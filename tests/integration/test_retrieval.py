@@ -143,10 +143,11 @@ def test_a_client_split_that_cannot_be_made_fails_before_any_training(tmp_path):
     # 2 training pills on 5 clients, 3 pills each: refused before the teacher trains
     cfg = _cfg(tmp_path, "retrieval.models=[teacher,student_fed]", "retrieval.folds=2",
                "partition=pathological", "partition.classes_per_client=3")
-    with pytest.raises(PartitionError, match="classes_per_client"):
+    with pytest.raises(PartitionError, match="classes_per_client=3 exceeds the 2 classes"):
         run(cfg)
     metrics = tmp_path / "run" / "metrics.jsonl"
     assert not metrics.exists() or metrics.read_text().strip() == ""
+    assert not (tmp_path / "cache").exists()  # nor is the catalog built first
 
 
 def test_clients_train_with_their_own_batch_size(monkeypatch):

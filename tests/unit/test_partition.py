@@ -112,7 +112,8 @@ def test_pathological_uneven_holders_stay_within_one():
 
 @pytest.mark.parametrize(
     ("num_clients", "k", "match"),
-    [(5, 11, "exceeds the 10 classes"), (4, 2, "left unused"), (5, 0, "classes_per_client")],
+    [(5, 11, "exceeds the 10 classes"), (4, 2, "classes unused; set it to 3"),
+     (5, 0, "classes_per_client")],
 )
 def test_pathological_rejects_impossible(num_clients, k, match):
     with pytest.raises(PartitionError, match=match):

@@ -166,19 +166,18 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(int(rcfg.get("threads") or torch.get_num_threads()))
     torch.manual_seed(seed)
     cat = rcfg["catalog"]
+    folds = folds_by_pill(np.arange(int(cat["num_pills"])), int(rcfg["folds"]), seed)
+    if any(m.endswith("_fed") and (f, m) not in reused  # a split that cannot be made fails
+           for m in rcfg["models"] for f in rcfg["run_folds"]):  # now, before the catalog
+        from fedray.data.partition import partition
+
+        for f in rcfg["run_folds"]:  # the training pool's labels: 2 references + photos a pill
+            train = np.arange(int(cat["num_pills"]) - len(folds[f]))
+            labels = np.repeat(train, 2 + 2 * int(rcfg["train_photos"]))
+            partition(labels, cfg["partition"], int(rcfg["federated"]["clients"]), seed)
     data = build_retrieval_data(int(cat["num_pills"]), int(cat["image_size"]),
                                 int(cat["photos_per_side"]), int(cat["catalog_seed"]), seed,
                                 int(cat["num_textures"]), cat.get("cache_dir"))
-    folds = folds_by_pill(np.arange(data.num_pills), int(rcfg["folds"]), seed)
-    if any(m.endswith("_fed") and (f, m) not in reused  # a split that cannot be made fails now
-           for m in rcfg["models"] for f in rcfg["run_folds"]):
-        from fedray.data.partition import partition
-
-        for f in rcfg["run_folds"]:
-            train = np.setdiff1d(np.arange(data.num_pills), folds[f])
-            labels = np.unique(_pool_pills(data, train, int(rcfg["train_photos"])),
-                               return_inverse=True)[1]
-            partition(labels, cfg["partition"], int(rcfg["federated"]["clients"]), seed)
     logger = RunLogger(run_dir, cfg)
     step = 0
     per_model: dict[str, list[dict[str, Any]]] = {m: [] for m in rcfg["models"]}
