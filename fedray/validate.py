@@ -41,15 +41,37 @@ PARTITION_GIVEN = ("labels", "num_clients", "seed")
 
 def import_target(key: str, target: Any) -> Any:
     """The object a `_target_` names (ConfigError naming `key` if it is missing or unimportable)."""
-    from hydra.utils import get_object
+    import importlib
 
     if not target or not isinstance(target, str):
         raise ConfigError(f"{key}: missing; name the callable to build (a dotted path)")
-    try:
-        return get_object(target)
-    except Exception as exc:  # noqa: BLE001 - Hydra wraps import errors of every kind
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{key}: {target!r} cannot be imported ({reason})") from None
+    parts = target.split(".")
+    if not all(p.isidentifier() for p in parts):
+        raise ConfigError(f"{key}: {target!r} is not a dotted path such as package.module.Name")
+    # the longest importable module prefix, then attributes (what Hydra's own lookup does,
+    # without its multi-line error log before ours)
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError as exc:
+            if exc.name and ".".join(parts[:i]).startswith(exc.name):
+                continue  # this prefix is not a module: try a shorter one
+            reason = f"its module imports a missing one: {_first_line(exc)}"
+            break
+        except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
+            reason = f"its module raised {type(exc).__name__}: {_first_line(exc)}"
+            break
+        for j, name in enumerate(parts[i:], start=i):
+            if not hasattr(obj, name):
+                reason = f"{'.'.join(parts[:j])} has no attribute {name!r}"
+                break
+            obj = getattr(obj, name)
+        else:
+            return obj
+        break
+    else:
+        reason = f"no module named {parts[0]!r}"
+    raise ConfigError(f"{key}: {target!r} cannot be imported ({reason})")
 
 
 def _signature(fn: Any) -> dict[str, inspect.Parameter] | None:

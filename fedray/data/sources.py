@@ -38,7 +38,7 @@ def cache_dir_for(data_cfg: dict[str, Any]) -> Path:
 
 def build_dataset(data_cfg: dict[str, Any], seed: int) -> DatasetInfo:
     """Build (or find in the cache) the dataset that `data_cfg` describes."""
-    from hydra.utils import get_object
+    from fedray.validate import import_target
 
     target = data_cfg.get("_target_")
     if not target:
@@ -46,10 +46,7 @@ def build_dataset(data_cfg: dict[str, Any], seed: int) -> DatasetInfo:
             "data._target_ is missing: name the callable that builds the dataset "
             "(e.g. data=toy, data=synthetic, data=image_folder)"
         )
-    try:
-        fn = get_object(str(target))
-    except Exception as exc:  # noqa: BLE001 - Hydra wraps import errors of every kind
-        raise ConfigError(f"data._target_={target!r} cannot be imported: {exc}") from None
+    fn = import_target("data._target_", str(target))
     cache = cache_dir_for(data_cfg)
     if getattr(fn, "fedray_dataset_builder", False):
         cfg = {k: v for k, v in data_cfg.items() if k not in NOT_BUILDER_KEYS}

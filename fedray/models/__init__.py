@@ -48,11 +48,11 @@ __all__ = [
 def target_params(target: Any) -> Any:
     """The keyword parameters of the callable named `target` (an empty mapping when it cannot be
     imported or inspected: the model check reports a bad `_target_` by name)."""
-    from hydra.utils import get_object
+    from fedray.validate import import_target
 
     try:
-        return inspect.signature(get_object(str(target))).parameters
-    except Exception:  # noqa: BLE001 - Hydra wraps import errors of every kind
+        return inspect.signature(import_target("_target_", str(target))).parameters
+    except (ConfigError, TypeError, ValueError):
         return {}
 
 
@@ -66,15 +66,12 @@ def instantiate_target(
     `drop_unknown` (a user's `_target_` swapped into a group whose file set other keys), left out
     with a logged warning.
     """
-    from hydra.utils import get_object
+    from fedray.validate import import_target
 
     target = cfg.get("_target_")
     if not target:
         raise ConfigError(f"{group}._target_ is missing: name the callable that builds the {group}")
-    try:
-        fn = get_object(str(target))
-    except Exception as exc:  # noqa: BLE001 - Hydra wraps import errors of every kind
-        raise ConfigError(f"{group}._target_={target!r} cannot be imported: {exc}") from None
+    fn = import_target(f"{group}._target_", str(target))
     kwargs = {k: v for k, v in cfg.items() if k not in ("_target_", *skip)}
     try:
         params = inspect.signature(fn).parameters

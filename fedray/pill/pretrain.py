@@ -93,14 +93,10 @@ def public_set_key(data_cfg: dict[str, Any], seed: int) -> dict[str, Any]:
     counts as given, with its module's VERSION if it has one. Where and how fast it is built
     (cache_dir, workers) and what describes it are left out.
     """
-    from hydra.utils import get_object
+    from fedray.validate import import_target
 
     target = data_cfg.get("_target_")
-    try:
-        fn = get_object(str(target))
-    except Exception as exc:  # noqa: BLE001 - Hydra wraps import errors of every kind
-        raise ConfigError(f"pretrain: the public set's _target_={target!r} cannot be imported: "
-                          f"{exc}") from None
+    fn = import_target("pretrain.data._target_ (the public set's)", str(target))
     given = {k: v for k, v in data_cfg.items() if k not in _DATA_NOT_IN_KEY}
     from fedray.pill.synth import build_synthetic, code_fingerprint, synth_config
 

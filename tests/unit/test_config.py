@@ -119,3 +119,27 @@ def test_classes_per_client_is_checked_against_the_configured_classes(data, k, c
         check_partition(part, _classes_known(data), clients)
     assert _classes_known({"_target_": "fedray.pill.seg_sites.seg_sites_dataset",
                            "num_pills": 12}) is None  # pills are not its classes
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [("nosuch_pkg.Model", "no module named 'nosuch_pkg'"),
+     ("fedray.models.NoSuch", "fedray.models has no attribute 'NoSuch'"),
+     ("user_needs_dep.M", "its module imports a missing one: No module named 'not_installed'"),
+     ("user_broken.M", "its module raised RuntimeError: boom"),
+     ("a b", "is not a dotted path")],
+)
+def test_an_unimportable_target_is_one_line_naming_why(target, reason, tmp_path, monkeypatch,
+                                                        caplog):
+    from fedray.config import ConfigError
+    from fedray.validate import import_target
+
+    (tmp_path / "user_needs_dep.py").write_text("import not_installed\n")
+    (tmp_path / "user_broken.py").write_text("raise RuntimeError('boom')\n")
+    (tmp_path / "user_ok.py").write_text("class M:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as err:
+        import_target("model._target_", target)
+    assert str(err.value).startswith("model._target_: ") and reason in str(err.value)
+    assert "\n" not in str(err.value) and not caplog.records  # nothing logged before it
+    assert import_target("model._target_", "user_ok.M").__name__ == "M"
