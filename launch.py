@@ -101,9 +101,30 @@ def user_error(exc: BaseException) -> str | None:
     elif isinstance(exc, HydraException):
         inner = exc.__cause__
         text = (user_error(inner) if inner is not None else None) or str(exc)
+        add = str(exc).partition("To append to your config use ")[2].strip()
+        key = str(exc).partition("Could not override '")[2].partition("'")[0]
+        if add and key:  # an override of a key the config does not have
+            text = f"{key}: no such key here; {_known_keys(inner, key, add)}"
     else:
         return None
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _known_keys(exc: BaseException, key: str, add: str) -> str:
+    """What an override of a missing key may have meant: the closest keys beside it, or how to
+    add a new one (`add`: Hydra's `+key=value`)."""
+    import difflib
+
+    parent = getattr(exc, "parent_node", None) if getattr(exc, "full_key", None) == key else None
+    try:
+        keys = [str(k) for k in parent.keys()] if parent is not None else []
+    except Exception:  # noqa: BLE001 - a node without keys: no suggestion
+        keys = []
+    head, _, leaf = key.rpartition(".")
+    near = difflib.get_close_matches(leaf, keys, n=3, cutoff=0.6)
+    if near:
+        return "did you mean " + " or ".join(f"{head + '.' if head else ''}{k}" for k in near) + "?"
+    return f"a new key is added with {add}"
 
 
 def fail_if_user_error(exc: BaseException) -> None:

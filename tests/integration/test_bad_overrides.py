@@ -118,6 +118,17 @@ def test_bad_override_is_one_line_before_ray(overrides, key, tmp_path):
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [("fl.roundz=3", "fl.roundz: no such key here; did you mean fl.rounds?"),
+     ("data.rootdir=/x", "data.rootdir: no such key here; a new key is added with "
+                         "+data.rootdir=/x")],
+)
+def test_a_key_the_config_lacks_gets_the_near_one_or_how_to_add_it(override, line, tmp_path):
+    out = _launch([override], tmp_path)
+    assert out.returncode == 2 and out.stderr.strip() == f"fedray: error: {line}", out.stderr
+
+
 def test_the_table_is_long_enough():
     assert len(BAD) >= 25 and len({" ".join(o) for o, _ in BAD}) == len(BAD)
     assert len(FAST) == 12 and FAST <= {" ".join(o) for o, _ in BAD}
