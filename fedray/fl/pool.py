@@ -41,9 +41,19 @@ def init_ray(address: str | None, local: dict[str, Any], **kwargs: Any) -> None:
     """Join `address`, else RAY_ADDRESS (what `ray job submit` sets); else start a new local Ray
     with the `local` arguments (CPUs, system config). Never a stray cluster that Ray would find
     on this machine (`ray start`), which takes neither the CPU count nor the system config."""
+    from fedray.config import ConfigError
+
+    given = address
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except ConnectionError as exc:  # a wrong address or a cluster that is down
+            where = f"ray.address={given}" if given else f"RAY_ADDRESS={address}"
+            raise ConfigError(
+                f"{where}: no Ray cluster to join there ({str(exc).strip().splitlines()[0]}); "
+                "start one with `ray start --head` or leave ray.address null for a local Ray"
+            ) from None
     else:
         ray.init(address="local", **local, **kwargs)
 

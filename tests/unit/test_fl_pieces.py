@@ -385,3 +385,22 @@ def test_ray_starts_a_local_cluster_of_its_own_unless_told_to_join(monkeypatch, 
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # what `ray job submit` sets
     start()
     assert calls[-1]["address"] == "10.0.0.5:6379" and "num_cpus" not in calls[-1]
+
+
+@pytest.mark.parametrize(("address", "env", "named"),
+                         [("10.0.0.1:6379", None, "ray.address=10.0.0.1:6379"),
+                          (None, "10.0.0.2:6379", "RAY_ADDRESS=10.0.0.2:6379")])
+def test_a_cluster_that_cannot_be_joined_is_a_one_line_error(address, env, named, monkeypatch):
+    from fedray.config import ConfigError
+    from fedray.fl import pool
+
+    def refuse(address=None, **kw):
+        raise ConnectionError(f"Failed to connect to Ray cluster at {address}")
+
+    monkeypatch.setattr(pool.ray, "init", refuse)
+    if env:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ConfigError, match=f"^{named}: no Ray cluster to join there"):
+        pool.init_ray(address, local={})
