@@ -244,7 +244,7 @@ def run_tuner(sweep_dir: Path, state: dict[str, Any], restore: bool) -> Any:
         tuner = tune.Tuner.restore(
             str(sweep_dir / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=True
         )
-        return tuner.fit()
+        return fit(tuner, spec_d)
     spec = load_sweep({k: v for k, v in spec_d.items() if k != "resume"}, state["base"])
     seed = spec.seed if spec.seed is not None else int(state["base"]["seed"])
     search_alg, param_space, num_samples = build_search(spec, state["trials"], seed)
@@ -273,4 +273,24 @@ def run_tuner(sweep_dir: Path, state: dict[str, Any], restore: bool) -> Any:
             verbose=1,
         ),
     )
-    return tuner.fit()
+    return fit(tuner, spec_d)
+
+
+def fit(tuner: Any, spec_d: dict[str, Any]) -> Any:
+    """`tuner.fit()`; a `metric` the trials do not report is the sweep file's mistake: one line
+    naming it and what they report (Tune raises it from the first result, after a round)."""
+    import re
+
+    try:
+        return tuner.fit()
+    except Exception as exc:  # Tune wraps the ValueError in a TuneError holding its traceback
+        text = str(exc)
+        if "did not include the specified metric" not in text:
+            raise
+        found = re.findall(r"'([\w./-]+/[\w./-]+)':", text.partition("Result:")[2])
+        reported = sorted({k for k in found if not k.startswith("config/")})  # Tune's echo
+        raise SweepError(
+            f"sweep {spec_d.get('name')!r} ({spec_d.get('file')}): sweep.metric: "
+            f"{spec_d.get('metric')!r} is not reported by the trials; they report "
+            f"{', '.join(reported) or 'no metric under that name'}"
+        ) from None
