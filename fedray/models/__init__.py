@@ -100,7 +100,20 @@ def instantiate_target(
     if missing:
         key = f"{group}.{missing[0]}"
         raise ConfigError(f"{key} is required by {target} ({key}=...)")
-    return fn(**kwargs)
+    try:
+        return fn(**kwargs)
+    except TypeError as exc:  # **kwargs passed on to a callable that refuses one of them
+        bad = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if bad is None or bad.group(1) not in kwargs:
+            raise
+        key = f"{group}.{bad.group(1)}"
+        raise ConfigError(f"{key}: {target} does not take it ({_first_line(exc)}); drop it with "
+                          f"~{key} or choose a {group} group without it") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:

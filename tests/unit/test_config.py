@@ -143,3 +143,21 @@ def test_an_unimportable_target_is_one_line_naming_why(target, reason, tmp_path,
     assert str(err.value).startswith("model._target_: ") and reason in str(err.value)
     assert "\n" not in str(err.value) and not caplog.records  # nothing logged before it
     assert import_target("model._target_", "user_ok.M").__name__ == "M"
+
+
+def test_a_kwarg_refused_behind_kwargs_names_the_key(tmp_path, monkeypatch):
+    from fedray.config import ConfigError
+    from fedray.models import instantiate_target
+
+    (tmp_path / "user_models.py").write_text(
+        "def inner(depth=2):\n    return depth\n\n"
+        "def outer(**kwargs):\n    return inner(**kwargs)\n\n"
+        "def buggy(**kwargs):\n    return len(3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert instantiate_target({"_target_": "user_models.outer", "depth": 5}, "model") == 5
+    with pytest.raises(ConfigError, match=r"^model\.width: user_models\.outer does not take it "
+                                          r"\(.*unexpected keyword argument 'width'\); drop it "
+                                          r"with ~model\.width"):
+        instantiate_target({"_target_": "user_models.outer", "width": 8}, "model")
+    with pytest.raises(TypeError):  # any other TypeError is the callable's bug: kept as it is
+        instantiate_target({"_target_": "user_models.buggy"}, "model")
