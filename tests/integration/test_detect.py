@@ -229,6 +229,10 @@ def test_bad_detect_config_is_a_config_error(make_cfg, cache_dir, tmp_path):
     cfg = _cfg(make_cfg, cache_dir, tmp_path, "detect.infer_scale=0")
     with pytest.raises(ConfigError, match="detect.infer_scale"):
         run(cfg)
+    cfg = _cfg(make_cfg, cache_dir, tmp_path, "+detect.train_args.lr=0.1")
+    with pytest.raises(ConfigError, match=r"detect\.train_args\.lr: not an ultralytics train "
+                                          r"argument \(did you mean lrf or lr0\?\)"):
+        run(cfg)
     cfg = make_cfg("stage=detect")
     with pytest.raises(ConfigError, match="stage='detect'"):
         run(cfg)

@@ -87,6 +87,15 @@ def detect_config(dcfg: dict[str, Any] | None) -> dict[str, Any]:
     clash = sorted(set(cfg["train_args"]) & set(_OWN_ARGS))
     if clash:
         raise ConfigError(f"detect.train_args: {clash} are set by fedray (use detect.* keys)")
+    known = ultralytics_args()
+    unknown = sorted(set(cfg["train_args"]) - known) if known else []
+    if unknown:
+        import difflib
+
+        near = difflib.get_close_matches(unknown[0], sorted(known), n=2)
+        raise ConfigError(f"detect.train_args.{unknown[0]}: not an ultralytics train argument"
+                          + (f" (did you mean {' or '.join(near)}?)" if near else "")
+                          + "; see ultralytics/cfg/default.yaml")
     if cfg["weights"] is not None:
         path = Path(str(cfg["weights"])).expanduser()
         if not path.is_file():
@@ -109,6 +118,27 @@ def served_imgsz(dcfg: dict[str, Any]) -> int:
     return max(32, int(round(dcfg["imgsz"] * float(dcfg["infer_scale"]) / 32)) * 32)
 
 
+def _ultralytics_dir() -> Path | None:
+    """Where the ultralytics package lies, located without importing it (see offline.py)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def ultralytics_args() -> set[str]:
+    """The argument names of ultralytics' `cfg/default.yaml` (empty if it cannot be read)."""
+    import yaml
+
+    root = _ultralytics_dir()
+    try:
+        return set(yaml.safe_load((root / "cfg" / "default.yaml").read_text()) or {})
+    except (TypeError, OSError, yaml.YAMLError):
+        return set()
+
+
 def model_yaml(name: str) -> Path:
     """A local model YAML: a path, or one ultralytics ships (`yolov3-tinyu.yaml`, `yolov3u.yaml`).
 
@@ -117,12 +147,10 @@ def model_yaml(name: str) -> Path:
     path = Path(str(name)).expanduser()
     if path.is_file():
         return path.resolve()
-    import importlib.util
-
-    spec = importlib.util.find_spec("ultralytics")  # located, not imported (see offline.py)
-    if spec is None or not spec.submodule_search_locations:
+    root = _ultralytics_dir()
+    if root is None:
         raise ConfigError("detect: the ultralytics package is not installed")
-    shipped = Path(next(iter(spec.submodule_search_locations))) / "cfg" / "models"
+    shipped = root / "cfg" / "models"
     stem = path.stem[:-1] if path.stem.endswith("u") else path.stem
     hits = sorted(shipped.glob(f"*/{stem}.yaml"))
     if path.suffix not in (".yaml", ".yml") or not hits:
