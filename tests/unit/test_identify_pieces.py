@@ -86,3 +86,17 @@ def test_an_unnamed_box_inside_a_larger_one_is_a_piece_and_a_named_one_is_a_pill
     # two unnamed boxes, one inside the other: the smaller goes
     both = np.array([[0, 0, 100, 40], [10, 5, 50, 35]], np.float32)
     assert pill_fragments(both, np.array([False, False])).tolist() == [False, True]
+
+
+@pytest.mark.parametrize(("argv", "says"),
+                         [(["identify", "p.png", "--top-k", "0"], "--top-k: 0 is not >= 1"),
+                          (["identify", "p.png", "--conf", "2"], "--conf: 2 is not in [0.0, 1.0]"),
+                          (["identify", "p.png", "--conf", "x"], "--conf: 'x' is not a float"),
+                          (["serve", "--port", "70000"], "--port: 70000 is not in [0, 65535]")])
+def test_out_of_range_options_are_refused_before_any_model_loads(argv, says, capsys):
+    from fedray.pill.identify.cli import build_parser
+
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(argv)
+    assert stop.value.code == 2 and says in capsys.readouterr().err
+    assert build_parser().parse_args(["identify", "p.png", "--conf", "0.4"]).conf == 0.4

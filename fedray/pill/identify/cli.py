@@ -19,12 +19,27 @@ from pathlib import Path
 from fedray.config import ConfigError
 
 
+def _ranged(kind: type, lo: float, hi: float | None = None):
+    """An argparse type: a `kind` in [lo, hi] (argparse prints the one-line usage error)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if value < lo or (hi is not None and value > hi):
+            span = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise argparse.ArgumentTypeError(f"{text} is not {span}")
+        return value
+    return parse
+
+
 def _models(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", help="run directory of the classifier (default: latest pill run "
                         "under --outputs)")
     parser.add_argument("--outputs", default="outputs", help="where runs are (default: outputs)")
     parser.add_argument("--detector", help="detector weights (default: latest stage=detect)")
-    parser.add_argument("--conf", type=float, default=0.25, help="detector confidence (0.25)")
+    parser.add_argument("--conf", type=_ranged(float, 0.0, 1.0), default=0.25,
+                        help="detector confidence (0.25)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,12 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     ident = sub.add_parser("identify", help="find and name every pill in photos")
     ident.add_argument("photos", nargs="+", help="photo files (JPEG, PNG, ...)")
-    ident.add_argument("--top-k", type=int, default=5, help="names listed per pill (5)")
+    ident.add_argument("--top-k", type=_ranged(int, 1), default=5,
+                       help="names listed per pill (5)")
     ident.add_argument("--out", default="identify_out", help="annotated PNG + JSON per photo")
     _models(ident)
     serve = sub.add_parser("serve", help="a local web page: drop a photo, see every pill named")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_ranged(int, 0, 65535), default=8000)
     _models(serve)
     export = sub.add_parser("export", help="ONNX export of both models and an on-device profile")
     export.add_argument("run_dir", help="the classifier's run directory")
