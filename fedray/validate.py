@@ -54,7 +54,7 @@ def import_target(key: str, target: Any) -> Any:
         try:
             obj = importlib.import_module(".".join(parts[:i]))
         except ModuleNotFoundError as exc:
-            if exc.name and ".".join(parts[:i]).startswith(exc.name):
+            if exc.name in {".".join(parts[:k]) for k in range(1, i + 1)}:
                 continue  # this prefix is not a module: try a shorter one
             reason = f"its module imports a missing one: {_first_line(exc)}"
             break

@@ -104,7 +104,7 @@ def instantiate_target(
         return fn(**kwargs)
     except TypeError as exc:  # **kwargs passed on to a callable that refuses one of them
         bad = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
-        if bad is None or bad.group(1) not in kwargs:
+        if bad is None or bad.group(1) not in cfg:  # a key the user's config set
             raise
         key = f"{group}.{bad.group(1)}"
         raise ConfigError(f"{key}: {target} does not take it ({_first_line(exc)}); drop it with "
