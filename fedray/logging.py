@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedray.config import ConfigError
+
 log = logging.getLogger("fedray")
 
 
@@ -83,7 +85,24 @@ class RunLogger:
         run_id = wcfg.get("id") or wandb_run_id(self.run_dir)
         if mode == "offline":
             self._supersede_offline_runs(run_id)
-        self.wandb = wandb.init(
+        try:
+            self.wandb = self._wandb_init(wandb, wcfg, mode, run_id)
+        except wandb.errors.UsageError as exc:  # online without a key, a bad entity, ...
+            raise ConfigError(
+                f"logger.wandb.mode={mode}: W&B would not start: {str(exc).strip().splitlines()[0]}"
+                " (`wandb login` or WANDB_API_KEY for online; logger.wandb.mode=offline keeps "
+                "the run on disk)"
+            ) from None
+        # a resumed run replays the history it restored, so the W&B run is whole (online, only
+        # the rounds the server does not have yet)
+        first = int(self.wandb.step or 0) if getattr(self.wandb, "resumed", False) else 0
+        for row in self.rows:
+            if int(row["round"]) >= first:
+                self.wandb.log(row, step=int(row["round"]))
+        log.info("W&B run %s (%s) in %s", self.wandb.id, mode, self.run_dir / "wandb")
+
+    def _wandb_init(self, wandb: Any, wcfg: dict[str, Any], mode: str, run_id: str) -> Any:
+        return wandb.init(
             project=wcfg.get("project", "fedray"),
             entity=wcfg.get("entity"),
             group=wcfg.get("group"),
@@ -98,13 +117,6 @@ class RunLogger:
             **({"resume": "allow"} if mode == "online" else {}),
             reinit="finish_previous",
         )
-        # a resumed run replays the history it restored, so the W&B run is whole (online, only
-        # the rounds the server does not have yet)
-        first = int(self.wandb.step or 0) if getattr(self.wandb, "resumed", False) else 0
-        for row in self.rows:
-            if int(row["round"]) >= first:
-                self.wandb.log(row, step=int(row["round"]))
-        log.info("W&B run %s (%s) in %s", self.wandb.id, mode, self.run_dir / "wandb")
 
     def _supersede_offline_runs(self, run_id: str) -> None:
         """Move earlier offline attempts of this run (a killed run, a failed trial) aside.

@@ -46,3 +46,18 @@ def test_an_explicit_id_wins(tmp_path):
         assert logger.wandb.id == "my-run-7"
     finally:
         logger.close()
+
+
+def test_wandb_refusing_to_start_online_is_a_config_error(tmp_path, monkeypatch):
+    import pytest
+    import wandb
+
+    from fedray.config import ConfigError
+
+    def refuse(**kw):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    with pytest.raises(ConfigError, match=r"^logger\.wandb\.mode=online: W&B would not start: "
+                                          r"No API key configured.*mode=offline"):
+        RunLogger(tmp_path, _cfg(mode="online"))
