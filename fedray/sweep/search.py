@@ -126,10 +126,15 @@ def build_scheduler(spec: SweepSpec, max_t: int) -> Any:
     if sched["name"] == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
+        top, grace = int(sched.get("max_t") or max_t), int(sched["grace_period"])
+        if grace > top:  # ASHA's own check is a bare AssertionError
+            raise spec.fail("scheduler.grace_period",
+                            f"{grace} rounds before the first cut, but the trials run {top} "
+                            f"(fl.rounds or scheduler.max_t): set it to {top} or less")
         return ASHAScheduler(
             time_attr="round",
-            max_t=int(sched.get("max_t") or max_t),
-            grace_period=int(sched["grace_period"]),
+            max_t=top,
+            grace_period=grace,
             reduction_factor=float(sched["reduction_factor"]),
             stop_last_trials=False,  # a trial at max_t finishes its run (summary, plots, W&B)
         )

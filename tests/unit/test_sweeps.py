@@ -614,3 +614,14 @@ def test_tunes_searchers_suggest_numbered_configs_from_the_sweep_space(search):
     fresh, _, _ = build_search(spec, [], seed=0)
     fresh.set_state(state)
     assert fresh.suggest("t3")["_index"] == 3  # a resumed sweep continues the numbering
+
+
+def test_asha_cutting_after_the_last_round_is_the_sweep_files_error():
+    from fedray.sweep.search import build_scheduler
+
+    spec = _spec({"client.epochs": [1, 2]},
+                 scheduler={"name": "asha", "grace_period": 2, "reduction_factor": 3})
+    with pytest.raises(sp.SweepError, match=r"t\.yaml\): sweep\.scheduler\.grace_period: 2 rounds "
+                                            r"before the first cut, but the trials run 1 "):
+        build_scheduler(spec, max_t=1)
+    assert build_scheduler(spec, max_t=2) is not None
