@@ -110,6 +110,7 @@ def test_reuse_of_a_directory_without_models_is_refused(tmp_path):
      ("retrieval.models=[student_kd]", "student_kd"),
      ("retrieval.catalog.image_size=64", "retrieval.catalog.image_size"),
      ("retrieval.run_folds=[7]", "retrieval.run_folds"),
+     ("retrieval.run_folds=[0,0]", "retrieval.run_folds"),
      ("retrieval.train.loss=arcface", "retrieval.train.loss"),
      ("retrieval.train.temperature=0", "retrieval.train.temperature"),
      ("retrieval.train.schedule=step", "retrieval.train.schedule"),

@@ -78,8 +78,10 @@ def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"retrieval.folds={folds} must be in [2, catalog.num_pills]")
     run_folds = rcfg.get("run_folds")
     run_folds = list(range(folds)) if run_folds is None else [int(f) for f in run_folds]
-    if not run_folds or any(not 0 <= f < folds for f in run_folds):
-        raise ConfigError(f"retrieval.run_folds={run_folds} must be fold indices in [0, {folds})")
+    if (not run_folds or any(not 0 <= f < folds for f in run_folds)
+            or len(set(run_folds)) < len(run_folds)):
+        raise ConfigError(f"retrieval.run_folds={run_folds} must be distinct fold indices in "
+                          f"[0, {folds})")
     q = int(cat["photos_per_side"])
     if not 1 <= int(rcfg["train_photos"]) <= q:
         raise ConfigError(f"retrieval.train_photos must be in [1, catalog.photos_per_side={q}]")
