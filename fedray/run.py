@@ -73,9 +73,19 @@ def stage_target(cfg: dict[str, Any]) -> str | None:
 
 
 def _validate(cfg: dict[str, Any]) -> None:
-    if cfg.get("stage") not in STAGES and not stage_target(cfg):
+    stage = cfg.get("stage")
+    if stage not in STAGES and not stage_target(cfg):
+        conf = Path(__file__).resolve().parents[1] / "conf"  # the shipped groups
+        named = str(stage).isidentifier()
+        shipped = sorted(p.stem for p in (conf / str(stage)).glob("*.yaml")) if named else []
+        experiments = [p.stem for p in (conf / "experiment").glob("*.yaml")
+                       if f"stage: {stage}" in p.read_text()] if shipped else []
+        if shipped:  # a plug-in stage whose config group was not added
+            how = f"add its config group: +{stage}={shipped[0]}" + (
+                f" (or +experiment={sorted(experiments)[0]})" if experiments else "")
+            raise ConfigError(f"stage={stage!r}: {how}")
         raise ConfigError(
-            f"stage={cfg.get('stage')!r} is not a known stage; choose one of {STAGES}, or add a "
+            f"stage={stage!r} is not a known stage; choose one of {STAGES}, or add a "
             f"config group of that name with a _target_ (e.g. stage=detect +detect=yolov3_tiny)"
         )
     if not cfg.get("run_dir"):

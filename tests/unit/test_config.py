@@ -161,3 +161,17 @@ def test_a_kwarg_refused_behind_kwargs_names_the_key(tmp_path, monkeypatch):
         instantiate_target({"_target_": "user_models.outer", "width": 8}, "model")
     with pytest.raises(TypeError):  # any other TypeError is the callable's bug: kept as it is
         instantiate_target({"_target_": "user_models.buggy"}, "model")
+
+
+@pytest.mark.parametrize(("stage", "says"),
+                         [("retrieval", "add its config group: +retrieval=default (or "
+                                        "+experiment=pill_retrieval)"),
+                          ("detect", "+detect=yolov3_tiny (or +experiment=pill_detect)"),
+                          ("nosuch", "is not a known stage; choose one of")])
+def test_a_plugin_stage_without_its_group_says_which_group_to_add(stage, says):
+    from fedray.config import ConfigError
+    from fedray.run import _validate
+
+    with pytest.raises(ConfigError, match=f"^stage='{stage}'") as err:
+        _validate({"stage": stage, "run_dir": "unused"})
+    assert says in str(err.value)
