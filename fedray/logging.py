@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fedray.config import ConfigError
+from fedray.targets import first_line
 
 log = logging.getLogger("fedray")
 
@@ -89,7 +90,7 @@ class RunLogger:
             self.wandb = self._wandb_init(wandb, wcfg, mode, run_id)
         except wandb.errors.UsageError as exc:  # online without a key, a bad entity, ...
             raise ConfigError(
-                f"logger.wandb.mode={mode}: W&B would not start: {str(exc).strip().splitlines()[0]}"
+                f"logger.wandb.mode={mode}: W&B would not start: {first_line(exc)}"
                 " (`wandb login` or WANDB_API_KEY for online; logger.wandb.mode=offline keeps "
                 "the run on disk)"
             ) from None

@@ -26,6 +26,7 @@ from typing import Any
 from fedray.checks import boolean, choice, mapping, number
 from fedray.config import ConfigError
 from fedray.fl.inprocess import check_backend
+from fedray.targets import first_line, import_target
 
 # the stages whose fl, client and model groups are checked here (a plug-in stage checks its own)
 TRAINING_STAGES = ("federated", "isolated", "centralized")
@@ -39,51 +40,11 @@ PARTITION_GIVEN = ("labels", "num_clients", "seed")
 # ------------------------------------------------------------------------------ targets
 
 
-def import_target(key: str, target: Any) -> Any:
-    """The object a `_target_` names (ConfigError naming `key` if it is missing or unimportable)."""
-    import importlib
-
-    if not target or not isinstance(target, str):
-        raise ConfigError(f"{key}: missing; name the callable to build (a dotted path)")
-    parts = target.split(".")
-    if not all(p.isidentifier() for p in parts):
-        raise ConfigError(f"{key}: {target!r} is not a dotted path such as package.module.Name")
-    # the longest importable module prefix, then attributes (what Hydra's own lookup does,
-    # without its multi-line error log before ours)
-    for i in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except ModuleNotFoundError as exc:
-            if exc.name in {".".join(parts[:k]) for k in range(1, i + 1)}:
-                continue  # this prefix is not a module: try a shorter one
-            reason = f"its module imports a missing one: {_first_line(exc)}"
-            break
-        except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
-            reason = f"its module raised {type(exc).__name__}: {_first_line(exc)}"
-            break
-        for j, name in enumerate(parts[i:], start=i):
-            if not hasattr(obj, name):
-                reason = f"{'.'.join(parts[:j])} has no attribute {name!r}"
-                break
-            obj = getattr(obj, name)
-        else:
-            return obj
-        break
-    else:
-        reason = f"no module named {parts[0]!r}"
-    raise ConfigError(f"{key}: {target!r} cannot be imported ({reason})")
-
-
 def _signature(fn: Any) -> dict[str, inspect.Parameter] | None:
     try:
         return dict(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
         return None  # a builtin without a signature: nothing to match keys against
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # ------------------------------------------------------------------------------ the groups
@@ -283,7 +244,7 @@ def check_optimizer(opt: Any, key: str) -> None:
             param.grad = torch.ones_like(param)
             optimizer.step()
     except Exception as exc:  # noqa: BLE001 - whatever the optimizer rejects is the user's value
-        raise ConfigError(f"{key}: {target} rejects {kwargs}: {_first_line(exc)}") from None
+        raise ConfigError(f"{key}: {target} rejects {kwargs}: {first_line(exc)}") from None
 
 
 def check_client(client: Any) -> None:
@@ -358,7 +319,7 @@ def check_model(cfg: dict[str, Any]) -> None:
     except Exception as exc:  # noqa: BLE001 - the shapes of this model and these images
         raise ConfigError(
             f"model: a {size} x {size} image (data.image_size) does not go through "
-            f"{model_cfg['_target_']}: {_first_line(exc)}"
+            f"{model_cfg['_target_']}: {first_line(exc)}"
         ) from None
 
 
@@ -438,7 +399,7 @@ def check_strategy(strategy: Any, per_round: int) -> None:
         name = strategy.get("name") or strategy.get("_target_")
         raise ConfigError(
             f"strategy: {name} cannot aggregate the {per_round} client(s) a round samples "
-            f"(fl.num_clients, fl.fraction, fl.clients_per_round): {_first_line(exc)}"
+            f"(fl.num_clients, fl.fraction, fl.clients_per_round): {first_line(exc)}"
         ) from None
 
 
@@ -454,7 +415,7 @@ def check_dp_config(cfg: dict[str, Any], per_round: int) -> None:
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:  # a value float() cannot read
-        raise ConfigError(f"dp: {_first_line(exc)} (dp.* takes numbers)") from None
+        raise ConfigError(f"dp: {first_line(exc)} (dp.* takes numbers)") from None
 
 
 def needs_pretraining(cfg: dict[str, Any]) -> bool:

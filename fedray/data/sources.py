@@ -38,7 +38,7 @@ def cache_dir_for(data_cfg: dict[str, Any]) -> Path:
 
 def build_dataset(data_cfg: dict[str, Any], seed: int) -> DatasetInfo:
     """Build (or find in the cache) the dataset that `data_cfg` describes."""
-    from fedray.validate import import_target
+    from fedray.targets import import_target
 
     target = data_cfg.get("_target_")
     if not target:

@@ -42,6 +42,7 @@ def init_ray(address: str | None, local: dict[str, Any], **kwargs: Any) -> None:
     with the `local` arguments (CPUs, system config). Never a stray cluster that Ray would find
     on this machine (`ray start`), which takes neither the CPU count nor the system config."""
     from fedray.config import ConfigError
+    from fedray.targets import first_line
 
     given = address
     address = address or os.environ.get("RAY_ADDRESS")
@@ -51,7 +52,7 @@ def init_ray(address: str | None, local: dict[str, Any], **kwargs: Any) -> None:
         except ConnectionError as exc:  # a wrong address or a cluster that is down
             where = f"ray.address={given}" if given else f"RAY_ADDRESS={address}"
             raise ConfigError(
-                f"{where}: no Ray cluster to join there ({str(exc).strip().splitlines()[0]}); "
+                f"{where}: no Ray cluster to join there ({first_line(exc)}); "
                 "start one with `ray start --head` or leave ray.address null for a local Ray"
             ) from None
     else:

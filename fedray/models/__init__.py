@@ -27,6 +27,7 @@ from fedray.config import ConfigError
 from fedray.models.tiny_cnn import TinyCNN
 from fedray.models.torchvision_split import torchvision_classifier
 from fedray.models.views import VIEW_KEYS, check_turns, check_zooms
+from fedray.targets import first_line, import_target
 
 # model keys that shape only the head fine-tuned on the pretrained backbone: pretraining ignores
 # them (one cached backbone serves every value), but for model.taps when pretrain.taps=model
@@ -48,8 +49,6 @@ __all__ = [
 def target_params(target: Any) -> Any:
     """The keyword parameters of the callable named `target` (an empty mapping when it cannot be
     imported or inspected: the model check reports a bad `_target_` by name)."""
-    from fedray.validate import import_target
-
     try:
         return inspect.signature(import_target("_target_", str(target))).parameters
     except (ConfigError, TypeError, ValueError):
@@ -66,8 +65,6 @@ def instantiate_target(
     `drop_unknown` (a user's `_target_` swapped into a group whose file set other keys), left out
     with a logged warning.
     """
-    from fedray.validate import import_target
-
     target = cfg.get("_target_")
     if not target:
         raise ConfigError(f"{group}._target_ is missing: name the callable that builds the {group}")
@@ -107,13 +104,8 @@ def instantiate_target(
         if bad is None or bad.group(1) not in cfg:  # a key the user's config set
             raise
         key = f"{group}.{bad.group(1)}"
-        raise ConfigError(f"{key}: {target} does not take it ({_first_line(exc)}); drop it with "
+        raise ConfigError(f"{key}: {target} does not take it ({first_line(exc)}); drop it with "
                           f"~{key} or choose a {group} group without it") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:

@@ -93,7 +93,7 @@ def public_set_key(data_cfg: dict[str, Any], seed: int) -> dict[str, Any]:
     counts as given, with its module's VERSION if it has one. Where and how fast it is built
     (cache_dir, workers) and what describes it are left out.
     """
-    from fedray.validate import import_target
+    from fedray.targets import import_target
 
     target = data_cfg.get("_target_")
     fn = import_target("pretrain.data._target_ (the public set's)", str(target))
