@@ -4,10 +4,13 @@ round's client models, as val accuracy (docs/tried.md, "FedDF under Dirichlet 0.
     python bench/feddf_teachers.py --seed 0 --rounds 6 --alpha 0.1 --clients 20
 
 pill_noniid's cached public pretraining with an MLP head (`model.hidden=256`) from random init on
-cached features; Dirichlet(alpha) over the clients; one local epoch of SGD 0.003 (momentum 0.9)
-per round; FedAvg weighted by samples. Ensembles: the plain mean of the clients' logits (FedDF),
-the sample-weighted mean, the mean of probabilities, and the class-weighted mean of logits (a
-client's logit of class c weighted by its share of the class-c samples).
+cached features; Dirichlet(alpha) over the clients; `--epochs` local epochs (default 1) of SGD
+0.003 (momentum 0.9) per round; FedAvg weighted by samples. Ensembles: the plain mean of the
+clients' logits (FedDF), the sample-weighted mean, the mean of probabilities, the class-weighted
+mean of logits (a client's logit of class c weighted by its share of the class-c samples: needs
+the clients' label counts), and two that weight client k's class c by n_k times its model's
+predicted prior of c on unlabelled images (no label counts): over logits, and over
+log-probabilities (a weighted product of the clients' distributions).
 """
 
 import argparse
@@ -42,6 +45,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--alpha", type=float, default=0.1)
     ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=1, help="local epochs per round")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     seed = args.seed
@@ -70,6 +74,9 @@ def main() -> None:
     per_class = torch.tensor(share, dtype=torch.float)
     per_client = torch.tensor(n / n.sum(), dtype=torch.float)
     global_params = get_params(model, travel)
+    # unlabelled images for the clients' predicted class priors (the server's transfer set
+    # stands in: every 8th training image, its label unused)
+    xpr = xtr[::8]
 
     def acc(logits: torch.Tensor) -> float:
         return float((logits.argmax(1).numpy() == yva).mean())
@@ -78,23 +85,32 @@ def main() -> None:
         return torch.optim.SGD(params, lr=0.003, momentum=0.9)
 
     for r in range(args.rounds):
-        results, logits = [], []
+        results, logits, priors = [], [], []
         for k, idx in enumerate(parts):
             set_params(model, global_params)
-            train_local(model, xtr[idx], ytr[idx], trainable, 1, 32, sgd,
+            train_local(model, xtr[idx], ytr[idx], trainable, args.epochs, 32, sgd,
                         seed * 1000 + r * 50 + k, cached=cached)
             results.append(get_params(model, travel))
             logits.append(predict_logits(model, xva, cached=cached))
+            priors.append(torch.softmax(predict_logits(model, xpr, cached=cached), -1).mean(0))
         global_params = {key: sum(w * q[key] for w, q in zip(n / n.sum(), results, strict=True))
                          for key in global_params}
         set_params(model, global_params)
         average = acc(predict_logits(model, xva, cached=cached))
         stacked = torch.stack(logits)  # (clients, val images, classes)
+        # each client's class prior as its own model predicts it on unlabelled images, times its
+        # sample count: class weights the server can form from what it already holds
+        prior = torch.stack(priors) * torch.tensor(n, dtype=torch.float)[:, None]
+        prior = prior / prior.sum(0, keepdim=True)
         print(f"round {r + 1}: FedAvg average {average:.4f} | ensembles: plain logits "
               f"{acc(stacked.mean(0)):.4f}, sample-weighted "
               f"{acc((stacked * per_client[:, None, None]).sum(0)):.4f}, probabilities "
               f"{acc(torch.softmax(stacked, -1).mean(0)):.4f}, class-weighted logits "
-              f"{acc((stacked * per_class[:, None, :]).sum(0)):.4f}", flush=True)
+              f"{acc((stacked * per_class[:, None, :]).sum(0)):.4f}, predicted-prior logits "
+              f"{acc((stacked * prior[:, None, :]).sum(0)):.4f}, predicted-prior "
+              f"log-probabilities "
+              f"{acc((torch.log_softmax(stacked, -1) * prior[:, None, :]).sum(0)):.4f}",
+              flush=True)
 
 
 if __name__ == "__main__":
