@@ -2,7 +2,9 @@
 
 A renamed or removed config key breaks a command a newcomer copies; this catches it before they
 do. Commands that name the reader's own code or files (`mymod`, `/path/to/...`) must fail on that
-placeholder alone, with fedray's one-line ConfigError.
+placeholder alone, with fedray's one-line ConfigError. Checked against an empty cache: a command
+that needs an earlier stage's result (the detector's, for `data.crop_with=detector`) must say
+which README command makes it.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ def test_the_readme_shows_launch_commands():
 
 
 @pytest.mark.parametrize("line,overrides", readme_commands(), ids=lambda v: str(v))
-def test_readme_command_composes_and_validates(line, overrides):
+def test_readme_command_composes_and_validates(line, overrides, tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDRAY_CACHE", str(tmp_path))  # what a fresh machine has: nothing
+    commands = {" ".join(o) for _, o in readme_commands()}
     cfg = compose_plain(overrides)
     cfg["run_dir"] = "unused"  # launch.py sets Hydra's output directory here
 
@@ -58,5 +62,10 @@ def test_readme_command_composes_and_validates(line, overrides):
     if placeholder:
         with pytest.raises(ConfigError, match=re.escape(placeholder[0].rstrip("/"))):
             check()
-    else:
+        return
+    try:
         check()
+    except ConfigError as exc:  # only: an earlier stage's result is missing, made by the README
+        earlier = re.search(r"train one with `python launch\.py ([^`]*)`", str(exc))
+        assert earlier, exc
+        assert " ".join(earlier.group(1).split()[:1]) in commands, exc
