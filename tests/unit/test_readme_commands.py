@@ -40,14 +40,16 @@ def readme_commands() -> list[tuple[int, list[str]]]:
     return out
 
 
+COMMANDS = readme_commands()
+
+
 def test_the_readme_shows_launch_commands():
-    assert len(readme_commands()) >= 20
+    assert len(COMMANDS) >= 20
 
 
-@pytest.mark.parametrize("line,overrides", readme_commands(), ids=lambda v: str(v))
+@pytest.mark.parametrize("line,overrides", COMMANDS, ids=lambda v: str(v))
 def test_readme_command_composes_and_validates(line, overrides, tmp_path, monkeypatch):
     monkeypatch.setenv("FEDRAY_CACHE", str(tmp_path))  # what a fresh machine has: nothing
-    commands = {" ".join(o) for _, o in readme_commands()}
     cfg = compose_plain(overrides)
     cfg["run_dir"] = "unused"  # launch.py sets Hydra's output directory here
 
@@ -68,4 +70,4 @@ def test_readme_command_composes_and_validates(line, overrides, tmp_path, monkey
     except ConfigError as exc:  # only: an earlier stage's result is missing, made by the README
         earlier = re.search(r"train one with `python launch\.py ([^`]*)`", str(exc))
         assert earlier, exc
-        assert " ".join(earlier.group(1).split()[:1]) in commands, exc
+        assert " ".join(earlier.group(1).split()[:1]) in {" ".join(o) for _, o in COMMANDS}, exc
