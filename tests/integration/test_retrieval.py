@@ -117,7 +117,9 @@ def test_reuse_of_a_directory_without_models_is_refused(tmp_path):
      ("retrieval.federated.clients=0", "retrieval.federated.clients"),
      ("retrieval.federated.lr=-1", "retrieval.federated.lr"),
      ("retrieval.federated.batch_size=0", "retrieval.federated.batch_size"),
-     ("retrieval.kd.align=maybe", "retrieval.kd.align")],
+     ("retrieval.kd.align=maybe", "retrieval.kd.align"),
+     ("retrieval.pretrain.num_pills=-1", "retrieval.pretrain.num_pills"),
+     ("retrieval.pretrain.epochs=1.5", "retrieval.pretrain.epochs")],
 )
 def test_bad_retrieval_config_names_the_key(tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -175,3 +177,68 @@ def test_clients_train_with_their_own_batch_size(monkeypatch):
             {"_target_": "fedray.data.partition.partition_iid", "name": "iid"},
             {"_target_": "fedray.fl.strategies.fedavg.FedAvg"}, seed=0)
         assert seen == [(want, 2, 1e-3)] * 2
+
+
+def _pretrain_cfg(tmp_path, *overrides: str) -> dict:
+    return _cfg(tmp_path, "retrieval.streams=[gray]", "retrieval.catalog.image_size=68",
+                "retrieval.pretrain.num_pills=3", "retrieval.pretrain.epochs=1", *overrides)
+
+
+@pytest.mark.slow
+def test_models_start_from_one_cached_public_pretraining(tmp_path, monkeypatch):
+    from fedray.pill.retrieval import pretrain, stage
+
+    starts = []
+    real = pretrain.start_from
+    monkeypatch.setattr(stage.pretrain, "start_from",
+                        lambda init, arch, rcfg: starts.append(init) or real(init, arch, rcfg))
+    first = tmp_path / "first"
+    first.mkdir()
+    cfg = _pretrain_cfg(first, "retrieval.models=[teacher,teacher_fed]", "partition=iid",
+                        "retrieval.federated.clients=2", "retrieval.federated.rounds=1",
+                        f"retrieval.catalog.cache_dir={tmp_path / 'cache'}")
+    run(cfg)
+
+    rows = [json.loads(line) for line in (first / "run" / "metrics.jsonl").open()]
+    assert [r["epoch"] for r in rows if r["model"] == "teacher_pretrain"] == [1]
+    assert len(starts) == 2 and starts[0] is starts[1] is not None  # one pretraining, two starts
+    saved = list((tmp_path / "cache" / "retrieval").glob("pretrain-teacher-*.pt"))
+    assert len(saved) == 1 and load_model(saved[0]).meta["pretrain"]["public"]["public_of"] == 4
+    assert load_model(first / "run" / "models" / "fold0" / "teacher.pt").meta["pretrain"] == {
+        "num_pills": 3, "epochs": 1}
+
+    second = tmp_path / "second"  # another run on the same catalog: the pretraining is reused
+    second.mkdir()
+    run(_pretrain_cfg(second, "retrieval.models=[teacher]",
+                      f"retrieval.catalog.cache_dir={tmp_path / 'cache'}"))
+    rows = [json.loads(line) for line in (second / "run" / "metrics.jsonl").open()]
+    assert not [r for r in rows if r["model"] == "teacher_pretrain"]
+
+
+def test_the_public_catalog_holds_none_of_the_private_pills(tmp_path):
+    from fedray.pill.catalog import make_catalog
+    from fedray.pill.retrieval.data import build_retrieval_data
+
+    public = build_retrieval_data(3, 68, 1, 0, 0, 6, tmp_path, public_of=5)
+    private = build_retrieval_data(5, 68, 1, 0, 0, 6, tmp_path)
+
+    assert public.pill_ids.tolist() == [5, 6, 7] and private.pill_ids.tolist() == list(range(5))
+    keys = {p.key() for p in make_catalog(5, 0, 0, (), distinct_sides=True)}
+    drawn = make_catalog(3, 0, 5, make_catalog(5, 0, 0, (), distinct_sides=True),
+                         distinct_sides=True)
+    assert not keys & {p.key() for p in drawn}
+    assert not any((public.references[i] == private.references[j]).all()
+                   for i in range(3) for j in range(5))
+
+
+def test_pretraining_key_ignores_the_split_and_follows_the_recipe():
+    from fedray.pill.retrieval.pretrain import cache_key
+
+    rcfg = compose_plain(["+experiment=pill_retrieval", "retrieval.pretrain.num_pills=50"])[
+        "retrieval"]
+    base = cache_key("student", rcfg, 0)
+    same = cache_key("student", {**rcfg, "run_folds": [1], "train_photos": 3,
+                                 "models": ["student_fed"]}, 0)
+    assert same == base
+    assert cache_key("teacher", rcfg, 0) != base and cache_key("student", rcfg, 1) != base
+    assert cache_key("student", {**rcfg, "train": {**rcfg["train"], "lr": 1e-3}}, 0) != base

@@ -81,18 +81,27 @@ def _source_hash() -> str:
 
 def build_retrieval_data(num_pills: int, image_size: int, photos_per_side: int,
                          catalog_seed: int = 0, seed: int = 0, num_textures: int = 24,
-                         cache_dir: str | Path | None = None) -> RetrievalData:
-    """The catalog's references and consumer photos, from the cache when built before."""
+                         cache_dir: str | Path | None = None,
+                         public_of: int = 0) -> RetrievalData:
+    """The catalog's references and consumer photos, from the cache when built before.
+
+    `public_of=N`: a public catalog for the N-pill private catalog of `catalog_seed`: ids from
+    N on and none of its pills looks like one of the private pills (`make_catalog`'s exclude),
+    so a model trained on it has seen none of the private test pills.
+    """
     key = {"num_pills": num_pills, "image_size": image_size, "photos_per_side": photos_per_side,
            "catalog_seed": catalog_seed, "seed": seed, "num_textures": num_textures,
            "version": VERSION, "code": _source_hash()}
+    if public_of:
+        key["public_of"] = public_of
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     path = root / "retrieval" / f"catalog-{config_hash(key)}.npz"
     if path.exists():
         with np.load(path) as z:
             return RetrievalData(z["pill_ids"], z["references"], z["photos"])
     t0 = time.perf_counter()
-    pills = make_catalog(num_pills, catalog_seed, 0, (), distinct_sides=True)
+    private = make_catalog(public_of, catalog_seed, 0, (), distinct_sides=True)
+    pills = make_catalog(num_pills, catalog_seed, public_of, private, distinct_sides=True)
     textures = make_textures(num_textures, TEXTURE_SIZE, seed, bundled=False)
     families = [list(FAMILIES)[i % len(FAMILIES)] for i in range(len(textures))]
     params = consumer.consumer_params(default_px_per_mm(STUDIO_SIZE))

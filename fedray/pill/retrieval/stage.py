@@ -22,16 +22,11 @@ import torch
 from fedray import checks
 from fedray.config import ConfigError
 from fedray.logging import RunLogger
+from fedray.pill.retrieval import pretrain
 from fedray.pill.retrieval.data import build_retrieval_data
 from fedray.pill.retrieval.evaluate import evaluate_fold
 from fedray.pill.retrieval.metrics import ASSIGNMENTS, folds_by_pill
-from fedray.pill.retrieval.nets import (
-    ARCHS,
-    STREAM_CHANNELS,
-    MultiStream,
-    load_model,
-    save_model,
-)
+from fedray.pill.retrieval.nets import ARCHS, STREAM_CHANNELS, MultiStream, load_model, save_model
 from fedray.pill.retrieval.train import LOSSES, SCHEDULES, distill, train_embedding
 
 log = logging.getLogger("fedray")
@@ -39,7 +34,7 @@ log = logging.getLogger("fedray")
 MODELS = ("teacher", "student", "student_kd", "teacher_fed", "student_fed")  # the run order
 REPORTED = ("map", "top1", "top5")
 _KEYS = {"_target_", "catalog", "folds", "run_folds", "train_photos", "models", "streams",
-         "assignment", "norm", "threads", "train", "kd", "federated", "reuse"}
+         "assignment", "norm", "threads", "train", "kd", "federated", "reuse", "pretrain"}
 
 
 def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
@@ -70,6 +65,9 @@ def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
     checks.choice("retrieval.train.schedule", tcfg.get("schedule", "constant"), SCHEDULES)
     checks.number("retrieval.train.temperature", tcfg.get("temperature", 0.05), 0, low_open=True)
     checks.boolean("retrieval.kd.align", (rcfg.get("kd") or {}).get("align", True))
+    pcfg = rcfg.get("pretrain") or {}
+    for key in ("num_pills", "epochs"):
+        checks.number(f"retrieval.pretrain.{key}", pcfg.get(key, 0), 0, integer=True)
     if rcfg.get("assignment", "best") not in ASSIGNMENTS:
         raise ConfigError(f"retrieval.assignment must be one of {ASSIGNMENTS}")
     cat = rcfg["catalog"]
@@ -99,10 +97,14 @@ def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _meta(rcfg: dict[str, Any], seed: int, fold: int) -> dict[str, Any]:
-    """What decides which pills and photos a model of `fold` trained on."""
-    return {"seed": seed, "fold": fold, "folds": int(rcfg["folds"]),
+    """What decides which pills and photos a model of `fold` trained on (and what it started
+    from, when that was a public pretraining)."""
+    meta = {"seed": seed, "fold": fold, "folds": int(rcfg["folds"]),
             "train_photos": int(rcfg["train_photos"]),
             "catalog": {k: v for k, v in rcfg["catalog"].items() if k != "cache_dir"}}
+    if pretrain.enabled(rcfg):
+        meta["pretrain"] = {k: int(rcfg["pretrain"][k]) for k in ("num_pills", "epochs")}
+    return meta
 
 
 def _reused(rcfg: dict[str, Any], seed: int) -> dict[tuple[int, str], MultiStream]:
@@ -182,6 +184,22 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
                                 int(cat["num_textures"]), cat.get("cache_dir"))
     logger = RunLogger(run_dir, cfg)
     step = 0
+    inits: dict[str, MultiStream | None] = {}  # arch -> the public pretraining (None: random)
+
+    def init_of(arch: str) -> MultiStream | None:
+        nonlocal step
+        if arch not in inits:
+            def log_pre(row: dict[str, Any]) -> None:
+                nonlocal step
+                step += 1
+                logger.log({"round": step, "model": f"{arch}_pretrain", **row})
+                log.info("%s public pretraining epoch %d: %s", arch, row["epoch"],
+                         {k: round(v, 4) for k, v in row.items() if k != "epoch"})
+
+            inits[arch] = (pretrain.pretrained(arch, rcfg, seed, device, log_pre)
+                           if pretrain.enabled(rcfg) else None)
+        return inits[arch]
+
     per_model: dict[str, list[dict[str, Any]]] = {m: [] for m in rcfg["models"]}
     t_start = time.perf_counter()
     try:
@@ -207,8 +225,7 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
                 elif name.endswith("_fed"):
                     from fedray.pill.retrieval.federated import train_federated
 
-                    model = MultiStream(arch, rcfg["streams"], int(cat["image_size"]),
-                                        norm=bool(rcfg.get("norm", True)))
+                    model = pretrain.start_from(init_of(arch), arch, rcfg)
                     train_federated(model, pool, pool_pill, rcfg["federated"], rcfg["train"],
                                     cfg["partition"], cfg["strategy"],
                                     seed + 1000 * f + 3 + ARCHS.index(arch),
@@ -219,8 +236,7 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
                             seed + 1000 * f + 2, lambda r, n=name: log_epoch(r, name=n),
                             device=device)
                 else:
-                    model = MultiStream(arch, rcfg["streams"], int(cat["image_size"]),
-                                        norm=bool(rcfg.get("norm", True)))
+                    model = pretrain.start_from(init_of(arch), arch, rcfg)
                     train_embedding(model, pool, pool_pill, ref_index, rcfg["train"],
                                     seed + 1000 * f + ARCHS.index(arch),
                                     lambda r, n=name: log_epoch(r, name=n), device=device)

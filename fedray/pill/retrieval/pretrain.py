@@ -1,0 +1,104 @@
+"""The public pretraining every retrieval model can start from (`retrieval.pretrain`).
+
+A central training of the embedding streams on a public catalog: other pills (none looks like
+one of the private catalog's, `build_retrieval_data(public_of=...)`), their references and all
+their consumer photos, with the run's own loss and optimiser (`retrieval.train`). The server
+holds this data, so the federated models start from it as their first global model at no cost
+in privacy; the central models start from it too, so the federated-vs-central comparison stays
+fair, and the fold's test pills are in neither. Cached under the dataset cache, keyed by what
+changes its weights (the public catalog, the network, the recipe, the seed), so every run and
+fold that agrees on those shares one pretraining.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedray.data.datasets import config_hash, default_cache_dir
+from fedray.pill.retrieval.data import build_retrieval_data
+from fedray.pill.retrieval.nets import MultiStream, load_model, save_model
+from fedray.pill.retrieval.train import train_embedding
+
+log = logging.getLogger("fedray")
+
+_RECIPE = ("loss", "temperature", "batch_size", "lr", "schedule", "weight_decay", "margin",
+           "window", "standardize", "augment")
+_SOURCES = ("pretrain.py", "train.py", "triplet.py", "nets.py", "streams.py")
+
+
+def enabled(rcfg: dict[str, Any]) -> bool:
+    """Whether `retrieval.pretrain` asks for a public pretraining."""
+    pcfg = rcfg.get("pretrain") or {}
+    return int(pcfg.get("num_pills") or 0) > 0 and int(pcfg.get("epochs") or 0) > 0
+
+
+def _source_hash() -> str:
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in _SOURCES:
+        h.update((root / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(arch: str, rcfg: dict[str, Any], seed: int) -> dict[str, Any]:
+    """What decides the pretrained weights of `arch` (nothing of the private run's split)."""
+    cat, pcfg, tcfg = rcfg["catalog"], rcfg["pretrain"], rcfg["train"]
+    return {"arch": arch, "streams": list(rcfg["streams"]), "norm": bool(rcfg.get("norm", True)),
+            "public": {"num_pills": int(pcfg["num_pills"]), "public_of": int(cat["num_pills"]),
+                       "catalog_seed": int(cat["catalog_seed"]),
+                       "image_size": int(cat["image_size"]),
+                       "photos_per_side": int(cat["photos_per_side"]),
+                       "num_textures": int(cat["num_textures"])},
+            "epochs": int(pcfg["epochs"]), "seed": seed,
+            "recipe": {k: tcfg[k] for k in _RECIPE if k in tcfg}, "code": _source_hash()}
+
+
+def pretrained(arch: str, rcfg: dict[str, Any], seed: int, device: str = "cpu",
+               on_epoch=None) -> MultiStream:
+    """`arch`'s streams trained on the public catalog (from the cache when done before); a
+    copy is what each model of the run starts from."""
+    key = cache_key(arch, rcfg, seed)
+    cat = rcfg["catalog"]
+    root = Path(cat["cache_dir"]).expanduser() if cat.get("cache_dir") else default_cache_dir()
+    path = root / "retrieval" / f"pretrain-{arch}-{config_hash(key)}.pt"
+    if path.exists():
+        log.info("retrieval: public pretraining of the %s from the cache (%s)", arch, path)
+        return load_model(path)
+    pub = key["public"]
+    data = build_retrieval_data(pub["num_pills"], pub["image_size"], pub["photos_per_side"],
+                                pub["catalog_seed"], seed, pub["num_textures"],
+                                cat.get("cache_dir"), public_of=pub["public_of"])
+    refs = data.references.reshape(-1, *data.references.shape[-3:])
+    photos = data.photos.reshape(-1, *data.photos.shape[-3:])
+    pool = np.concatenate([refs, photos])
+    q = data.photos.shape[2]
+    pool_pill = np.concatenate([np.repeat(data.pill_ids, 2), np.repeat(data.pill_ids, 2 * q)])
+    model = MultiStream(arch, list(rcfg["streams"]), pub["image_size"],
+                        norm=bool(rcfg.get("norm", True)))
+    t0 = time.perf_counter()
+    log.info("retrieval: public pretraining of the %s: %d pills, %d images, %d epochs", arch,
+             data.num_pills, len(pool), key["epochs"])
+    train_embedding(model, pool, pool_pill, np.arange(len(refs)),
+                    {**rcfg["train"], "epochs": key["epochs"]}, seed + 104729, on_epoch,
+                    device=device)
+    save_model(model, path.with_suffix(".tmp"), {"pretrain": key})
+    path.with_suffix(".tmp").replace(path)
+    log.info("retrieval: public pretraining of the %s done in %.0fs -> %s", arch,
+             time.perf_counter() - t0, path)
+    return load_model(path)
+
+
+def start_from(init: MultiStream | None, arch: str, rcfg: dict[str, Any]) -> MultiStream:
+    """A fresh model of `arch`: a copy of the pretrained one, else random weights."""
+    if init is not None:
+        return copy.deepcopy(init).train()
+    cat = rcfg["catalog"]
+    return MultiStream(arch, list(rcfg["streams"]), int(cat["image_size"]),
+                       norm=bool(rcfg.get("norm", True)))
