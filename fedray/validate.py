@@ -218,7 +218,8 @@ def check_optimizer(opt: Any, key: str) -> None:
         for k in kwargs:
             if k not in params or k == "params":
                 takes = sorted(set(params) - {"params", "self"})
-                raise ConfigError(f"{key}.{k}: not an argument of {target}; it takes {takes}")
+                raise ConfigError(f"{key}.{k}: not an argument of {target}; it takes {takes} "
+                                  f"(drop it with ~{key}.{k})")
     for k, v in kwargs.items():
         default = params[k].default if params and k in params else inspect.Parameter.empty
         if isinstance(default, bool):
@@ -349,7 +350,8 @@ def check_partition(partition: Any, num_classes: int | None = None,
         for k in kwargs:
             if (k not in params and not takes_any) or k in PARTITION_GIVEN:
                 takes = sorted(set(params) - set(PARTITION_GIVEN))
-                raise ConfigError(f"partition.{k}: not an argument of {target}; it takes {takes}")
+                raise ConfigError(f"partition.{k}: not an argument of {target}; it takes {takes} "
+                                  f"(drop it with ~partition.{k})")
         for k, p in params.items():
             required = p.default is inspect.Parameter.empty and p.kind in (
                 inspect.Parameter.POSITIONAL_OR_KEYWORD,

@@ -84,7 +84,8 @@ def instantiate_target(
         kwargs = {k: v for k, v in kwargs.items() if k not in unknown}
     elif unknown:
         raise ConfigError(
-            f"{group}.{unknown[0]} is not an argument of {target}; it takes {sorted(params)}"
+            f"{group}.{unknown[0]} is not an argument of {target}; it takes {sorted(params)} "
+            f"(drop it with ~{group}.{unknown[0]})"
         )
     for key, value in given.items():
         if key not in kwargs and (takes_any or key in params):

@@ -122,10 +122,13 @@ def test_bad_override_is_one_line_before_ray(overrides, key, tmp_path):
     ("override", "line"),
     [("fl.roundz=3", "fl.roundz: no such key here; did you mean fl.rounds?"),
      ("data.rootdir=/x", "data.rootdir: no such key here; a new key is added with "
-                         "+data.rootdir=/x")],
+                         "+data.rootdir=/x"),
+     ("partition=dirichlet +partition.classes_per_client=4", "partition.classes_per_client: not "
+      "an argument of fedray.data.partition.partition_dirichlet; it takes ['alpha', "
+      "'max_retries', 'min_size'] (drop it with ~partition.classes_per_client)")],
 )
 def test_a_key_the_config_lacks_gets_the_near_one_or_how_to_add_it(override, line, tmp_path):
-    out = _launch([override], tmp_path)
+    out = _launch(override.split(), tmp_path)
     assert out.returncode == 2 and out.stderr.strip() == f"fedray: error: {line}", out.stderr
 
 
