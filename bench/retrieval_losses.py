@@ -17,11 +17,10 @@ import time
 import numpy as np
 import torch
 
-from fedray.pill.retrieval.data import build_retrieval_data
+from fedray.pill.retrieval.data import build_retrieval_data, training_pool
 from fedray.pill.retrieval.evaluate import evaluate_fold
 from fedray.pill.retrieval.metrics import folds_by_pill
 from fedray.pill.retrieval.nets import MultiStream
-from fedray.pill.retrieval.stage import _pool
 from fedray.pill.retrieval.train import train_embedding
 
 AUGMENT = {"rotate_deg": 180, "zoom": [0.8, 1.2], "translate_px": 5, "blur_prob": 0.3}
@@ -44,7 +43,7 @@ def main() -> None:
     data = build_retrieval_data(args.pills, args.size, args.photos, 0, args.seed, 24)
     test = folds_by_pill(np.arange(data.num_pills), args.folds, args.seed)[0]
     train = np.setdiff1d(np.arange(data.num_pills), test)
-    pool, pool_pill, ref_index = _pool(data, train, args.train_photos)
+    pool, pool_pill, ref_index = training_pool(data, train, args.train_photos)
     streams = args.streams.split(",")
     print(f"{args.pills} pills ({len(train)} train, {len(test)} unseen), {args.photos} photos "
           f"per side ({args.train_photos} trained), {args.arch} {streams}, {args.size} px, "

@@ -133,6 +133,17 @@ def build_retrieval_data(num_pills: int, image_size: int, photos_per_side: int,
     return data
 
 
+def training_pool(data: RetrievalData, pills: np.ndarray,
+                  photos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a model trains on: the references of pill rows `pills`, then the first `photos`
+    consumer photos of each of their sides; each image's pill id; the references' indices."""
+    refs = data.references[pills].reshape(-1, *data.references.shape[-3:])
+    shots = data.photos[pills][:, :, :photos].reshape(-1, *data.photos.shape[-3:])
+    ids = data.pill_ids[pills]
+    pool_pill = np.concatenate([np.repeat(ids, 2), np.repeat(ids, 2 * photos)])
+    return np.concatenate([refs, shots]), pool_pill, np.arange(len(refs))
+
+
 def colour_cast(images: np.ndarray, seed: int,
                 gain: tuple[float, float] = (0.6, 1.1)) -> np.ndarray:
     """The illumination-shift copy of uint8 (..., H, W, 3) images: a strong cast from CASTS and a

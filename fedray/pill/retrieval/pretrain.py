@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fedray.data.datasets import config_hash, default_cache_dir
-from fedray.pill.retrieval.data import build_retrieval_data
+from fedray.pill.retrieval.data import build_retrieval_data, training_pool
 from fedray.pill.retrieval.nets import MultiStream, load_model, save_model
 from fedray.pill.retrieval.train import train_embedding
 
@@ -75,17 +75,14 @@ def pretrained(arch: str, rcfg: dict[str, Any], seed: int, device: str = "cpu",
     data = build_retrieval_data(pub["num_pills"], pub["image_size"], pub["photos_per_side"],
                                 pub["catalog_seed"], seed, pub["num_textures"],
                                 cat.get("cache_dir"), public_of=pub["public_of"])
-    refs = data.references.reshape(-1, *data.references.shape[-3:])
-    photos = data.photos.reshape(-1, *data.photos.shape[-3:])
-    pool = np.concatenate([refs, photos])
-    q = data.photos.shape[2]
-    pool_pill = np.concatenate([np.repeat(data.pill_ids, 2), np.repeat(data.pill_ids, 2 * q)])
+    pool, pool_pill, ref_index = training_pool(data, np.arange(data.num_pills),
+                                               data.photos.shape[2])
     model = MultiStream(arch, list(rcfg["streams"]), pub["image_size"],
                         norm=bool(rcfg.get("norm", True)))
     t0 = time.perf_counter()
     log.info("retrieval: public pretraining of the %s: %d pills, %d images, %d epochs", arch,
              data.num_pills, len(pool), key["epochs"])
-    train_embedding(model, pool, pool_pill, np.arange(len(refs)),
+    train_embedding(model, pool, pool_pill, ref_index,
                     {**rcfg["train"], "epochs": key["epochs"]}, seed + 104729, on_epoch,
                     device=device)
     save_model(model, path.with_suffix(".tmp"), {"pretrain": key})

@@ -5,7 +5,9 @@ student the same way (the paper's "student without KD"), then distil the teacher
 that student with the l2 loss ("student with KD"); score each on the fold's consumer photos
 against the gallery of every reference. Rows go to metrics.jsonl (and W&B), the mean and std over
 folds to summary.json, the CMC curves to cmc.png, each trained model to
-models/fold<k>/<model>.pt (`nets.load_model` reads one back).
+models/fold<k>/<model>.pt (`nets.load_model` reads one back). With `retrieval.pretrain`, every
+model trained here (central or federated) starts from one central pretraining on a public
+catalog of other pills (`pretrain.py`) instead of random weights.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from fedray import checks
 from fedray.config import ConfigError
 from fedray.logging import RunLogger
 from fedray.pill.retrieval import pretrain
-from fedray.pill.retrieval.data import build_retrieval_data
+from fedray.pill.retrieval.data import build_retrieval_data, training_pool
 from fedray.pill.retrieval.evaluate import evaluate_fold
 from fedray.pill.retrieval.metrics import ASSIGNMENTS, folds_by_pill
 from fedray.pill.retrieval.nets import ARCHS, STREAM_CHANNELS, MultiStream, load_model, save_model
@@ -139,21 +141,6 @@ def _reused(rcfg: dict[str, Any], seed: int) -> dict[tuple[int, str], MultiStrea
     return out
 
 
-def _pool_pills(data, pills: np.ndarray, train_photos: int) -> np.ndarray:
-    """The pill of each image of `_pool(data, pills, train_photos)`."""
-    ids = data.pill_ids[pills]
-    return np.concatenate([np.repeat(ids, 2), np.repeat(ids, 2 * train_photos)])
-
-
-def _pool(data, pills: np.ndarray, train_photos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Training images (references of `pills`, then their first photos), their pills, and
-    which of them are references."""
-    refs = data.references[pills].reshape(-1, *data.references.shape[-3:])
-    photos = data.photos[pills][:, :, :train_photos].reshape(-1, *data.photos.shape[-3:])
-    pool = np.concatenate([refs, photos])
-    return pool, _pool_pills(data, pills, train_photos), np.arange(len(refs))
-
-
 def _flat(prefix: str, res: dict[str, Any]) -> dict[str, Any]:
     return {f"{prefix}/{k}/{m}": v[m] for k, v in res.items() if isinstance(v, dict)
             for m in REPORTED}
@@ -206,7 +193,7 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
         for f in rcfg["run_folds"]:
             test = folds[f]
             train = np.setdiff1d(np.arange(data.num_pills), test)
-            pool, pool_pill, ref_index = _pool(data, train, int(rcfg["train_photos"]))
+            pool, pool_pill, ref_index = training_pool(data, train, int(rcfg["train_photos"]))
             trained: dict[str, MultiStream] = {}
 
             def log_epoch(row: dict[str, Any], f=f, name="") -> None:
