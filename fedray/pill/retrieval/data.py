@@ -79,6 +79,11 @@ def _source_hash() -> str:
     return h.hexdigest()[:16]
 
 
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """Where the retrieval stage caches what it builds: `cache_dir`, else the dataset cache."""
+    return (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / "retrieval"
+
+
 def build_retrieval_data(num_pills: int, image_size: int, photos_per_side: int,
                          catalog_seed: int = 0, seed: int = 0, num_textures: int = 24,
                          cache_dir: str | Path | None = None,
@@ -94,8 +99,7 @@ def build_retrieval_data(num_pills: int, image_size: int, photos_per_side: int,
            "version": VERSION, "code": _source_hash()}
     if public_of:
         key["public_of"] = public_of
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    path = root / "retrieval" / f"catalog-{config_hash(key)}.npz"
+    path = cache_root(cache_dir) / f"catalog-{config_hash(key)}.npz"
     if path.exists():
         with np.load(path) as z:
             return RetrievalData(z["pill_ids"], z["references"], z["photos"])

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from fedray.data.datasets import config_hash, default_cache_dir
-from fedray.pill.retrieval.data import build_retrieval_data, training_pool
+from fedray.data.datasets import config_hash
+from fedray.pill.retrieval.data import build_retrieval_data, cache_root, training_pool
 from fedray.pill.retrieval.nets import MultiStream, load_model, save_model
 from fedray.pill.retrieval.train import train_embedding
 
@@ -66,8 +66,7 @@ def pretrained(arch: str, rcfg: dict[str, Any], seed: int, device: str = "cpu",
     copy is what each model of the run starts from."""
     key = cache_key(arch, rcfg, seed)
     cat = rcfg["catalog"]
-    root = Path(cat["cache_dir"]).expanduser() if cat.get("cache_dir") else default_cache_dir()
-    path = root / "retrieval" / f"pretrain-{arch}-{config_hash(key)}.pt"
+    path = cache_root(cat.get("cache_dir")) / f"pretrain-{arch}-{config_hash(key)}.pt"
     if path.exists():
         log.info("retrieval: public pretraining of the %s from the cache (%s)", arch, path)
         return load_model(path)
@@ -89,7 +88,8 @@ def pretrained(arch: str, rcfg: dict[str, Any], seed: int, device: str = "cpu",
     path.with_suffix(".tmp").replace(path)
     log.info("retrieval: public pretraining of the %s done in %.0fs -> %s", arch,
              time.perf_counter() - t0, path)
-    return load_model(path)
+    model.meta = {"pretrain": key}  # as load_model gives it back from the cache
+    return model.eval()
 
 
 def start_from(init: MultiStream | None, arch: str, rcfg: dict[str, Any]) -> MultiStream:
