@@ -8,7 +8,11 @@ Each round, with x the global params and every operation per coordinate::
     x_new = x + eta * m / (sqrt(v) + tau)          # no bias correction, as in the paper
 
 ``second_moment`` is the only difference between the rules (FedAdagrad, FedYogi, FedAdam
-subclasses). Flower's implementation starts v at 0 instead; the two agree once |delta| >> tau.
+subclasses). BatchNorm's running statistics (``*.running_mean``, ``*.running_var``: what
+``travel_names`` sends with a fully trained BN layer) are not weights and have no gradient:
+they take the FedAvg value, as the clients measured them. A step of ``eta`` along their
+momentum would overshoot, and a running variance pushed below zero turns every later forward
+pass into NaN. Flower's implementation starts v at 0 instead; the two agree once |delta| >> tau.
 The moments are float64 and ``state_dict`` returns copies, so a resumed run continues exactly.
 """
 
@@ -22,6 +26,13 @@ import numpy as np
 from fedray.fl.aggregate import structure_mismatch
 from fedray.fl.strategies.base import Strategy, average_results, float_param
 from fedray.fl.types import ClientResult, Params
+
+STATISTICS = ("running_mean", "running_var")
+
+
+def is_statistic(key: str) -> bool:
+    """Whether a params entry is a BatchNorm running statistic (torch's names)."""
+    return key.rsplit(".", 1)[-1] in STATISTICS
 
 
 class FedOpt(Strategy):
@@ -54,7 +65,8 @@ class FedOpt(Strategy):
         new_m = {k: self.beta_1 * m[k] + (1 - self.beta_1) * delta[k] for k in delta}
         new_v = {k: self._second_moment(v[k], delta[k]) for k in delta}
         self.m, self.v = new_m, new_v
-        return {k: x[k] + self.eta * new_m[k] / (np.sqrt(new_v[k]) + self.tau) for k in x}
+        return {k: average[k] if is_statistic(k)
+                else x[k] + self.eta * new_m[k] / (np.sqrt(new_v[k]) + self.tau) for k in x}
 
     def _state(self) -> dict[str, Any]:
         if self.m is None or self.v is None:
