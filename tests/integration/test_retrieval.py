@@ -114,6 +114,7 @@ def test_reuse_of_a_directory_without_models_is_refused(tmp_path):
      ("retrieval.train.loss=arcface", "retrieval.train.loss"),
      ("retrieval.train.temperature=0", "retrieval.train.temperature"),
      ("retrieval.train.schedule=step", "retrieval.train.schedule"),
+     ("retrieval.train.proxy_init=zeros", "retrieval.train.proxy_init"),
      ("retrieval.federated.clients=0", "retrieval.federated.clients"),
      ("retrieval.federated.lr=-1", "retrieval.federated.lr"),
      ("retrieval.federated.batch_size=0", "retrieval.federated.batch_size"),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fedray.pill.retrieval.nets import MultiStream
-from fedray.pill.retrieval.train import align_to, embed, lr_schedule, train_embedding
+from fedray.pill.retrieval.train import align_to, embed, init_proxies, lr_schedule, train_embedding
 from fedray.pill.retrieval.triplet import proxy_loss
 
 COLOURS = np.array([[220, 40, 40], [40, 200, 60], [50, 60, 220], [230, 220, 60],
@@ -109,6 +111,43 @@ def test_proxies_passed_in_are_kept_and_trained_across_calls():
 
     assert proxies["color"] is first and tuple(first.shape) == (len(COLOURS), 128)
     assert not torch.equal(first.detach(), snapshot)  # trained on, not drawn again
+
+
+def test_imprinted_proxies_are_each_pills_mean_unit_embedding():
+    train, train_pill = _images(3, seed=0)
+    torch.manual_seed(0)
+    model = MultiStream("teacher", ["color"], 68)
+    gen = torch.Generator().manual_seed(0)
+
+    got = init_proxies(model, train, train_pill, "imprint", gen)["color"].detach()
+
+    e = F.normalize(embed(model, train)["color"], dim=1)
+    want = F.normalize(torch.stack([e[torch.as_tensor(train_pill == p)].mean(0)
+                                    for p in range(len(COLOURS))]), dim=1)
+    assert torch.allclose(got, want, atol=1e-6)
+    # so every training image already sits closest to its own pill's proxy here...
+    assert float(((e @ got.T).argmax(1).numpy() == train_pill).mean()) > 0.5
+    # ...where random proxies are unit-free noise, a different draw for another generator
+    rand = init_proxies(model, train, train_pill, "random", gen)["color"].detach()
+    assert tuple(rand.shape) == tuple(got.shape) and float(rand.norm(dim=1).mean()) < 0.5
+    with pytest.raises(ValueError, match="proxy_init='zeros'"):
+        init_proxies(model, train, train_pill, "zeros", gen)
+
+
+def test_imprinted_proxies_start_the_loss_lower_on_a_trained_embedding():
+    train, train_pill = _images(4, seed=0)
+    torch.manual_seed(0)
+    model = MultiStream("teacher", ["color"], 68)
+    train_embedding(model, train, train_pill, np.arange(0, len(train), 4),
+                    _tcfg("proxy", 6), seed=0)  # a "pretrained" embedding
+    first = {}
+    for kind in ("random", "imprint"):
+        tcfg = {**_tcfg("proxy", 1), "lr": 1e-6, "proxy_init": kind}
+        first[kind] = train_embedding(copy.deepcopy(model), train, train_pill,
+                                      np.arange(0, len(train), 4), tcfg, seed=1)[0]
+    # random proxies: about ln 6 (no pill preferred); imprinted: the embedding's own classes
+    assert first["random"]["train/loss"] > 1.5
+    assert first["imprint"]["train/loss"] < first["random"]["train/loss"] - 1.0
 
 
 def test_unknown_loss_is_refused():

@@ -2,10 +2,11 @@
 
 A central training of the embedding streams on a public catalog: other pills (none looks like
 one of the private catalog's, `build_retrieval_data(public_of=...)`), their references and all
-their consumer photos, with the run's own loss and optimiser (`retrieval.train`). The server
-holds this data, so the federated models start from it as their first global model at no cost
-in privacy; the central models start from it too, so the federated-vs-central comparison stays
-fair, and the fold's test pills are in neither. Cached under the dataset cache, keyed by what
+their consumer photos, with the run's own loss and optimiser (`retrieval.train`; its proxies
+start random, as the network does). The server holds this data, so the federated models
+start from it as their first global model at no cost in privacy; the central models start
+from it too, so the federated-vs-central comparison stays fair, and the fold's test pills are
+in neither. Cached under the dataset cache, keyed by what
 changes its weights (the public catalog, the network, the recipe, the seed), so every run and
 fold that agrees on those shares one pretraining.
 """
@@ -82,7 +83,8 @@ def pretrained(arch: str, rcfg: dict[str, Any], seed: int, device: str = "cpu",
     log.info("retrieval: public pretraining of the %s: %d pills, %d images, %d epochs", arch,
              data.num_pills, len(pool), key["epochs"])
     train_embedding(model, pool, pool_pill, ref_index,
-                    {**rcfg["train"], "epochs": key["epochs"]}, seed + 104729, on_epoch,
+                    {**rcfg["train"], "epochs": key["epochs"], "proxy_init": "random"},
+                    seed + 104729, on_epoch,
                     device=device)
     save_model(model, path.with_suffix(".tmp"), {"pretrain": key})
     path.with_suffix(".tmp").replace(path)

@@ -29,7 +29,7 @@ from fedray.pill.retrieval.data import build_retrieval_data, training_pool
 from fedray.pill.retrieval.evaluate import evaluate_fold
 from fedray.pill.retrieval.metrics import ASSIGNMENTS, folds_by_pill
 from fedray.pill.retrieval.nets import ARCHS, STREAM_CHANNELS, MultiStream, load_model, save_model
-from fedray.pill.retrieval.train import LOSSES, SCHEDULES, distill, train_embedding
+from fedray.pill.retrieval.train import LOSSES, PROXY_INITS, SCHEDULES, distill, train_embedding
 
 log = logging.getLogger("fedray")
 
@@ -65,6 +65,7 @@ def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
     tcfg = rcfg.get("train") or {}
     checks.choice("retrieval.train.loss", tcfg.get("loss", "triplet"), LOSSES)
     checks.choice("retrieval.train.schedule", tcfg.get("schedule", "constant"), SCHEDULES)
+    checks.choice("retrieval.train.proxy_init", tcfg.get("proxy_init", "random"), PROXY_INITS)
     checks.number("retrieval.train.temperature", tcfg.get("temperature", 0.05), 0, low_open=True)
     checks.boolean("retrieval.kd.align", (rcfg.get("kd") or {}).get("align", True))
     pcfg = rcfg.get("pretrain") or {}

@@ -70,6 +70,25 @@ def embed(model: MultiStream, images: np.ndarray, batch_size: int = 128,
     return {s: torch.cat(v) for s, v in parts.items()}
 
 
+def init_proxies(model: MultiStream, pool: np.ndarray, labels: np.ndarray, kind: str,
+                 gen: torch.Generator, standardize: bool = True,
+                 device: str = "cpu") -> dict[str, torch.nn.Parameter]:
+    """{stream: (P, D) proxies} for the labels 0..P-1 of `pool`'s images: small random
+    vectors (`random`), or each label's mean unit embedding under `model` (`imprint`)."""
+    if kind not in PROXY_INITS:
+        raise ValueError(f"proxy_init={kind!r}: choose one of {PROXY_INITS}")
+    num = int(labels.max()) + 1
+    if kind == "random":
+        return {s: torch.nn.Parameter(0.01 * torch.randn(
+            num, model.nets[s].embed_dim, generator=gen).to(device)) for s in model.streams}
+    y = torch.as_tensor(labels, dtype=torch.long)
+    out = {}
+    for s, e in embed(model, pool, standardize=standardize, device=device).items():
+        sums = torch.zeros(num, e.shape[1]).index_add_(0, y, F.normalize(e, dim=1))
+        out[s] = torch.nn.Parameter(F.normalize(sums, dim=1).to(device))
+    return out
+
+
 def _optimizer(model: torch.nn.Module, tcfg: dict[str, Any]) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=float(tcfg["lr"]),
                             weight_decay=float(tcfg.get("weight_decay", 0.0)))
@@ -77,6 +96,7 @@ def _optimizer(model: torch.nn.Module, tcfg: dict[str, Any]) -> torch.optim.Opti
 
 LOSSES = ("triplet", "proxy", "both")
 SCHEDULES = ("constant", "cosine")
+PROXY_INITS = ("random", "imprint")
 
 
 def lr_schedule(opt: torch.optim.Optimizer, tcfg: dict[str, Any],
@@ -104,9 +124,13 @@ def train_embedding(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
     - `proxy`: the normalized-softmax loss against one learnt proxy per training pill, on
       batches of 3 x batch_size images (as many images per step as a triplet batch);
     - `both`: the triplet loss plus the proxy loss on the same triplet images.
-    The proxies (random unit directions at first) are not part of the model: the model is
-    the same embedding network whatever the loss. Pass a dict as `proxies` to keep them
-    across calls (a federated client's own, which never leave it); it is filled on first use.
+    The proxies are not part of the model: the model is the same embedding network whatever
+    the loss. `tcfg["proxy_init"]` starts them as random directions (`random`), or, for a
+    model that already embeds well (a pretrained start), as each pill's mean unit embedding
+    of its images in `pool` (`imprint`: Qi, Brown & Lowe, "Low-shot learning with imprinted
+    weights", CVPR 2018), so the first steps refine the model's geometry instead of pulling
+    every pill towards a random direction. Pass a dict as `proxies` to keep them across calls
+    (a federated client's own, which never leave it); it is filled on first use.
     """
     kind = str(tcfg.get("loss", "triplet"))
     if kind not in LOSSES:
@@ -121,10 +145,9 @@ def train_embedding(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
     proxies = {} if proxies is None else proxies
     if kind != "triplet":
         if not proxies:
-            num_pills = int(labels.max()) + 1
-            proxies.update({s: torch.nn.Parameter(0.01 * torch.randn(
-                num_pills, model.nets[s].embed_dim, generator=gen).to(device))
-                for s in model.streams})
+            proxies.update(init_proxies(model, pool, labels, str(tcfg.get("proxy_init",
+                                                                          "random")),
+                                        gen, std, device))
         opt.add_param_group({"params": list(proxies.values())})
     step = 3 * bs if kind == "proxy" else bs
     sched = lr_schedule(opt, tcfg, int(tcfg["epochs"]) * -(-len(pool) // step))
