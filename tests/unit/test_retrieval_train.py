@@ -145,7 +145,8 @@ def test_imprinted_proxies_start_the_loss_lower_on_a_trained_embedding():
         tcfg = {**_tcfg("proxy", 1), "lr": 1e-6, "proxy_init": kind}
         first[kind] = train_embedding(copy.deepcopy(model), train, train_pill,
                                       np.arange(0, len(train), 4), tcfg, seed=1)[0]
-    # random proxies: about ln 6 (no pill preferred); imprinted: the embedding's own classes
+    # random proxies: 4.3 measured, worse than no preference at all (ln 6 = 1.8): random
+    # directions under a sharp temperature; imprinted: 1.4, the embedding's own classes
     assert first["random"]["train/loss"] > 1.5
     assert first["imprint"]["train/loss"] < first["random"]["train/loss"] - 1.0
 

@@ -6,9 +6,9 @@ their consumer photos, with the run's own loss and optimiser (`retrieval.train`;
 start random, as the network does). The server holds this data, so the federated models
 start from it as their first global model at no cost in privacy; the central models start
 from it too, so the federated-vs-central comparison stays fair, and the fold's test pills are
-in neither. Cached under the dataset cache, keyed by what
-changes its weights (the public catalog, the network, the recipe, the seed), so every run and
-fold that agrees on those shares one pretraining.
+in neither. Cached under the dataset cache, keyed by what changes its weights (the public
+catalog, the network, the recipe, the seed), so every run and fold that agrees on those shares
+one pretraining.
 """
 
 from __future__ import annotations
