@@ -114,9 +114,15 @@ def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
     turns = check_turns(cfg.get("turns", 1))
     if "zooms" in cfg:
         cfg = {**cfg, "zooms": check_zooms(cfg.get("zooms"))}
-    model = instantiate_target(
-        cfg, "model", skip=GENERIC_KEYS, drop_unknown=True, num_classes=num_classes
-    )
+    try:
+        model = instantiate_target(
+            cfg, "model", skip=GENERIC_KEYS, drop_unknown=True, num_classes=num_classes
+        )
+    except ConfigError:
+        raise
+    except ValueError as exc:  # the constructor refused a value the config gave it
+        raise ConfigError(f"model: {cfg['_target_']} refused the config's values: "
+                          f"{first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model._target_={cfg['_target_']!r} returned {type(model).__name__}, "
                           "not a torch.nn.Module")

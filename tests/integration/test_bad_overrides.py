@@ -52,6 +52,8 @@ BAD = [
     (["device=cuda"], "device"),  # run with CUDA hidden (below): torch sees no GPU
     # the pluggable groups, by their _target_
     (["model.turns=3"], "model.turns"),
+    (["task=retrieval", "model=embedding"], "model"),  # the student needs >= 99 px; smoke has 32
+    (["task=retrieval", "+task.nosuch=1"], "task.nosuch"),
     (["fl.trainable=classifier", "client.augment=true"], "client.augment"),
     (["partition=dirichlet", "partition.alpha=abc"], "partition.alpha"),
     (["partition=pathological", "partition.classes_per_client=0"], "partition.classes_per_client"),

@@ -53,7 +53,9 @@ def test_smoke_is_tiny():
     assert n <= 100
 
 
-@pytest.mark.parametrize("group", ["strategy", "partition", "data", "model", "logger", "ray"])
+@pytest.mark.parametrize(
+    "group", ["strategy", "partition", "data", "model", "task", "logger", "ray"]
+)
 def test_every_group_option_composes(group):
     for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
         needs_root = group == "data" and option in ("yolo_import", "epillid")
