@@ -3,6 +3,7 @@ model, each client holding its own pills, triplets mined inside its batches, MAP
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -31,7 +32,7 @@ class Embed(nn.Module):
 '''
 
 
-@pytest.mark.parametrize("backend", ["inprocess", pytest.param("ray", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("backend", ["inprocess", "ray"])
 def test_federated_metric_learning_on_the_task_seam(backend, tmp_path):
     (tmp_path / "embmod.py").write_text(EMBED)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get(
@@ -56,20 +57,16 @@ def test_federated_metric_learning_on_the_task_seam(backend, tmp_path):
     assert not (run_dir / "confusion_matrix.csv").exists()  # no classes predicted: no confusion
 
     # the same network as the server built it (seed 0), untrained, on the same val split
-    import sys
-
     from fedray.data.datasets import load_images, load_labels
     from fedray.fl.train import evaluate
     from fedray.pill.retrieval.task import Retrieval
 
-    sys.path.insert(0, str(tmp_path))
-    try:
-        from embmod import Embed
-    finally:
-        sys.path.remove(str(tmp_path))
+    spec = importlib.util.spec_from_file_location("embmod", tmp_path / "embmod.py")
+    embmod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(embmod)
     root = next((tmp_path / "cache").glob("toy-*"))
     torch.manual_seed(0)
-    untrained, _ = evaluate(Embed().eval(), np.asarray(load_images(root, "val")),
+    untrained, _ = evaluate(embmod.Embed().eval(), np.asarray(load_images(root, "val")),
                             load_labels(root, "val"), 8, task=Retrieval())
     # measured: 0.398 untrained, 0.473 after 6 rounds (in-process)
     assert summary["val/map"] > untrained["map"] + 0.03, (untrained, summary["val/map"])
