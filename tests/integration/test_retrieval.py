@@ -118,6 +118,9 @@ def test_reuse_of_a_directory_without_models_is_refused(tmp_path):
      ("retrieval.federated.clients=0", "retrieval.federated.clients"),
      ("retrieval.federated.lr=-1", "retrieval.federated.lr"),
      ("retrieval.federated.batch_size=0", "retrieval.federated.batch_size"),
+     ("retrieval.federated.local_epochs=0.3", "retrieval.federated.local_epochs"),
+     ("retrieval.federated.local_epochs=1.5", "retrieval.federated.local_epochs"),
+     ("retrieval.federated.local_epochs=0", "retrieval.federated.local_epochs"),
      ("retrieval.kd.align=maybe", "retrieval.kd.align"),
      ("retrieval.pretrain.num_pills=-1", "retrieval.pretrain.num_pills"),
      ("retrieval.pretrain.epochs=1.5", "retrieval.pretrain.epochs")],
@@ -178,6 +181,42 @@ def test_clients_train_with_their_own_batch_size(monkeypatch):
             {"_target_": "fedray.data.partition.partition_iid", "name": "iid"},
             {"_target_": "fedray.fl.strategies.fedavg.FedAvg"}, seed=0)
         assert seen == [(want, 2, 1e-3)] * 2
+
+
+def test_half_an_epoch_a_round_passes_over_every_image_once_in_two_rounds(monkeypatch):
+    import numpy as np
+    import torch
+
+    from fedray.pill.retrieval import federated
+    from fedray.pill.retrieval.nets import MultiStream
+
+    seen = []
+
+    def fake_train(model, pool, pool_pill, ref_index, tcfg, seed, proxies=None, **kw):
+        seen.append((pool[:, 0, 0, 0].copy(), pool_pill.copy(), tcfg["epochs"], dict(proxies)))
+        return [{"train/loss": 1.0}]
+
+    monkeypatch.setattr(federated, "train_embedding", fake_train)
+    pills = np.repeat(np.arange(4), [5, 4, 3, 1])  # pill 3: one image for two shares
+    pool = np.zeros((len(pills), 100, 100, 3), np.uint8)
+    pool[:, 0, 0, 0] = np.arange(len(pills))  # each image's id
+    tcfg = {"batch_size": 4, "lr": 1e-3, "epochs": 9, "loss": "proxy", "proxy_init": "imprint"}
+    model = MultiStream("student", ["gray"], 100)
+    federated.train_federated(
+        model, pool, pills, {"clients": 1, "rounds": 4, "local_epochs": 0.5}, tcfg,
+        {"_target_": "fedray.data.partition.partition_iid", "name": "iid"},
+        {"_target_": "fedray.fl.strategies.fedavg.FedAvg"}, seed=0)
+
+    assert [s[2] for s in seen] == [1] * 4
+    for a, b in ((0, 1), (2, 3)):  # each pair of rounds: one pass, every pill in both halves
+        ids = np.concatenate([seen[a][0], seen[b][0]])
+        assert sorted(ids[pills[ids] < 3]) == list(np.flatnonzero(pills < 3))
+        assert set(seen[a][1]) == set(seen[b][1]) == {0, 1, 2, 3}
+        assert len(seen[a][0]) + len(seen[b][0]) == 14  # pill 3's image lent to both
+    assert not np.array_equal(seen[0][0], seen[2][0])  # split afresh every pass
+    # the proxies were imprinted once, from all 13 images, before the first half trained
+    want = federated.init_proxies(model, pool, pills, "imprint", None)
+    assert torch.allclose(seen[0][3]["gray"], want["gray"], atol=1e-5)
 
 
 def _pretrain_cfg(tmp_path, *overrides: str) -> dict:

@@ -3,10 +3,12 @@ pills, with the framework's partitioners and aggregation strategies, in one proc
 
 Each client mines its triplets inside its own data (its images are its gallery: the anchor's
 ranking of the client's own images gives the negatives), trains `local_epochs` and returns its
-weights; the strategy (`strategy` group: FedAvg, FedProx's server side, median, ...) aggregates
-them in client-id order. Everything a client touches is its shard of the training pool; with
-the proxy loss, a client's proxies (one per pill it holds) are its own state across rounds and
-are never sent: they would tell the server which pills the phone holds.
+weights (below one, a round covers a 1/k share of every pill's images and k rounds one pass:
+the same local compute in more, shorter rounds, whose clients drift apart less); the strategy
+(`strategy` group: FedAvg, FedProx's server side, median, ...) aggregates them in client-id
+order. Everything a client touches is its shard of the training pool; with the proxy loss, a
+client's proxies (one per pill it holds) are its own state across rounds and are never sent:
+they would tell the server which pills the phone holds.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 from fedray.fl.types import ClientResult, Params, params_nbytes
 from fedray.pill.retrieval.nets import MultiStream
-from fedray.pill.retrieval.train import train_embedding
+from fedray.pill.retrieval.train import init_proxies, train_embedding
 
 
 def _params(model: torch.nn.Module) -> Params:
@@ -36,13 +38,46 @@ def _load(model: torch.nn.Module, params: Params) -> None:
                           strict=False)
 
 
+def _first_proxies(model: MultiStream, images: np.ndarray, pills: np.ndarray,
+                   tcfg: dict[str, Any], seed: int, device: str) -> dict:
+    """A client's proxies made from all its images, before its first share is trained."""
+    labels = np.unique(pills, return_inverse=True)[1]
+    return init_proxies(model, images, labels, str(tcfg.get("proxy_init", "random")),
+                        torch.Generator().manual_seed(seed),
+                        bool(tcfg.get("standardize", True)), device)
+
+
+def round_share(local_epochs: float) -> int:
+    """k where a round is a 1/k share of an epoch (`local_epochs` = 1/k), else 1."""
+    if local_epochs >= 1:
+        return 1
+    k = round(1.0 / local_epochs)
+    if k < 2 or abs(k * local_epochs - 1.0) > 1e-2:
+        raise ValueError(f"local_epochs={local_epochs}: below 1 it must be 1/k (0.5, 0.25, ...)")
+    return k
+
+
+def shares(pills: np.ndarray, k: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """k disjoint shares of a client's images 0..n-1, stratified by pill: each share holds
+    about 1/k of every pill's images, so every pill (and its proxy) is in every round; a pill
+    with fewer than k images lends one to the shares that would have none."""
+    out: list[list[np.ndarray]] = [[] for _ in range(k)]
+    for p in np.unique(pills):
+        idx = rng.permutation(np.flatnonzero(pills == p))
+        for j, to in enumerate(rng.permutation(k)):  # which share gets the larger parts
+            part = idx[j * len(idx) // k:(j + 1) * len(idx) // k]
+            out[to].append(part if len(part) else idx[[j % len(idx)]])
+    return [np.sort(np.concatenate(s)) for s in out]
+
+
 def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
                     fcfg: dict[str, Any], tcfg: dict[str, Any], partition_cfg: dict[str, Any],
                     strategy_cfg: dict[str, Any], seed: int,
                     on_round: Callable[[dict[str, Any]], None] | None = None,
                     device: str = "cpu") -> list[dict[str, Any]]:
-    """`fcfg`: clients, rounds, local_epochs, lr and batch_size (null: `tcfg`'s). Trains
-    `model` in place (the clients on `device`, one after another); one row per round."""
+    """`fcfg`: clients, rounds, local_epochs (an integer, or 1/k), lr and batch_size (null:
+    `tcfg`'s). Trains `model` in place (the clients on `device`, one after another); one row
+    per round."""
     from fedray.data.partition import partition
     from fedray.fl.strategies import build_strategy
 
@@ -51,9 +86,12 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
     strategy = build_strategy(strategy_cfg)
     global_params = _params(model)
     lr = float(fcfg.get("lr") or tcfg["lr"])  # the clients' own lr, else the central one
-    local_cfg = {**tcfg, "epochs": int(fcfg["local_epochs"]), "lr": lr,
+    k = round_share(float(fcfg["local_epochs"]))
+    local_cfg = {**tcfg, "epochs": max(1, int(fcfg["local_epochs"])), "lr": lr,
                  "batch_size": int(fcfg.get("batch_size") or tcfg["batch_size"])}
     proxies: list[dict] = [{} for _ in parts]  # each client's own (loss proxy/both): stay home
+    share_rngs = [np.random.default_rng([seed, c]) for c in range(len(parts))]
+    client_shares: list[list[np.ndarray]] = [[] for _ in parts]
     history = []
     rounds = int(fcfg["rounds"])
     for r in range(rounds):
@@ -67,6 +105,13 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
                 continue
             local = copy.deepcopy(model)
             _load(local, global_params)
+            if k > 1:  # this round's share; a fresh split into k shares every k rounds
+                if r % k == 0:
+                    client_shares[c] = shares(pool_pill[idx], k, share_rngs[c])
+                if not proxies[c] and str(tcfg.get("loss")) != "triplet":  # from all its images
+                    proxies[c].update(_first_proxies(local, pool[idx], pool_pill[idx],
+                                                     local_cfg, seed + c, device))
+                idx = idx[client_shares[c][r % k]]
             rows = train_embedding(local, pool[idx], pool_pill[idx], np.arange(len(idx)),
                                    local_cfg, seed + 7919 * (r + 1) + c, device=device,
                                    proxies=proxies[c])

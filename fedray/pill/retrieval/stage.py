@@ -27,6 +27,7 @@ from fedray.logging import RunLogger
 from fedray.pill.retrieval import pretrain
 from fedray.pill.retrieval.data import build_retrieval_data, training_pool
 from fedray.pill.retrieval.evaluate import evaluate_fold
+from fedray.pill.retrieval.federated import round_share
 from fedray.pill.retrieval.metrics import ASSIGNMENTS, folds_by_pill
 from fedray.pill.retrieval.nets import ARCHS, STREAM_CHANNELS, MultiStream, load_model, save_model
 from fedray.pill.retrieval.train import LOSSES, PROXY_INITS, SCHEDULES, distill, train_embedding
@@ -37,6 +38,19 @@ MODELS = ("teacher", "student", "student_kd", "teacher_fed", "student_fed")  # t
 REPORTED = ("map", "top1", "top5")
 _KEYS = {"_target_", "catalog", "folds", "run_folds", "train_photos", "models", "streams",
          "assignment", "norm", "threads", "train", "kd", "federated", "reuse", "pretrain"}
+
+
+def _check_local_epochs(value: Any) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    if isinstance(value, float) and 0 < value < 1:
+        try:
+            round_share(value)
+            ok = True
+        except ValueError:
+            pass
+    if not ok:
+        raise ConfigError(f"retrieval.federated.local_epochs must be an integer >= 1 or 1/k "
+                          f"(0.5, 0.25, ...) for the *_fed models, got {value!r}")
 
 
 def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
@@ -52,10 +66,11 @@ def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
     models = sorted(set(models), key=MODELS.index)
     fed = rcfg.get("federated") or {}
     if any(m.endswith("_fed") for m in models):
-        for key in ("clients", "rounds", "local_epochs"):
+        for key in ("clients", "rounds"):
             if not isinstance(fed.get(key), int) or fed[key] < 1:
                 raise ConfigError(f"retrieval.federated.{key} must be an integer >= 1 for "
                                   f"the *_fed models, got {fed.get(key)!r}")
+        _check_local_epochs(fed.get("local_epochs"))
         checks.number("retrieval.federated.lr", fed.get("lr"), 0, low_open=True, optional=True)
         checks.number("retrieval.federated.batch_size", fed.get("batch_size"), 1, integer=True,
                       optional=True)
