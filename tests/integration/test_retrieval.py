@@ -121,8 +121,6 @@ def test_reuse_of_a_directory_without_models_is_refused(tmp_path):
      ("retrieval.federated.local_epochs=0.3", "retrieval.federated.local_epochs"),
      ("retrieval.federated.local_epochs=1.5", "retrieval.federated.local_epochs"),
      ("retrieval.federated.local_epochs=0", "retrieval.federated.local_epochs"),
-     ("retrieval.federated.server_share=0.3", "retrieval.federated.server_share"),
-     ("retrieval.federated.server_share=0.5", "server_share needs the server's public pills"),
      ("retrieval.kd.align=maybe", "retrieval.kd.align"),
      ("retrieval.pretrain.num_pills=-1", "retrieval.pretrain.num_pills"),
      ("retrieval.pretrain.epochs=1.5", "retrieval.pretrain.epochs")],
@@ -221,39 +219,6 @@ def test_half_an_epoch_a_round_passes_over_every_image_once_in_two_rounds(monkey
     assert torch.allclose(seen[0][3]["gray"], want["gray"], atol=1e-5)
 
 
-def test_the_server_step_trains_on_every_public_pill_a_share_at_a_time(monkeypatch):
-    import numpy as np
-    import torch
-
-    from fedray.pill.retrieval import federated
-    from fedray.pill.retrieval.nets import MultiStream
-
-    seen = []
-    real = federated.train_embedding
-
-    def spy(model, pool, pool_pill, ref_index, tcfg, seed, **kw):
-        seen.append((pool[:, 0, 0, 0].copy(), tcfg["epochs"]))
-        return real(model, pool, pool_pill, ref_index, tcfg, seed, **kw)
-
-    monkeypatch.setattr(federated, "train_embedding", spy)
-    rng = np.random.default_rng(0)
-    pills = np.repeat(np.arange(4), 4)
-    pool = rng.integers(0, 255, (16, 100, 100, 3), dtype=np.uint8)
-    pool[:, 0, 0, 0] = np.arange(16)  # each image's id
-    tcfg = {"loss": "proxy", "proxy_init": "imprint", "batch_size": 2, "lr": 1e-3,
-            "epochs": 5, "window": 2, "margin": 0.2, "augment": {}}
-    model = MultiStream("student", ["gray"], 100)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    step = federated.ServerStep(pool, pills, 2, tcfg, seed=0)
-
-    losses = [step(model, r) for r in range(2)]
-
-    assert all(np.isfinite(losses)) and [e for _, e in seen] == [1, 1]
-    assert sorted(np.concatenate([ids for ids, _ in seen])) == list(range(16))  # one pass
-    assert step.proxies["gray"].shape == (4, model.nets["gray"].embed_dim)  # every pill's
-    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
-
-
 def _pretrain_cfg(tmp_path, *overrides: str) -> dict:
     return _cfg(tmp_path, "retrieval.streams=[gray]", "retrieval.catalog.image_size=68",
                 "retrieval.pretrain.num_pills=3", "retrieval.pretrain.epochs=1", *overrides)
@@ -271,14 +236,11 @@ def test_models_start_from_one_cached_public_pretraining(tmp_path, monkeypatch):
     first.mkdir()
     cfg = _pretrain_cfg(first, "retrieval.models=[teacher,teacher_fed]", "partition=iid",
                         "retrieval.federated.clients=2", "retrieval.federated.rounds=1",
-                        "retrieval.federated.server_share=0.5",
                         f"retrieval.catalog.cache_dir={tmp_path / 'cache'}")
     run(cfg)
 
     rows = [json.loads(line) for line in (first / "run" / "metrics.jsonl").open()]
     assert [r["epoch"] for r in rows if r["model"] == "teacher_pretrain"] == [1]
-    fed = [r for r in rows if r["model"] == "teacher_fed" and "epoch" in r]
-    assert len(fed) == 1 and fed[0]["train/server_loss"] > 0  # the server's step on its pills
     assert len(starts) == 2 and starts[0] is starts[1] is not None  # one pretraining, two starts
     saved = list((tmp_path / "cache" / "retrieval").glob("pretrain-teacher-*.pt"))
     assert len(saved) == 1 and load_model(saved[0]).meta["pretrain"]["public"]["public_of"] == 4

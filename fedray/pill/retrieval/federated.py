@@ -70,45 +70,14 @@ def shares(pills: np.ndarray, k: int, rng: np.random.Generator) -> list[np.ndarr
     return [np.sort(np.concatenate(s)) for s in out]
 
 
-class ServerStep:
-    """Server learning on the server's own public pills (Mai et al. 2023, "Federated learning
-    with server learning"): after each aggregation the global model trains on a 1/k share of
-    the public pool (every public pill, 1/k of its images; k rounds one pass), with the run's
-    loss and the server's own proxies for the public pills. A phone's proxies cover only its
-    own pills, so no client ever pushes apart two look-alikes held by different phones; the
-    server's softmax over every public pill does, each round, on data that is its own."""
-
-    def __init__(self, pool: np.ndarray, pool_pill: np.ndarray, k: int,
-                 tcfg: dict[str, Any], seed: int, device: str = "cpu") -> None:
-        self.pool, self.pill, self.k, self.tcfg = pool, pool_pill, k, tcfg
-        self.seed, self.device = seed, device
-        self.rng = np.random.default_rng([seed, 104729])
-        self.proxies: dict = {}
-        self.shares: list[np.ndarray] = []
-
-    def __call__(self, model: MultiStream, r: int) -> float:
-        """Trains `model` in place on round `r`'s share; the mean loss."""
-        if not self.proxies and str(self.tcfg.get("loss")) != "triplet":
-            self.proxies.update(_first_proxies(model, self.pool, self.pill, self.tcfg,
-                                               self.seed, self.device))
-        if r % self.k == 0:
-            self.shares = shares(self.pill, self.k, self.rng)
-        idx = self.shares[r % self.k]
-        rows = train_embedding(model, self.pool[idx], self.pill[idx], np.arange(len(idx)),
-                               {**self.tcfg, "epochs": 1}, self.seed + 7919 * (r + 1),
-                               device=self.device, proxies=self.proxies)
-        return float(rows[-1]["train/loss"])
-
-
 def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
                     fcfg: dict[str, Any], tcfg: dict[str, Any], partition_cfg: dict[str, Any],
                     strategy_cfg: dict[str, Any], seed: int,
                     on_round: Callable[[dict[str, Any]], None] | None = None,
-                    device: str = "cpu",
-                    server: ServerStep | None = None) -> list[dict[str, Any]]:
+                    device: str = "cpu") -> list[dict[str, Any]]:
     """`fcfg`: clients, rounds, local_epochs (an integer, or 1/k), lr and batch_size (null:
-    `tcfg`'s). Trains `model` in place (the clients on `device`, one after another), then
-    `server`'s step on the aggregate when given; one row per round."""
+    `tcfg`'s). Trains `model` in place (the clients on `device`, one after another); one row
+    per round."""
     from fedray.data.partition import partition
     from fedray.fl.strategies import build_strategy
 
@@ -150,11 +119,7 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
             results.append(ClientResult(c, _params(local), len(idx)))
         global_params = strategy.aggregate(global_params, results)
         _load(model, global_params)
-        extra = {}
-        if server is not None:
-            extra["train/server_loss"] = server(model, r)
-            global_params = _params(model)
-        row = {"epoch": r + 1, "train/loss": float(np.mean(losses)), **extra,
+        row = {"epoch": r + 1, "train/loss": float(np.mean(losses)),
                "fl/clients": len(results),
                "comm/bytes_up": sum(params_nbytes(x.params) for x in results),
                "fl/pills_per_client": float(np.mean([len(np.unique(pool_pill[i]))

@@ -27,7 +27,7 @@ from fedray.logging import RunLogger
 from fedray.pill.retrieval import pretrain
 from fedray.pill.retrieval.data import build_retrieval_data, training_pool
 from fedray.pill.retrieval.evaluate import evaluate_fold
-from fedray.pill.retrieval.federated import ServerStep, round_share
+from fedray.pill.retrieval.federated import round_share
 from fedray.pill.retrieval.metrics import ASSIGNMENTS, folds_by_pill
 from fedray.pill.retrieval.nets import ARCHS, STREAM_CHANNELS, MultiStream, load_model, save_model
 from fedray.pill.retrieval.train import LOSSES, PROXY_INITS, SCHEDULES, distill, train_embedding
@@ -40,50 +40,17 @@ _KEYS = {"_target_", "catalog", "folds", "run_folds", "train_photos", "models", 
          "assignment", "norm", "threads", "train", "kd", "federated", "reuse", "pretrain"}
 
 
-def server_step(rcfg: dict[str, Any], seed: int, fseed: int, device: str) -> ServerStep | None:
-    """The server's training on its public pills after each round
-    (`retrieval.federated.server_share` = 1/k), on the pool the public pretraining used."""
-    share = float((rcfg["federated"] or {}).get("server_share") or 0)
-    if share <= 0:
-        return None
-    pub = pretrain.cache_key("student", rcfg, seed)["public"]
-    data = build_retrieval_data(pub["num_pills"], pub["image_size"], pub["photos_per_side"],
-                                pub["catalog_seed"], seed, pub["num_textures"],
-                                rcfg["catalog"].get("cache_dir"), public_of=pub["public_of"])
-    pool, pool_pill, _ = training_pool(data, np.arange(data.num_pills), data.photos.shape[2])
-    fed = rcfg["federated"]
-    tcfg = {**rcfg["train"], "lr": float(fed.get("lr") or rcfg["train"]["lr"])}
-    log.info("retrieval: the server trains on 1/%d of its %d public pills' %d images a round",
-             round_share(share), data.num_pills, len(pool))
-    return ServerStep(pool, pool_pill, round_share(share), tcfg, fseed, device)
-
-
 def _check_local_epochs(value: Any) -> None:
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-    if not ok and isinstance(value, float) and 0 < value < 1 and _is_share(value):
-        ok = True
+    if isinstance(value, float) and 0 < value < 1:
+        try:
+            round_share(value)
+            ok = True
+        except ValueError:
+            pass
     if not ok:
         raise ConfigError(f"retrieval.federated.local_epochs must be an integer >= 1 or 1/k "
                           f"(0.5, 0.25, ...) for the *_fed models, got {value!r}")
-
-
-def _check_server_share(value: Any, public: bool) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-        value == 0 or (0 < value <= 1 and _is_share(float(value))))
-    if not ok:
-        raise ConfigError(f"retrieval.federated.server_share must be 0 or 1/k (1, 0.5, 0.1, "
-                          f"...), got {value!r}")
-    if value and not public:
-        raise ConfigError("retrieval.federated.server_share needs the server's public pills: "
-                          "set retrieval.pretrain.num_pills and retrieval.pretrain.epochs")
-
-
-def _is_share(value: float) -> bool:
-    try:
-        round_share(value)
-        return True
-    except ValueError:
-        return False
 
 
 def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +71,6 @@ def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"retrieval.federated.{key} must be an integer >= 1 for "
                                   f"the *_fed models, got {fed.get(key)!r}")
         _check_local_epochs(fed.get("local_epochs"))
-        _check_server_share(fed.get("server_share") or 0, pretrain.enabled(rcfg))
         checks.number("retrieval.federated.lr", fed.get("lr"), 0, low_open=True, optional=True)
         checks.number("retrieval.federated.batch_size", fed.get("batch_size"), 1, integer=True,
                       optional=True)
@@ -263,11 +229,10 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
                     from fedray.pill.retrieval.federated import train_federated
 
                     model = pretrain.start_from(init_of(arch), arch, rcfg)
-                    fseed = seed + 1000 * f + 3 + ARCHS.index(arch)
                     train_federated(model, pool, pool_pill, rcfg["federated"], rcfg["train"],
-                                    cfg["partition"], cfg["strategy"], fseed,
-                                    lambda r, n=name: log_epoch(r, name=n), device=device,
-                                    server=server_step(rcfg, seed, fseed, device))
+                                    cfg["partition"], cfg["strategy"],
+                                    seed + 1000 * f + 3 + ARCHS.index(arch),
+                                    lambda r, n=name: log_epoch(r, name=n), device=device)
                 elif name == "student_kd":
                     model = copy.deepcopy(trained["student"])
                     distill(model, trained["teacher"], pool, {**rcfg["train"], **rcfg["kd"]},
