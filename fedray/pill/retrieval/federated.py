@@ -111,12 +111,12 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
                 if not proxies[c] and str(tcfg.get("loss")) != "triplet":  # from all its images
                     proxies[c].update(_first_proxies(local, pool[idx], pool_pill[idx],
                                                      local_cfg, seed + c, device))
-                idx = idx[client_shares[c][r % k]]
-            rows = train_embedding(local, pool[idx], pool_pill[idx], np.arange(len(idx)),
+            mine = idx[client_shares[c][r % k]] if k > 1 else idx  # what this round trains on
+            rows = train_embedding(local, pool[mine], pool_pill[mine], np.arange(len(mine)),
                                    local_cfg, seed + 7919 * (r + 1) + c, device=device,
                                    proxies=proxies[c])
             losses.append(rows[-1]["train/loss"])
-            results.append(ClientResult(c, _params(local), len(idx)))
+            results.append(ClientResult(c, _params(local), len(mine)))
         global_params = strategy.aggregate(global_params, results)
         _load(model, global_params)
         row = {"epoch": r + 1, "train/loss": float(np.mean(losses)),

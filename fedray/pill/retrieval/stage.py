@@ -41,16 +41,16 @@ _KEYS = {"_target_", "catalog", "folds", "run_folds", "train_photos", "models", 
 
 
 def _check_local_epochs(value: Any) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return
     if isinstance(value, float) and 0 < value < 1:
         try:
             round_share(value)
-            ok = True
+            return
         except ValueError:
             pass
-    if not ok:
-        raise ConfigError(f"retrieval.federated.local_epochs must be an integer >= 1 or 1/k "
-                          f"(0.5, 0.25, ...) for the *_fed models, got {value!r}")
+    raise ConfigError(f"retrieval.federated.local_epochs must be an integer >= 1 or 1/k "
+                      f"(0.5, 0.25, ...) for the *_fed models, got {value!r}")
 
 
 def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
