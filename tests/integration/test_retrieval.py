@@ -121,6 +121,7 @@ def test_reuse_of_a_directory_without_models_is_refused(tmp_path):
      ("retrieval.federated.local_epochs=0.3", "retrieval.federated.local_epochs"),
      ("retrieval.federated.local_epochs=1.5", "retrieval.federated.local_epochs"),
      ("retrieval.federated.local_epochs=0", "retrieval.federated.local_epochs"),
+     ("retrieval.federated.drift=fedbn", "retrieval.federated.drift"),
      ("retrieval.kd.align=maybe", "retrieval.kd.align"),
      ("retrieval.pretrain.num_pills=-1", "retrieval.pretrain.num_pills"),
      ("retrieval.pretrain.epochs=1.5", "retrieval.pretrain.epochs")],
@@ -217,6 +218,73 @@ def test_half_an_epoch_a_round_passes_over_every_image_once_in_two_rounds(monkey
     # the proxies were imprinted once, from all 13 images, before the first half trained
     want = federated.init_proxies(model, pool, pills, "imprint", None)
     assert torch.allclose(seen[0][3]["gray"], want["gray"], atol=1e-5)
+
+
+def test_scaffold_turns_every_clients_gradient_into_the_federations(monkeypatch):
+    import numpy as np
+
+    from fedray.fl.types import params_nbytes
+    from fedray.pill.retrieval import federated
+    from fedray.pill.retrieval.nets import MultiStream
+
+    seen = []
+
+    def fake_train(model, pool, pool_pill, ref_index, tcfg, seed, **kw):
+        # a client whose loss has the constant gradient (mean pill + 1) on the first weight
+        name, weight = next(iter(model.named_parameters()))
+        for _ in range(3):
+            weight.grad = None
+            (weight * float(pool_pill.mean() + 1)).sum().backward()
+        seen.append((weight.grad.flatten()[0].item(), len(pool_pill)))
+        return [{"train/loss": 1.0}]
+
+    monkeypatch.setattr(federated, "train_embedding", fake_train)
+    pills = np.repeat(np.arange(4), [6, 6, 2, 2])
+    pool = np.zeros((len(pills), 100, 100, 3), np.uint8)
+    rows = federated.train_federated(
+        MultiStream("student", ["gray"], 100), pool, pills,
+        {"clients": 2, "rounds": 2, "local_epochs": 1, "drift": "scaffold"}, {"batch_size": 4,
+                                                                              "lr": 1e-3},
+        {"_target_": "fedray.data.partition.partition_pathological", "name": "pathological",
+         "classes_per_client": 2},
+        {"_target_": "fedray.fl.strategies.fedavg.FedAvg"}, seed=0)
+
+    (g0, n0), (g1, n1) = seen[:2]
+    assert g0 != g1  # round 1: each client its own gradient, uncorrected
+    mean = (g0 * n0 + g1 * n1) / (n0 + n1)
+    assert [g for g, _ in seen[2:]] == pytest.approx([mean, mean])  # round 2: the weighted mean
+    model_bytes = params_nbytes(federated._params(MultiStream("student", ["gray"], 100)))
+    assert rows[0]["comm/bytes_up"] > 2 * model_bytes  # each c_i travels beside its model
+
+
+@pytest.mark.parametrize(("strategy", "want"), [
+    ({"_target_": "fedray.fl.strategies.fedprox.FedProx", "mu": 0.5}, 0.5),
+    ({"_target_": "fedray.fl.strategies.fedavg.FedAvg"}, 0.0)])
+def test_fedprox_pulls_each_client_back_to_the_rounds_global_model(monkeypatch, strategy, want):
+    import numpy as np
+    import torch
+
+    from fedray.pill.retrieval import federated
+    from fedray.pill.retrieval.nets import MultiStream
+
+    seen = []
+
+    def fake_train(model, pool, pool_pill, ref_index, tcfg, seed, **kw):
+        weight = next(iter(model.parameters()))
+        with torch.no_grad():
+            weight += 1.0  # a local step of 1 on every entry
+        (weight * 0.0).sum().backward()  # a flat loss: only the proximal term pulls
+        seen.append((weight.grad.min().item(), weight.grad.max().item()))
+        return [{"train/loss": 1.0}]
+
+    monkeypatch.setattr(federated, "train_embedding", fake_train)
+    pills = np.repeat(np.arange(4), 2)
+    federated.train_federated(
+        MultiStream("student", ["gray"], 100), np.zeros((8, 100, 100, 3), np.uint8), pills,
+        {"clients": 2, "rounds": 1, "local_epochs": 1}, {"batch_size": 4, "lr": 1e-3},
+        {"_target_": "fedray.data.partition.partition_iid", "name": "iid"}, strategy, seed=0)
+
+    assert seen == [pytest.approx((want, want))] * 2
 
 
 def _pretrain_cfg(tmp_path, *overrides: str) -> dict:

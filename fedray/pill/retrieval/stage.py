@@ -27,7 +27,7 @@ from fedray.logging import RunLogger
 from fedray.pill.retrieval import pretrain
 from fedray.pill.retrieval.data import build_retrieval_data, training_pool
 from fedray.pill.retrieval.evaluate import evaluate_fold
-from fedray.pill.retrieval.federated import round_share
+from fedray.pill.retrieval.federated import DRIFTS, round_share
 from fedray.pill.retrieval.metrics import ASSIGNMENTS, folds_by_pill
 from fedray.pill.retrieval.nets import ARCHS, STREAM_CHANNELS, MultiStream, load_model, save_model
 from fedray.pill.retrieval.train import LOSSES, PROXY_INITS, SCHEDULES, distill, train_embedding
@@ -74,6 +74,7 @@ def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
         checks.number("retrieval.federated.lr", fed.get("lr"), 0, low_open=True, optional=True)
         checks.number("retrieval.federated.batch_size", fed.get("batch_size"), 1, integer=True,
                       optional=True)
+        checks.choice("retrieval.federated.drift", fed.get("drift", "none"), DRIFTS)
     streams = list(rcfg.get("streams") or [])
     if not streams or set(streams) - set(STREAM_CHANNELS):
         raise ConfigError(f"retrieval.streams={streams}: choose from {list(STREAM_CHANNELS)}")
