@@ -287,45 +287,6 @@ def test_fedprox_pulls_each_client_back_to_the_rounds_global_model(monkeypatch, 
     assert seen == [pytest.approx((want, want))] * 2
 
 
-def test_server_sent_negatives_are_the_other_pills_and_never_stay_with_a_client(monkeypatch):
-    import copy
-
-    import numpy as np
-    import torch
-
-    from fedray.pill.retrieval import federated
-    from fedray.pill.retrieval.nets import MultiStream
-
-    seen = []
-
-    def fake_train(model, pool, pool_pill, ref_index, tcfg, seed, proxies=None, **kw):
-        seen.append((sorted(set(pool_pill)), proxies["gray"].detach().clone()))
-        with torch.no_grad():
-            proxies["gray"] += 1.0  # the local steps move every row the client was given
-        return [{"train/loss": 1.0}]
-
-    monkeypatch.setattr(federated, "train_embedding", fake_train)
-    pills = np.repeat(np.arange(6), 3)
-    pool = np.random.default_rng(0).integers(0, 255, (len(pills), 100, 100, 3), np.uint8)
-    refs = np.arange(0, len(pills), 3)  # each pill's first image: the server's references
-    model = MultiStream("student", ["gray"], 100)
-    start = copy.deepcopy(model)  # the fake clients leave the weights as they are
-    federated.train_federated(
-        model, pool, pills, {"clients": 2, "rounds": 2, "local_epochs": 1},
-        {"batch_size": 4, "lr": 1e-3, "loss": "proxy", "proxy_init": "imprint"},
-        {"_target_": "fedray.data.partition.partition_pathological", "name": "pathological",
-         "classes_per_client": 3}, {"_target_": "fedray.fl.strategies.fedavg.FedAvg"},
-        seed=0, public=(pool[refs], pills[refs]))
-
-    server = federated.init_proxies(start, pool[refs], pills[refs], "imprint", None)["gray"]
-    for r, (own, got) in enumerate(seen):
-        others = [p for p in range(6) if p not in own]
-        assert len(own) == 3 and got.shape == (6, server.shape[1])  # 3 own rows, 3 others'
-        assert torch.allclose(got[3:], server[others], atol=1e-5)  # sent afresh every round
-        if r >= 2:  # its own rows are its own state: round 1's steps kept
-            assert torch.allclose(got[:3], seen[r - 2][1][:3] + 1.0)
-
-
 def _pretrain_cfg(tmp_path, *overrides: str) -> dict:
     return _cfg(tmp_path, "retrieval.streams=[gray]", "retrieval.catalog.image_size=68",
                 "retrieval.pretrain.num_pills=3", "retrieval.pretrain.epochs=1", *overrides)

@@ -120,8 +120,7 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
                     fcfg: dict[str, Any], tcfg: dict[str, Any], partition_cfg: dict[str, Any],
                     strategy_cfg: dict[str, Any], seed: int,
                     on_round: Callable[[dict[str, Any]], None] | None = None,
-                    device: str = "cpu",
-                    public: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict[str, Any]]:
+                    device: str = "cpu") -> list[dict[str, Any]]:
     """`fcfg`: clients, rounds, local_epochs (an integer, or 1/k), lr and batch_size (null:
     `tcfg`'s), drift (`none`, or `scaffold`: `_gradient_hooks`). Trains `model` in place (the
     clients on `device`, one after another); one row per round."""
@@ -148,11 +147,6 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
     for r in range(rounds):
         t0 = time.perf_counter()
         results, losses, bytes_up = [], [], 0
-        pub_ids, pub_of = (np.unique(public[1], return_inverse=True) if public is not None
-                           else (None, None))
-        pub = (init_proxies(model, public[0], pub_of, "imprint", None,
-                            bool(tcfg.get("standardize", True)), device)
-               if public is not None else None)  # the public pills under the global model
         if str(tcfg.get("schedule", "constant")) == "cosine":  # decays over rounds, not per call
             local_cfg = {**local_cfg, "schedule": "constant",
                          "lr": lr * 0.5 * (1.0 + math.cos(math.pi * r / rounds))}
@@ -167,25 +161,14 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
                 if not proxies[c] and str(tcfg.get("loss")) != "triplet":  # from all its images
                     proxies[c].update(_first_proxies(local, pool[idx], pool_pill[idx],
                                                      local_cfg, seed + c, device))
-            if pub is not None and not proxies[c]:
-                proxies[c].update(_first_proxies(local, pool[idx], pool_pill[idx],
-                                                 local_cfg, seed + c, device))
             mine = idx[client_shares[c][r % k]] if k > 1 else idx  # what this round trains on
-            own = len(next(iter(proxies[c].values()))) if pub is not None else 0
-            others = (torch.as_tensor(~np.isin(pub_ids, pool_pill[idx]))
-                      if pub is not None else None)  # a pill of its own is no negative
-            theirs = ({s: torch.nn.Parameter(torch.cat([v.detach(), pub[s][others].detach()]))
-                       for s, v in proxies[c].items()} if pub is not None else proxies[c])
             sums: dict[str, list] = {}
             hooks = _gradient_hooks(local, {n: v - c_own[c].get(n, 0.0) for n, v in
                                             c_global.items()}, sums if scaffold else None,
                                     mu) if scaffold or mu > 0 else []
             rows = train_embedding(local, pool[mine], pool_pill[mine], np.arange(len(mine)),
                                    local_cfg, seed + 7919 * (r + 1) + c, device=device,
-                                   proxies=theirs)
-            if pub is not None:  # the public rows were negatives for this round only
-                proxies[c] = {s: torch.nn.Parameter(v[:own].detach().clone())
-                              for s, v in theirs.items()}
+                                   proxies=proxies[c])
             for h in hooks:
                 h.remove()
             if scaffold:

@@ -40,24 +40,6 @@ _KEYS = {"_target_", "catalog", "folds", "run_folds", "train_photos", "models", 
          "assignment", "norm", "threads", "train", "kd", "federated", "reuse", "pretrain"}
 
 
-def _negatives(rcfg: dict[str, Any], seed: int, pool, pool_pill, ref_index) -> tuple | None:
-    """Images of pills whose proxies (imprinted by the server with the global model each
-    round) each client's softmax also pushes from (`retrieval.federated.negatives`): the
-    catalog's references of the training pills (`references`: the studio images are public,
-    only the phones' photos are private) or the public pretraining pills (`public`)."""
-    kind = str((rcfg["federated"] or {}).get("negatives") or "none")
-    if kind == "none":
-        return None
-    if kind == "references":
-        return pool[ref_index], pool_pill[ref_index]
-    pub = pretrain.cache_key("student", rcfg, seed)["public"]
-    data = build_retrieval_data(pub["num_pills"], pub["image_size"], pub["photos_per_side"],
-                                pub["catalog_seed"], seed, pub["num_textures"],
-                                rcfg["catalog"].get("cache_dir"), public_of=pub["public_of"])
-    pool, pool_pill, _ = training_pool(data, np.arange(data.num_pills), 2)
-    return pool, pool_pill
-
-
 def _check_local_epochs(value: Any) -> None:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return
@@ -251,9 +233,7 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
                     train_federated(model, pool, pool_pill, rcfg["federated"], rcfg["train"],
                                     cfg["partition"], cfg["strategy"],
                                     seed + 1000 * f + 3 + ARCHS.index(arch),
-                                    lambda r, n=name: log_epoch(r, name=n), device=device,
-                                    public=_negatives(rcfg, seed, pool, pool_pill,
-                                                      ref_index))
+                                    lambda r, n=name: log_epoch(r, name=n), device=device)
                 elif name == "student_kd":
                     model = copy.deepcopy(trained["student"])
                     distill(model, trained["teacher"], pool, {**rcfg["train"], **rcfg["kd"]},
