@@ -122,6 +122,7 @@ def test_reuse_of_a_directory_without_models_is_refused(tmp_path):
      ("retrieval.federated.local_epochs=1.5", "retrieval.federated.local_epochs"),
      ("retrieval.federated.local_epochs=0", "retrieval.federated.local_epochs"),
      ("retrieval.federated.drift=fedbn", "retrieval.federated.drift"),
+     ("retrieval.federated.loss=arcface", "retrieval.federated.loss"),
      ("retrieval.kd.align=maybe", "retrieval.kd.align"),
      ("retrieval.pretrain.num_pills=-1", "retrieval.pretrain.num_pills"),
      ("retrieval.pretrain.epochs=1.5", "retrieval.pretrain.epochs")],
@@ -158,7 +159,7 @@ def test_a_client_split_that_cannot_be_made_fails_before_any_training(tmp_path):
     assert not (tmp_path / "cache").exists()  # nor is the catalog built first
 
 
-def test_clients_train_with_their_own_batch_size(monkeypatch):
+def test_clients_train_with_their_own_batch_size_and_loss(monkeypatch):
     import numpy as np
 
     from fedray.pill.retrieval import federated
@@ -167,21 +168,22 @@ def test_clients_train_with_their_own_batch_size(monkeypatch):
     seen = []
 
     def fake_train(model, pool, pool_pill, ref_index, tcfg, seed, **kw):
-        seen.append((tcfg["batch_size"], tcfg["epochs"], tcfg["lr"]))
+        seen.append((tcfg["batch_size"], tcfg["epochs"], tcfg["lr"], tcfg["loss"]))
         return [{"train/loss": 1.0}]
 
     monkeypatch.setattr(federated, "train_embedding", fake_train)
     pool = np.zeros((8, 100, 100, 3), np.uint8)
     pills = np.repeat(np.arange(4), 2)
-    tcfg = {"batch_size": 64, "lr": 1e-3, "epochs": 9}
-    for fed_bs, want in ((16, 16), (None, 64)):
+    tcfg = {"batch_size": 64, "lr": 1e-3, "epochs": 9, "loss": "proxy"}
+    for fed_bs, want, loss, want_loss in ((16, 16, "triplet", "triplet"),
+                                          (None, 64, None, "proxy")):
         seen.clear()
         federated.train_federated(
             MultiStream("student", ["gray"], 100), pool, pills,
-            {"clients": 2, "rounds": 1, "local_epochs": 2, "batch_size": fed_bs}, tcfg,
-            {"_target_": "fedray.data.partition.partition_iid", "name": "iid"},
+            {"clients": 2, "rounds": 1, "local_epochs": 2, "batch_size": fed_bs, "loss": loss},
+            tcfg, {"_target_": "fedray.data.partition.partition_iid", "name": "iid"},
             {"_target_": "fedray.fl.strategies.fedavg.FedAvg"}, seed=0)
-        assert seen == [(want, 2, 1e-3)] * 2
+        assert seen == [(want, 2, 1e-3, want_loss)] * 2
 
 
 def test_half_an_epoch_a_round_passes_over_every_image_once_in_two_rounds(monkeypatch):

@@ -121,8 +121,8 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
                     strategy_cfg: dict[str, Any], seed: int,
                     on_round: Callable[[dict[str, Any]], None] | None = None,
                     device: str = "cpu") -> list[dict[str, Any]]:
-    """`fcfg`: clients, rounds, local_epochs (an integer, or 1/k), lr and batch_size (null:
-    `tcfg`'s), drift (`none`, or `scaffold`: `_gradient_hooks`). Trains `model` in place (the
+    """`fcfg`: clients, rounds, local_epochs (an integer, or 1/k), lr, batch_size and loss
+    (null: `tcfg`'s), drift (`none`, or `scaffold`: `_gradient_hooks`). Trains `model` in place (the
     clients on `device`, one after another); one row per round."""
     from fedray.data.partition import partition
     from fedray.fl.strategies import build_strategy
@@ -134,7 +134,8 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
     lr = float(fcfg.get("lr") or tcfg["lr"])  # the clients' own lr, else the central one
     k = round_share(float(fcfg["local_epochs"]))
     local_cfg = {**tcfg, "epochs": max(1, int(fcfg["local_epochs"])), "lr": lr,
-                 "batch_size": int(fcfg.get("batch_size") or tcfg["batch_size"])}
+                 "batch_size": int(fcfg.get("batch_size") or tcfg["batch_size"]),
+                 "loss": str(fcfg.get("loss") or tcfg.get("loss", "triplet"))}
     proxies: list[dict] = [{} for _ in parts]  # each client's own (loss proxy/both): stay home
     share_rngs = [np.random.default_rng([seed, c]) for c in range(len(parts))]
     client_shares: list[list[np.ndarray]] = [[] for _ in parts]
@@ -158,7 +159,7 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
             if k > 1:  # this round's share; a fresh split into k shares every k rounds
                 if r % k == 0:
                     client_shares[c] = shares(pool_pill[idx], k, share_rngs[c])
-                if not proxies[c] and str(tcfg.get("loss")) != "triplet":  # from all its images
+                if not proxies[c] and local_cfg["loss"] != "triplet":  # from all its images
                     proxies[c].update(_first_proxies(local, pool[idx], pool_pill[idx],
                                                      local_cfg, seed + c, device))
             mine = idx[client_shares[c][r % k]] if k > 1 else idx  # what this round trains on

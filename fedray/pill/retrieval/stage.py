@@ -75,6 +75,8 @@ def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
         checks.number("retrieval.federated.batch_size", fed.get("batch_size"), 1, integer=True,
                       optional=True)
         checks.choice("retrieval.federated.drift", fed.get("drift", "none"), DRIFTS)
+        if fed.get("loss") is not None:
+            checks.choice("retrieval.federated.loss", fed["loss"], LOSSES)
     streams = list(rcfg.get("streams") or [])
     if not streams or set(streams) - set(STREAM_CHANNELS):
         raise ConfigError(f"retrieval.streams={streams}: choose from {list(STREAM_CHANNELS)}")
