@@ -7,7 +7,8 @@ actor, a strategy that can aggregate one round's clients), and the pluggable gro
 `_target_`: the model is built (it is cheap) and one dummy image runs through it, the optimizer
 is built on a dummy parameter and takes one step, the strategy is built and aggregates dummy
 updates, a partitioner's keys are matched against its signature. A pretraining `_target_` may
-carry its own check as `fn.fedray_check(cfg)` (the pill pretraining does). Checks that need the
+carry its own check as `fn.fedray_check(cfg)` (the pill pretraining does), and so may a plug-in
+stage's callable (the retrieval stage does). Checks that need the
 data itself (is a partition feasible on these labels) stay with the stages that have the data.
 
 Size: one concept, a check per config group in one table-like module, so every rule
@@ -438,8 +439,12 @@ def check_pretrain(cfg: dict[str, Any]) -> None:
             "pretrain._target_: missing; the run uses the pretrain stage (stage=pretrain or "
             "model.pretrained=<pretrain.name>): choose a pretrain group (pretrain=public)"
         )
-    fn = import_target("pretrain._target_", pretrain["_target_"])
-    check = getattr(fn, "fedray_check", None)
+    _own_check("pretrain._target_", pretrain["_target_"], cfg)
+
+
+def _own_check(key: str, target: str, cfg: dict[str, Any]) -> None:
+    """Import `target` and run the check it carries as `fn.fedray_check(cfg)`, if any."""
+    check = getattr(import_target(key, target), "fedray_check", None)
     if check is not None:
         check(cfg)
 
@@ -470,3 +475,7 @@ def validate(cfg: dict[str, Any]) -> None:
             check_dp_config(cfg, per_round)
     if stage != "synth" and needs_pretraining(cfg):
         check_pretrain(cfg)
+    from fedray.run import STAGES, stage_target
+
+    if stage not in STAGES:  # a plug-in stage: the check its callable carries
+        _own_check(f"{stage}._target_", str(stage_target(cfg)), cfg)

@@ -128,9 +128,15 @@ def test_reuse_of_a_directory_without_models_is_refused(tmp_path):
      ("retrieval.pretrain.epochs=1.5", "retrieval.pretrain.epochs")],
 )
 def test_bad_retrieval_config_names_the_key(tmp_path, override, key):
+    from fedray.validate import validate
+
+    cfg = _cfg(tmp_path, override, "retrieval.models=[teacher,student_fed]"
+               if "federated" in override else "retrieval.folds=2")
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        run(_cfg(tmp_path, override, "retrieval.models=[teacher,student_fed]"
-                 if "federated" in override else "retrieval.folds=2"))
+        validate(cfg)  # what launch.py and a sweep run before anything starts
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        run(cfg)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
 @pytest.mark.slow

@@ -274,6 +274,14 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
         logger.close()
 
 
+def _fedray_check(cfg: dict[str, Any]) -> None:
+    """What `fedray.validate` runs before the run starts (and before a sweep's trials)."""
+    check_config(cfg["retrieval"])
+
+
+run_retrieval.fedray_check = _fedray_check  # type: ignore[attr-defined]
+
+
 def summarize_folds(per_model: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """{model/key/metric: mean over folds, .../metric_std: std, model/key/cmc: mean curve}."""
     out: dict[str, Any] = {}
