@@ -217,6 +217,8 @@ def test_eval_folder_collapses_classes(tmp_path):
 
 
 def test_bad_detect_config_is_a_config_error(make_cfg, cache_dir, tmp_path):
+    from fedray.validate import validate
+
     cfg = _cfg(make_cfg, cache_dir, tmp_path, "detect.weights=/no/such/weights.pt")
     with pytest.raises(ConfigError, match="detect.weights"):
         run(cfg)
@@ -233,6 +235,8 @@ def test_bad_detect_config_is_a_config_error(make_cfg, cache_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"detect\.train_args\.lr: not an ultralytics train "
                                           r"argument \(did you mean lrf or lr0\?\)"):
         run(cfg)
+    with pytest.raises(ConfigError, match=r"detect\.train_args\.lr"):
+        validate(cfg)  # before the run starts: what launch.py and a sweep's trials call
     cfg = make_cfg("stage=detect")
     with pytest.raises(ConfigError, match="stage='detect'"):
         run(cfg)

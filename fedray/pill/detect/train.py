@@ -386,3 +386,11 @@ def run_detect(cfg: dict[str, Any]) -> dict[str, Any]:
         return summary
     finally:
         logger.close()
+
+
+def _fedray_check(cfg: dict[str, Any]) -> None:
+    """What `fedray.validate` runs before the run starts (and before a sweep's trials)."""
+    detect_config(cfg.get("detect"))
+
+
+run_detect.fedray_check = _fedray_check  # type: ignore[attr-defined]
