@@ -389,7 +389,7 @@ def run_detect(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fedray_check(cfg: dict[str, Any]) -> None:
-    """What `fedray.validate` runs before the run starts (and before a sweep's trials)."""
+    """What `fedray.validate` runs before the run starts (in a sweep, as each trial starts)."""
     detect_config(cfg.get("detect"))
 
 

@@ -275,7 +275,7 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fedray_check(cfg: dict[str, Any]) -> None:
-    """What `fedray.validate` runs before the run starts (and before a sweep's trials)."""
+    """What `fedray.validate` runs before the run starts (in a sweep, as each trial starts)."""
     check_config(cfg["retrieval"])
 
 
