@@ -8,8 +8,8 @@ actor, a strategy that can aggregate one round's clients), and the pluggable gro
 is built on a dummy parameter and takes one step, the strategy is built and aggregates dummy
 updates, a partitioner's keys are matched against its signature. A pretraining `_target_` may
 carry its own check as `fn.fedray_check(cfg)` (the pill pretraining does), and so may a plug-in
-stage's callable (the retrieval stage does). Checks that need the
-data itself (is a partition feasible on these labels) stay with the stages that have the data.
+stage's callable (the detect and retrieval stages do). Checks that need the data itself (is a
+partition feasible on these labels) stay with the stages that have the data.
 
 Size: one concept, a check per config group in one table-like module, so every rule
 the user can break is found in one place.
