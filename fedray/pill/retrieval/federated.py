@@ -105,7 +105,7 @@ def _gradient_hooks(model: torch.nn.Module, correction: dict[str, torch.Tensor],
 
 
 def _control(sums: dict[str, list]) -> dict[str, torch.Tensor]:
-    return {n: s[0].cpu() / s[1] for n, s in sums.items() if s[1]}
+    return {n: total.cpu() / count for n, (total, count) in sums.items()}
 
 
 def _mean_control(controls: list[dict[str, torch.Tensor]],
@@ -174,7 +174,7 @@ def train_federated(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
                 h.remove()
             if scaffold:
                 c_own[c] = _control(sums)
-                bytes_up += sum(v.numel() * 4 for v in c_own[c].values())
+                bytes_up += params_nbytes(c_own[c])  # c_i travels beside the weights
             losses.append(rows[-1]["train/loss"])
             results.append(ClientResult(c, _params(local), len(mine)))
         global_params = strategy.aggregate(global_params, results)
