@@ -28,6 +28,7 @@ The round-loop-only figure (Ray already up, actors timed from inside) stays in b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -75,6 +76,14 @@ WORKLOADS: dict[str, list[str]] = {
     ],
 }
 SQUEEZENET = ["model=squeezenet", "model.pretrained=null"]
+# what each `--backends` name adds to the command line; `joined` and `kept` join a cluster this
+# script starts (`ray start --head`), whose own processes are outside the timed process tree
+BACKENDS: dict[str, list[str]] = {
+    "ray": ["ray.backend=ray"],
+    "inprocess": ["ray.backend=inprocess"],
+    "joined": ["ray.backend=ray", "ray.address=auto"],
+    "kept": ["ray.backend=ray", "ray.address=auto", "ray.keep_actors=true"],
+}
 
 
 def compose(overrides: list[str]) -> dict:
@@ -119,13 +128,32 @@ def prepare(overrides: list[str], work: Path, threads: int) -> Path:
     return path
 
 
+def cluster_roots() -> list[psutil.Process]:
+    """The processes of a cluster started with `ray start` (its GCS and raylet, whose children
+    are its workers: the joined runs' actors), not part of any command's own tree."""
+    return [p for p in psutil.process_iter(["name"]) if p.info["name"] in ("gcs_server", "raylet")]
+
+
+def _cpu(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def measure(cmd: list[str], first_row: Path | None = None, every: float = 0.25) -> dict:
-    """Run `cmd`; wall s, CPU s and peak PSS/RSS of its whole process tree, sampled."""
+    """Run `cmd`; wall s, CPU s and peak PSS/RSS of its whole process tree, sampled; and the
+    same with a running cluster's processes added (`cluster_*`: what they spent during it)."""
+    roots = cluster_roots()
+    before: dict[int, float] = {}
+    for r in roots:
+        for p in [r, *r.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                before[p.pid] = _cpu(p)
     t0 = time.perf_counter()
     log = tempfile.TemporaryFile()  # not a pipe: a long summary would fill it and block the run
     proc = psutil.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     cpu: dict[int, float] = {}
-    peak_pss = peak_rss = 0
+    cluster_cpu: dict[int, float] = {}
+    peak_pss = peak_rss = peak_cluster = 0
     t_first = None
     while proc.poll() is None:
         pss = rss = 0
@@ -133,6 +161,13 @@ def measure(cmd: list[str], first_row: Path | None = None, every: float = 0.25) 
             tree = [proc, *proc.children(recursive=True)]
         except psutil.Error:
             tree = []
+        cluster_pss = 0
+        for r in roots:
+            with contextlib.suppress(psutil.Error):
+                for p in [r, *r.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error), p.oneshot():
+                        cluster_pss += getattr(p.memory_full_info(), "pss", 0)
+                        cluster_cpu[p.pid] = _cpu(p) - before.get(p.pid, 0.0)
         for p in tree:
             try:
                 with p.oneshot():
@@ -144,6 +179,7 @@ def measure(cmd: list[str], first_row: Path | None = None, every: float = 0.25) 
             except psutil.Error:
                 continue
         peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
+        peak_cluster = max(peak_cluster, cluster_pss + pss)
         if t_first is None and first_row is not None and _has_row(first_row):
             t_first = time.perf_counter() - t0
         time.sleep(every)
@@ -159,6 +195,8 @@ def measure(cmd: list[str], first_row: Path | None = None, every: float = 0.25) 
         "peak_pss_mb": peak_pss / 2**20,
         "peak_rss_mb": peak_rss / 2**20,
         "first_row_s": t_first,
+        "cluster_cpu_s": sum(cpu.values()) + sum(cluster_cpu.values()),
+        "cluster_peak_pss_mb": peak_cluster / 2**20,
         "stdout": out,
     }
 
@@ -189,7 +227,7 @@ def run_workload(
         for backend in backends:
             run_dir = work / f"fedray-{backend}-{i}"
             f = measure(
-                fedray_cmd([*overrides, f"ray.backend={backend}"], run_dir),
+                fedray_cmd([*overrides, *BACKENDS[backend]], run_dir),
                 first_row=run_dir / "metrics.jsonl",
             )
             f.pop("stdout")
@@ -234,6 +272,13 @@ def report(name: str, med: dict, rounds: int) -> None:
             f"val/acc bare {b['val_acc']:.4f} fedray {f['val_acc']:.4f}",
             flush=True,
         )
+        if backend in ("joined", "kept"):  # its actors run in the cluster `ray start` started
+            print(
+                f"[{name}] fedray {backend}, the cluster's processes included | CPU "
+                f"{f['cluster_cpu_s']:.1f}s (ratio {f['cluster_cpu_s'] / b['cpu_s']:.2f}) | "
+                f"peak PSS {f['cluster_peak_pss_mb']:.0f} MB",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -253,9 +298,33 @@ def main() -> None:
     ap.add_argument(
         "--backends",
         default="ray,inprocess",
-        help="fedray's client backends to time (ray.backend), comma-separated",
+        help=f"fedray's client backends to time, comma-separated, of {sorted(BACKENDS)}: "
+        "joined = ray.address=auto, kept = that and ray.keep_actors=true (a cluster is started "
+        "for them, and a kept run warms its actors before the timed ones)",
     )
     args = ap.parse_args()
+    backends = [b for b in args.backends.split(",") if b]
+    if set(backends) - set(BACKENDS):
+        ap.error(f"--backends: {sorted(set(backends) - set(BACKENDS))} not in {sorted(BACKENDS)}")
+    cluster = bool({"joined", "kept"} & set(backends))
+    if cluster:
+        start_cluster()
+    try:
+        run_all(args, backends)
+    finally:
+        if cluster:
+            subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
+
+
+def start_cluster() -> None:
+    """A local cluster for `joined` and `kept` runs to join, as a user starts one."""
+    cmd = ["ray", "start", "--head", f"--num-cpus={os.cpu_count()}", "--include-dashboard=false",
+           "--disable-usage-stats"]
+    subprocess.run(cmd, capture_output=True, check=True)
+
+
+def run_all(args: argparse.Namespace, backends: list[str]) -> None:
+    """Every chosen workload, its pairs and its report."""
     cache = args.cache or tempfile.mkdtemp(prefix="fedray-overhead-cache-")
     print(
         f"cores={os.cpu_count()} load={os.getloadavg()[0]:.1f} repeats={args.repeats} "
@@ -269,7 +338,9 @@ def main() -> None:
             over.append(f"fl.rounds={args.rounds}")
         rounds = int(compose(over)["fl"]["rounds"])
         work = Path(tempfile.mkdtemp(prefix=f"fedray-overhead-{name}-"))
-        backends = [b for b in args.backends.split(",") if b]
+        if "kept" in backends:  # the first run with kept actors starts them: not what is timed
+            warm = fedray_cmd([*over, *BACKENDS["kept"]], work / "fedray-kept-warm")
+            subprocess.run(warm, capture_output=True, check=True, cwd=ROOT)
         med = run_workload(name, over, args.repeats, work, args.bare_threads, backends)
         report(name, med, rounds)
 

@@ -81,6 +81,7 @@ class RayConfig:
     include_dashboard: bool = False
     shard_cache: int = 8  # client shards an actor keeps in memory between rounds
     batch_clients: bool = False  # one actor call per actor and round, for all its clients
+    keep_actors: bool = False  # joined cluster: client actors stay warm for the next run
 
 
 @dataclass

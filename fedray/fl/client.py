@@ -233,6 +233,13 @@ class ClientActor:
                 out.append(Dropped(client_id, f"raised {type(exc).__name__}: {exc}"))
         return out
 
+    def stale(self) -> str | None:
+        """A loaded module's file that changed on disk since this process started (its code in
+        memory is older), or None: a kept actor (`fedray/fl/kept.py`) is then replaced."""
+        from fedray.fl.kept import changed_module, process_start_time
+
+        return changed_module(process_start_time())
+
     def ping(self) -> int:
         """Liveness check; returns the process id."""
         return os.getpid()

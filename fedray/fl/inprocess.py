@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -35,15 +36,28 @@ def backend(cfg: dict[str, Any]) -> str:
 
 def check_backend(cfg: dict[str, Any]) -> None:
     """`ray.backend` is a known one, `inprocess` with nothing it cannot honour;
-    `ray.batch_clients` a boolean."""
+    `ray.batch_clients` a boolean; `ray.keep_actors` only where a cluster outlives the run."""
     from fedray.checks import boolean, choice
 
+    ray_cfg = cfg.get("ray") or {}
     choice("ray.backend", backend(cfg), BACKENDS)
-    boolean("ray.batch_clients", (cfg.get("ray") or {}).get("batch_clients", False))
+    boolean("ray.batch_clients", ray_cfg.get("batch_clients", False))
+    boolean("ray.keep_actors", ray_cfg.get("keep_actors", False))
+    if ray_cfg.get("keep_actors"):
+        if backend(cfg) == "inprocess":
+            raise ConfigError(
+                "ray.keep_actors: ray.backend=inprocess starts no client actors to keep; set "
+                "ray.keep_actors=false"
+            )
+        if not (ray_cfg.get("address") or os.environ.get("RAY_ADDRESS")):
+            raise ConfigError(
+                "ray.keep_actors: the local Ray this run starts stops with it, and its actors "
+                "with it; start one to keep them on (`ray start --head`) and set ray.address=auto"
+            )
     if backend(cfg) != "inprocess":
         return
     why = "ray.backend=inprocess runs every client in the driver's process"
-    if (cfg.get("ray") or {}).get("address"):
+    if ray_cfg.get("address"):
         raise ConfigError(f"ray.address: {why} and joins no cluster; set ray.address=null")
     fl = cfg.get("fl") or {}
     if fl.get("round_timeout_s") is not None:

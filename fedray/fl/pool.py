@@ -102,6 +102,8 @@ class ClientPool:
     `actors`: processes already started by `PoolBoot` (their imports and first optimizer step
     paid while the driver prepared the run); they are configured with the spec here.
     `batch`: each actor gets its clients of a round in one `fit_many` call (`ray.batch_clients`).
+    `keep`: `actors` are kept on the cluster for later runs (`ray.keep_actors`): `shutdown`
+    leaves them running.
     """
 
     def __init__(
@@ -114,8 +116,10 @@ class ClientPool:
         actors: list[Any] | None = None,
         sticky: bool = False,
         batch: bool = False,
+        keep: bool = False,
     ) -> None:
         self.actor_cls = actor_cls
+        self.keep = keep and bool(actors)
         self.batch = batch
         self.spec_ref = spec_ref
         self.actor_cpus = float(actor_cpus)
@@ -216,8 +220,8 @@ class ClientPool:
         return results, dropped
 
     def shutdown(self) -> None:
-        """Kill every actor."""
-        for actor in self.actors:
+        """Kill every actor, but the kept ones (their replacements die with the run's job)."""
+        for actor in [] if self.keep else self.actors:
             try:
                 ray.kill(actor, no_restart=True)
             except Exception:  # noqa: BLE001
@@ -301,7 +305,12 @@ class PoolBoot:
             actor_cls = self._make(cpus, float(self.ray_cfg["client_gpus"]))
             boot = {"num_threads": max(1, round(cpus)), "optimizer": self.optimizer}
             size = self._sizer(self.ray_cfg, self.k)
-            self.actors = [actor_cls.remote(None, boot) for _ in range(size)]
+            if self.ray_cfg.get("keep_actors"):  # warm ones from an earlier run (fedray/fl/kept.py)
+                from fedray.fl.kept import kept_actors
+
+                self.actors = kept_actors(actor_cls, self.ray_cfg, size, boot)
+            else:
+                self.actors = [actor_cls.remote(None, boot) for _ in range(size)]
         except BaseException as exc:  # noqa: BLE001 - re-raised in the driver's thread by result()
             self._error = exc
         finally:
@@ -329,9 +338,10 @@ class PoolBoot:
         self._release.set()
 
     def close(self) -> None:
-        """Kill the actors nobody took, stop Ray if the thread started it, end the thread."""
+        """Kill the actors nobody took (not kept ones), stop Ray if the thread started it, end
+        the thread."""
         self._ready.wait()
-        for a in self.actors:
+        for a in [] if self.ray_cfg.get("keep_actors") else self.actors:
             try:
                 ray.kill(a, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone is fine

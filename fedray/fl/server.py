@@ -191,7 +191,8 @@ class FederatedServer:
         actor_cls = make_client_actor(float(ray_cfg["client_cpus"]), float(ray_cfg["client_gpus"]))
         size = pool_size(ray_cfg, self.k)
         gpus = float(ray_cfg["client_gpus"])
-        log.info("starting %d client actors (%.2g CPU%s each) for %d clients, %d per round",
+        verb = "using" if ray_cfg.get("keep_actors") else "starting"  # kept: fedray/fl/kept.py
+        log.info("%s %d client actors (%.2g CPU%s each) for %d clients, %d per round", verb,
                  size, float(ray_cfg["client_cpus"]), f" + {gpus:.2g} GPU" if gpus else "",
                  self.fl["num_clients"], self.k)
         # cached features: each client sticks to actor `client_id % size`, which so serves up
@@ -216,6 +217,7 @@ class FederatedServer:
             actors=actors,
             sticky=bool(self.cached),
             batch=bool(ray_cfg.get("batch_clients", False)),
+            keep=bool(ray_cfg.get("keep_actors", False)),
         )
 
     def _warm_up(self) -> None:

@@ -222,6 +222,11 @@ def load_sweep(sweep: dict[str, Any] | str | Path, base: dict[str, Any]) -> Swee
             "driver_gpus", "0, but device=cuda: a trial's driver sees a GPU only when it holds a "
             "share of one (e.g. sweep.driver_gpus=0.25), or use device=auto"
         )
+    if (base.get("ray") or {}).get("keep_actors"):
+        raise SweepError(
+            f"sweep {spec.name!r} ({spec.file}): ray.keep_actors: a trial's client actors live "
+            "in its placement group and end with it; set ray.keep_actors=false"
+        )
     spec.resume = sweep.get("resume", False)
     spec.description = str(sweep.get("description") or "")
     spec.faults = _parse_faults(spec, sweep.get("faults") or [])

@@ -118,6 +118,14 @@ def test_sweep_error_is_a_config_error_and_broken_yaml_names_its_file(tmp_path):
         sp.load_sweep(bad, _base())
 
 
+def test_kept_actors_are_refused_in_a_sweep():
+    # a trial's actors live in its placement group and end with it: nothing could be kept
+    sweep = {"name": "t", "file": "t.yaml", "space": {"fl.rounds": [1]}}
+    with pytest.raises(sp.SweepError, match=r"t\.yaml\): ray\.keep_actors: a trial's client"):
+        sp.load_sweep(sweep, _base("ray.address=auto", "ray.keep_actors=true"))
+    sp.load_sweep(sweep, _base("ray.address=auto"))
+
+
 def test_device_cuda_in_a_sweep_needs_a_gpu_in_each_trials_driver():
     # Ray hides GPUs from a trial holding none: device=cuda would fail inside every trial
     base = _base("device=cuda")

@@ -1,0 +1,150 @@
+"""`ray.keep_actors=true`: client actors kept warm on a running cluster between runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import pytest
+
+from fedray.config import ConfigError
+from fedray.fl.inprocess import check_backend
+from fedray.fl.kept import NAMESPACE, changed_module, kept_actors, kept_names, process_start_time
+from fedray.run import run
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def _kept() -> list[str]:
+    return sorted(kept_names())
+
+
+@pytest.fixture
+def no_kept_actors():
+    """Kept actors outlive a run (memory, names): none before, none left after."""
+    import ray
+
+    def clear() -> None:
+        for name in _kept():
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+        for _ in range(100):
+            if not _kept():
+                return
+            time.sleep(0.05)
+
+    clear()
+    yield
+    clear()
+
+
+def _pids(names: list[str]) -> list[int]:
+    import ray
+
+    return ray.get([ray.get_actor(n, namespace=NAMESPACE).ping.remote() for n in names])
+
+
+def test_a_second_run_reuses_the_warm_actors_with_the_same_numbers(make_cfg, tmp_path,
+                                                                   no_kept_actors):
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    fresh = run(make_cfg("fl.rounds=2", run_dir=tmp_path / "fresh"))
+    assert _kept() == []  # without the switch nothing outlives the run
+    keep = ("fl.rounds=2", "ray.keep_actors=true", f"ray.address={address}")
+    first = run(make_cfg(*keep, run_dir=tmp_path / "first"))
+    names = _kept()
+    assert len(names) == 2, names  # the smoke run's pool: 2 actors on 2 CPUs
+    pids = _pids(names)
+    # idle between runs, they hold no CPUs: a data build's Ray tasks or a run without them
+    # (a pool of its own actors, 1 CPU each here) is not left waiting for the test Ray's 2
+    assert ray.available_resources().get("CPU") == ray.cluster_resources()["CPU"]
+    second = run(make_cfg(*keep, run_dir=tmp_path / "second"))
+    assert _kept() == names and _pids(names) == pids  # the same processes served both runs
+    for key in ("val/acc", "val/loss"):
+        assert first[key] == second[key] == fresh[key], key
+    rows = [
+        [json.loads(line)["val/acc"] for line in (tmp_path / d / "metrics.jsonl").open()]
+        for d in ("fresh", "first", "second")
+    ]
+    assert rows[0] == rows[1] == rows[2]
+
+
+def test_actors_of_another_shape_are_stopped(no_kept_actors):
+    from fedray.fl.client import make_client_actor
+
+    boot = {"num_threads": 1, "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True,
+                                            "lr": 0.1}}
+    ray_cfg = {"client_cpus": 1.0, "client_gpus": 0.0}
+    kept_actors(make_client_actor(1.0, 0.0), ray_cfg, 2, boot)
+    before = _kept()
+    assert len(before) == 2
+    half = {"client_cpus": 0.5, "client_gpus": 0.0}
+    b = kept_actors(make_client_actor(0.5, 0.0), half, 3, boot)
+    import ray
+
+    assert len(ray.get([x.ping.remote() for x in b], timeout=120)) == 3
+    assert len(_kept()) == 3 and not set(before) & set(_kept())
+
+
+def test_an_actor_whose_code_changed_is_started_afresh(tmp_path, no_kept_actors):
+    """The replacement path, with a stand-in actor class whose `stale` reads a marker file."""
+    import ray
+
+    marker = tmp_path / "changed"
+
+    class Stub:
+        def __init__(self, spec=None, boot=None) -> None:
+            pass
+
+        def stale(self):
+            return str(marker) if marker.exists() else None
+
+        def ping(self) -> int:
+            return os.getpid()
+
+    cls = ray.remote(num_cpus=0.5)(Stub)
+    shape = {"client_cpus": 0.5, "client_gpus": 0.0}
+    first = ray.get([a.ping.remote() for a in kept_actors(cls, shape, 2, {})])
+    again = ray.get([a.ping.remote() for a in kept_actors(cls, shape, 2, {})])
+    assert again == first
+    marker.write_text("edited")
+    renewed = ray.get([a.ping.remote() for a in kept_actors(cls, shape, 2, {})])
+    assert not set(renewed) & set(first)
+
+
+def test_changed_module_finds_a_source_edited_after_the_process_started(tmp_path, monkeypatch):
+    started = process_start_time()
+    assert started <= time.time()
+    source = tmp_path / "fedray_kept_probe.py"
+    source.write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fedray_kept_probe  # noqa: F401
+
+    try:
+        later = time.time() + 5
+        os.utime(source, (later, later))
+        assert changed_module(time.time()) == str(source)
+        source.unlink()  # a file removed since: its code in memory is stale too
+        assert changed_module(time.time()) == str(source)
+    finally:
+        sys.modules.pop("fedray_kept_probe", None)
+
+
+@pytest.mark.parametrize(
+    ("ray_cfg", "env", "says"),
+    [
+        ({"keep_actors": "yes"}, {}, "not true or false"),
+        ({"keep_actors": True}, {}, "ray start --head"),
+        ({"keep_actors": True, "backend": "inprocess"}, {}, "starts no client actors"),
+    ],
+)
+def test_keep_actors_is_refused_where_nothing_could_keep_them(ray_cfg, env, says, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ConfigError, match="ray.keep_actors") as err:
+        check_backend({"ray": ray_cfg})
+    assert says in str(err.value)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a cluster to keep them on
+    if ray_cfg.get("backend") != "inprocess" and ray_cfg["keep_actors"] is True:
+        check_backend({"ray": ray_cfg})
