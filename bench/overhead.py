@@ -3,9 +3,13 @@
     python bench/overhead.py                        # every workload, median of 3 alternating pairs
     python bench/overhead.py --only tiny100 --repeats 1
     python bench/overhead.py --only crossdevice --rounds 5
+    python bench/overhead.py --only tiny100 --backends ray,inprocess,joined,kept
 
 Each workload runs as subprocesses, alternated repeat by repeat so that a busy machine slows
-them alike: fedray on each client backend (`--backends`: Ray actors, `ray.backend=inprocess`),
+them alike: fedray on each client backend (`--backends`: Ray actors on a Ray the run starts,
+`ray.backend=inprocess`, and on a cluster this script starts with `ray start`: `joined`, with
+`ray.address=auto`, and `kept`, with `ray.keep_actors=true` too, after one untimed run that
+starts the kept actors; for those two the cluster's processes are also counted, separately),
 as `python launch.py +experiment=...` with the defaults a user gets (evaluation, metrics.jsonl,
 checkpoints and plots where the experiment has them), and bench/bare_loop.py doing
 the same local training (same data, shards, sampled clients, model, epochs, batch size, lr). The

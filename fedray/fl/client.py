@@ -238,7 +238,8 @@ class ClientActor:
         memory is older), or None: a kept actor (`fedray/fl/kept.py`) is then replaced."""
         from fedray.fl.kept import changed_module, process_start_time
 
-        return changed_module(process_start_time())
+        path = changed_module(process_start_time())
+        return f"{path} changed since it started" if path else None
 
     def ping(self) -> int:
         """Liveness check; returns the process id."""

@@ -68,7 +68,6 @@ def kept_actors(actor_cls: Any, ray_cfg: dict[str, Any], size: int, boot: dict[s
     worth of idle processes stays on the cluster. An actor whose loaded code changed on disk is
     started afresh.
     """
-    import ray
 
     names = actor_names(ray_cfg, size)
     for name in sorted(set(kept_names()) - set(names)):
@@ -83,16 +82,35 @@ def kept_actors(actor_cls: Any, ray_cfg: dict[str, Any], size: int, boot: dict[s
 
     reused = set(kept_names()) & set(names)
     actors = [named(n) for n in names]
-    for i, changed in enumerate(ray.get([a.stale.remote() for a in actors])):
+    for i, changed in enumerate(_ask_stale(actors)):
         if changed:
-            log.info("kept client actor %s: %s changed since it started; starting it afresh",
-                     names[i], changed)
+            log.info("kept client actor %s: %s; starting it afresh", names[i], changed)
             _kill(names[i])
             actors[i] = named(names[i])
             reused.discard(names[i])
     log.info("client actors kept warm on the cluster (ray.keep_actors): %d reused, %d started",
              len(reused), size - len(reused))
     return actors
+
+
+def _ask_stale(actors: list[Any], timeout_s: float = 300.0) -> list[str | None]:
+    """Each actor's `stale()`; one that died, or is busy (another run's fit, a hang) past
+    `timeout_s`, is as good as stale: it is replaced too."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    refs = [a.stale.remote() for a in actors]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    out: list[str | None] = []
+    for ref in refs:
+        if ref not in ready:
+            out.append(f"no answer in {timeout_s:.0f} s")
+            continue
+        try:
+            out.append(ray.get(ref))
+        except RayActorError as exc:
+            out.append(f"its process is gone ({type(exc).__name__})")
+    return out
 
 
 def kept_names() -> list[str]:

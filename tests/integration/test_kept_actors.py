@@ -92,13 +92,15 @@ def test_an_actor_whose_code_changed_is_started_afresh(tmp_path, no_kept_actors)
     """The replacement path, with a stand-in actor class whose `stale` reads a marker file."""
     import ray
 
-    marker = tmp_path / "changed"
+    marker, gone = tmp_path / "changed", tmp_path / "gone"
 
     class Stub:
         def __init__(self, spec=None, boot=None) -> None:
             pass
 
         def stale(self):
+            if gone.exists():
+                os._exit(1)  # its process dies: as good as stale
             return str(marker) if marker.exists() else None
 
         def ping(self) -> int:
@@ -112,6 +114,11 @@ def test_an_actor_whose_code_changed_is_started_afresh(tmp_path, no_kept_actors)
     marker.write_text("edited")
     renewed = ray.get([a.ping.remote() for a in kept_actors(cls, shape, 2, {})])
     assert not set(renewed) & set(first)
+    marker.unlink()
+    gone.write_text("")
+    actors = kept_actors(cls, shape, 2, {})  # the old ones die answering and are replaced
+    gone.unlink()
+    assert len(set(ray.get([a.ping.remote() for a in actors])) - set(renewed)) == 2
 
 
 def test_changed_module_finds_a_source_edited_after_the_process_started(tmp_path, monkeypatch):
