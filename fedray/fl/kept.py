@@ -68,7 +68,6 @@ def kept_actors(actor_cls: Any, ray_cfg: dict[str, Any], size: int, boot: dict[s
     worth of idle processes stays on the cluster. An actor whose loaded code changed on disk is
     started afresh.
     """
-
     names = actor_names(ray_cfg, size)
     for name in sorted(set(kept_names()) - set(names)):
         log.info("stopping kept client actor %s (another pool shape)", name)

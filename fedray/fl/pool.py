@@ -103,7 +103,7 @@ class ClientPool:
     paid while the driver prepared the run); they are configured with the spec here.
     `batch`: each actor gets its clients of a round in one `fit_many` call (`ray.batch_clients`).
     `keep`: `actors` are kept on the cluster for later runs (`ray.keep_actors`): `shutdown`
-    leaves them running.
+    leaves them running (not the run's own replacements of failed ones).
     """
 
     def __init__(
@@ -119,7 +119,7 @@ class ClientPool:
         keep: bool = False,
     ) -> None:
         self.actor_cls = actor_cls
-        self.keep = keep and bool(actors)
+        self.kept: set[int] = set(range(size)) if keep and actors else set()
         self.batch = batch
         self.spec_ref = spec_ref
         self.actor_cpus = float(actor_cpus)
@@ -149,6 +149,7 @@ class ClientPool:
         return ray.put(value)
 
     def _replace(self, i: int) -> None:
+        self.kept.discard(i)  # its replacement is the run's own
         try:
             ray.kill(self.actors[i], no_restart=True)
         except Exception:  # noqa: BLE001 - already dead is fine
@@ -220,8 +221,10 @@ class ClientPool:
         return results, dropped
 
     def shutdown(self) -> None:
-        """Kill every actor, but the kept ones (their replacements die with the run's job)."""
-        for actor in [] if self.keep else self.actors:
+        """Kill every actor, but the kept ones."""
+        for i, actor in enumerate(self.actors):
+            if i in self.kept:
+                continue
             try:
                 ray.kill(actor, no_restart=True)
             except Exception:  # noqa: BLE001

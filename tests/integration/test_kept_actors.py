@@ -39,6 +39,17 @@ def no_kept_actors():
     clear()
 
 
+def _all_cpus_free() -> bool:
+    """Every CPU of the test Ray is free again (a killed actor's come back shortly after)."""
+    import ray
+
+    for _ in range(100):
+        if ray.available_resources().get("CPU") == ray.cluster_resources()["CPU"]:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def _pids(names: list[str]) -> list[int]:
     import ray
 
@@ -59,7 +70,7 @@ def test_a_second_run_reuses_the_warm_actors_with_the_same_numbers(make_cfg, tmp
     pids = _pids(names)
     # idle between runs, they hold no CPUs: a data build's Ray tasks or a run without them
     # (a pool of its own actors, 1 CPU each here) is not left waiting for the test Ray's 2
-    assert ray.available_resources().get("CPU") == ray.cluster_resources()["CPU"]
+    assert _all_cpus_free()
     second = run(make_cfg(*keep, run_dir=tmp_path / "second"))
     assert _kept() == names and _pids(names) == pids  # the same processes served both runs
     for key in ("val/acc", "val/loss"):
@@ -155,3 +166,21 @@ def test_keep_actors_is_refused_where_nothing_could_keep_them(ray_cfg, env, says
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a cluster to keep them on
     if ray_cfg.get("backend") != "inprocess" and ray_cfg["keep_actors"] is True:
         check_backend({"ray": ray_cfg})
+
+
+def test_a_failed_kept_actor_is_replaced_for_the_run_only(make_cfg, tmp_path, no_kept_actors):
+    """A client that raises has its actor replaced; the replacement is the run's own and ends
+    with it (its CPU free again), and the kept pool is one actor short until the next run
+    starts it again."""
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    cfg = make_cfg("fl.rounds=2", "ray.keep_actors=true", f"ray.address={address}",
+                   "fl.quorum=0.5")
+    cfg["fl"]["faults"] = [{"round": 1, "client": 0, "kind": "raise"}]
+    run(cfg)
+    assert len(_kept()) == 1
+    assert _all_cpus_free()
+    run(make_cfg("fl.rounds=1", "ray.keep_actors=true", f"ray.address={address}",
+                 run_dir=tmp_path / "next"))
+    assert len(_kept()) == 2
