@@ -66,10 +66,10 @@ def test_a_second_run_reuses_the_warm_actors_with_the_same_numbers(make_cfg, tmp
     keep = ("fl.rounds=2", "ray.keep_actors=true", f"ray.address={address}")
     first = run(make_cfg(*keep, run_dir=tmp_path / "first"))
     names = _kept()
-    assert len(names) == 2, names  # the smoke run's pool: 2 actors on 2 CPUs
+    assert len(names) == 2, names  # the smoke run's pool: one actor per client (2)
     pids = _pids(names)
     # idle between runs, they hold no CPUs: a data build's Ray tasks or a run without them
-    # (a pool of its own actors, 1 CPU each here) is not left waiting for the test Ray's 2
+    # (a pool of its own, 0.5 CPU an actor here) is not left waiting for the test Ray's 2
     assert _all_cpus_free()
     second = run(make_cfg(*keep, run_dir=tmp_path / "second"))
     assert _kept() == names and _pids(names) == pids  # the same processes served both runs
