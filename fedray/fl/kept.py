@@ -69,7 +69,8 @@ def kept_actors(actor_cls: Any, ray_cfg: dict[str, Any], size: int, boot: dict[s
     started afresh.
     """
     names = actor_names(ray_cfg, size)
-    for name in sorted(set(kept_names()) - set(names)):
+    present = set(kept_names())  # one listing of the cluster's named actors serves both
+    for name in sorted(present - set(names)):
         log.info("stopping kept client actor %s (another pool shape)", name)
         _kill(name)
 
@@ -79,7 +80,7 @@ def kept_actors(actor_cls: Any, ray_cfg: dict[str, Any], size: int, boot: dict[s
         opts["scheduling_strategy"] = "SPREAD"
         return actor_cls.options(**opts, get_if_exists=True).remote(None, boot)
 
-    reused = set(kept_names()) & set(names)
+    reused = present & set(names)
     actors = [named(n) for n in names]
     for i, changed in enumerate(_ask_stale(actors)):
         if changed:
