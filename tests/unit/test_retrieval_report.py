@@ -95,3 +95,11 @@ def test_runs_of_other_pills_are_not_joined_and_bad_lines_are_named(tmp_path, ca
     path.write_text("{oops\n" + path.read_text())
     assert main([str(tmp_path / "c")]) == 2
     assert "metrics.jsonl:1: not a JSON line" in capsys.readouterr().err
+
+
+def test_a_run_with_no_fold_finished_says_so(tmp_path, capsys):
+    from fedray.pill.retrieval.report import main
+
+    _fold_run(tmp_path / "a", 2, [])  # training rows only
+    assert main([str(tmp_path / "a")]) == 2
+    assert "no fold has finished yet" in capsys.readouterr().err

@@ -128,6 +128,9 @@ def combine(run_dirs: list[Path]) -> dict[str, Any]:
             try:
                 summary = json.loads(path.read_text())
             except (OSError, ValueError) as e:
+                if (run_dir / "metrics.jsonl").exists() and not path.exists():
+                    raise ReportError(f"{run_dir}: no fold has finished yet (no evaluation rows "
+                                      "in its metrics.jsonl, no summary.json)") from e
                 raise ReportError(f"{path}: {getattr(e, 'strerror', None) or e} (a stage=retrieval "
                                   "run writes it when it ends)") from e
             models = {k.split("/", 1)[0] for k in summary if k.count("/") >= 4}
