@@ -4,12 +4,14 @@
     python bench/overhead.py --only tiny100 --repeats 1
     python bench/overhead.py --only crossdevice --rounds 5
     python bench/overhead.py --only tiny100 --backends ray,inprocess,joined,kept
+    python bench/overhead.py --only tiny100 --backends ray,ray-nice15,inprocess --busy 2
 
 Each workload runs as subprocesses, alternated repeat by repeat so that a busy machine slows
 them alike: fedray on each client backend (`--backends`: Ray actors on a Ray the run starts,
 `ray.backend=inprocess`, and on a cluster this script starts with `ray start`: `joined`, with
 `ray.address=auto`, and `kept`, with `ray.keep_actors=true` too, after one untimed run that
-starts the kept actors; for those two the cluster's processes are also counted, separately),
+starts the kept actors; for those two the cluster's processes are also counted, separately;
+`ray-nice15`: Ray actors at Ray's own worker niceness of 15 instead of fedray's 0),
 as `python launch.py +experiment=...` with the defaults a user gets (evaluation, metrics.jsonl,
 checkpoints and plots where the experiment has them), and bench/bare_loop.py doing
 the same local training (same data, shards, sampled clients, model, epochs, batch size, lr). The
@@ -17,6 +19,8 @@ dataset is built into a shared cache before either is timed. Every process tree 
 psutil (the driver, Raylet, GCS, workers): printed are wall seconds, CPU seconds (user + system
 of the whole tree: robust to a machine shared with other jobs), peak memory of the tree (sum of
 PSS, so shared libraries count once), fedray's start-up before round 1, and the ratios.
+`--busy N` keeps N busy loops running beside every timed command: another program at work on
+the same machine, which Ray's default niceness makes its workers yield to.
 
 Workloads:
 - `five`: 5 clients, 2 local epochs, 5 rounds (the issue's SqueezeNet workload; `--squeezenet`
@@ -87,6 +91,8 @@ BACKENDS: dict[str, list[str]] = {
     "inprocess": ["ray.backend=inprocess"],
     "joined": ["ray.backend=ray", "ray.address=auto"],
     "kept": ["ray.backend=ray", "ray.address=auto", "ray.keep_actors=true"],
+    # Ray's own niceness for its workers (fedray's default runs them at the driver's: 0)
+    "ray-nice15": ["ray.backend=ray", "ray.worker_nice=15"],
 }
 
 
@@ -306,6 +312,13 @@ def main() -> None:
         "joined = ray.address=auto, kept = that and ray.keep_actors=true (a cluster is started "
         "for them, and a kept run warms its actors before the timed ones)",
     )
+    ap.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="CPU-bound busy loops (plain processes at the default priority) kept running beside "
+        "every timed command: a machine where something else is working too",
+    )
     args = ap.parse_args()
     backends = [b for b in args.backends.split(",") if b]
     if set(backends) - set(BACKENDS):
@@ -313,9 +326,13 @@ def main() -> None:
     cluster = bool({"joined", "kept"} & set(backends))
     if cluster:
         start_cluster()
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(args.busy)]
     try:
         run_all(args, backends)
     finally:
+        for p in busy:
+            p.kill()
         if cluster:
             subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
 
@@ -332,7 +349,7 @@ def run_all(args: argparse.Namespace, backends: list[str]) -> None:
     cache = args.cache or tempfile.mkdtemp(prefix="fedray-overhead-cache-")
     print(
         f"cores={os.cpu_count()} load={os.getloadavg()[0]:.1f} repeats={args.repeats} "
-        f"bare_threads={args.bare_threads or 'torch default'}"
+        f"bare_threads={args.bare_threads or 'torch default'} busy_loops={args.busy}"
     )
     for name in args.only or ["five", "tiny100", "crossdevice"]:
         over = [*WORKLOADS[name], "logger=jsonl", f"data.cache_dir={cache}"]

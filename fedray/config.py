@@ -82,6 +82,7 @@ class RayConfig:
     shard_cache: int = 8  # client shards an actor keeps in memory between rounds
     batch_clients: bool = False  # one actor call per actor and round, for all its clients
     keep_actors: bool = False  # joined cluster: client actors stay warm for the next run
+    worker_nice: int = 0  # local Ray: workers this much nicer than the driver (Ray's default: 15)
 
 
 @dataclass

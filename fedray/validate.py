@@ -95,6 +95,7 @@ def check_ray(ray: Any) -> None:
     number("ray.num_gpus", ray.get("num_gpus"), 0, optional=True)
     number("ray.max_actors", ray.get("max_actors"), 1, integer=True, optional=True)
     number("ray.shard_cache", ray.get("shard_cache", 8), 0, integer=True)
+    number("ray.worker_nice", ray.get("worker_nice", 0), 0, 19, integer=True)
     if ray.get("address") is not None and not isinstance(ray["address"], str):
         raise ConfigError(f"ray.address: {ray['address']!r} is not an address (or null: local)")
     if ray.get("address") is None:  # a local Ray: an actor that asks for more CPUs never starts

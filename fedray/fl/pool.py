@@ -31,16 +31,24 @@ def ensure_ray(ray_cfg: dict[str, Any]) -> bool:
             # the actors (torch, and torch._dynamo which every optimizer's first call imports)
             "_system_config": {"preload_python_modules": list(WORKER_PRELOAD)},
         },
+        worker_nice=int(ray_cfg.get("worker_nice", 0)),
         include_dashboard=bool(ray_cfg.get("include_dashboard", False)),
         logging_level=logging.WARNING,
     )
     return True
 
 
-def init_ray(address: str | None, local: dict[str, Any], **kwargs: Any) -> None:
+def init_ray(address: str | None, local: dict[str, Any], worker_nice: int = 0,
+             **kwargs: Any) -> None:
     """Join `address`, else RAY_ADDRESS (what `ray job submit` sets); else start a new local Ray
     with the `local` arguments (CPUs, system config). Never a stray cluster that Ray would find
-    on this machine (`ray start`), which takes neither the CPU count nor the system config."""
+    on this machine (`ray start`), which takes neither the CPU count nor the system config.
+
+    A local Ray's workers (client actors, sweep trials, data-engine tasks) run `worker_nice`
+    steps nicer than this process. Ray's own default is 15: its workers yield the CPU to every
+    other process on the machine, so beside any busy program the clients of a run crawl while its
+    driver does not. 0 runs them at the priority the run was started with (`nice python ...`
+    still lowers all of it). A joined cluster keeps the setting it was started with."""
     from fedray.config import ConfigError
     from fedray.targets import first_line
 
@@ -56,7 +64,8 @@ def init_ray(address: str | None, local: dict[str, Any], **kwargs: Any) -> None:
                 "start one with `ray start --head` or leave ray.address null for a local Ray"
             ) from None
     else:
-        ray.init(address="local", **local, **kwargs)
+        system = {**local.get("_system_config", {}), "worker_niceness": int(worker_nice)}
+        ray.init(address="local", **{**local, "_system_config": system}, **kwargs)
 
 
 def pool_size(ray_cfg: dict[str, Any], k: int) -> int:

@@ -42,6 +42,7 @@ BAD = [
     (["ray.client_cpus=0"], "ray.client_cpus"),
     (["ray.client_cpus=100000"], "ray.client_cpus"),
     (["ray.backend=threads"], "ray.backend"),
+    (["ray.worker_nice=20"], "ray.worker_nice"),
     (["ray.client_gpus=0.5"], "ray.client_gpus"),  # no GPU visible (CUDA hidden below)
     (["ray=inprocess", "fl.round_timeout_s=5"], "fl.round_timeout_s"),
     (["ray=inprocess", "fl.faults=[{round:1,client:0,kind:crash}]"], "fl.faults[0].kind"),

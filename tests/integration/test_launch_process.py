@@ -40,15 +40,18 @@ def _rows(run_dir: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def _descendants_until(proc: psutil.Popen, done) -> dict[psutil.Process, str]:
+def _descendants_until(proc: psutil.Popen, done, nice: dict | None = None
+                       ) -> dict[psutil.Process, str]:
     """Every process the run started (Ray's GCS, raylet, agents, workers), seen while it ran,
-    with its name."""
+    with its name; `nice` collects each Ray worker's (`ray::...`) niceness by pid."""
     seen: dict[psutil.Process, str] = {}
     while proc.poll() is None and not done():
         try:
             for child in proc.children(recursive=True):
                 if child not in seen:
                     seen[child] = child.name()
+                if nice is not None and seen[child].startswith("ray::"):
+                    nice[child.pid] = child.nice()
         except psutil.Error:
             pass
         time.sleep(0.2)
@@ -68,10 +71,14 @@ def _alive(procs: dict[psutil.Process, str]) -> list[str]:
 
 def test_a_launched_run_starts_and_stops_its_own_ray(tmp_path, cache_dir):
     proc, run_dir = _start(tmp_path, cache_dir, "fl.rounds=3")
-    seen = _descendants_until(proc, lambda: _rows(run_dir) >= 1)
-    seen.update(_descendants_until(proc, lambda: False))
+    driver_nice, nice = proc.nice(), {}
+    seen = _descendants_until(proc, lambda: _rows(run_dir) >= 1, nice)
+    seen.update(_descendants_until(proc, lambda: False, nice))
     assert proc.wait() == 0, (tmp_path / "out.log").read_text()[-3000:]
     assert {"raylet", "gcs_server"} <= set(seen.values())
+    # the client actors run at the run's own priority (ray.worker_nice 0), not Ray's default
+    # niceness of 15, at which any other busy program on the machine would starve them
+    assert nice and set(nice.values()) == {driver_nice}, nice
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 3 and _rows(run_dir) == 3
     assert (run_dir / "partition.png").exists()  # drawn after the rounds now

@@ -382,6 +382,12 @@ def test_ray_starts_a_local_cluster_of_its_own_unless_told_to_join(monkeypatch, 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     start()
     assert calls[-1]["address"] == "local" and calls[-1]["num_cpus"] == 2
+    # its workers at the starter's own priority, not Ray's default of 15 steps nicer
+    assert calls[-1]["_system_config"]["worker_niceness"] == 0
+    if who == "fl":
+        pool.ensure_ray({"num_cpus": 2, "worker_nice": 7})
+        assert calls[-1]["_system_config"] == {"preload_python_modules": list(pool.WORKER_PRELOAD),
+                                               "worker_niceness": 7}
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # what `ray job submit` sets
     start()
     assert calls[-1]["address"] == "10.0.0.5:6379" and "num_cpus" not in calls[-1]
