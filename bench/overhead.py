@@ -338,10 +338,12 @@ def main() -> None:
 
 
 def start_cluster() -> None:
-    """A local cluster for `joined` and `kept` runs to join, as a user starts one."""
+    """A local cluster for `joined` and `kept` runs to join, as a user starts one (its workers at
+    the priority of fedray's own local Ray, as the README's Cluster section advises)."""
     cmd = ["ray", "start", "--head", f"--num-cpus={os.cpu_count()}", "--include-dashboard=false",
            "--disable-usage-stats"]
-    subprocess.run(cmd, capture_output=True, check=True)
+    env = {**os.environ, "RAY_worker_niceness": "0"}
+    subprocess.run(cmd, capture_output=True, check=True, env=env)
 
 
 def run_all(args: argparse.Namespace, backends: list[str]) -> None:
