@@ -145,10 +145,10 @@ def combine(run_dirs: list[Path]) -> dict[str, Any]:
         folds.update(rows)
     out = dict(whole)
     for model in sorted({m for m, _ in folds}):
-        runs = [folds[(m, f)] for m, f in sorted(folds) if m == model]
+        results = [folds[(m, f)] for m, f in sorted(folds) if m == model]
         out[f"{model}/folds_run"] = sorted(f for m, f in folds if m == model)
-        for key in runs[0]:
-            vals = [r[key] for r in runs if key in r]
+        for key in results[0]:
+            vals = [r[key] for r in results if key in r]
             out[f"{model}/{key}"] = float(np.mean(vals))
             out[f"{model}/{key}_std"] = float(np.std(vals))
         out[f"{model}/per_fold"] = {f: folds[(m, f)] for m, f in sorted(folds) if m == model}
