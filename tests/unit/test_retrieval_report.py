@@ -76,9 +76,10 @@ def test_folds_of_several_runs_make_one_cross_validation(tmp_path, capsys):
     # mean ± population std over the 3 folds: 0.8 ± 0.0816, and 80.0 ± 8.2% for top-k
     assert "| Student without KD | 0.800 ± 0.082 | 80.0 ± 8.2% |" in out
     assert "| Student without KD, federated | 0.800 ± 0.082 |" in out
-    assert "| fold | Student without KD | Student without KD, federated |" in out
-    assert "| 0 | 0.800 | 0.700 |" in out and "| 2 | 0.700 | 0.800 |" in out
-    assert "| mean | 0.800 | 0.800 |" in out
+    assert ("| fold | Student without KD | Student without KD, federated "
+            "| student_fed - student (points) |") in out
+    assert "| 0 | 0.800 | 0.700 | -10.0 |" in out and "| 2 | 0.700 | 0.800 | +10.0 |" in out
+    assert "| mean | 0.800 | 0.800 | +0.0 |" in out
 
 
 def test_runs_of_other_pills_are_not_joined_and_bad_lines_are_named(tmp_path, capsys):

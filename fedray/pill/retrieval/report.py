@@ -9,7 +9,8 @@ still going, or killed, counts the folds it finished), and every model's figures
 std over all the folds found for it; a (model, fold) in two runs is read from the last. Runs
 whose folds hold other pills (another seed, catalog, number of folds or training photos) are
 refused. A run without per-fold rows is read from its summary.json as a whole. When a model has
-more than one fold, a second table gives its two-side MAP fold by fold.
+more than one fold, a second table gives its two-side MAP fold by fold, and each federated
+model's gap to its central twin (`student_fed` - `student`) in points.
 """
 
 from __future__ import annotations
@@ -163,14 +164,23 @@ def per_fold_table(summary: dict[str, Any], query_set: str = "consumer") -> str:
     if not models:
         return ""
     folds = sorted({f for _, m in models for f in summary[f"{m}/folds_run"]})
-    lines = ["| fold | " + " | ".join(label for label, _ in models) + " |",
-             "|---" * (len(models) + 1) + "|"]
+    names = [m for _, m in models]
+    gaps = [(m.removesuffix("_fed"), m) for m in names
+            if m.endswith("_fed") and m.removesuffix("_fed") in names]
+    lines = ["| fold | " + " | ".join([label for label, _ in models]
+                                      + [f"{fed} - {cen} (points)" for cen, fed in gaps]) + " |",
+             "|---" * (len(models) + len(gaps) + 1) + "|"]
+
+    def row(name: Any, value) -> str:
+        cells = [value(m) for m in names]
+        diffs = [None if value(fed) is None or value(cen) is None
+                 else 100 * (value(fed) - value(cen)) for cen, fed in gaps]
+        return (f"| {name} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells)
+                + "".join(" | -" if d is None else f" | {d:+.1f}" for d in diffs) + " |")
+
     for f in folds:
-        cells = [summary.get(f"{m}/per_fold", {}).get(f, {}).get(key) for _, m in models]
-        lines.append(f"| {f} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells)
-                     + " |")
-    lines.append("| mean | " + " | ".join(f"{summary[f'{m}/{key}']:.3f}" for _, m in models)
-                 + " |")
+        lines.append(row(f, lambda m, f=f: summary.get(f"{m}/per_fold", {}).get(f, {}).get(key)))
+    lines.append(row("mean", lambda m: summary[f"{m}/{key}"]))
     return "\n".join(lines)
 
 
