@@ -82,8 +82,10 @@ def ray_session():
     """A real local Ray with 2 CPUs, shared by every integration test."""
     import ray
 
-    # address="local": a Ray of its own, never one that `ray start` left running on the machine
+    # address="local": a Ray of its own, never one that `ray start` left running on the machine;
+    # its workers at the tests' own priority, as fedray starts them (ray.worker_nice), not Ray's
+    # 15 steps nicer, at which anything else busy on the machine starves the suite
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
-             log_to_driver=False)
+             log_to_driver=False, _system_config={"worker_niceness": 0})
     yield ray
     ray.shutdown()
