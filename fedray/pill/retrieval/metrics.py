@@ -23,6 +23,7 @@ import numpy as np
 
 TOP_K = (1, 5)
 CMC_RANKS = 20
+REPORTED = ("map", "top1", "top5")  # what each scheme's result is logged and summarised by
 ASSIGNMENTS = ("best", "known")
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-REPORTED = ("map", "top1", "top5")  # as fedray.pill.retrieval.stage logs them (no torch import)
+from fedray.pill.retrieval.metrics import REPORTED
 
 ROWS = (  # (label, model, streams)
     ("Single-CNN (teacher, colour only)", "teacher", "color"),
@@ -141,8 +141,8 @@ def combine(run_dirs: list[Path]) -> dict[str, Any]:
             for m in models:
                 whole[f"{m}/folds_run"] = summary.get("folds_run") or []
             continue
-        for model in {m for m, _ in rows}:
-            whole = {k: v for k, v in whole.items() if k.split("/", 1)[0] != model}
+        models = {m for m, _ in rows}
+        whole = {k: v for k, v in whole.items() if k.split("/", 1)[0] not in models}
         folds.update(rows)
     out = dict(whole)
     for model in sorted({m for m, _ in folds}):

@@ -28,14 +28,13 @@ from fedray.pill.retrieval import pretrain
 from fedray.pill.retrieval.data import build_retrieval_data, training_pool
 from fedray.pill.retrieval.evaluate import evaluate_fold
 from fedray.pill.retrieval.federated import DRIFTS, round_share
-from fedray.pill.retrieval.metrics import ASSIGNMENTS, folds_by_pill
+from fedray.pill.retrieval.metrics import ASSIGNMENTS, REPORTED, folds_by_pill
 from fedray.pill.retrieval.nets import ARCHS, STREAM_CHANNELS, MultiStream, load_model, save_model
 from fedray.pill.retrieval.train import LOSSES, PROXY_INITS, SCHEDULES, distill, train_embedding
 
 log = logging.getLogger("fedray")
 
 MODELS = ("teacher", "student", "student_kd", "teacher_fed", "student_fed")  # the run order
-REPORTED = ("map", "top1", "top5")
 _KEYS = {"_target_", "catalog", "folds", "run_folds", "train_photos", "models", "streams",
          "assignment", "norm", "threads", "train", "kd", "federated", "reuse", "pretrain"}
 
