@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from fedray.cli import run
 from fedray.config import ConfigError
 
 
@@ -150,7 +151,7 @@ def console() -> int:
     """`fedray` and `python -m fedray.pill.identify`: main(), then a quick exit (launch.py's
     gc.freeze: the interpreter's last collection over torch's objects is skipped, 0.6-1.0 s)."""
     try:
-        return main()
+        return run(main)
     finally:
         gc.freeze()
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from fedray.cli import run
 from fedray.pill.retrieval.metrics import REPORTED
 
 ROWS = (  # (label, model, streams)
@@ -206,4 +207,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run(lambda: main(sys.argv[1:])))
