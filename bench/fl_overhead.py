@@ -27,7 +27,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scratch import scratch_dir  # noqa: E402  (bench/ is on sys.path)
 
 SCENARIOS = {
     "full": [
@@ -156,7 +156,7 @@ def main() -> None:
     import logging
 
     logging.getLogger("fedray").setLevel(logging.WARNING)
-    cache = tempfile.mkdtemp(prefix="fedray-bench-")
+    cache = str(scratch_dir("fedray-bench-"))
     torch.set_num_threads(os.cpu_count() or 1)
     ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     print(f"cores={os.cpu_count()} torch={torch.__version__} repeats={args.repeats}")
@@ -164,7 +164,7 @@ def main() -> None:
     for name in names:
         base, loop, whole = [], [], []
         for i in range(args.repeats):
-            cfg = compose(SCENARIOS[name], cache, tempfile.mkdtemp(prefix=f"fl-{name}-{i}-"))
+            cfg = compose(SCENARIOS[name], cache, str(scratch_dir(f"fl-{name}-{i}-")))
             base.append(plain_loop(cfg))
             rl, tot, _ = fedray_run(cfg)
             loop.append(rl)
@@ -212,7 +212,7 @@ def cached_vs_uncached_head(cache: str, repeats: int, name: str, head: list[str]
             cfg = compose(
                 [*over, f"fl.cache_features={flag}"],
                 cache,
-                tempfile.mkdtemp(prefix=f"fl-cache-{flag}-{i}-"),
+                str(scratch_dir(f"fl-cache-{flag}-{i}-")),
             )
             from fedray.run import run
 

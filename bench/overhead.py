@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 from fl_overhead import SCENARIOS as ROUND_LOOP_SCENARIOS  # bench/ is on sys.path
+from scratch import scratch_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -348,7 +349,7 @@ def start_cluster() -> None:
 
 def run_all(args: argparse.Namespace, backends: list[str]) -> None:
     """Every chosen workload, its pairs and its report."""
-    cache = args.cache or tempfile.mkdtemp(prefix="fedray-overhead-cache-")
+    cache = args.cache or str(scratch_dir("fedray-overhead-cache-"))
     print(
         f"cores={os.cpu_count()} load={os.getloadavg()[0]:.1f} repeats={args.repeats} "
         f"bare_threads={args.bare_threads or 'torch default'} busy_loops={args.busy}"
@@ -360,7 +361,7 @@ def run_all(args: argparse.Namespace, backends: list[str]) -> None:
         if name == "crossdevice":
             over.append(f"fl.rounds={args.rounds}")
         rounds = int(compose(over)["fl"]["rounds"])
-        work = Path(tempfile.mkdtemp(prefix=f"fedray-overhead-{name}-"))
+        work = scratch_dir(f"fedray-overhead-{name}-")
         if "kept" in backends:  # the first run with kept actors starts them: not what is timed
             warm = fedray_cmd([*over, *BACKENDS["kept"]], work / "fedray-kept-warm")
             subprocess.run(warm, capture_output=True, check=True, cwd=ROOT)

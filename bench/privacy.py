@@ -24,13 +24,12 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from scratch import scratch_dir  # noqa: E402  (bench/ is on sys.path)
 
 # the robust rules, each tuned to 20% attackers among n clients (filled in by `rules`)
 RULES = (
@@ -279,7 +278,7 @@ def main() -> None:
     ray.init(
         num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False
     )
-    out = Path(tempfile.mkdtemp(prefix="fedray-privacy-bench-"))
+    out = scratch_dir("fedray-privacy-bench-")
     base = [
         "+experiment=smoke",
         f"data.cache_dir={out / 'cache'}",

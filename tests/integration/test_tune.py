@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -241,6 +242,7 @@ def test_sweep_runs_trials_on_both_nodes_of_a_two_node_cluster(tmp_path, cache_d
         assert summary["status"]["completed"] == 2
     finally:
         _stop(procs[::-1])
+        shutil.rmtree(temp, ignore_errors=True)  # the cluster's sessions and logs
 
 
 @pytest.mark.slow
@@ -333,3 +335,4 @@ def test_a_run_joins_the_cluster_in_ray_address_and_starts_none(tmp_path, cache_
         assert not (tmp_path / "own").exists()  # no Ray of its own was started
     finally:
         _stop([head])
+        shutil.rmtree(temp, ignore_errors=True)
