@@ -1,0 +1,109 @@
+"""What a sweep trial pays before its first round: a Ray Tune sweep of K short trials against
+K bare loops doing the same training one after another.
+
+    python bench/sweep_overhead.py                         # 4 trials of tiny100 at 10 rounds
+    python bench/sweep_overhead.py --trials 8 --rounds 5 --backends inprocess
+    python bench/sweep_overhead.py --concurrent 2          # Tune runs two trials at a time
+
+The sweep is `sweeps/lr.yaml` (client lr x momentum: the same compute in every trial) run with
+`python launch.py <workload> sweep=lr sweep.num_samples=K sweep.scheduler.name=none`, one trial
+at a time by default (`--concurrent`), on each client backend (`--backends`: `ray`, the trials'
+clients in actors of their own; `inprocess`, in the trial's process). The baseline is
+bench/bare_loop.py run K times in a row on the same data, shards, model and rounds (one thread,
+as fedray's actors). Printed: wall and CPU seconds of the whole process tree (the sweep's Ray,
+its trial processes and their actors; the K bare processes summed), the ratios, the peak memory,
+and the sweep's own timer (Ray start to results) less the trials' rounds, per trial: what a trial
+costs besides its training (its process, imports, data, actors, evaluation, files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from overhead import BACKENDS, ROOT, WORKLOADS, compose, fedray_cmd, measure, prepare
+from scratch import scratch_dir
+
+
+def bare_runs(job: Path, trials: int) -> dict:
+    """The bare loop `trials` times in a row: wall and CPU summed, the largest peak."""
+    runs = []
+    for _ in range(trials):
+        b = measure([sys.executable, str(ROOT / "bench" / "bare_loop.py"), str(job)])
+        b.update(json.loads(b.pop("stdout").strip().splitlines()[-1]))
+        runs.append(b)
+    return {
+        "wall_s": sum(r["wall_s"] for r in runs),
+        "cpu_s": sum(r["cpu_s"] for r in runs),
+        "peak_pss_mb": max(r["peak_pss_mb"] for r in runs),
+        "loop_s": sum(r["loop_s"] for r in runs),
+    }
+
+
+def rounds_s(sweep_dir: Path) -> list[float]:
+    """Per trial: the seconds its rounds took (fedray's `time/round_s`, summed)."""
+    return [
+        sum(json.loads(line)["time/round_s"] for line in path.read_text().splitlines())
+        for path in sorted((sweep_dir / "trials").glob("*/metrics.jsonl"))
+    ]
+
+
+def sweep_run(overrides: list[str], backend: str, trials: int, concurrent: int, run_dir: Path):
+    """The sweep as a user launches it; its measured figures and the trials' start-ups."""
+    cmd = fedray_cmd(
+        [*overrides, *BACKENDS[backend], "sweep=lr", f"sweep.num_samples={trials}",
+         "sweep.scheduler.name=none", f"sweep.max_concurrent_trials={concurrent}"],
+        run_dir,
+    )  # fmt: skip
+    f = measure(cmd)
+    f.pop("stdout")
+    summary = json.loads((run_dir / "sweep_summary.json").read_text())
+    f["completed"] = int(summary["status"]["completed"])
+    f["sweep_wall_s"] = float(summary["wall_s"])  # the sweep's own timer: Ray start to results
+    f["rounds_s"] = rounds_s(run_dir)
+    return f
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--trials", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=10, help="rounds of each trial")
+    ap.add_argument("--concurrent", type=int, default=1, help="trials Tune runs at a time")
+    ap.add_argument("--backends", default="ray,inprocess")
+    ap.add_argument("--workload", choices=["tiny100", "five"], default="tiny100")
+    args = ap.parse_args()
+    backends = [b for b in args.backends.split(",") if b]
+    if set(backends) - {"ray", "inprocess", "ray-nice15"}:
+        ap.error("--backends: ray, inprocess or ray-nice15 (a sweep starts its own Ray)")
+    cache = scratch_dir("fedray-sweep-overhead-cache-")
+    work = scratch_dir("fedray-sweep-overhead-")
+    overrides = [*WORKLOADS[args.workload], f"fl.rounds={args.rounds}", "logger=jsonl",
+                 f"data.cache_dir={cache}"]  # fmt: skip
+    job = prepare(overrides, work, threads=1)
+    rounds = int(compose(overrides)["fl"]["rounds"])
+    print(f"{args.workload} x {args.trials} trials, {rounds} rounds each, "
+          f"{args.concurrent} at a time", flush=True)  # fmt: skip
+    bare = bare_runs(job, args.trials)
+    print(f"bare loop x {args.trials} in a row: {bare['wall_s']:.2f}s wall "
+          f"({bare['loop_s']:.2f}s in the loops), {bare['cpu_s']:.1f}s CPU, peak "
+          f"{bare['peak_pss_mb']:.0f} MB", flush=True)  # fmt: skip
+    for backend in backends:
+        f = sweep_run(overrides, backend, args.trials, args.concurrent, work / f"sweep-{backend}")
+        outside = (f["sweep_wall_s"] - sum(f["rounds_s"])) / max(1, len(f["rounds_s"]))
+        print(
+            f"sweep {backend}: {f['completed']}/{args.trials} trials completed | wall "
+            f"{f['wall_s']:.2f}s (ratio {f['wall_s'] / bare['wall_s']:.2f}) | CPU "
+            f"{f['cpu_s']:.1f}s (ratio {f['cpu_s'] / bare['cpu_s']:.2f}) | peak PSS "
+            f"{f['peak_pss_mb']:.0f} MB | the trials' rounds {sum(f['rounds_s']):.2f}s, the "
+            f"sweep outside them {outside:.2f}s a trial (Ray start, trial processes, imports, "
+            f"data, actors, evaluation and results) | the "
+            f"process outside the sweep's own timer (interpreter, imports, config, Ray's stop): "
+            f"{f['wall_s'] - f['sweep_wall_s']:.2f}s",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
