@@ -8,6 +8,7 @@ python launch.py +experiment=pill_noniid sweep=noniid sweep.num_samples=2   # a 
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import random
 import sys
@@ -20,6 +21,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 import fedray.config  # noqa: F401  (registers the typed schema before Hydra composes)
 import fedray.sweep  # noqa: F401  (registers sweeps/*.yaml as the Hydra group `sweep`)
+from fedray.logging import log_to_files_of
 
 
 def seed_everything(seed: int) -> None:
@@ -59,6 +61,7 @@ def main(cfg: DictConfig) -> None:
         print(f"fedray: error: {exc.full_key} is required ({exc.full_key}=...)", file=sys.stderr)
         sys.exit(2)
     plain["run_dir"] = HydraConfig.get().runtime.output_dir
+    log_to_files_of(logging.getLogger())  # the run dir's launch.log gets the run's lines
     try:
         seed_everything(int(plain["seed"]))
         if plain.get("sweep"):

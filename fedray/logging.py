@@ -37,13 +37,24 @@ def _json_safe(v: Any) -> Any:
 
 
 def setup_console_logging() -> None:
-    """One concise line per event on stdout (idempotent)."""
-    if not log.handlers:
+    """One concise line per event on stdout (idempotent; a log file is not a console)."""
+    if all(isinstance(h, logging.FileHandler) for h in log.handlers):
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("[fedray %(asctime)s] %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+
+
+def log_to_files_of(logger: logging.Logger) -> None:
+    """Write fedray's lines to `logger`'s log files too. launch.py passes the root logger, whose
+    file is Hydra's job log (the run dir's `launch.log`): fedray's logger does not propagate, so
+    that file would stay empty."""
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler) and handler not in log.handlers:
+            log.addHandler(handler)
+            log.setLevel(logging.INFO)
+            log.propagate = False
 
 
 def wandb_run_id(run_dir: str | Path) -> str:

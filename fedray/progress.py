@@ -6,7 +6,8 @@
             bar.update(1, loss=0.31)
 
 On a terminal (stderr a TTY, and not CI: `CI=true`) it draws a tqdm bar, and the `fedray`
-logger's lines print above the bar instead of through it. Elsewhere (a log file, CI, a Ray
+logger's lines print above the bar instead of through it; the logger's log files (a run's
+`launch.log`) still get the periodic line below. Elsewhere (a log file, CI, a Ray
 worker, pytest) it logs `desc: n/total (pct) elapsed, eta, postfix` at most every
 `FEDRAY_PROGRESS_SECONDS` (10 s by default), so a long stage never goes quiet.
 """
@@ -52,6 +53,15 @@ def _value(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _to_log_files(message: str) -> None:
+    """`message` to the fedray logger's log files only (a bar is on the console)."""
+    files = [h for h in log.handlers if isinstance(h, logging.FileHandler)]
+    if files:
+        record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None)
+        for handler in files:
+            handler.handle(record)
+
+
 class Progress:
     """Counts the steps of one stage; see the module docstring for what it shows where."""
 
@@ -83,6 +93,9 @@ class Progress:
                 self._bar.set_postfix({k: _value(v) for k, v in self.postfix.items()},
                                       refresh=False)
             self._bar.update(n)
+            if time.monotonic() - self._last >= self.every_s:  # log files get the lines anyway
+                self._last = time.monotonic()
+                _to_log_files(self.line())
             return
         now = time.monotonic()
         if now - self._last >= self.every_s:

@@ -82,6 +82,9 @@ def test_a_launched_run_starts_and_stops_its_own_ray(tmp_path, cache_dir):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 3 and _rows(run_dir) == 3
     assert (run_dir / "partition.png").exists()  # drawn after the rounds now
+    # the run dir's log (Hydra's launch.log) holds the run's lines, as the console showed them
+    logged = (run_dir / "launch.log").read_text()
+    assert "[fedray][INFO] - round 3/3  val/acc" in logged, logged[-2000:]
     time.sleep(2)
     assert _alive(seen) == []
 
