@@ -8,8 +8,11 @@ PBT can continue a trial from a better trial's checkpoint under a mutated config
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +90,20 @@ def _restore(restored: Any, run_dir: Path, index: int, info: dict[str, Any]) -> 
             {"from": trial_name(int(origin["trial"])), "round": start}
         )
     return start
+
+
+@contextmanager
+def trial_log(path: Path) -> Iterator[None]:
+    """The trial's own log file (appended to by a retried attempt), as launch.py's run dir has."""
+    log = logging.getLogger("fedray")
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
 
 
 def run_trial(
@@ -168,7 +185,8 @@ def run_trial(
             # since a scheduler's decision at that report may end this process
             last.append((dict(row), ckpt_path))
 
-    summary = run(cfg, on_round)
+    with trial_log(run_dir / "launch.log"):
+        summary = run(cfg, on_round)
     if last:
         report(*last[-1])
     else:  # resumed after its last round: report the final state once

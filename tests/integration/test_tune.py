@@ -60,6 +60,8 @@ def test_smoke_sweep_writes_results_and_one_wandb_run_per_trial(make_cfg, tmp_pa
         # the trial's placement group: its driver + one bundle per client actor
         assert info["bundles"] == [{"CPU": 1.0}, {"CPU": 0.5}]
         assert info["attempts"] == 1
+        logged = (sweep_dir / "trials" / trainable.trial_name(i) / "launch.log").read_text()
+        assert "[fedray][INFO] - round 1/2" in logged, logged[-2000:]  # the trial's own log
         runs = list(
             (sweep_dir / "trials" / trainable.trial_name(i) / "wandb").glob("offline-run-*")
         )
