@@ -4,11 +4,14 @@ K bare loops doing the same training one after another.
     python bench/sweep_overhead.py                         # 4 trials of tiny100 at 10 rounds
     python bench/sweep_overhead.py --trials 8 --rounds 5 --backends inprocess
     python bench/sweep_overhead.py --concurrent 2          # Tune runs two trials at a time
+    python bench/sweep_overhead.py --reuse false           # every trial in a process of its own
 
 The sweep is `sweeps/lr.yaml` (client lr x momentum: the same compute in every trial) run with
 `python launch.py <workload> sweep=lr sweep.num_samples=K sweep.scheduler.name=none`, one trial
 at a time by default (`--concurrent`), on each client backend (`--backends`: `ray`, the trials'
-clients in actors of their own; `inprocess`, in the trial's process). The baseline is
+clients in actors of their own; `inprocess`, in the trial's process) and with
+`sweep.reuse_processes` on and off (`--reuse`: the next trial in a finished trial's process, or
+every trial in a new one). The baseline is
 bench/bare_loop.py run K times in a row on the same data, shards, model and rounds (one thread,
 as fedray's actors). Printed: wall and CPU seconds of the whole process tree (the sweep's Ray,
 its trial processes and their actors; the K bare processes summed), the ratios, the peak memory,
@@ -50,11 +53,14 @@ def rounds_s(sweep_dir: Path) -> list[float]:
     ]
 
 
-def sweep_run(overrides: list[str], backend: str, trials: int, concurrent: int, run_dir: Path):
-    """The sweep as a user launches it; its measured figures and the trials' start-ups."""
+def sweep_run(
+    overrides: list[str], backend: str, reuse: str, trials: int, concurrent: int, run_dir: Path
+) -> dict:
+    """The sweep as a user launches it; its measured figures and the trials' rounds."""
     cmd = fedray_cmd(
         [*overrides, *BACKENDS[backend], "sweep=lr", f"sweep.num_samples={trials}",
-         "sweep.scheduler.name=none", f"sweep.max_concurrent_trials={concurrent}"],
+         "sweep.scheduler.name=none", f"sweep.max_concurrent_trials={concurrent}",
+         f"sweep.reuse_processes={reuse}"],
         run_dir,
     )  # fmt: skip
     f = measure(cmd)
@@ -72,11 +78,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10, help="rounds of each trial")
     ap.add_argument("--concurrent", type=int, default=1, help="trials Tune runs at a time")
     ap.add_argument("--backends", default="ray,inprocess")
+    ap.add_argument(
+        "--reuse",
+        default="true,false",
+        help="sweep.reuse_processes values to time: a finished trial's process "
+        "runs the next trial (true) or every trial starts its own (false)",
+    )
     ap.add_argument("--workload", choices=["tiny100", "five"], default="tiny100")
     args = ap.parse_args()
     backends = [b for b in args.backends.split(",") if b]
     if set(backends) - {"ray", "inprocess", "ray-nice15"}:
         ap.error("--backends: ray, inprocess or ray-nice15 (a sweep starts its own Ray)")
+    reuses = [r for r in args.reuse.split(",") if r]
+    if set(reuses) - {"true", "false"}:
+        ap.error("--reuse: true, false or both")
     cache = scratch_dir("fedray-sweep-overhead-cache-")
     work = scratch_dir("fedray-sweep-overhead-")
     overrides = [*WORKLOADS[args.workload], f"fl.rounds={args.rounds}", "logger=jsonl",
@@ -89,11 +104,13 @@ def main() -> None:
     print(f"bare loop x {args.trials} in a row: {bare['wall_s']:.2f}s wall "
           f"({bare['loop_s']:.2f}s in the loops), {bare['cpu_s']:.1f}s CPU, peak "
           f"{bare['peak_pss_mb']:.0f} MB", flush=True)  # fmt: skip
-    for backend in backends:
-        f = sweep_run(overrides, backend, args.trials, args.concurrent, work / f"sweep-{backend}")
+    for backend, reuse in [(b, r) for b in backends for r in reuses]:
+        name = f"{backend}, reuse_processes={reuse}"
+        f = sweep_run(overrides, backend, reuse, args.trials, args.concurrent,
+                      work / f"sweep-{backend}-{reuse}")  # fmt: skip
         outside = (f["sweep_wall_s"] - sum(f["rounds_s"])) / max(1, len(f["rounds_s"]))
         print(
-            f"sweep {backend}: {f['completed']}/{args.trials} trials completed | wall "
+            f"sweep {name}: {f['completed']}/{args.trials} trials completed | wall "
             f"{f['wall_s']:.2f}s (ratio {f['wall_s'] / bare['wall_s']:.2f}) | CPU "
             f"{f['cpu_s']:.1f}s (ratio {f['cpu_s'] / bare['cpu_s']:.2f}) | peak PSS "
             f"{f['peak_pss_mb']:.0f} MB | the trials' rounds {sum(f['rounds_s']):.2f}s, the "

@@ -79,6 +79,7 @@ class SweepSpec:
     max_failures: int = 1
     driver_cpus: float = 1.0
     driver_gpus: float = 0.0
+    reuse_processes: bool = True
     resume: Any = False
     faults: list[dict[str, Any]] = field(default_factory=list)
     description: str = ""
@@ -92,8 +93,8 @@ class SweepSpec:
 
 SPEC_FIELDS = {
     "name", "file", "error", "metric", "mode", "search", "num_samples", "seed", "scheduler",
-    "max_concurrent_trials", "max_failures", "driver_cpus", "driver_gpus", "resume", "faults",
-    "description", "space",
+    "max_concurrent_trials", "max_failures", "driver_cpus", "driver_gpus", "reuse_processes",
+    "resume", "faults", "description", "space",
 }  # fmt: skip
 # every field is in the composed node, so `sweep.resume=true` etc. are plain Hydra overrides
 SPEC_DEFAULTS: dict[str, Any] = {
@@ -107,6 +108,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "max_failures": 1,
     "driver_cpus": 1.0,
     "driver_gpus": 0.0,
+    "reuse_processes": True,
     "resume": False,
     "faults": [],
     "description": "",
@@ -213,6 +215,11 @@ def load_sweep(sweep: dict[str, Any] | str | Path, base: dict[str, Any]) -> Swee
     spec.driver_gpus = sweep.get("driver_gpus", spec.driver_gpus)
     if not is_number(spec.driver_gpus) or spec.driver_gpus < 0:
         raise spec.fail("driver_gpus", f"must be a number >= 0, got {spec.driver_gpus!r}")
+    spec.reuse_processes = sweep.get("reuse_processes", spec.reuse_processes)
+    if not isinstance(spec.reuse_processes, bool):
+        raise spec.fail(
+            "reuse_processes", f"must be true or false, got {spec.reuse_processes!r}"
+        )
     from fedray.fl.inprocess import backend
 
     in_driver = backend(base) == "inprocess" and float(base["ray"].get("client_gpus") or 0) > 0

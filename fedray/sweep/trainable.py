@@ -138,6 +138,7 @@ def run_trial(
         assignment=assignment,
         not_applicable=skipped,
         node_id=ray.get_runtime_context().get_node_id(),
+        pid=os.getpid(),  # trials may share a process (sweep.reuse_processes)
         bundles=bundles,
         attempts=int(info["attempts"]) + 1,
         resumed_from_round=0,

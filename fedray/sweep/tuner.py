@@ -258,7 +258,9 @@ def run_tuner(sweep_dir: Path, state: dict[str, Any], restore: bool) -> Any:
             scheduler=build_scheduler(spec, int(state["max_rounds"])),
             num_samples=num_samples,
             max_concurrent_trials=spec.max_concurrent_trials,
-            reuse_actors=False,  # trials share no process, hence no mutable state
+            # the next trial runs in a finished trial's process when their resources match: no
+            # new worker process and imports per trial (a run keeps no state across runs)
+            reuse_actors=bool(spec.reuse_processes),
             trial_name_creator=trial_name_creator,
             trial_dirname_creator=trial_dirname,
         ),

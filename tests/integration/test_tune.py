@@ -296,6 +296,28 @@ def test_sweep_killed_midway_resumes_without_rerunning_finished_trials(tmp_path,
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
+def test_a_trial_in_a_reused_process_runs_as_in_a_fresh_one(make_cfg, tmp_path):
+    # one trial fits the 2 CPUs: with sweep.reuse_processes the second runs in the first's
+    # process (no new worker, no imports), and nothing of the first run changes what it computes
+    pids, rows = {}, {}
+    for reuse in (True, False):
+        sweep_dir = tmp_path / f"reuse-{reuse}"
+        cfg = make_cfg("sweep=local_epochs", "ray=inprocess", "fl.rounds=2", "fl.num_clients=3",
+                       "sweep.num_samples=2", "sweep.driver_cpus=2",
+                       f"sweep.reuse_processes={str(reuse).lower()}", run_dir=sweep_dir)
+        assert tuner.sweep(cfg)["status"]["completed"] == 2
+        pids[reuse] = {_trial(sweep_dir, i)["pid"] for i in (0, 1)}
+        rows[reuse] = [
+            [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")}
+             for line in (sweep_dir / "trials" / trainable.trial_name(i) / "metrics.jsonl").open()]
+            for i in (0, 1)
+        ]  # fmt: skip
+    assert len(pids[True]) == 1 and len(pids[False]) == 2
+    assert rows[True] == rows[False]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
 def test_inprocess_trials_are_one_bundle_and_run_their_clients_inside(make_cfg, tmp_path):
     # ray=inprocess: each trial is one process holding its clients; two trials fit the 2 CPUs
     cfg = make_cfg("sweep=local_epochs", "ray=inprocess", "fl.rounds=2", "fl.num_clients=3")
