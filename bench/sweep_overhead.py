@@ -1,7 +1,7 @@
 """What a sweep trial pays before its first round: a Ray Tune sweep of K short trials against
 K bare loops doing the same training one after another.
 
-    python bench/sweep_overhead.py                         # 4 trials of tiny100 at 10 rounds
+    python bench/sweep_overhead.py                         # 4 trials of tiny100 at 10 rounds, x3
     python bench/sweep_overhead.py --trials 8 --rounds 5 --backends inprocess
     python bench/sweep_overhead.py --concurrent 2          # Tune runs two trials at a time
     python bench/sweep_overhead.py --reuse false           # every trial in a process of its own
@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 from overhead import BACKENDS, ROOT, WORKLOADS, compose, fedray_cmd, measure, prepare
 from scratch import scratch_dir
@@ -75,6 +77,7 @@ def sweep_run(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--trials", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=10, help="rounds of each trial")
     ap.add_argument("--concurrent", type=int, default=1, help="trials Tune runs at a time")
     ap.add_argument("--backends", default="ray,inprocess")
@@ -99,27 +102,44 @@ def main() -> None:
     job = prepare(overrides, work, threads=1)
     rounds = int(compose(overrides)["fl"]["rounds"])
     print(f"{args.workload} x {args.trials} trials, {rounds} rounds each, "
-          f"{args.concurrent} at a time", flush=True)  # fmt: skip
-    bare = bare_runs(job, args.trials)
+          f"{args.concurrent} at a time, median of {args.repeats} alternating repeats",
+          flush=True)  # fmt: skip
+    sides = [(b, r) for b in backends for r in reuses]
+    runs: dict[Any, list[dict]] = {"bare": [], **{side: [] for side in sides}}
+    for i in range(args.repeats):  # alternated, so that a busy spell slows every side alike
+        runs["bare"].append(bare_runs(job, args.trials))
+        line = f"  [#{i + 1}] bare {runs['bare'][-1]['wall_s']:.1f}s"
+        for backend, reuse in sides:
+            f = sweep_run(overrides, backend, reuse, args.trials, args.concurrent,
+                          work / f"sweep-{backend}-{reuse}-{i}")  # fmt: skip
+            f["rounds_sum_s"] = sum(f["rounds_s"])
+            f["outside_s"] = (f["sweep_wall_s"] - f["rounds_sum_s"]) / max(1, len(f["rounds_s"]))
+            runs[(backend, reuse)].append(f)
+            line += f" | {backend} reuse={reuse} {f['wall_s']:.1f}s"
+        print(line, flush=True)
+    med = {side: {k: statistics.median(r[k] for r in rs) for k in rs[0] if _num(rs[0][k])}
+           for side, rs in runs.items()}  # fmt: skip
+    bare = med["bare"]
     print(f"bare loop x {args.trials} in a row: {bare['wall_s']:.2f}s wall "
           f"({bare['loop_s']:.2f}s in the loops), {bare['cpu_s']:.1f}s CPU, peak "
           f"{bare['peak_pss_mb']:.0f} MB", flush=True)  # fmt: skip
-    for backend, reuse in [(b, r) for b in backends for r in reuses]:
-        name = f"{backend}, reuse_processes={reuse}"
-        f = sweep_run(overrides, backend, reuse, args.trials, args.concurrent,
-                      work / f"sweep-{backend}-{reuse}")  # fmt: skip
-        outside = (f["sweep_wall_s"] - sum(f["rounds_s"])) / max(1, len(f["rounds_s"]))
+    for backend, reuse in sides:
+        f = med[(backend, reuse)]
         print(
-            f"sweep {name}: {f['completed']}/{args.trials} trials completed | wall "
-            f"{f['wall_s']:.2f}s (ratio {f['wall_s'] / bare['wall_s']:.2f}) | CPU "
-            f"{f['cpu_s']:.1f}s (ratio {f['cpu_s'] / bare['cpu_s']:.2f}) | peak PSS "
-            f"{f['peak_pss_mb']:.0f} MB | the trials' rounds {sum(f['rounds_s']):.2f}s, the "
-            f"sweep outside them {outside:.2f}s a trial (Ray start, trial processes, imports, "
-            f"data, actors, evaluation and results) | the "
-            f"process outside the sweep's own timer (interpreter, imports, config, Ray's stop): "
+            f"sweep {backend}, reuse_processes={reuse}: {f['completed']:.0f}/{args.trials} trials "
+            f"completed | wall {f['wall_s']:.2f}s (ratio {f['wall_s'] / bare['wall_s']:.2f}) | "
+            f"CPU {f['cpu_s']:.1f}s (ratio {f['cpu_s'] / bare['cpu_s']:.2f}) | peak PSS "
+            f"{f['peak_pss_mb']:.0f} MB | the trials' rounds {f['rounds_sum_s']:.2f}s, the "
+            f"sweep outside them {f['outside_s']:.2f}s a trial (Ray start, trial processes, "
+            f"imports, data, actors, evaluation and results) | the process outside the sweep's "
+            f"own timer (interpreter, imports, config, Ray's stop): "
             f"{f['wall_s'] - f['sweep_wall_s']:.2f}s",
             flush=True,
         )
+
+
+def _num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 if __name__ == "__main__":
