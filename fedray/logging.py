@@ -7,6 +7,8 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,24 @@ def setup_console_logging() -> None:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+
+
+# a log file's line, as Hydra's job log (a run dir's launch.log) writes it
+FILE_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+
+
+@contextmanager
+def log_file(path: str | Path) -> Iterator[None]:
+    """fedray's lines also go to `path` (appended) while the block runs: a sweep trial's own
+    launch.log, as launch.py's run directory has."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(FILE_FORMAT))
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
 
 
 def log_to_files_of(logger: logging.Logger) -> None:

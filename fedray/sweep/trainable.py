@@ -8,11 +8,8 @@ PBT can continue a trial from a better trial's checkpoint under a mutated config
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,20 +89,6 @@ def _restore(restored: Any, run_dir: Path, index: int, info: dict[str, Any]) -> 
     return start
 
 
-@contextmanager
-def trial_log(path: Path) -> Iterator[None]:
-    """The trial's own log file (appended to by a retried attempt), as launch.py's run dir has."""
-    log = logging.getLogger("fedray")
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    log.addHandler(handler)
-    try:
-        yield
-    finally:
-        log.removeHandler(handler)
-        handler.close()
-
-
 def run_trial(
     config: dict[str, Any], *, base: dict[str, Any], options: dict, meta: dict[str, Any]
 ) -> None:
@@ -114,6 +97,7 @@ def run_trial(
     from ray import tune
 
     from fedray.fl.checkpoint import CHECKPOINT
+    from fedray.logging import log_file
     from fedray.run import run
 
     if meta.get("cwd") and Path(meta["cwd"]).is_dir():
@@ -186,7 +170,7 @@ def run_trial(
             # since a scheduler's decision at that report may end this process
             last.append((dict(row), ckpt_path))
 
-    with trial_log(run_dir / "launch.log"):
+    with log_file(run_dir / "launch.log"):
         summary = run(cfg, on_round)
     if last:
         report(*last[-1])
