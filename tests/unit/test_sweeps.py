@@ -102,6 +102,7 @@ def test_every_shipped_sweep_validates_and_plans_one_trial(experiment, name):
         ({"space": {"fl.rounds": [1]}, "scheduler": {"name": "asha", "grace": 1}}, "grace"),
         ({"space": {"fl.rounds": [1]}, "faults": [{"trial": 0}]}, r"sweep\.faults\[0\]"),
         ({"space": {"fl.rounds": [1]}, "driver_gpus": -1}, r"sweep\.driver_gpus: must be"),
+        ({"space": {"fl.rounds": [1]}, "reuse_processes": "maybe"}, r"reuse_processes: must be"),
     ],
 )
 def test_bad_sweeps_name_file_and_key(sweep, match):
