@@ -224,6 +224,13 @@ def fedray_cmd(overrides: list[str], run_dir: Path) -> list[str]:
     return [sys.executable, "launch.py", *overrides, f"hydra.run.dir={run_dir}"]
 
 
+def bare_run(job: Path) -> dict:
+    """bench/bare_loop.py on `job`: measured, with the figures it prints (loop_s, val_acc)."""
+    b = measure([sys.executable, str(ROOT / "bench" / "bare_loop.py"), str(job)])
+    b.update(json.loads(b.pop("stdout").strip().splitlines()[-1]))
+    return b
+
+
 def run_workload(
     name: str, overrides: list[str], repeats: int, work: Path, threads: int, backends: list[str]
 ) -> dict:
@@ -231,8 +238,7 @@ def run_workload(
     job = prepare(overrides, work, threads)
     runs: dict[str, list[dict]] = {"bare": [], **{b: [] for b in backends}}
     for i in range(repeats):
-        b = measure([sys.executable, str(ROOT / "bench" / "bare_loop.py"), str(job)])
-        b.update(json.loads(b.pop("stdout").strip().splitlines()[-1]))
+        b = bare_run(job)
         runs["bare"].append(b)
         line = f"  [{name} #{i + 1}] bare {_brief(b)}"
         for backend in backends:

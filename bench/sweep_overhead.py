@@ -24,11 +24,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
-from overhead import BACKENDS, ROOT, WORKLOADS, compose, fedray_cmd, measure, prepare
+from overhead import (
+    BACKENDS,
+    WORKLOADS,
+    _num,
+    bare_run,
+    compose,
+    fedray_cmd,
+    measure,
+    prepare,
+)
 from scratch import scratch_dir
 
 
@@ -36,9 +44,7 @@ def bare_runs(job: Path, trials: int) -> dict:
     """The bare loop `trials` times in a row: wall and CPU summed, the largest peak."""
     runs = []
     for _ in range(trials):
-        b = measure([sys.executable, str(ROOT / "bench" / "bare_loop.py"), str(job)])
-        b.update(json.loads(b.pop("stdout").strip().splitlines()[-1]))
-        runs.append(b)
+        runs.append(bare_run(job))
     return {
         "wall_s": sum(r["wall_s"] for r in runs),
         "cpu_s": sum(r["cpu_s"] for r in runs),
@@ -136,10 +142,6 @@ def main() -> None:
             f"{f['wall_s'] - f['sweep_wall_s']:.2f}s",
             flush=True,
         )
-
-
-def _num(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 if __name__ == "__main__":
