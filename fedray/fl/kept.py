@@ -13,6 +13,11 @@ actor is an idle process holding memory (a model's worth and torch) but no CPUs:
 with `num_cpus=0`, so the next run's own Ray tasks (a data build, a sweep's trials) and a run
 that does not use it are never left waiting for CPUs it would hold (its GPU share, with
 `ray.client_gpus` > 0, it does hold). `ray stop` ends them; one run at a time uses them.
+
+Sweep trials keep theirs another way (`parking`): Tune hands a finished trial's process and
+placement group to the next trial of the same resources (`sweep.reuse_processes`), and the
+trial's client actors, scheduled in that placement group and owned by that process, stay parked
+in it for the next trial instead of being killed and started again. They end with the process.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 log = logging.getLogger("fedray")
@@ -122,6 +129,79 @@ def kept_names() -> list[str]:
         for e in ray.util.list_named_actors(all_namespaces=True)
         if e["namespace"] == NAMESPACE and e["name"].startswith(PREFIX)
     ]
+
+
+class _Parking:
+    """This process's parked client actors (`parking`): on while a sweep trial runs."""
+
+    on = False
+    key: str | None = None
+    actors: list[Any] = []
+
+
+_PARK = _Parking()
+
+
+@contextmanager
+def parking() -> Iterator[None]:
+    """Within it, a run's client actors outlive the run in this process: the next run here of the
+    same pool (size, CPUs and GPUs per actor, code location) configures them instead of starting
+    new ones. For a sweep trial whose process Tune may hand to the next trial
+    (`sweep.reuse_processes`): the actors sit in that trial's placement group, which goes with the
+    process, and die with it."""
+    _PARK.on = True
+    try:
+        yield
+    finally:
+        _PARK.on = False
+
+
+def parking_on() -> bool:
+    """Whether a run started now parks its client actors when it ends (`parking`)."""
+    return _PARK.on
+
+
+def park_key(ray_cfg: dict[str, Any], size: int) -> str:
+    """What a parked pool shares with the run that takes it: its size and actor shape."""
+    return f"{shape_key(ray_cfg)}-{size}"
+
+
+def _stop(actor: Any) -> None:
+    import ray
+
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # noqa: BLE001 - already gone is fine
+        pass
+
+
+def park(key: str, actors: list[Any]) -> None:
+    """Leave `actors` (a finished run's pool) in this process for the next run of pool `key`."""
+    _PARK.key, _PARK.actors = key, list(actors)
+
+
+def unpark(actor_cls: Any, ray_cfg: dict[str, Any], size: int, boot: dict[str, Any]) -> list:
+    """`size` client actors for this run: the last run's parked ones when its pool had the same
+    key, else new ones. A parked actor that died or does not answer is replaced; parked actors
+    of another pool are stopped (their placement-group bundles then take the new ones)."""
+    key = park_key(ray_cfg, size)
+    actors, _PARK.actors = _PARK.actors, []
+    if actors and _PARK.key != key:
+        for a in actors:
+            _stop(a)
+        actors = []
+    reused = len(actors)
+    for i, why in enumerate(_ask_stale(actors, timeout_s=60.0)):
+        if why:
+            log.info("client actor from the last trial in this process: %s; starting one", why)
+            _stop(actors[i])
+            actors[i] = actor_cls.remote(None, boot)
+            reused -= 1
+    actors += [actor_cls.remote(None, boot) for _ in range(size - len(actors))]
+    if reused:
+        log.info("client actors from the last trial in this process: %d reused, %d started",
+                 reused, size - reused)
+    return actors
 
 
 def process_start_time() -> float:

@@ -113,6 +113,8 @@ class ClientPool:
     `batch`: each actor gets its clients of a round in one `fit_many` call (`ray.batch_clients`).
     `keep`: `actors` are kept on the cluster for later runs (`ray.keep_actors`): `shutdown`
     leaves them running (not the run's own replacements of failed ones).
+    `park_key`: `shutdown` parks every actor in this process for the next run of that pool key
+    (a sweep trial's, `fedray.fl.kept.parking`) instead of killing it.
     """
 
     def __init__(
@@ -126,8 +128,10 @@ class ClientPool:
         sticky: bool = False,
         batch: bool = False,
         keep: bool = False,
+        park_key: str | None = None,
     ) -> None:
         self.actor_cls = actor_cls
+        self.park_key = park_key
         self.kept: set[int] = set(range(size)) if keep and actors else set()
         self.batch = batch
         self.spec_ref = spec_ref
@@ -230,7 +234,13 @@ class ClientPool:
         return results, dropped
 
     def shutdown(self) -> None:
-        """Kill every actor, but the kept ones."""
+        """Kill every actor, but the kept ones; or park them all (`park_key`)."""
+        if self.park_key is not None:
+            from fedray.fl.kept import park
+
+            park(self.park_key, self.actors)
+            self.actors = []
+            return
         for i, actor in enumerate(self.actors):
             if i in self.kept:
                 continue
@@ -308,6 +318,8 @@ class PoolBoot:
         self._thread.start()
 
     def _run(self) -> None:
+        from fedray.fl.kept import parking_on, unpark
+
         try:
             try:
                 self.started = bool(self._start())
@@ -321,6 +333,8 @@ class PoolBoot:
                 from fedray.fl.kept import kept_actors
 
                 self.actors = kept_actors(actor_cls, self.ray_cfg, size, boot)
+            elif parking_on():  # a sweep trial: the last trial's in this process, if any
+                self.actors = unpark(actor_cls, self.ray_cfg, size, boot)
             else:
                 self.actors = [actor_cls.remote(None, boot) for _ in range(size)]
         except BaseException as exc:  # noqa: BLE001 - re-raised in the driver's thread by result()

@@ -191,7 +191,10 @@ class FederatedServer:
         actor_cls = make_client_actor(float(ray_cfg["client_cpus"]), float(ray_cfg["client_gpus"]))
         size = pool_size(ray_cfg, self.k)
         gpus = float(ray_cfg["client_gpus"])
-        verb = "using" if ray_cfg.get("keep_actors") else "starting"  # kept: fedray/fl/kept.py
+        from fedray.fl.kept import park_key, parking_on
+
+        # kept (on the cluster) or parked (in a sweep trial's process): fedray/fl/kept.py
+        verb = "using" if ray_cfg.get("keep_actors") or parking_on() else "starting"
         log.info("%s %d client actors (%.2g CPU%s each) for %d clients, %d per round", verb,
                  size, float(ray_cfg["client_cpus"]), f" + {gpus:.2g} GPU" if gpus else "",
                  self.fl["num_clients"], self.k)
@@ -218,6 +221,7 @@ class FederatedServer:
             sticky=bool(self.cached),
             batch=bool(ray_cfg.get("batch_clients", False)),
             keep=bool(ray_cfg.get("keep_actors", False)),
+            park_key=park_key(ray_cfg, size) if parking_on() else None,
         )
 
     def _warm_up(self) -> None:

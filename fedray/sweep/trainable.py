@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,7 @@ def run_trial(
     from ray import tune
 
     from fedray.fl.checkpoint import CHECKPOINT
+    from fedray.fl.kept import parking
     from fedray.logging import log_file
     from fedray.run import run
 
@@ -170,7 +172,9 @@ def run_trial(
             # since a scheduler's decision at that report may end this process
             last.append((dict(row), ckpt_path))
 
-    with log_file(run_dir / "launch.log"):
+    # sweep.reuse_processes: this process may serve the next trial, and its client actors with it
+    parked = parking() if meta.get("reuse_processes") else nullcontext()
+    with log_file(run_dir / "launch.log"), parked:
         summary = run(cfg, on_round)
     if last:
         report(*last[-1])

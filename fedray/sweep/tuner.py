@@ -216,6 +216,7 @@ def _trainable(state: dict[str, Any], sweep_dir: Path) -> Any:
         "cwd": state["cwd"],
         "variants": state["variants"],
         "check_feasible": spec["search"] != "grid",  # a planned grid is feasible already
+        "reuse_processes": bool(spec.get("reuse_processes", True)),
     }
     fn = tune.with_parameters(run_trial, base=state["base"], options=state["options"], meta=meta)
     return tune.with_resources(

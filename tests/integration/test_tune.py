@@ -296,24 +296,32 @@ def test_sweep_killed_midway_resumes_without_rerunning_finished_trials(tmp_path,
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
-def test_a_trial_in_a_reused_process_runs_as_in_a_fresh_one(make_cfg, tmp_path):
+@pytest.mark.parametrize("backend", ["inprocess", "local"])
+def test_a_trial_in_a_reused_process_runs_as_in_a_fresh_one(make_cfg, tmp_path, backend):
     # one trial fits the 2 CPUs: with sweep.reuse_processes the second runs in the first's
-    # process (no new worker, no imports), and nothing of the first run changes what it computes
-    pids, rows = {}, {}
+    # process (no new worker, no imports) and, with Ray actors, on the first's client actors;
+    # nothing of the first run changes what the second computes
+    pids, rows, logs = {}, {}, {}
     for reuse in (True, False):
         sweep_dir = tmp_path / f"reuse-{reuse}"
-        cfg = make_cfg("sweep=local_epochs", "ray=inprocess", "fl.rounds=2", "fl.num_clients=3",
-                       "sweep.num_samples=2", "sweep.driver_cpus=2",
+        driver_cpus = 2 if backend == "inprocess" else 1  # Ray actors: 2 x 0.5 CPU beside it
+        cfg = make_cfg("sweep=local_epochs", f"ray={backend}", "fl.rounds=2", "fl.num_clients=3",
+                       "sweep.num_samples=2", f"sweep.driver_cpus={driver_cpus}",
                        f"sweep.reuse_processes={str(reuse).lower()}", run_dir=sweep_dir)
         assert tuner.sweep(cfg)["status"]["completed"] == 2
         pids[reuse] = {_trial(sweep_dir, i)["pid"] for i in (0, 1)}
+        trials = [sweep_dir / "trials" / trainable.trial_name(i) for i in (0, 1)]
         rows[reuse] = [
             [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")}
-             for line in (sweep_dir / "trials" / trainable.trial_name(i) / "metrics.jsonl").open()]
-            for i in (0, 1)
+             for line in (t / "metrics.jsonl").open()]
+            for t in trials
         ]  # fmt: skip
+        logs[reuse] = [(t / "launch.log").read_text() for t in trials]
     assert len(pids[True]) == 1 and len(pids[False]) == 2
     assert rows[True] == rows[False]
+    reused = "client actors from the last trial in this process: 2 reused, 0 started"
+    assert reused not in logs[True][0] and reused not in "".join(logs[False])
+    assert (reused in logs[True][1]) == (backend == "local"), logs[True][1]
 
 
 @pytest.mark.slow
