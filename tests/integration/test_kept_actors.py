@@ -11,7 +11,18 @@ import pytest
 
 from fedray.config import ConfigError
 from fedray.fl.inprocess import check_backend
-from fedray.fl.kept import NAMESPACE, changed_module, kept_actors, kept_names, process_start_time
+from fedray.fl.kept import (
+    NAMESPACE,
+    changed_module,
+    kept_actors,
+    kept_names,
+    park,
+    park_key,
+    parking,
+    parking_on,
+    process_start_time,
+    unpark,
+)
 from fedray.run import run
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -130,6 +141,54 @@ def test_an_actor_whose_code_changed_is_started_afresh(tmp_path, no_kept_actors)
     actors = kept_actors(cls, shape, 2, {})  # the old ones die answering and are replaced
     gone.unlink()
     assert len(set(ray.get([a.ping.remote() for a in actors])) - set(renewed)) == 2
+
+
+def test_a_sweep_trials_parked_actors_serve_the_next_pool_of_their_shape_only(tmp_path):
+    """`parking` (a sweep trial in a process Tune may reuse): the next run here takes the parked
+    pool of its own shape, replaces a parked actor that died, and stops a pool of another shape."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    gone = tmp_path / "gone"
+
+    class Stub:
+        def __init__(self, spec=None, boot=None) -> None:
+            pass
+
+        def stale(self):
+            if gone.exists():
+                os._exit(1)
+            return None
+
+        def ping(self) -> int:
+            return os.getpid()
+
+    cls = ray.remote(num_cpus=0.25)(Stub)
+    shape = {"client_cpus": 0.25, "client_gpus": 0.0}
+    assert not parking_on()
+    with parking():
+        assert parking_on()
+        first = unpark(cls, shape, 2, {})  # nothing parked: new ones
+        pids = ray.get([a.ping.remote() for a in first])
+        park(park_key(shape, 2), first)
+        again = unpark(cls, shape, 2, {})
+        assert ray.get([a.ping.remote() for a in again]) == pids  # the same processes
+    assert not parking_on()
+    park(park_key(shape, 2), again)
+    gone.write_text("")
+    renewed = unpark(cls, shape, 2, {})  # both die answering: replaced
+    gone.unlink()
+    new_pids = ray.get([a.ping.remote() for a in renewed])
+    assert not set(new_pids) & set(pids)
+    park(park_key(shape, 2), renewed)
+    bigger = unpark(cls, shape, 3, {})  # another pool size: the parked two are stopped
+    assert len(set(ray.get([a.ping.remote() for a in bigger])) - set(new_pids)) == 3
+    for old in renewed:
+        with pytest.raises(RayActorError):
+            ray.get(old.ping.remote(), timeout=60)
+    for a in bigger:
+        ray.kill(a, no_restart=True)
+    assert _all_cpus_free()
 
 
 def test_changed_module_finds_a_source_edited_after_the_process_started(tmp_path, monkeypatch):
