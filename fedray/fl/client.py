@@ -245,6 +245,16 @@ class ClientActor:
         """Liveness check; returns the process id."""
         return os.getpid()
 
+    def release(self) -> None:
+        """Drop what the finished run left in memory (its clients' shards and cached features,
+        the dataset's memory map) while the actor waits for another run: a kept actor
+        (`ray.keep_actors`) or a sweep trial's parked one. `configure` builds the rest anew."""
+        import gc
+
+        self.shards = OrderedDict()
+        self.images = None
+        gc.collect()
+
 
 def make_client_actor(num_cpus: float, num_gpus: float):
     """The Ray actor class with this experiment's per-client resources."""

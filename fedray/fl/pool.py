@@ -234,15 +234,19 @@ class ClientPool:
         return results, dropped
 
     def shutdown(self) -> None:
-        """Kill every actor, but the kept ones; or park them all (`park_key`)."""
+        """Kill every actor, but the kept ones; or park them all (`park_key`). Those that stay
+        drop the run's shards (`ClientActor.release`, not waited for)."""
         if self.park_key is not None:
             from fedray.fl.kept import park
 
+            for actor in self.actors:
+                actor.release.remote()
             park(self.park_key, self.actors)
             self.actors = []
             return
         for i, actor in enumerate(self.actors):
             if i in self.kept:
+                actor.release.remote()
                 continue
             try:
                 ray.kill(actor, no_restart=True)

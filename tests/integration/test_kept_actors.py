@@ -79,7 +79,11 @@ def test_a_second_run_reuses_the_warm_actors_with_the_same_numbers(make_cfg, tmp
     names = _kept()
     assert len(names) == 2, names  # the smoke run's pool: one actor per client (2)
     pids = _pids(names)
-    # idle between runs, they hold no CPUs: a data build's Ray tasks or a run without them
+    # idle between runs they hold none of the run's data (shards, the dataset's memory map)
+    held = [ray.get_actor(n, namespace=NAMESPACE).__ray_call__.remote(
+        lambda self: (len(self.shards), self.images is None)) for n in names]
+    assert ray.get(held) == [(0, True), (0, True)]
+    # and no CPUs: a data build's Ray tasks or a run without them
     # (a pool of its own, 0.5 CPU an actor here) is not left waiting for the test Ray's 2
     assert _all_cpus_free()
     second = run(make_cfg(*keep, run_dir=tmp_path / "second"))
