@@ -186,31 +186,27 @@ class FederatedServer:
             return InProcessPool(spec, float(ray_cfg["client_cpus"]))
         import ray
 
+        from fedray.fl.kept import park_key, parking_on
         from fedray.fl.pool import ClientPool, pool_size
 
         actor_cls = make_client_actor(float(ray_cfg["client_cpus"]), float(ray_cfg["client_gpus"]))
         size = pool_size(ray_cfg, self.k)
         gpus = float(ray_cfg["client_gpus"])
-        from fedray.fl.kept import park_key, parking_on
-
         # kept (on the cluster) or parked (in a sweep trial's process): fedray/fl/kept.py
         verb = "using" if ray_cfg.get("keep_actors") or parking_on() else "starting"
         log.info("%s %d client actors (%.2g CPU%s each) for %d clients, %d per round", verb,
                  size, float(ray_cfg["client_cpus"]), f" + {gpus:.2g} GPU" if gpus else "",
                  self.fl["num_clients"], self.k)
-        # cached features: each client sticks to actor `client_id % size`, which so serves up
-        # to `per_actor` clients over the run; an LRU smaller than that evicts a client's
-        # features before its next turn, and they are recomputed
+        # cached features: each client sticks to actor `client_id % size`, which so serves up to
+        # `per_actor` clients; a smaller LRU evicts a client's features before its next turn
         per_actor = -(-int(self.fl["num_clients"]) // size)
         if self.cached and per_actor > spec["shard_cache"]:
             log.warning(
                 "each client actor serves up to %d clients but keeps ray.shard_cache=%d "
                 "shards: their cached features would be recomputed when they come back; set "
                 "ray.shard_cache=%d (memory: one client's cached features each)",
-                per_actor,
-                spec["shard_cache"],
-                per_actor,
-            )
+                per_actor, spec["shard_cache"], per_actor,
+            )  # fmt: skip
         return ClientPool(
             actor_cls,
             ray.put(spec),
