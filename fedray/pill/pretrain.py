@@ -151,15 +151,18 @@ def pretrain_model_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def model_key(cfg: dict[str, Any]) -> dict[str, Any]:
     """The model as pretraining builds it, canonical: its label and weights path aside, and a key
-    spelt at its builder's default dropped (`width: 1.0` and no width are one network)."""
+    spelt at its builder's default dropped (`width: 1.0` and no width are one network, as are
+    `options: {}` and no options where the builder's default is None)."""
     from fedray.models import target_params
 
     model = {k: v for k, v in pretrain_model_cfg(cfg).items() if k not in ("name", "pretrained")}
     params = target_params(model.get("_target_"))
-    return {
-        k: v for k, v in model.items()
-        if not (k in params and type(params[k].default) is type(v) and params[k].default == v)
-    }
+
+    def at_default(k: str, v: Any) -> bool:  # an empty {} / [] is the builder's None default
+        d = params[k].default
+        return (type(d) is type(v) and d == v) or (d is None and v in ({}, []))
+
+    return {k: v for k, v in model.items() if not (k in params and at_default(k, v))}
 
 
 def pretrain_key(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -60,6 +60,16 @@ def test_a_teacher_enters_the_key_as_its_own_pretraining(tmp_path):
     )
 
 
+def test_a_teacher_spelt_as_a_bare_target_names_the_run_that_pretrained_it():
+    # model=resnet18 carries `options: {}`; a teacher written by hand leaves it out (the builder's
+    # None): one network, so the teacher's pretraining is the cached one, not a second of its own
+    r18 = ["model=resnet18", "model.pretrained=public", "model.taps=[4,5,6,7]"]
+    spec = ("pretrain.teacher={_target_: fedray.models.torchvision_split.torchvision_classifier,"
+            " arch: resnet18, taps: [4,5,6,7]}")
+    assert pretrain_key(compose_plain([*PILL, spec]))["recipe"]["teacher"] == _key(*r18)
+    assert _key(*r18, "++model.options.zero_init_residual=true") != _key(*r18)
+
+
 def test_a_teacher_that_is_no_model_or_the_same_model_is_a_config_error():
     for overrides, words in (
         (["pretrain.teacher={width: 1.0}"], "is the model being pretrained"),
