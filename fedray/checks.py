@@ -8,7 +8,9 @@ own keys (a strategy, a task, the pretraining) use them too.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from fedray.config import ConfigError
@@ -68,3 +70,17 @@ def mapping(key: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{key}: {value!r} is not a mapping of settings ({key}.KEY=...)")
     return dict(value)
+
+
+@contextmanager
+def as_key(key: str, built_as: str = "model") -> Iterator[None]:
+    """Errors of a config built as `built_as` name where it was written: a teacher or a student is
+    built by the model builder, whose errors say `model.arch`, but the user wrote
+    `pretrain.teacher.arch`."""
+    try:
+        yield
+    except ConfigError as exc:
+        text = str(exc)
+        if not re.match(rf"{re.escape(built_as)}\b", text):
+            raise
+        raise ConfigError(key + text[len(built_as):]) from None

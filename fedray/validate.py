@@ -476,6 +476,10 @@ def validate(cfg: dict[str, Any]) -> None:
             check_dp_config(cfg, per_round)
     if stage != "synth" and needs_pretraining(cfg):
         check_pretrain(cfg)
+    if stage == "distill":
+        from fedray.distill.stage import check_stage
+
+        check_stage(cfg)
     from fedray.run import STAGES, stage_target
 
     if stage not in STAGES:  # a plug-in stage: the check its callable carries

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedray.checks import as_key
 from fedray.config import ConfigError
 from fedray.data.datasets import DatasetInfo, load_images, load_labels, to_tensor_batch
 from fedray.distill.losses import LOSSES, distill_loss
@@ -92,6 +93,30 @@ def check_distill(dcfg: Any) -> dict[str, Any]:
             "with a _target_ (used unlabelled)"
         )
     return dcfg
+
+
+def check_stage(cfg: dict[str, Any]) -> None:
+    """stage=distill before anything loads or trains: the distill group, the student (built once
+    with a dummy head; its errors name `distill.student`) and, where the teacher is trained here
+    or loaded as a state_dict of it, the experiment's `model`."""
+    from fedray.models import build_model
+
+    dcfg = check_distill(copy.deepcopy(cfg.get("distill")))
+    pretrain_name = (cfg.get("pretrain") or {}).get("name")
+    built = [("distill.student", dcfg["student"])]
+    teacher = dcfg.get("teacher")
+    if teacher is None or not Path(str(teacher)).is_dir():
+        built.append(("model", cfg.get("model")))
+    for key, model in built:
+        if not isinstance(model, dict):
+            raise ConfigError(f"{key}: {model!r} is not a model config (with a _target_)")
+        weights = model.get("pretrained")
+        if weights not in (None, pretrain_name) and not Path(str(weights)).is_file():
+            raise ConfigError(f"{key}.pretrained: {weights!r} is no weights file (nor "
+                              f"{pretrain_name!r}, the pretrain stage's)")
+        model = {**model, "pretrained": None}  # the architecture alone: nothing loads here
+        with as_key(key):
+            build_model(model, 2)
 
 
 def load_teacher(cfg: dict[str, Any], dcfg: dict[str, Any]) -> tuple[nn.Module | None, dict, str]:

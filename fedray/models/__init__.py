@@ -120,7 +120,8 @@ def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
         )
     except ConfigError:
         raise
-    except ValueError as exc:  # the constructor refused a value the config gave it
+    except (ValueError, RuntimeError) as exc:  # the constructor refused a value the config gave
+        # it (torch's own refusals, e.g. a negative channel count, are RuntimeErrors)
         raise ConfigError(f"model: {cfg['_target_']} refused the config's values: "
                           f"{first_line(exc)}") from None
     if not isinstance(model, nn.Module):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -20,6 +22,8 @@ class TinyCNN(nn.Module):
         taps: list | None = None,
         pool: str = "avg",
     ) -> None:
+        if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
+            raise ValueError(f"model.width={width!r}: an integer >= 1 (the first conv's channels)")
         super().__init__()
         self.turns = 1  # quarter-turn averaging of the backbone (model.turns, fedray.models.views)
         self.zooms = tuple(zooms)  # centre zooms stacked on channels (model.zooms)

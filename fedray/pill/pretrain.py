@@ -193,7 +193,7 @@ def pretrain_key(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def check_pretrain(cfg: dict[str, Any]) -> None:
     """Validate the pretraining without running it: recipe values, the public set, the model."""
-    from fedray.checks import boolean, choice, mapping, number
+    from fedray.checks import as_key, boolean, choice, mapping, number
     from fedray.fl.train import SCHEDULES
     from fedray.models import build_model
     from fedray.validate import check_optimizer
@@ -217,7 +217,8 @@ def check_pretrain(cfg: dict[str, Any]) -> None:
     build_model(pretrain_model_cfg(cfg), 2)  # the pretraining head's taps fit the backbone
     tcfg = teacher_cfg(cfg)
     if tcfg is not None:
-        build_model(pretrain_model_cfg(tcfg), 2)  # the teacher is a model that builds
+        with as_key("pretrain.teacher"):
+            build_model(pretrain_model_cfg(tcfg), 2)  # the teacher is a model that builds
 
 
 # Public batches are drawn at random: from an array in RAM they cost nothing, from a memory map

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from fedray.checks import as_key
 from fedray.config import ConfigError
 
 TEACHER_KEYS = ("teacher", "teacher_temperature", "teacher_lam")
@@ -79,7 +80,9 @@ def teacher_recipe(cfg: dict[str, Any], key_of: Callable[[dict[str, Any]], str])
     if tcfg is None:
         return {}
     temperature, lam = teacher_knobs(cfg["pretrain"])
-    return {"teacher": key_of(tcfg), "teacher_temperature": temperature, "teacher_lam": lam}
+    with as_key("pretrain.teacher"):
+        key = key_of(tcfg)
+    return {"teacher": key, "teacher_temperature": temperature, "teacher_lam": lam}
 
 
 def load_teacher(cfg: dict[str, Any], num_classes: int) -> torch.nn.Module | None:

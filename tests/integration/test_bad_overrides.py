@@ -70,6 +70,14 @@ BAD = [
     (["model.pretrained=public", "pretrain.teacher=3"], "pretrain.teacher"),
     (["model.pretrained=public", "pretrain.teacher={width: 16}"], "pretrain.teacher"),
     (["model.pretrained=public", "pretrain.teacher={widht: 32}"], "pretrain.teacher.widht"),
+    (["model.pretrained=public", "pretrain.teacher={_target_: nosuch.Net}"],
+     "pretrain.teacher._target_"),
+    (["model.width=-3"], "model"),  # torch's own refusal (a RuntimeError) of a negative width
+    # stage=distill: the student is built once before the teacher loads or trains
+    (["stage=distill", "distill/student=mobilenet_v3_small", "distill.student.width_mult=-1"],
+     "distill.student"),
+    (["stage=distill", "+distill.student.pretrained=/nonexistent.pt"],
+     "distill.student.pretrained"),
     # privacy, checked with the rest before Ray (it used to fail inside the server)
     (["dp=central", "dp.clip_norm=-1"], "dp.clip_norm"),
     (["dp=central", "dp.noise_multiplier=abc"], "dp"),
