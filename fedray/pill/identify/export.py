@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,12 @@ def export_classifier(model: torch.nn.Module, image_size: int, path: Path) -> Pa
     """Write the classifier as ONNX (batch dimension dynamic) at `path`."""
     model = model.eval().to(memory_format=torch.contiguous_format)
     example = torch.zeros(1, 3, image_size, image_size)
-    torch.onnx.export(model, (example,), str(path), opset_version=OPSET, dynamo=False,
-                      input_names=["images"], output_names=["logits"],
-                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    with warnings.catch_warnings():  # the views read the crop's size as ints on purpose: the
+        # exported graph takes crops of this one size, as identify feeds it
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(model, (example,), str(path), opset_version=OPSET, dynamo=False,
+                          input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
     return path
 
 
