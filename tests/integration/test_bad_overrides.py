@@ -72,7 +72,7 @@ BAD = [
     (["model.pretrained=public", "pretrain.teacher={widht: 32}"], "pretrain.teacher.widht"),
     (["model.pretrained=public", "pretrain.teacher={_target_: nosuch.Net}"],
      "pretrain.teacher._target_"),
-    (["model.width=-3"], "model"),  # torch's own refusal (a RuntimeError) of a negative width
+    (["model.width=-3"], "model"),  # a negative width (once torch's RuntimeError: a traceback)
     # stage=distill: the student is built once before the teacher loads or trains
     (["stage=distill", "distill/student=mobilenet_v3_small", "distill.student.width_mult=-1"],
      "distill.student"),
