@@ -98,14 +98,15 @@ def check_distill(dcfg: Any) -> dict[str, Any]:
 def check_stage(cfg: dict[str, Any]) -> None:
     """stage=distill before anything loads or trains: the distill group, the student (built once
     with a dummy head; its errors name `distill.student`) and, where the teacher is trained here
-    or loaded as a state_dict of it, the experiment's `model`."""
+    or loaded as a state_dict of it or its pretraining teaches the student's, the experiment's
+    `model`."""
     from fedray.models import build_model
 
     dcfg = check_distill(copy.deepcopy(cfg.get("distill")))
     pretrain_name = (cfg.get("pretrain") or {}).get("name")
     built = [("distill.student", dcfg["student"])]
     teacher = dcfg.get("teacher")
-    if teacher is None or not Path(str(teacher)).is_dir():
+    if teacher is None or not Path(str(teacher)).is_dir() or dcfg.get("pretrain_teacher"):
         built.append(("model", cfg.get("model")))
     for key, model in built:
         if not isinstance(model, dict):
