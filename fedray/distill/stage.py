@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedray.checks import as_key
+from fedray.checks import as_key, mapping
 from fedray.config import ConfigError
 from fedray.data.datasets import DatasetInfo, load_images, load_labels, to_tensor_batch
 from fedray.distill.losses import LOSSES, distill_loss
@@ -108,9 +108,8 @@ def check_stage(cfg: dict[str, Any]) -> None:
     teacher = dcfg.get("teacher")
     if teacher is None or not Path(str(teacher)).is_dir() or dcfg.get("pretrain_teacher"):
         built.append(("model", cfg.get("model")))
-    for key, model in built:
-        if not isinstance(model, dict):
-            raise ConfigError(f"{key}: {model!r} is not a model config (with a _target_)")
+    for key, given in built:
+        model = mapping(key, given)
         weights = model.get("pretrained")
         if weights not in (None, pretrain_name) and not Path(str(weights)).is_file():
             raise ConfigError(f"{key}.pretrained: {weights!r} is no weights file (nor "
