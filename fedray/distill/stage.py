@@ -26,6 +26,7 @@ from torch import nn
 from fedray.checks import as_key, mapping
 from fedray.config import ConfigError
 from fedray.data.datasets import DatasetInfo, load_images, load_labels, to_tensor_batch
+from fedray.distill.ensemble import Ensemble
 from fedray.distill.losses import LOSSES, distill_loss
 from fedray.distill.profile import profile
 from fedray.logging import RunLogger
@@ -106,7 +107,17 @@ def check_stage(cfg: dict[str, Any]) -> None:
     pretrain_name = (cfg.get("pretrain") or {}).get("name")
     built = [("distill.student", dcfg["student"])]
     teacher = dcfg.get("teacher")
-    if teacher is None or not Path(str(teacher)).is_dir() or dcfg.get("pretrain_teacher"):
+    members = [teacher]
+    if isinstance(teacher, list | tuple):  # an ensemble: every member a run or a state_dict
+        if not teacher:
+            raise ConfigError("distill.teacher=[]: an ensemble needs at least one member")
+        for i, member in enumerate(teacher):
+            if member in (None, "", "null") or not Path(str(member)).expanduser().exists():
+                raise ConfigError(f"distill.teacher[{i}]={member!r} is neither a run directory "
+                                  "nor a file (an ensemble's members are runs or state_dicts)")
+        members = list(teacher)
+    run_dirs = [m is not None and Path(str(m)).expanduser().is_dir() for m in members]
+    if not all(run_dirs) or dcfg.get("pretrain_teacher"):
         built.append(("model", cfg.get("model")))
     for key, given in built:
         model = mapping(key, given)
@@ -120,21 +131,58 @@ def check_stage(cfg: dict[str, Any]) -> None:
 
 
 def load_teacher(cfg: dict[str, Any], dcfg: dict[str, Any]) -> tuple[nn.Module | None, dict, str]:
-    """(teacher model or None to train here, the data config it was trained on, its source)."""
+    """(teacher model or None to train here, the data config it was trained on, its source).
+
+    A list of run directories or state_dicts is an ensemble (`Ensemble`): its members must have
+    been trained on one dataset (data config and seed), which the student then learns from."""
     source = dcfg.get("teacher")
     if source in (None, "", "null"):
         return None, cfg["data"], "trained here"
+    if not isinstance(source, list | tuple):
+        model, data_cfg, _ = load_member(cfg, source, "distill.teacher")
+        return model, data_cfg, str(Path(str(source)).expanduser())
+    members, first = [], None
+    for i, member in enumerate(source):
+        key = f"distill.teacher[{i}]"
+        model, data_cfg, seed = load_member(cfg, member, key)
+        if first is None:
+            first = (data_cfg, seed)
+        elif (data_cfg, seed) != first:
+            diff = "seed" if data_cfg == first[0] else "data." + next(
+                k for k in sorted({*data_cfg, *first[0]}) if data_cfg.get(k) != first[0].get(k)
+            )
+            raise ConfigError(
+                f"{key}={member!r} was trained on other data than distill.teacher[0] ({diff} "
+                "differs): an ensemble's members share one dataset, the student's"
+            )
+        members.append(model)
+    names = ", ".join(str(Path(str(m)).expanduser()) for m in source)
+    return Ensemble(members), first[0], f"ensemble of {len(members)}: {names}"
+
+
+def load_member(cfg: dict[str, Any], source: Any, key: str) -> tuple[nn.Module, dict, int]:
+    """(a run directory's model or `model` loaded from a state_dict, its data config, its seed)."""
+    if source in (None, "", "null") or not isinstance(source, str | Path):
+        raise ConfigError(f"{key}={source!r}: a teacher is a run directory or a state_dict file")
     path = Path(str(source)).expanduser()
     if path.is_dir():
-        model, data_cfg = teacher_from_run(path, "distill.teacher")
-        return model, data_cfg, str(path)
+        model, data_cfg = teacher_from_run(path, key)
+        return model, data_cfg, run_seed(path)
     if not path.is_file():
-        raise ConfigError(f"distill.teacher={source!r} is neither a run directory nor a file")
+        raise ConfigError(f"{key}={source!r} is neither a run directory nor a file")
     from fedray.data.sources import build_dataset
 
     info = build_dataset(cfg["data"], int(cfg["seed"]))
-    model = teacher_from_state(path, cfg["model"], info.num_classes, "distill.teacher")
-    return model, cfg["data"], str(path)
+    return teacher_from_state(path, cfg["model"], info.num_classes, key), cfg["data"], int(
+        cfg["seed"]
+    )
+
+
+def run_seed(path: Path) -> int:
+    """The seed a finished run directory was trained under (its config.yaml)."""
+    import yaml
+
+    return int(yaml.safe_load((path / "config.yaml").read_text())["seed"])
 
 
 def teacher_from_run(path: Path, key: str) -> tuple[nn.Module, dict[str, Any]]:
@@ -361,6 +409,7 @@ def run_distill(
         summary: dict[str, Any] = {
             "stage": "distill",
             "teacher/source": source,
+            "teacher/members": len(teacher.members) if isinstance(teacher, Ensemble) else 1,
             "transfer/name": tname,
             "transfer/size": len(tx),
             "transfer/labelled": ty is not None,

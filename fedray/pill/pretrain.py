@@ -51,7 +51,7 @@ STATE = "state.pt"  # the resumable training state in the .partial directory
 RECIPE_VERSION = 2
 # pretrain keys that choose how often to report or save, or name the stage: never the weights
 _NOT_IN_KEY = ("_target_", "name", "data", "eval_every", "checkpoint_every", "taps", "pool",
-               *TEACHER_KEYS)  # the teacher enters the key as its own key (teacher_recipe)
+               "seed", *TEACHER_KEYS)  # the teacher enters the key as its own key (teacher_recipe)
 # data keys that choose where or how fast a dataset is built, never its bytes
 _DATA_NOT_IN_KEY = (*NOT_BUILDER_KEYS, "workers")
 # Called after each epoch (and its checkpoint) with the number of epochs done; tests use it to
@@ -165,6 +165,14 @@ def model_key(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in model.items() if not (k in params and at_default(k, v))}
 
 
+def pretrain_seed(cfg: dict[str, Any]) -> int:
+    """The pretraining's seed (its public set, initialisation and batch order): `pretrain.seed`,
+    or the run's own when that is null. Another seed is another backbone for the same private
+    data: the members of an ensemble."""
+    seed = (cfg.get("pretrain") or {}).get("seed")
+    return int(cfg["seed"] if seed is None else seed)
+
+
 def pretrain_key(cfg: dict[str, Any]) -> dict[str, Any]:
     """Everything that decides the pretrained weights, and nothing else (the cache key).
 
@@ -175,7 +183,7 @@ def pretrain_key(cfg: dict[str, Any]) -> dict[str, Any]:
     """
     from fedray.fl.train import resolve_precision, torch_device
 
-    seed = int(cfg["seed"])
+    seed = pretrain_seed(cfg)
     pcfg = cfg["pretrain"]
     model = model_key(cfg)
     recipe = {k: v for k, v in pcfg.items() if k not in _NOT_IN_KEY}
@@ -200,6 +208,7 @@ def check_pretrain(cfg: dict[str, Any]) -> None:
 
     pcfg = mapping("pretrain", cfg.get("pretrain"))
     number("pretrain.epochs", pcfg.get("epochs"), 1, integer=True)
+    number("pretrain.seed", pcfg.get("seed"), 0, integer=True, optional=True)
     number("pretrain.batch_size", pcfg.get("batch_size"), 1, integer=True)
     number("pretrain.eval_every", pcfg.get("eval_every", 10), 1, integer=True)
     number("pretrain.checkpoint_every", pcfg.get("checkpoint_every", 4), 1, integer=True)
@@ -324,7 +333,7 @@ def _train(
     from fedray.progress import Progress
 
     pcfg = cfg["pretrain"]
-    seed = int(cfg["seed"])
+    seed = pretrain_seed(cfg)
     info = build_dataset(public_data_cfg(cfg), seed)
     device = torch_device(cfg.get("device", "auto"))
     torch.manual_seed(seed)

@@ -67,6 +67,7 @@ BAD = [
     (["strategy=fedprox", "strategy.mu=-1"], "strategy.mu"),
     (["model.pretrained=public", "pretrain.epochs=0"], "pretrain.epochs"),
     (["model.pretrained=public", "pretrain.optimizer.momentum=x"], "pretrain.optimizer.momentum"),
+    (["model.pretrained=public", "pretrain.seed=-1"], "pretrain.seed"),
     (["model.pretrained=public", "pretrain.teacher=3"], "pretrain.teacher"),
     (["model.pretrained=public", "pretrain.teacher={width: 16}"], "pretrain.teacher"),
     (["model.pretrained=public", "pretrain.teacher={widht: 32}"], "pretrain.teacher.widht"),
@@ -78,6 +79,7 @@ BAD = [
      "distill.student"),
     (["stage=distill", "+distill.student.pretrained=/nonexistent.pt"],
      "distill.student.pretrained"),
+    (["stage=distill", "distill.teacher=[/nonexistent]"], "distill.teacher[0]"),
     # privacy, checked with the rest before Ray (it used to fail inside the server)
     (["dp=central", "dp.clip_norm=-1"], "dp.clip_norm"),
     (["dp=central", "dp.noise_multiplier=abc"], "dp"),

@@ -74,12 +74,63 @@ def test_distill_from_a_saved_teacher_unlabelled_l2(make_cfg, tmp_path):
     assert summary["student_alone/val_acc"] is None
 
 
+def test_an_ensemble_of_teachers_is_one_teacher_of_all_their_weights(make_cfg, tmp_path):
+    # two teachers of the same data: the same recipe, trained for 3 and for 4 epochs
+    run(make_cfg(*FAST, run_dir=tmp_path / "a"))
+    run(make_cfg(*FAST, "distill.teacher_epochs=4", run_dir=tmp_path / "b"))
+    members = [str(tmp_path / x / "teacher.pt") for x in "ab"]
+    cfg = make_cfg(*FAST, f"distill.teacher=[{','.join(members)}]", run_dir=tmp_path / "e")
+    summary = run(cfg)
+    assert summary["teacher/members"] == 2 and summary["teacher/source"].startswith("ensemble of 2")
+    assert summary["teacher/params"] == 2 * 24068 and summary["student/params"] == 1700
+    assert summary["compression/params"] == pytest.approx(2 * 24068 / 1700)
+    assert 0.0 <= summary["teacher/val_acc"] <= 1.0
+    # what the stage saved is the whole ensemble: both members' weights, as they were trained
+    saved = torch.load(tmp_path / "e" / "teacher.pt", weights_only=True)
+    first = torch.load(members[0], weights_only=True)
+    assert sorted(saved) == sorted([f"members.{i}.{k}" for i in (0, 1) for k in first])
+    assert all(torch.equal(saved[f"members.0.{k}"], v) for k, v in first.items())
+
+
+def test_an_ensembles_runs_must_share_their_dataset(make_cfg, tmp_path):
+    fed = ("ray=inprocess", "fl.rounds=1")
+    a = run(make_cfg(*fed, run_dir=tmp_path / "a"))
+    run(make_cfg(*fed, "seed=1", run_dir=tmp_path / "b"))
+    twice = f"distill.teacher=[{tmp_path / 'a'},{tmp_path / 'a'}]"
+    summary = run(make_cfg(*FAST, twice, run_dir=tmp_path / "e"))
+    assert summary["teacher/val_acc"] == pytest.approx(a["val/acc"])  # a run's mean with itself
+    other = f"distill.teacher=[{tmp_path / 'a'},{tmp_path / 'b'}]"
+    with pytest.raises(ConfigError, match=r"distill.teacher\[1\]=.* \(seed differs\)"):
+        run(make_cfg(*FAST, other, run_dir=tmp_path / "f"))
+    run(make_cfg(*fed, "data.noise=0.5", run_dir=tmp_path / "c"))
+    other = f"distill.teacher=[{tmp_path / 'a'},{tmp_path / 'c'}]"
+    with pytest.raises(ConfigError, match=r"\(data.noise differs\)"):
+        run(make_cfg(*FAST, other, run_dir=tmp_path / "f"))
+
+
+def test_the_ensemble_is_its_members_mean_logits():
+    from fedray.distill.ensemble import Ensemble
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(3, 4), torch.nn.Linear(3, 4)
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(Ensemble([a, b])(x), (a(x) + b(x)) / 2)
+    # the mean logits are the normalised geometric mean of the members' tempered softmaxes
+    t = 3.0
+    geo = (torch.log_softmax(a(x) / t, 1) + torch.log_softmax(b(x) / t, 1)) / 2
+    torch.testing.assert_close(
+        torch.softmax(Ensemble([a, b])(x) / t, 1), torch.softmax(geo, 1)
+    )
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
     [
         ("distill.loss=kl", "distill.loss"),
         ("distill.lam=1.5", "distill.lam"),
         ("distill.teacher=/nonexistent", "distill.teacher"),
+        ("distill.teacher=[/nonexistent]", r"distill.teacher\[0\]"),
+        ("distill.teacher=[]", "distill.teacher"),
     ],
 )
 def test_bad_distill_config_is_a_one_line_error(make_cfg, override, key):

@@ -41,6 +41,15 @@ def test_what_changes_the_weights_changes_the_key(tmp_path):
     assert _key("pretrain.optimizer.lr=0.1") != base
     assert _key("model.taps=[12,13]") != base  # pretrain.taps=model: another head
     assert _key("seed=1") != base
+    assert _key("pretrain.seed=1") != base
+
+
+def test_a_pretraining_seed_of_its_own_names_that_seeds_pretraining():
+    # pretrain.seed: another backbone for the same private data (an ensemble's members); it is
+    # the pretraining the run of that seed makes, so each is made once and shared
+    assert _key("pretrain.seed=3") == _key("seed=3")
+    assert _key("seed=5", "pretrain.seed=0") == _key()
+    assert _key("pretrain.seed=null") == _key()
 
 
 def test_a_teacher_enters_the_key_as_its_own_pretraining(tmp_path):
