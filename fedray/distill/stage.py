@@ -315,6 +315,19 @@ def transfer_set(
     return x, y, name
 
 
+def logits_shown(model: nn.Module, x: np.ndarray, device: str, desc: str) -> torch.Tensor:
+    """`predict_logits` over `x`, a chunk at a time, with progress (`desc`)."""
+    from fedray.fl.train import predict_logits
+    from fedray.progress import Progress
+
+    out: list[torch.Tensor] = []
+    with Progress(total=len(x), desc=desc, unit="image") as bar:
+        for i in range(0, len(x), 512):
+            out.append(predict_logits(model, x[i : i + 512], device=device))
+            bar.update(len(out[-1]))
+    return torch.cat(out)
+
+
 def student_cfg(cfg: dict[str, Any], dcfg: dict[str, Any]) -> dict[str, Any]:
     """The student's model config, its `pretrained: <pretrain.name>` (e.g. `public`) resolved to
     the weights the experiment's pretrain stage makes for the student's own architecture (cached
@@ -334,7 +347,8 @@ def run_distill(
 ) -> dict[str, Any]:
     """stage=distill: teacher -> student; returns the summary (also in summary.json)."""
     from fedray.data.sources import build_dataset
-    from fedray.fl.train import evaluate, predict_logits, torch_device
+    from fedray.fl.train import evaluate, torch_device
+    from fedray.metrics import MetricAccumulator
     from fedray.models import build_model
 
     dcfg = check_distill(copy.deepcopy(cfg.get("distill")))
@@ -356,10 +370,14 @@ def run_distill(
             fit(teacher, x, y, int(dcfg["teacher_epochs"]), dcfg, seed + 1, device=device,
                 desc="teacher")
         teacher = teacher.to(device)
-        t_acc = evaluate(teacher, vx, vy, info.num_classes, device=device)[0]
+        scores = MetricAccumulator(info.num_classes)
+        v_logits = logits_shown(teacher, vx, device, "teacher on val")
+        scores.update(v_logits, torch.as_tensor(vy).long())
+        t_acc = scores.compute()
         log.info("teacher (%s): val/acc %.4f", source, t_acc["acc"])
         tx, ty, tname = transfer_set(dcfg, info, seed)
-        t_logits = predict_logits(teacher, tx, device=device)  # fixed teacher: computed once
+        # a fixed teacher: its logits computed once (an ensemble's can take minutes)
+        t_logits = logits_shown(teacher, tx, device, "teacher on the transfer set")
 
         torch.manual_seed(seed)
         student = build_model(student_cfg(cfg, dcfg), info.num_classes).to(device)
