@@ -166,8 +166,8 @@ def load_member(cfg: dict[str, Any], source: Any, key: str) -> tuple[nn.Module, 
         raise ConfigError(f"{key}={source!r}: a teacher is a run directory or a state_dict file")
     path = Path(str(source)).expanduser()
     if path.is_dir():
-        model, data_cfg = teacher_from_run(path, key)
-        return model, data_cfg, run_seed(path)
+        model, tcfg = teacher_from_run(path, key)
+        return model, tcfg["data"], int(tcfg["seed"])
     if not path.is_file():
         raise ConfigError(f"{key}={source!r} is neither a run directory nor a file")
     from fedray.data.sources import build_dataset
@@ -178,15 +178,8 @@ def load_member(cfg: dict[str, Any], source: Any, key: str) -> tuple[nn.Module, 
     )
 
 
-def run_seed(path: Path) -> int:
-    """The seed a finished run directory was trained under (its config.yaml)."""
-    import yaml
-
-    return int(yaml.safe_load((path / "config.yaml").read_text())["seed"])
-
-
 def teacher_from_run(path: Path, key: str) -> tuple[nn.Module, dict[str, Any]]:
-    """(the global model of a finished run directory, the data config it was trained on)."""
+    """(the global model of a finished run directory, the run's config: its data and seed)."""
     import yaml
 
     from fedray.data.sources import build_dataset
@@ -206,7 +199,7 @@ def teacher_from_run(path: Path, key: str) -> tuple[nn.Module, dict[str, Any]]:
     torch.manual_seed(int(tcfg["seed"]))  # as the server: frozen layers get the same init
     model = build_model(tcfg["model"], info.num_classes)
     set_params(model, load_checkpoint(path / CHECKPOINT)["params"])
-    return model, tcfg["data"]
+    return model, tcfg
 
 
 def teacher_from_state(
