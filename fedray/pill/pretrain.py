@@ -165,6 +165,32 @@ def model_key(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in model.items() if not (k in params and at_default(k, v))}
 
 
+MIXES = ("mixup", "cutmix", "both")
+
+
+def batch_mixer(
+    pcfg: dict[str, Any], num_classes: int
+) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+    """`pretrain.mix` as a callable (images, labels) -> (mixed images, soft targets), or None.
+
+    torchvision's MixUp (the batch blended with itself shifted by one) and CutMix (a box of the
+    shifted batch pasted in), the targets mixed in the same proportion; `both` picks one of the
+    two per batch. They draw from torch's generator, so a resumed pretraining mixes as an
+    uninterrupted one would."""
+    from torchvision.transforms import v2
+
+    kind, alpha = pcfg.get("mix"), float(pcfg.get("mix_alpha", 1.0))
+    if kind is None:
+        return None
+    mixes = {
+        "mixup": [v2.MixUp(alpha=alpha, num_classes=num_classes)],
+        "cutmix": [v2.CutMix(alpha=alpha, num_classes=num_classes)],
+        "both": [v2.MixUp(alpha=alpha, num_classes=num_classes),
+                 v2.CutMix(alpha=alpha, num_classes=num_classes)],
+    }[kind]
+    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+
+
 def pretrain_seed(cfg: dict[str, Any]) -> int:
     """The pretraining's seed (its public set, initialisation and batch order): `pretrain.seed`,
     or the run's own when that is null. Another seed is another backbone for the same private
@@ -187,6 +213,9 @@ def pretrain_key(cfg: dict[str, Any]) -> dict[str, Any]:
     pcfg = cfg["pretrain"]
     model = model_key(cfg)
     recipe = {k: v for k, v in pcfg.items() if k not in _NOT_IN_KEY}
+    if recipe.get("mix") is None:  # no mixing: the key of a recipe that never had the knob
+        recipe.pop("mix", None)
+        recipe.pop("mix_alpha", None)
     recipe["precision"] = resolve_precision(pcfg.get("precision", "fp32"), "pretrain.precision",
                                             torch_device(cfg.get("device", "auto")))
     recipe.update(teacher_recipe(cfg, lambda tcfg: config_hash(pretrain_key(tcfg))))
@@ -216,6 +245,12 @@ def check_pretrain(cfg: dict[str, Any]) -> None:
     number("pretrain.dropout", pcfg.get("dropout"), 0, 1, high_open=True, optional=True)
     boolean("pretrain.augment", pcfg.get("augment", True))
     choice("pretrain.schedule", pcfg.get("schedule", "cosine"), SCHEDULES)
+    if pcfg.get("mix") not in (None, *MIXES):
+        raise ConfigError(
+            f"pretrain.mix: {pcfg.get('mix')!r} is not one of {', '.join(MIXES)} "
+            "or null (no mixing)"
+        )
+    number("pretrain.mix_alpha", pcfg.get("mix_alpha", 1.0), 0, low_open=True)
     taps = pcfg.get("taps")
     if taps not in (None, "model") and not (
         isinstance(taps, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in taps)
@@ -351,6 +386,7 @@ def _train(
     eval_every = int(pcfg.get("eval_every", 10))
     checkpoint_every = int(pcfg.get("checkpoint_every", 4))
     augment = augment_turns_flips if pcfg.get("augment", True) else None
+    mixer = batch_mixer(pcfg, info.num_classes)
     precision = resolve_precision(pcfg.get("precision", "fp32"), "pretrain.precision", device)
     n = len(y)
     steps = -(-n // batch_size)
@@ -396,9 +432,12 @@ def _train(
                     if augment is not None:
                         batch = augment(batch, rng)
                     inputs = to_tensor_batch(batch).to(device, non_blocking=True)
+                    targets = y_all[idx]
+                    if mixer is not None:
+                        inputs, targets = mixer(inputs, targets)
                     with autocast(precision, device):
                         logits = model(inputs)
-                    loss = loss_fn(logits.float(), y_all[idx])
+                    loss = loss_fn(logits.float(), targets)
                     if teacher is not None:
                         with torch.no_grad(), autocast(precision, device):
                             taught = teacher(inputs).float()

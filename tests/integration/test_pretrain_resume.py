@@ -28,10 +28,14 @@ def _weights(path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
-def test_interrupted_pretraining_resumes_to_the_same_weights(make_cfg, tmp_path):
-    # Prepare: one uninterrupted pretraining, and the same one (same key) in another cache
-    whole = _weights(pretrained_weights(make_cfg(*PRETRAIN, f"data.cache_dir={tmp_path / 'a'}")))
-    cfg = make_cfg(*PRETRAIN, f"data.cache_dir={tmp_path / 'b'}")
+@pytest.mark.parametrize("extra", [(), ("pretrain.mix=both",)], ids=["plain", "mixed"])
+def test_interrupted_pretraining_resumes_to_the_same_weights(make_cfg, tmp_path, extra):
+    # Prepare: one uninterrupted pretraining, and the same one (same key) in another cache; mixed
+    # batches draw their boxes and weights from torch's generator, which the checkpoint keeps
+    whole = _weights(
+        pretrained_weights(make_cfg(*PRETRAIN, *extra, f"data.cache_dir={tmp_path / 'a'}"))
+    )
+    cfg = make_cfg(*PRETRAIN, *extra, f"data.cache_dir={tmp_path / 'b'}")
     partial = tmp_path / "b" / f".pretrain-{config_hash(pretrain_key(cfg))}.partial"
 
     def kill_after_2(done: int) -> None:
@@ -55,6 +59,16 @@ def test_interrupted_pretraining_resumes_to_the_same_weights(make_cfg, tmp_path)
     rows = [json.loads(line) for line in (resumed_path.parent / METRICS).read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert "pretrain/val_acc" in rows[1] and rows[2]["pretrain/lr"] >= 0
+
+
+def test_mixed_batches_are_another_pretraining(make_cfg, tmp_path):
+    plain = make_cfg(*PRETRAIN, f"data.cache_dir={tmp_path}")
+    mixed = make_cfg(*PRETRAIN, "pretrain.mix=mixup", f"data.cache_dir={tmp_path}")
+    # no mixing spelt out is the key of a recipe without the knob; mixing is another key
+    assert pretrain_key(make_cfg(*PRETRAIN, "pretrain.mix_alpha=0.4")) == pretrain_key(plain)
+    assert pretrain_key(mixed) != pretrain_key(plain)
+    a, b = _weights(pretrained_weights(plain)), _weights(pretrained_weights(mixed))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_checkpoint_of_another_key_is_not_resumed(make_cfg, tmp_path):

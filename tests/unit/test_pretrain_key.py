@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from fedray.config import ConfigError
 from fedray.data.datasets import config_hash
-from fedray.pill.pretrain import pretrain_key
+from fedray.pill.pretrain import batch_mixer, pretrain_key
 from tests.conftest import compose_plain
 
 PILL = ["+experiment=pill_noniid"]
@@ -105,3 +106,18 @@ def test_the_device_counts_only_through_the_precision_it_resolves(monkeypatch):
     assert _key(*auto, "device=cpu") == _key("pretrain.precision=fp32")
     assert _key(*auto, "device=cuda") == _key(*auto, "device=auto") == _key(
         "pretrain.precision=bf16")
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix", "both"])
+def test_mixed_batches_carry_soft_targets_of_two_pills(kind):
+    torch.manual_seed(0)
+    mixer = batch_mixer({"mix": kind, "mix_alpha": 1.0}, 7)
+    x = torch.rand(6, 3, 16, 16)
+    y = torch.tensor([0, 1, 2, 3, 4, 5])
+    mixed, targets = mixer(x, y)
+    assert mixed.shape == x.shape and targets.shape == (6, 7)
+    assert torch.allclose(targets.sum(1), torch.ones(6))
+    # each image's target is its own pill and the one before it in the batch, nothing else
+    for i in range(6):
+        assert set(torch.nonzero(targets[i]).flatten().tolist()) <= {int(y[i]), int(y[i - 1])}
+    assert batch_mixer({"mix": None}, 7) is None
