@@ -187,6 +187,32 @@ def augment_turns_flips(batch: np.ndarray, rng: np.random.Generator) -> np.ndarr
     return out
 
 
+MIXES = ("mixup", "cutmix", "both")
+
+
+def batch_mixer(
+    kind: str | None, alpha: float, num_classes: int
+) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+    """Batch mixing `kind` (one of MIXES; None: none) as a callable (images, labels) -> (mixed
+    images, soft targets), or None.
+
+    torchvision's MixUp (the batch blended with itself shifted by one) and CutMix (a box of the
+    shifted batch pasted in), the targets mixed in the same proportion; `both` picks one of the
+    two per batch. They draw from torch's generator, so a resumed pretraining mixes as an
+    uninterrupted one would."""
+    from torchvision.transforms import v2
+
+    if kind is None:
+        return None
+    mixes = {
+        "mixup": [v2.MixUp(alpha=alpha, num_classes=num_classes)],
+        "cutmix": [v2.CutMix(alpha=alpha, num_classes=num_classes)],
+        "both": [v2.MixUp(alpha=alpha, num_classes=num_classes),
+                 v2.CutMix(alpha=alpha, num_classes=num_classes)],
+    }[kind]
+    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+
+
 SCHEDULES = ("constant", "cosine", "onecycle")
 ROUND_SCHEDULES = ("constant", "cosine")
 

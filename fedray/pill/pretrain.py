@@ -165,32 +165,6 @@ def model_key(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in model.items() if not (k in params and at_default(k, v))}
 
 
-MIXES = ("mixup", "cutmix", "both")
-
-
-def batch_mixer(
-    pcfg: dict[str, Any], num_classes: int
-) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
-    """`pretrain.mix` as a callable (images, labels) -> (mixed images, soft targets), or None.
-
-    torchvision's MixUp (the batch blended with itself shifted by one) and CutMix (a box of the
-    shifted batch pasted in), the targets mixed in the same proportion; `both` picks one of the
-    two per batch. They draw from torch's generator, so a resumed pretraining mixes as an
-    uninterrupted one would."""
-    from torchvision.transforms import v2
-
-    kind, alpha = pcfg.get("mix"), float(pcfg.get("mix_alpha", 1.0))
-    if kind is None:
-        return None
-    mixes = {
-        "mixup": [v2.MixUp(alpha=alpha, num_classes=num_classes)],
-        "cutmix": [v2.CutMix(alpha=alpha, num_classes=num_classes)],
-        "both": [v2.MixUp(alpha=alpha, num_classes=num_classes),
-                 v2.CutMix(alpha=alpha, num_classes=num_classes)],
-    }[kind]
-    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
-
-
 def pretrain_seed(cfg: dict[str, Any]) -> int:
     """The pretraining's seed (its public set, initialisation and batch order): `pretrain.seed`,
     or the run's own when that is null. Another seed is another backbone for the same private
@@ -214,8 +188,7 @@ def pretrain_key(cfg: dict[str, Any]) -> dict[str, Any]:
     model = model_key(cfg)
     recipe = {k: v for k, v in pcfg.items() if k not in _NOT_IN_KEY}
     if recipe.get("mix") is None:  # no mixing: the key of a recipe that never had the knob
-        recipe.pop("mix", None)
-        recipe.pop("mix_alpha", None)
+        recipe = {k: v for k, v in recipe.items() if k not in ("mix", "mix_alpha")}
     recipe["precision"] = resolve_precision(pcfg.get("precision", "fp32"), "pretrain.precision",
                                             torch_device(cfg.get("device", "auto")))
     recipe.update(teacher_recipe(cfg, lambda tcfg: config_hash(pretrain_key(tcfg))))
@@ -231,7 +204,7 @@ def pretrain_key(cfg: dict[str, Any]) -> dict[str, Any]:
 def check_pretrain(cfg: dict[str, Any]) -> None:
     """Validate the pretraining without running it: recipe values, the public set, the model."""
     from fedray.checks import as_key, boolean, choice, mapping, number
-    from fedray.fl.train import SCHEDULES
+    from fedray.fl.train import MIXES, SCHEDULES
     from fedray.models import build_model
     from fedray.validate import check_optimizer
 
@@ -246,10 +219,8 @@ def check_pretrain(cfg: dict[str, Any]) -> None:
     boolean("pretrain.augment", pcfg.get("augment", True))
     choice("pretrain.schedule", pcfg.get("schedule", "cosine"), SCHEDULES)
     if pcfg.get("mix") not in (None, *MIXES):
-        raise ConfigError(
-            f"pretrain.mix: {pcfg.get('mix')!r} is not one of {', '.join(MIXES)} "
-            "or null (no mixing)"
-        )
+        mixes = ", ".join(MIXES)
+        raise ConfigError(f"pretrain.mix: {pcfg.get('mix')!r} is not one of {mixes} or null")
     number("pretrain.mix_alpha", pcfg.get("mix_alpha", 1.0), 0, low_open=True)
     taps = pcfg.get("taps")
     if taps not in (None, "model") and not (
@@ -358,6 +329,7 @@ def _train(
     from fedray.fl.train import (
         augment_turns_flips,
         autocast,
+        batch_mixer,
         evaluate,
         freeze_except,
         make_schedule,
@@ -386,7 +358,7 @@ def _train(
     eval_every = int(pcfg.get("eval_every", 10))
     checkpoint_every = int(pcfg.get("checkpoint_every", 4))
     augment = augment_turns_flips if pcfg.get("augment", True) else None
-    mixer = batch_mixer(pcfg, info.num_classes)
+    mixer = batch_mixer(pcfg.get("mix"), float(pcfg.get("mix_alpha", 1.0)), info.num_classes)
     precision = resolve_precision(pcfg.get("precision", "fp32"), "pretrain.precision", device)
     n = len(y)
     steps = -(-n // batch_size)

@@ -7,7 +7,8 @@ import torch
 
 from fedray.config import ConfigError
 from fedray.data.datasets import config_hash
-from fedray.pill.pretrain import batch_mixer, pretrain_key
+from fedray.fl.train import batch_mixer
+from fedray.pill.pretrain import pretrain_key
 from tests.conftest import compose_plain
 
 PILL = ["+experiment=pill_noniid"]
@@ -111,7 +112,7 @@ def test_the_device_counts_only_through_the_precision_it_resolves(monkeypatch):
 @pytest.mark.parametrize("kind", ["mixup", "cutmix", "both"])
 def test_mixed_batches_carry_soft_targets_of_two_pills(kind):
     torch.manual_seed(0)
-    mixer = batch_mixer({"mix": kind, "mix_alpha": 1.0}, 7)
+    mixer = batch_mixer(kind, 1.0, 7)
     x = torch.rand(6, 3, 16, 16)
     y = torch.tensor([0, 1, 2, 3, 4, 5])
     mixed, targets = mixer(x, y)
@@ -120,4 +121,4 @@ def test_mixed_batches_carry_soft_targets_of_two_pills(kind):
     # each image's target is its own pill and the one before it in the batch, nothing else
     for i in range(6):
         assert set(torch.nonzero(targets[i]).flatten().tolist()) <= {int(y[i]), int(y[i - 1])}
-    assert batch_mixer({"mix": None}, 7) is None
+    assert batch_mixer(None, 1.0, 7) is None
