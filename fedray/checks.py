@@ -54,9 +54,10 @@ def number(
 
 
 def choice(key: str, value: Any, choices: Sequence[Any]) -> None:
-    """`value` is one of `choices`."""
+    """`value` is one of `choices` (None among them reads `null`, as it is spelt in config)."""
     if value not in choices:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+        names = ", ".join("null" if c is None else str(c) for c in choices)
+        raise ConfigError(f"{key}: {value!r} is not one of {names}")
 
 
 def boolean(key: str, value: Any) -> None:

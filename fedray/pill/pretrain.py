@@ -218,9 +218,7 @@ def check_pretrain(cfg: dict[str, Any]) -> None:
     number("pretrain.dropout", pcfg.get("dropout"), 0, 1, high_open=True, optional=True)
     boolean("pretrain.augment", pcfg.get("augment", True))
     choice("pretrain.schedule", pcfg.get("schedule", "cosine"), SCHEDULES)
-    if pcfg.get("mix") not in (None, *MIXES):
-        mixes = ", ".join(MIXES)
-        raise ConfigError(f"pretrain.mix: {pcfg.get('mix')!r} is not one of {mixes} or null")
+    choice("pretrain.mix", pcfg.get("mix"), (None, *MIXES))
     number("pretrain.mix_alpha", pcfg.get("mix_alpha", 1.0), 0, low_open=True)
     taps = pcfg.get("taps")
     if taps not in (None, "model") and not (
