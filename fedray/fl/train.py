@@ -231,12 +231,39 @@ def round_lr_scale(name: str, round_idx: int, rounds: int) -> float:
     raise ConfigError(f"client.lr_schedule={name!r}: choose one of {ROUND_SCHEDULES}")
 
 
+def held_factor(name: str, steps: int, start: float, floor: float) -> Callable[[int], float]:
+    """The lr factor at each step of `name` (cosine or onecycle) when it holds at `floor` x its
+    peak from `start` x `steps` on, the constant phase of stochastic weight averaging.
+
+    onecycle warms up from 1/25 of the peak over the first quarter as OneCycleLR does, then
+    anneals (cosine) to `floor` by `start`; cosine anneals from the peak to `floor` by `start`.
+    The optimizer's momentum stays as configured (OneCycleLR would cycle it).
+    """
+    warm = int(0.25 * steps) if name == "onecycle" else 0
+    end = max(int(start * steps), warm + 1)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return 1 / 25 + (1 - 1 / 25) * (1 - math.cos(math.pi * step / warm)) / 2
+        if step < end:
+            return floor + (1 - floor) * (1 + math.cos(math.pi * (step - warm) / (end - warm))) / 2
+        return floor
+
+    return factor
+
+
 def make_schedule(
-    optimizer: torch.optim.Optimizer, name: str, steps: int
+    optimizer: torch.optim.Optimizer, name: str, steps: int, hold: tuple[float, float] | None = None
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The per-step learning-rate schedule `name` (one of SCHEDULES) over `steps` steps."""
+    """The per-step learning-rate schedule `name` (one of SCHEDULES) over `steps` steps.
+
+    `hold=(start, floor)`: instead of annealing to zero, the schedule reaches `floor` x its peak
+    at `start` x `steps` and stays there (`held_factor`; a constant schedule is unchanged).
+    """
     if name == "constant":
         return None
+    if hold is not None and name in SCHEDULES:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, held_factor(name, steps, *hold))
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
     if name == "onecycle":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -34,6 +33,8 @@ import torch
 from fedray.config import ConfigError
 from fedray.data.datasets import cached_build, config_hash, load_images, load_labels
 from fedray.data.sources import NOT_BUILDER_KEYS, build_dataset, cache_dir_for
+from fedray.pill.pretrain_record import EpochLog, load_state, save_state
+from fedray.pill.pretrain_swa import Averager, check_swa, swa_knobs
 from fedray.pill.pretrain_teacher import (
     TEACHER_KEYS,
     load_teacher,
@@ -45,8 +46,6 @@ from fedray.pill.pretrain_teacher import (
 
 log = logging.getLogger("fedray")
 WEIGHTS = "model.pt"
-METRICS = "metrics.jsonl"  # one row per epoch
-STATE = "state.pt"  # the resumable training state in the .partial directory
 # Bump when the training loop would make other weights from the same key.
 RECIPE_VERSION = 2
 # pretrain keys that choose how often to report or save, or name the stage: never the weights
@@ -189,6 +188,8 @@ def pretrain_key(cfg: dict[str, Any]) -> dict[str, Any]:
     recipe = {k: v for k, v in pcfg.items() if k not in _NOT_IN_KEY}
     if recipe.get("mix") is None:  # no mixing: the key of a recipe that never had the knob
         recipe = {k: v for k, v in recipe.items() if k not in ("mix", "mix_alpha")}
+    if recipe.get("swa", 0) is None:  # no averaging: likewise
+        del recipe["swa"]
     recipe["precision"] = resolve_precision(pcfg.get("precision", "fp32"), "pretrain.precision",
                                             torch_device(cfg.get("device", "auto")))
     recipe.update(teacher_recipe(cfg, lambda tcfg: config_hash(pretrain_key(tcfg))))
@@ -220,6 +221,7 @@ def check_pretrain(cfg: dict[str, Any]) -> None:
     choice("pretrain.schedule", pcfg.get("schedule", "cosine"), SCHEDULES)
     choice("pretrain.mix", pcfg.get("mix"), (None, *MIXES))
     number("pretrain.mix_alpha", pcfg.get("mix_alpha", 1.0), 0, low_open=True)
+    check_swa(pcfg)
     taps = pcfg.get("taps")
     if taps not in (None, "model") and not (
         isinstance(taps, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in taps)
@@ -242,75 +244,6 @@ IN_MEMORY_BYTES = 2 << 30
 def in_memory(images: np.ndarray) -> np.ndarray:
     """`images` read into RAM when they fit under IN_MEMORY_BYTES, else the memory map as is."""
     return np.array(images) if images.nbytes <= IN_MEMORY_BYTES else np.asarray(images)
-
-
-class _EpochLog:
-    """Per-epoch rows: metrics.jsonl in the cache entry, and W&B when the run logs there."""
-
-    def __init__(self, cfg: dict[str, Any], root: Path, key_hash: str, rows: list[dict]) -> None:
-        self.rows = list(rows)
-        self.path = root / METRICS
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
-        self.wandb = None
-        wcfg = (cfg.get("logger") or {}).get("wandb") or {}
-        if wcfg.get("enabled") and wcfg.get("mode", "offline") != "disabled" and cfg.get("run_dir"):
-            self._init_wandb(cfg, wcfg, key_hash)
-
-    def _init_wandb(self, cfg: dict[str, Any], wcfg: dict[str, Any], key_hash: str) -> None:
-        try:
-            import wandb
-
-            os.environ.setdefault("WANDB_SILENT", "true")
-            run_dir = Path(cfg["run_dir"])
-            run_dir.mkdir(parents=True, exist_ok=True)
-            self.wandb = wandb.init(
-                project=wcfg.get("project", "fedray"),
-                entity=wcfg.get("entity"),
-                group=wcfg.get("group"),
-                name=f"{cfg.get('name', 'run')}-pretrain",
-                job_type="pretrain",
-                config={"pretrain_key": key_hash},
-                dir=str(run_dir),
-                mode=wcfg.get("mode", "offline"),
-                reinit="finish_previous",
-            )
-            for row in self.rows:
-                self.wandb.log(row, step=int(row["epoch"]))
-        except Exception as exc:  # noqa: BLE001 - W&B is a mirror: the pretraining goes on
-            log.warning("pretraining: W&B not logged (%s)", exc)
-            self.wandb = None
-
-    def log(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        if self.wandb is not None:
-            self.wandb.log(row, step=int(row["epoch"]))
-
-    def close(self) -> None:
-        if self.wandb is not None:
-            self.wandb.finish()
-            self.wandb = None
-
-
-def _save_state(partial: Path, state: dict[str, Any]) -> None:
-    """Write the training state atomically: a kill mid-write leaves the previous one."""
-    partial.mkdir(parents=True, exist_ok=True)
-    tmp = partial / f"{STATE}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, partial / STATE)
-
-
-def _load_state(partial: Path, key_hash: str) -> dict[str, Any] | None:
-    path = partial / STATE
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file
-    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint: start over
-        log.warning("pretraining: %s unreadable (%s); starting from epoch 0", path, exc)
-        return None
-    return state if state.get("key") == key_hash else None
 
 
 def _train(
@@ -366,17 +299,21 @@ def _train(
     names = [k for k, _ in model.named_parameters()]
     freeze_except(model, names)
     optimizer = instantiate(pcfg["optimizer"])([p for _, p in model.named_parameters()])
-    scheduler = make_schedule(optimizer, str(pcfg.get("schedule", "cosine")), epochs * steps)
+    swa = swa_knobs(pcfg)
+    scheduler = make_schedule(optimizer, str(pcfg.get("schedule", "cosine")), epochs * steps, swa)
+    averager = Averager(model, swa[0], epochs) if swa is not None else None
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=float(pcfg.get("label_smoothing", 0.0)))
     y_all = torch.as_tensor(np.asarray(y), dtype=torch.long).to(device)
     start, total, seen, spent, rows = 0, 0.0, 0, 0.0, []
 
-    state = _load_state(partial, key_hash)
+    state = load_state(partial, key_hash)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
+        if averager is not None:
+            averager.load_state_dict(state["swa"])
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         start, total, seen = int(state["epoch"]), float(state["total"]), int(state["seen"])
@@ -387,7 +324,7 @@ def _train(
             "pretraining %s on the public set (%d classes, %d images) for %d epochs",
             model_cfg.get("name"), info.num_classes, n, epochs,
         )
-    epoch_log = _EpochLog(cfg, root, key_hash, rows)
+    epoch_log = EpochLog(cfg, root, key_hash, rows)
     t0 = time.perf_counter() - spent
     try:
         with Progress(epochs * steps, "pretrain", unit="step") as bar:
@@ -429,6 +366,8 @@ def _train(
                     "pretrain/lr": float(optimizer.param_groups[0]["lr"]),
                 }
                 done = epoch + 1
+                if averager is not None:
+                    averager.epoch_done(model, done)
                 if done % eval_every == 0 and done < epochs:  # the last epoch is scored below
                     row["pretrain/val_acc"] = evaluate(
                         model, vx, vy, info.num_classes, device=device)[0]["acc"]
@@ -441,12 +380,13 @@ def _train(
                     row["time/epoch_s"],
                 )
                 if done % checkpoint_every == 0 and done < epochs:
-                    _save_state(partial, {
+                    save_state(partial, {
                         "key": key_hash,
                         "epoch": done,
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "swa": averager.state_dict() if averager is not None else None,
                         "numpy_rng": rng.bit_generator.state,
                         "torch_rng": torch.get_rng_state(),
                         "total": total,
@@ -456,8 +396,13 @@ def _train(
                     })
                 if on_epoch is not None:
                     on_epoch(done)
+        final = {"epoch": epochs}
+        if averager is not None:  # the last weights' score beside the average's
+            final["pretrain/val_acc_last"] = evaluate(
+                model, vx, vy, info.num_classes, device=device)[0]["acc"]
+            model = averager.finish(x, device)
         metrics, _ = evaluate(model, vx, vy, info.num_classes, device=device)
-        final = {"epoch": epochs, "pretrain/val_acc": metrics["acc"]}
+        final["pretrain/val_acc"] = metrics["acc"]
         if epoch_log.wandb is not None:
             epoch_log.wandb.log(final, step=epochs)
     finally:
@@ -465,12 +410,16 @@ def _train(
     torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}}, root / WEIGHTS)
     report = {
         "public/val_acc": metrics["acc"],
+        **({"public/val_acc_last": final["pretrain/val_acc_last"]} if averager else {}),
         "public/train_loss": total / max(seen, 1),
         "public/classes": info.num_classes,
         "time/pretrain_s": time.perf_counter() - t0,
     }
     (root / "metrics.json").write_text(json.dumps(report, indent=2))
-    log.info("pretrained: public val/acc %.4f in %.0fs", metrics["acc"], report["time/pretrain_s"])
+    last = report.get("public/val_acc_last")
+    log.info("pretrained: public val/acc %.4f%s in %.0fs", metrics["acc"],
+             "" if last is None else f" (averaged; last weights {last:.4f})",
+             report["time/pretrain_s"])
 
 
 def pretrained_weights(cfg: dict[str, Any], on_epoch: EpochHook | None = None) -> Path:

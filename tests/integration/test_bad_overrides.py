@@ -71,6 +71,8 @@ BAD = [
     (["model.pretrained=public", "pretrain.mix=mixop"], "pretrain.mix"),
     (["model.pretrained=public", "pretrain.mix=both", "pretrain.mix_alpha=0"],
      "pretrain.mix_alpha"),
+    (["model.pretrained=public", "pretrain.swa={start: 1.5, lr: 0.1}"], "pretrain.swa.start"),
+    (["model.pretrained=public", "pretrain.swa={start: 0.75, sart: 1}"], "pretrain.swa.sart"),
     (["model.pretrained=public", "pretrain.teacher=3"], "pretrain.teacher"),
     (["model.pretrained=public", "pretrain.teacher={width: 16}"], "pretrain.teacher"),
     (["model.pretrained=public", "pretrain.teacher={widht: 32}"], "pretrain.teacher.widht"),

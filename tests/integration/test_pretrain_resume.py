@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from fedray.data.datasets import config_hash
-from fedray.pill.pretrain import METRICS, STATE, pretrain_key, pretrained_weights
+from fedray.pill.pretrain import pretrain_key, pretrained_weights
+from fedray.pill.pretrain_record import METRICS, STATE
 
 PRETRAIN = (
     "model.pretrained=public",
@@ -28,10 +29,15 @@ def _weights(path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
-@pytest.mark.parametrize("extra", [(), ("pretrain.mix=both",)], ids=["plain", "mixed"])
+@pytest.mark.parametrize(
+    "extra",
+    [("pretrain.swa=null",), ("pretrain.mix=both",), ("pretrain.swa={start: 0.5, lr: 0.1}",)],
+    ids=["plain", "mixed", "averaged"],
+)
 def test_interrupted_pretraining_resumes_to_the_same_weights(make_cfg, tmp_path, extra):
     # Prepare: one uninterrupted pretraining, and the same one (same key) in another cache; mixed
-    # batches draw their boxes and weights from torch's generator, which the checkpoint keeps
+    # batches draw their boxes and weights from torch's generator, which the checkpoint keeps; the
+    # weight average of the epochs done is in the checkpoint too
     whole = _weights(
         pretrained_weights(make_cfg(*PRETRAIN, *extra, f"data.cache_dir={tmp_path / 'a'}"))
     )
@@ -69,6 +75,19 @@ def test_mixed_batches_are_another_pretraining(make_cfg, tmp_path):
     assert pretrain_key(mixed) != pretrain_key(plain)
     a, b = _weights(pretrained_weights(plain)), _weights(pretrained_weights(mixed))
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_averaged_weights_are_another_pretraining_and_report_the_last(make_cfg, tmp_path):
+    plain = make_cfg(*PRETRAIN, "pretrain.swa=null", f"data.cache_dir={tmp_path}")
+    averaged = make_cfg(*PRETRAIN, "pretrain.swa={start: 0.5, lr: 0.1}",
+                        f"data.cache_dir={tmp_path}")
+    assert pretrain_key(averaged) != pretrain_key(plain)
+    a, b = pretrained_weights(plain), pretrained_weights(averaged)
+    wa, wb = _weights(a), _weights(b)
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+    report = json.loads((b.parent / "metrics.json").read_text())
+    assert 0 <= report["public/val_acc_last"] <= 1 and 0 <= report["public/val_acc"] <= 1
+    assert "public/val_acc_last" not in json.loads((a.parent / "metrics.json").read_text())
 
 
 def test_a_checkpoint_of_another_key_is_not_resumed(make_cfg, tmp_path):

@@ -122,3 +122,14 @@ def test_mixed_batches_carry_soft_targets_of_two_pills(kind):
     for i in range(6):
         assert set(torch.nonzero(targets[i]).flatten().tolist()) <= {int(y[i]), int(y[i - 1])}
     assert batch_mixer(None, 1.0, 7) is None
+
+
+def test_weight_averaging_is_keyed_only_when_on():
+    off = compose_plain([*PILL, "pretrain.swa=null"])
+    key = pretrain_key(off)
+    assert "swa" not in key["recipe"]
+    del off["pretrain"]["swa"]  # a config from before the knob names the same pretraining
+    assert pretrain_key(off) == key
+    on = _key("pretrain.swa={start: 0.75, lr: 0.1}")
+    assert on != config_hash(key)
+    assert _key("pretrain.swa={start: 0.8, lr: 0.1}") != on
