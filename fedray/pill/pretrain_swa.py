@@ -37,6 +37,10 @@ def check_swa(pcfg: dict[str, Any]) -> None:
     unknown = sorted(set(swa) - {"start", "lr"})
     if unknown:
         raise ConfigError(f"pretrain.swa.{unknown[0]}: no such key (start, lr)")
+    missing = [k for k in ("start", "lr") if k not in swa]
+    if missing:
+        raise ConfigError(f"pretrain.swa.{missing[0]}: missing; give both, e.g. "
+                          "pretrain.swa={start: 0.75, lr: 0.1}")
     number("pretrain.swa.start", swa.get("start"), 0, 1, low_open=True, high_open=True)
     number("pretrain.swa.lr", swa.get("lr"), 0, 1, low_open=True)
 

@@ -80,6 +80,7 @@ def test_the_average_survives_a_checkpoint():
     ({"start": 1.0, "lr": 0.1}, "pretrain.swa.start"),
     ({"start": 0.75, "lr": 0}, "pretrain.swa.lr"),
     ({"start": 0.75, "lr": 0.1, "sart": 1}, "pretrain.swa.sart"),
+    ({"start": 0.75}, "pretrain.swa.lr: missing"),
     ("yes", "pretrain.swa"),
 ])
 def test_bad_swa_knobs_name_their_key(swa, key):
