@@ -51,6 +51,8 @@ RECIPE_VERSION = 2
 # pretrain keys that choose how often to report or save, or name the stage: never the weights
 _NOT_IN_KEY = ("_target_", "name", "data", "eval_every", "checkpoint_every", "taps", "pool",
                "seed", *TEACHER_KEYS)  # the teacher enters the key as its own key (teacher_recipe)
+# recipe knobs that are off at null, and the keys they drop from the cache key when off
+_OFF_KNOBS = {"mix": ("mix", "mix_alpha"), "swa": ("swa",)}
 # data keys that choose where or how fast a dataset is built, never its bytes
 _DATA_NOT_IN_KEY = (*NOT_BUILDER_KEYS, "workers")
 # Called after each epoch (and its checkpoint) with the number of epochs done; tests use it to
@@ -186,10 +188,9 @@ def pretrain_key(cfg: dict[str, Any]) -> dict[str, Any]:
     pcfg = cfg["pretrain"]
     model = model_key(cfg)
     recipe = {k: v for k, v in pcfg.items() if k not in _NOT_IN_KEY}
-    if recipe.get("mix") is None:  # no mixing: the key of a recipe that never had the knob
-        recipe = {k: v for k, v in recipe.items() if k not in ("mix", "mix_alpha")}
-    if recipe.get("swa", 0) is None:  # no averaging: likewise
-        del recipe["swa"]
+    for knob, keys in _OFF_KNOBS.items():  # off: the key of a recipe that never had the knob
+        if recipe.get(knob) is None:
+            recipe = {k: v for k, v in recipe.items() if k not in keys}
     recipe["precision"] = resolve_precision(pcfg.get("precision", "fp32"), "pretrain.precision",
                                             torch_device(cfg.get("device", "auto")))
     recipe.update(teacher_recipe(cfg, lambda tcfg: config_hash(pretrain_key(tcfg))))
