@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fedray.config import ConfigError
-from fedray.fl.types import ClientResult, Dropped, PerClient
+from fedray.fl.types import ClientResult, Dropped, PerClient, RaisedClients
 
 log = logging.getLogger("fedray")
 
@@ -115,6 +115,7 @@ class InProcessPool:
         self.spec = spec
         self.threads = max(1, round(float(actor_cpus)))
         self.client: Any = None
+        self.raised = RaisedClients()
         self._build()
 
     def _build(self) -> None:
@@ -155,7 +156,10 @@ class InProcessPool:
                     results.append(self.client.fit(cid, shard_refs[cid], start, round_idx, job))
                 except Exception as exc:  # noqa: BLE001 - a client's error drops that client
                     dropped.append(Dropped(cid, f"raised {type(exc).__name__}: {exc}"))
-        if dropped:  # as the Ray pool replaces a failed actor once its round is over
+        # rebuilt when the Ray pool would replace its actor (`RaisedClients`)
+        if self.raised.settle(0, {d.client_id for d in dropped}, bool(results)):
+            log.warning("client object rebuilt: two different clients raised on it with no "
+                        "fit succeeding between")
             self._build()
         return results, dropped
 

@@ -9,7 +9,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from fedray.fl.types import ClientResult, Dropped, PerClient
+from fedray.fl.types import ClientResult, Dropped, PerClient, RaisedClients
 
 log = logging.getLogger("fedray")
 
@@ -137,6 +137,7 @@ class ClientPool:
         self.spec_ref = spec_ref
         self.actor_cpus = float(actor_cpus)
         self.sticky = sticky
+        self.raised = RaisedClients()  # a client's error drops it, not its actor
         if actors and len(actors) == size:
             self.actors = list(actors)
             self._starting = [a.configure.remote(spec_ref) for a in self.actors]
@@ -163,6 +164,7 @@ class ClientPool:
 
     def _replace(self, i: int) -> None:
         self.kept.discard(i)  # its replacement is the run's own
+        self.raised.since_success.pop(i, None)
         try:
             ray.kill(self.actors[i], no_restart=True)
         except Exception:  # noqa: BLE001 - already dead is fine
@@ -205,7 +207,9 @@ class ClientPool:
         ready, pending = ray.wait(list(futures), num_returns=len(futures), timeout=timeout_s)
         results: list[ClientResult] = []
         dropped: list[Dropped] = []
-        broken: set[int] = set()
+        broken: dict[int, str] = {}  # actor -> why it is replaced
+        raised: dict[int, set[int]] = {}  # actor -> its clients that raised (it lives on)
+        succeeded: set[int] = set()
         for fut in ready:
             cids, a = futures[fut]
             try:
@@ -213,23 +217,28 @@ class ClientPool:
             except RayTaskError as exc:
                 cause = exc.cause if getattr(exc, "cause", None) is not None else exc
                 dropped += [Dropped(c, f"raised {type(cause).__name__}: {cause}") for c in cids]
-                broken.add(a)
+                raised.setdefault(a, set()).update(cids)
                 continue
             except (RayActorError, GetTimeoutError) as exc:
                 dropped += [Dropped(c, f"actor died ({type(exc).__name__})") for c in cids]
-                broken.add(a)
+                broken[a] = "it died"
                 continue
             for res in out if isinstance(out, list) else [out]:
                 if isinstance(res, Dropped):  # raised inside a batch; its neighbours stand
                     dropped.append(res)
-                    broken.add(a)
+                    raised.setdefault(a, set()).add(res.client_id)
                 else:
                     results.append(res)
+                    succeeded.add(a)
         for fut in pending:
             cids, a = futures[fut]
             dropped += [Dropped(c, f"timed out after {timeout_s}s") for c in cids]
-            broken.add(a)
-        for a in sorted(broken):
+            broken[a] = f"it was still busy after {timeout_s}s"
+        for a in sorted(set(raised) | succeeded):
+            if self.raised.settle(a, raised.get(a, set()), a in succeeded) and a not in broken:
+                broken[a] = "two different clients raised on it with no fit succeeding between"
+        for a, why in sorted(broken.items()):
+            log.warning("client actor %d replaced: %s", a, why)
             self._replace(a)
         return results, dropped
 

@@ -44,6 +44,32 @@ class PerClient(dict):
         return params_ref[client_id] if isinstance(params_ref, PerClient) else params_ref
 
 
+class RaisedClients:
+    """Which client workers (actors) to replace after the clients they ran raised.
+
+    A client whose fit raises is dropped from its round, and the worker that ran it keeps
+    serving: the error is that client's (a bad shard, a NaN, a bug its data triggers) and the
+    process is sound, its cached features and warm kernels worth keeping; replacing it would
+    make every later round pay a new process and those features again (a phone that fails every
+    round once cost each round 28 s instead of 1). A worker that raises for a second, different
+    client with no fit succeeding in between is suspect itself (a broken CUDA context, an
+    exhausted resource: every client fails there) and is replaced.
+    """
+
+    def __init__(self) -> None:
+        self.since_success: dict[int, set[int]] = {}
+
+    def settle(self, worker: int, raised: set[int], succeeded: bool) -> bool:
+        """Record one round of `worker`: the clients that raised on it and whether any fit
+        succeeded there; True when the worker should be replaced (its record is then cleared)."""
+        seen = set() if succeeded else self.since_success.get(worker, set()) | raised
+        if len(seen) >= 2:
+            self.since_success.pop(worker, None)
+            return True
+        self.since_success[worker] = seen
+        return False
+
+
 def human_bytes(n: float) -> str:
     """1.5KB, 4.0MB: a byte count as the round log prints it."""
     for unit in ("B", "KB", "MB", "GB"):

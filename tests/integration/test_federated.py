@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -67,13 +69,20 @@ def test_only_trainable_layers_travel(make_cfg, tmp_path):
     assert rows[0]["comm/bytes_up"] == 2 * nbytes  # two clients, head only
 
 
-@pytest.mark.parametrize("kind", ["raise", "crash", "nan"])
-def test_failing_client_is_dropped_and_replaced(make_cfg, tmp_path, kind):
+@pytest.mark.parametrize(("kind", "replaced"), [("raise", False), ("crash", True), ("nan", False)])
+def test_failing_client_is_dropped_and_a_dead_actor_replaced(
+    make_cfg, tmp_path, caplog, kind, replaced
+):
     cfg = make_cfg("fl.num_clients=3", "fl.rounds=2", "fl.quorum=0.5")
     cfg["fl"]["faults"] = [{"round": 1, "client": 1, "kind": kind}]
-    run(cfg)
+    with caplog.at_level(logging.WARNING, logger="fedray"):
+        run(cfg)
     rows = _rows(tmp_path / "run")
-    assert [r["clients/dropped"] for r in rows] == [1, 0]  # replaced actor serves round 2
+    assert [r["clients/dropped"] for r in rows] == [1, 0]  # round 2: every client back
+    # a dead actor's replacement serves round 2; one whose client raised (or sent NaN) is sound
+    # and keeps serving, its cached shards with it
+    assert bool(re.search(r"client actor \d+ replaced: it died", caplog.text)) == replaced
+    assert (" replaced" in caplog.text) == replaced
 
 
 def test_straggler_is_dropped_by_timeout(make_cfg, tmp_path):

@@ -232,7 +232,7 @@ def test_keep_actors_is_refused_where_nothing_could_keep_them(ray_cfg, env, says
 
 
 def test_a_failed_kept_actor_is_replaced_for_the_run_only(make_cfg, tmp_path, no_kept_actors):
-    """A client that raises has its actor replaced; the replacement is the run's own and ends
+    """A client whose actor dies has it replaced; the replacement is the run's own and ends
     with it (its CPU free again), and the kept pool is one actor short until the next run
     starts it again."""
     import ray
@@ -240,7 +240,7 @@ def test_a_failed_kept_actor_is_replaced_for_the_run_only(make_cfg, tmp_path, no
     address = ray.get_runtime_context().gcs_address
     cfg = make_cfg("fl.rounds=2", "ray.keep_actors=true", f"ray.address={address}",
                    "fl.quorum=0.5")
-    cfg["fl"]["faults"] = [{"round": 1, "client": 0, "kind": "raise"}]
+    cfg["fl"]["faults"] = [{"round": 1, "client": 0, "kind": "crash"}]
     run(cfg)
     assert len(_kept()) == 1
     assert _all_cpus_free()

@@ -410,3 +410,25 @@ def test_a_cluster_that_cannot_be_joined_is_a_one_line_error(address, env, named
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(ConfigError, match=f"^{named}: no Ray cluster to join there"):
         pool.init_ray(address, local={})
+
+
+def test_a_worker_is_replaced_only_when_different_clients_raise_on_it_in_a_row():
+    from fedray.fl.types import RaisedClients
+
+    ledger = RaisedClients()
+    # one client raising every round is that client's fault: its worker keeps serving
+    assert not any(ledger.settle(0, {3}, succeeded=False) for _ in range(5))
+    # a second client raising there with no success between implicates the worker
+    assert ledger.settle(0, {5}, succeeded=False)
+    assert ledger.since_success == {}  # cleared with the replacement
+    # two clients raising in one round while a third fits fine: the worker is sound
+    assert not ledger.settle(1, {1, 2}, succeeded=True)
+    # a success wipes the record; workers are counted apart
+    assert not ledger.settle(1, {1}, succeeded=False)
+    assert not ledger.settle(1, set(), succeeded=True)
+    assert not ledger.settle(1, {2}, succeeded=False)
+    assert not ledger.settle(2, {1}, succeeded=False)
+    assert ledger.settle(1, {4}, succeeded=False)
+    # every client of one round raising on one worker: replaced at once
+    assert ledger.settle(3, {0, 6}, succeeded=False)
+
