@@ -66,6 +66,15 @@ def boolean(key: str, value: Any) -> None:
         raise ConfigError(f"{key}: {value!r} is not true or false")
 
 
+def matching(key: str, spec: str, names: Sequence[str]) -> list[str]:
+    """The `names` a regex config value (`fl.trainable`, `fl.local`) finds anywhere in them."""
+    try:
+        pattern = re.compile(spec)
+    except re.error as exc:
+        raise ConfigError(f"{key}={spec!r} is not a valid regex: {exc}") from None
+    return [n for n in names if pattern.search(n)]
+
+
 def mapping(key: str, value: Any) -> dict[str, Any]:
     """`value` is a mapping (a config group)."""
     if not isinstance(value, Mapping):

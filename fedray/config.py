@@ -42,6 +42,8 @@ class FLConfig:
     fraction: float = 1.0
     clients_per_round: int | None = None
     trainable: str = "classifier"  # all | classifier | a regex over parameter names
+    # entries each client keeps and never uploads: norm (FedBN) | a regex | None (fl/local.py)
+    local: str | None = None
     cache_features: bool = True  # frozen backbone: clients cache its features once
     # fp32 | bf16 | auto (bf16 where the CPU/GPU has it natively): the cached features' pass
     cache_precision: str = "auto"

@@ -226,16 +226,11 @@ def _run_federated(
         boot.close()  # and stops Ray if the boot started it
 
 
-def _run_federated_rounds(
-    cfg: dict[str, Any],
-    info,
-    run_dir: Path,
-    resume_dir: Path | None,
-    on_round: OnRound | None,
-    boot,
-) -> dict:
+def _run_federated_rounds(cfg: dict[str, Any], info, run_dir: Path, resume_dir: Path | None,
+                          on_round: OnRound | None, boot) -> dict:
     from fedray.data.partition import partition, partition_matrix, save_partition_heatmap
     from fedray.fl.checkpoint import CHECKPOINT, load_checkpoint
+    from fedray.fl.scores import group_metrics, own_mean, per_client_scores
     from fedray.fl.server import FederatedServer
 
     seed = int(cfg["seed"])
@@ -268,12 +263,14 @@ def _run_federated_rounds(
             }
             cm = sum(c for _, c in evals.values()) if task.confusion else None
             for c, p in sorted(server.client_params.items()):  # and on each group's val
-                own = server.group_metrics(p)
+                own = group_metrics(server, p)
                 groups.update({f"client/{c}/val/{k}": v for k, v in own.items()})
-        else:  # the global model on the val samples of each client's own classes
+        else:  # the global model (fl.local: each client's own) on each client's own classes
             metrics, cm = server.evaluate()
-            per_client = server.per_client_scores()
-            groups = {f"val/{k}": v for k, v in server.group_metrics().items()}
+            per_client = per_client_scores(server)
+            groups = {f"val/{k}": v for k, v in group_metrics(server).items()}
+            if server.local is not None:
+                groups[f"val_local/{metric}"] = own_mean(server, sorted(per_client), per_client)
         summary = {f"val/{k}": v for k, v in metrics.items()}
         summary.update(groups)
         summary.update(server.head_init_metrics)

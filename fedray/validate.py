@@ -296,6 +296,10 @@ def check_model(cfg: dict[str, Any]) -> None:
             "fl.cache_features=false"
         )
     check_head_init(fl, model, trainable, cached)
+    from fedray.fl.local import local_names
+    from fedray.fl.train import travel_names
+
+    local_names(model, travel_names(model, trainable), fl.get("local"))
     from fedray.tasks import build_task
 
     task = build_task(cfg.get("task"))
@@ -385,8 +389,9 @@ def check_partition(partition: Any, num_classes: int | None = None,
         number("partition.max_retries", kwargs["max_retries"], 1, integer=True)
 
 
-def check_strategy(strategy: Any, per_round: int) -> None:
-    """Build the strategy (its constructor checks its knobs) and aggregate one dummy round."""
+def check_strategy(strategy: Any, per_round: int) -> Any:
+    """Build the strategy (its constructor checks its knobs) and aggregate one dummy round;
+    returns the rule."""
     import numpy as np
 
     from fedray.fl.strategies import build_strategy
@@ -405,6 +410,7 @@ def check_strategy(strategy: Any, per_round: int) -> None:
             f"strategy: {name} cannot aggregate the {per_round} client(s) a round samples "
             f"(fl.num_clients, fl.fraction, fl.clients_per_round): {first_line(exc)}"
         ) from None
+    return rule
 
 
 def check_dp_config(cfg: dict[str, Any], per_round: int) -> None:
@@ -471,9 +477,12 @@ def validate(cfg: dict[str, Any]) -> None:
         if stage in ("federated", "isolated"):
             check_partition(cfg.get("partition"), _classes_known(cfg.get("data")),
                             (cfg.get("fl") or {}).get("num_clients"))
-            check_strategy(cfg.get("strategy"), per_round)
+            rule = check_strategy(cfg.get("strategy"), per_round)
         if stage == "federated":
             check_dp_config(cfg, per_round)
+            from fedray.fl.local import check_local
+
+            check_local(cfg, hasattr(rule, "bind"))
     if stage != "synth" and needs_pretraining(cfg):
         check_pretrain(cfg)
     if stage == "distill":

@@ -20,10 +20,12 @@ import numpy as np
 import torch
 
 from fedray.config import ConfigError
-from fedray.data.datasets import DatasetInfo, load_groups, load_images, load_labels
+from fedray.data.datasets import DatasetInfo, load_groups, load_images
 from fedray.fl.checkpoint import load_checkpoint, save_checkpoint
 from fedray.fl.client import make_client_actor
 from fedray.fl.head_init import check_head_init, solve_head
+from fedray.fl.local import LocalLayers, local_names
+from fedray.fl.scores import own_mean
 from fedray.fl.train import (
     extract_features,
     get_params,
@@ -139,10 +141,13 @@ class FederatedServer:
         # isolated baseline: each client trains alone, never averaged (the per-client lower bound)
         self.isolated = cfg.get("stage") == "isolated"
         # only the isolated baseline keeps a model per client; federated runs keep nothing per
-        # client in the driver beyond the index arrays in `parts`
+        # client in the driver beyond the index arrays in `parts` (and, fl.local, each client's
+        # local entries, what its phone would keep: fedray/fl/local.py)
         self.client_params: dict[int, Params] = (
             dict.fromkeys(range(len(parts)), self.params) if self.isolated else {}
         )
+        local = [] if self.isolated else local_names(self.model, self.travel, self.fl.get("local"))
+        self.local = LocalLayers(local, get_params(self.model, local)) if local else None
 
     def restore(self, ckpt_path: Path) -> None:
         """Continue from a checkpoint written after some round."""
@@ -150,6 +155,8 @@ class FederatedServer:
         self.params = ckpt["params"]
         if ckpt.get("client_params") is not None:
             self.client_params = ckpt["client_params"]
+        if self.local is not None and ckpt.get("local") is not None:
+            self.local.load_state_dict(ckpt["local"])
         self.strategy.load_state_dict(ckpt["strategy"])
         if self.privacy is not None and ckpt.get("privacy") is not None:
             self.privacy.load_state_dict(ckpt["privacy"])
@@ -262,41 +269,6 @@ class FederatedServer:
             self._evals[id(params)] = (params, metrics, cm)
         return dict(metrics), cm
 
-    def group_metrics(self, params: Params | None = None) -> dict[str, float]:
-        """Metrics on each group's (site's) val samples, `group<g>/<metric>`; {} without groups."""
-        if self.val_groups is None:
-            return {}
-        out = {}
-        for g in np.unique(self.val_groups):
-            metrics, _ = self.evaluate(params, np.flatnonzero(self.val_groups == g))
-            out.update({f"group{int(g)}/{k}": v for k, v in metrics.items()})
-        return out
-
-    def per_client_scores(self, params: Params | None = None) -> dict[int, float]:
-        """`task.metric` of a model on the val samples whose partition key (class, or group) the
-        client holds; for classification by label, `per_client_accuracy`."""
-        if self.task.partition_by == "label" and self.task.metric == "acc":
-            return self.per_client_accuracy(params)
-        train_keys = self.task.partition_keys(self.info.root, "train")
-        val_keys = self.task.partition_keys(self.info.root, "val")
-        out = {}
-        for cid, idx in enumerate(self.parts):
-            mine = np.flatnonzero(np.isin(val_keys, np.unique(train_keys[idx])))
-            out[cid] = self.evaluate(params, mine)[0][self.task.metric] if mine.size else 0.0
-        return out
-
-    def per_client_accuracy(self, params: Params | None = None) -> dict[int, float]:
-        """Accuracy of a model on the val samples of the classes each client holds, read off the
-        confusion matrix of its val pass (rows: true classes)."""
-        _, cm = self.evaluate(params)
-        train_y = load_labels(self.info.root, "train")
-        out = {}
-        for cid, idx in enumerate(self.parts):
-            held = np.unique(train_y[idx])
-            n = cm[held].sum()
-            out[cid] = float(cm[held, held].sum() / n) if n else 0.0
-        return out
-
     def _check_quorum(self, good: list[ClientResult], dropped: list[Dropped], sampled: list[int]):
         needed = max(1, math.ceil(float(self.fl["quorum"]) * len(sampled)))
         if len(good) < needed:
@@ -316,18 +288,24 @@ class FederatedServer:
         """One round of local training; returns usable results, dropped clients, bytes up."""
         if self.isolated:  # every client continues from its own model; nothing is shared
             start: Any = PerClient({cid: pool.put(self.client_params[cid]) for cid in sampled})
+        elif self.local is not None:  # the shared entries and each client's own local ones
+            own = self.local.start
+            start = PerClient({cid: pool.put(own(self.params, cid)) for cid in sampled})
         else:
             start = pool.put(self.params)  # broadcast once; actors read the same object
         results, dropped = pool.run_round(
             sampled, shard_refs, start, self.round, extra, self.fl.get("round_timeout_s")
         )
-        bytes_up = sum(params_nbytes(res.params) for res in results)
+        up = (lambda p: p) if self.local is None else self.local.shared  # local: never uploaded
+        bytes_up = sum(params_nbytes(up(res.params)) for res in results)
         good = []
         for res in results:
             if is_finite(res.params):
                 good.append(res)
             else:
                 dropped.append(Dropped(res.client_id, "non-finite (NaN/Inf) update"))
+        if self.local is not None and extra.get("task") != "head_stats":
+            good = self.local.keep(good)  # stored for their clients; the rest sees the shared
         for d in dropped:
             log.warning("round %d: dropped client %d: %s", self.round + 1, d.client_id, d.reason)
         self._check_quorum(good, dropped, sampled)
@@ -390,8 +368,12 @@ class FederatedServer:
                     to_aggregate = good  # masked / DP updates: the privacy seam sums them first
                     if self.privacy is not None:
                         to_aggregate = self.privacy.server_input(self.params, good, r)
-                    self.params = self.strategy.aggregate(self.params, to_aggregate)  # sorts by id
+                    shared = self.params if self.local is None else self.local.shared(self.params)
+                    self.params = self.strategy.aggregate(shared, to_aggregate)  # sorts by id
                     bytes_down = params_nbytes(self.params) * len(sampled)
+                    if self.local is not None:  # the server's copy: the clients' mean
+                        merged = {**self.params, **self.local.mean()}
+                        self.params = {k: merged[k] for k in self.travel}
                 self.bytes_total += bytes_up + bytes_down
                 n = sum(res.num_samples for res in good)
                 row = {
@@ -411,6 +393,9 @@ class FederatedServer:
                             {f"val_base/{k}": v for k, v in self.evaluate(reference)[0].items()}
                         )
                     row.update({f"val/{k}": v for k, v in self.round_metrics().items()})
+                    if self.local is not None and good:  # each client's own model, own data
+                        own = own_mean(self, sorted(res.client_id for res in good))
+                        row[f"val_local/{self.task.metric}"] = own
                 row.update(
                     {
                         "comm/bytes_up": bytes_up,
@@ -488,6 +473,7 @@ class FederatedServer:
             "round": next_round,
             "params": self.params,
             "client_params": self.client_params if self.isolated else None,
+            "local": self.local.state_dict() if self.local is not None else None,
             "strategy": self.strategy.state_dict(),
             "privacy": self.privacy.state_dict() if self.privacy is not None else None,
             "bytes_total": self.bytes_total,

@@ -197,11 +197,9 @@ def trainable_names(model: nn.Module, spec: str) -> list[str]:
             )
         chosen = [n for n in names if n.startswith("classifier.")]
     else:
-        try:
-            pattern = re.compile(spec)
-        except re.error as exc:
-            raise ConfigError(f"fl.trainable={spec!r} is not a valid regex: {exc}") from None
-        chosen = [n for n in names if pattern.search(n)]
+        from fedray.checks import matching
+
+        chosen = matching("fl.trainable", spec, names)
     if not chosen:
         raise ConfigError(f"fl.trainable={spec!r} selects no parameters; the model has {names}")
     return chosen

@@ -34,6 +34,10 @@ BAD = [
     (["fl.head_init=closed_form"], "fl.head_init"),
     (["fl.cache_precision=fp8"], "fl.cache_precision"),
     (["fl.faults=[{round:1,client:9,kind:raise}]"], "fl.faults[0].client"),
+    (["fl.local=nosuchlayer"], "fl.local"),
+    (["fl.trainable=classifier", "fl.local=norm"], "fl.local"),  # no norm layer in the head
+    (["fl.local=."], "fl.local"),  # everything local: nothing federated
+    (["fl.local=norm", "attack=sign_flip"], "fl.local"),
     (["client.epochs=0"], "client.epochs"),
     (["client.batch_size=0"], "client.batch_size"),
     (["client.lr_schedule=linear"], "client.lr_schedule"),
