@@ -51,7 +51,7 @@ class RaisedClients:
     serving: the error is that client's (a bad shard, a NaN, a bug its data triggers) and the
     process is sound, its cached features and warm kernels worth keeping; replacing it would
     make every later round pay a new process and those features again (a phone that fails every
-    round once cost each round 28 s instead of 1). A worker that raises for a second, different
+    round once cost each round 28 s instead of 0.4). A worker that raises for a second, different
     client with no fit succeeding in between is suspect itself (a broken CUDA context, an
     exhausted resource: every client fails there) and is replaced.
     """
