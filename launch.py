@@ -82,7 +82,7 @@ def user_error(exc: BaseException) -> str | None:
     Mistakes are fedray's ConfigError/DatasetError/PartitionError (also raised inside a Ray task),
     Hydra's composition, override and instantiation errors, and OmegaConf's type and key errors.
     """
-    from hydra.errors import HydraException, MissingConfigException
+    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
     from fedray.config import ConfigError
@@ -98,6 +98,13 @@ def user_error(exc: BaseException) -> str | None:
         key, msg = getattr(exc, "full_key", None), getattr(exc, "msg", None) or str(exc)
         msg = msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__
         text = f"{key}: {msg}" if key else msg  # (the lines after the first repeat the key)
+    elif isinstance(exc, OverrideParseException) and "=" in exc.override:
+        key, _, value = exc.override.partition("=")
+        quote = "'" if '"' in value else '"'
+        text = (  # a regex (^ | \\ ( ) [ ]) or a path with spaces: Hydra's grammar needs quotes
+            f"{key.lstrip('+~')}: Hydra cannot read the value {value} unquoted; quote it for "
+            f"Hydra inside the shell's quotes: '{key}={quote}{value}{quote}'"
+        )
     elif isinstance(exc, MissingConfigException) and exc.options is not None:
         group, _, name = str(exc.missing_cfg_file).rpartition("/")
         text = f"{group or 'config'}: {name!r} is not one of {', '.join(exc.options)}"

@@ -34,6 +34,7 @@ BAD = [
     (["fl.head_init=closed_form"], "fl.head_init"),
     (["fl.cache_precision=fp8"], "fl.cache_precision"),
     (["fl.faults=[{round:1,client:9,kind:raise}]"], "fl.faults[0].client"),
+    (["fl.trainable=^features|^classifier"], "fl.trainable"),  # a regex Hydra needs quoted
     (["fl.local=nosuchlayer"], "fl.local"),
     (["fl.trainable=classifier", "fl.local=norm"], "fl.local"),  # no norm layer in the head
     (["fl.local=."], "fl.local"),  # everything local: nothing federated
