@@ -213,9 +213,12 @@ class ClientActor:
             params[first][...] = np.nan
         metrics = {"train/loss": stats["loss"], "time/fit_s": time.perf_counter() - t0}
         if privacy:  # the update leaves the client attacked / clipped / noised / masked
+            kept = {k: params.pop(k) for k in self.spec.get("local") or ()}  # fl.local: not sent
+            start = {k: v for k, v in global_params.items() if k not in kept}
             params, extra_metrics = protect_update(
-                client_id, round_idx, global_params, params, int(stats["num_samples"]), privacy
+                client_id, round_idx, start, params, int(stats["num_samples"]), privacy
             )
+            params.update(kept)
             metrics.update(extra_metrics)
         return ClientResult(client_id, params, int(stats["num_samples"]), metrics)
 

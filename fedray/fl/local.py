@@ -12,7 +12,8 @@ client starts every round from the aggregated shared entries and its own local o
 last round (the initial model's before it has any). A simulation serves more virtual clients
 than it has processes, so the driver keeps each client's local entries between its rounds, as a
 phone would keep them on itself: they are not counted as communication and never reach the
-strategy or the server's aggregate.
+strategy or the server's aggregate. Attacks, clipping, noise and secure aggregation's masks
+(fedray/privacy) apply to the shared entries, the part that leaves the phone.
 
 The server's own model (`val/*`) carries the clients' local entries averaged by their train
 samples, what a client new to the federation would start from. Each client's own model (the
@@ -73,18 +74,13 @@ def check_local(cfg: dict[str, Any], has_bind: bool) -> None:
         return
     clashes = [
         ("fl.head_init=ridge", fl.get("head_init", "random") == "ridge"),
-        (f"fl.secure_agg={fl.get('secure_agg')}", str(fl.get("secure_agg") or "none") != "none"),
-        (f"dp={(cfg.get('dp') or {}).get('name')}",
-         (cfg.get("dp") or {}).get("name", "none") != "none"),
-        (f"attack={(cfg.get('attack') or {}).get('name')}",
-         (cfg.get("attack") or {}).get("name", "none") != "none"),
         (f"strategy={(cfg.get('strategy') or {}).get('name')}", has_bind),
     ]
     for what, on in clashes:
         if on:
             raise ConfigError(
                 f"fl.local={fl['local']!r} with {what}: client-local layers are not supported "
-                "there yet (that seam reads or protects the whole update); drop one of the two"
+                "there yet (it builds or reads each client's whole model); drop one of the two"
             )
 
 

@@ -176,6 +176,7 @@ class FederatedServer:
             "init_state": full_state,
             "trainable": self.trainable,
             "travel": self.travel,
+            "local": self.local.names if self.local is not None else [],  # fl.local: kept
             "cached": self.cached,
             "cache_precision": self.fl.get("cache_precision", "fp32"),
             "client": self.cfg["client"],
@@ -269,6 +270,10 @@ class FederatedServer:
             self._evals[id(params)] = (params, metrics, cm)
         return dict(metrics), cm
 
+    def _shared(self) -> Params:
+        """The global entries that are federated (all of them unless fl.local keeps some)."""
+        return self.params if self.local is None else self.local.shared(self.params)
+
     def _check_quorum(self, good: list[ClientResult], dropped: list[Dropped], sampled: list[int]):
         needed = max(1, math.ceil(float(self.fl["quorum"]) * len(sampled)))
         if len(good) < needed:
@@ -296,7 +301,7 @@ class FederatedServer:
         results, dropped = pool.run_round(
             sampled, shard_refs, start, self.round, extra, self.fl.get("round_timeout_s")
         )
-        up = (lambda p: p) if self.local is None else self.local.shared  # local: never uploaded
+        up = self.local.shared if self.local is not None else dict  # local: never uploaded
         bytes_up = sum(params_nbytes(up(res.params)) for res in results)
         good = []
         for res in results:
@@ -358,7 +363,7 @@ class FederatedServer:
                         break
                     if not sampled:  # Poisson drew nobody: nothing is trained or released
                         continue
-                    job.update(self.privacy.client_extra(sampled, r, self.params))
+                    job.update(self.privacy.client_extra(sampled, r, self._shared()))
                 good, dropped, bytes_up = self._fit_round(pool, shard_refs, sampled, job)
                 self._evals.clear()  # a strategy may update the params in place
                 if self.isolated:
@@ -367,9 +372,8 @@ class FederatedServer:
                 else:
                     to_aggregate = good  # masked / DP updates: the privacy seam sums them first
                     if self.privacy is not None:
-                        to_aggregate = self.privacy.server_input(self.params, good, r)
-                    shared = self.params if self.local is None else self.local.shared(self.params)
-                    self.params = self.strategy.aggregate(shared, to_aggregate)  # sorts by id
+                        to_aggregate = self.privacy.server_input(self._shared(), good, r)
+                    self.params = self.strategy.aggregate(self._shared(), to_aggregate)  # by id
                     bytes_down = params_nbytes(self.params) * len(sampled)
                     if self.local is not None:  # the server's copy: the clients' mean
                         merged = {**self.params, **self.local.mean()}

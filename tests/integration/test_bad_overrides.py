@@ -38,7 +38,7 @@ BAD = [
     (["fl.local=nosuchlayer"], "fl.local"),
     (["fl.trainable=classifier", "fl.local=norm"], "fl.local"),  # no norm layer in the head
     (["fl.local=."], "fl.local"),  # everything local: nothing federated
-    (["fl.local=norm", "attack=sign_flip"], "fl.local"),
+    (["fl.local=norm", "strategy=feddf"], "fl.local"),
     (["client.epochs=0"], "client.epochs"),
     (["client.batch_size=0"], "client.batch_size"),
     (["client.lr_schedule=linear"], "client.lr_schedule"),

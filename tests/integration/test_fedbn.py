@@ -80,3 +80,22 @@ def test_fedbn_resumes_and_runs_the_same_in_process(make_cfg, tmp_path):
         for c, entries in ref["local"]["clients"].items():
             assert all(np.array_equal(v, other["local"]["clients"][c][k])
                        for k, v in entries.items())
+
+
+def test_secure_aggregation_masks_the_shared_entries_and_leaves_the_local_ones_home(
+    make_cfg, tmp_path
+):
+    plain, masked = tmp_path / "plain", tmp_path / "masked"
+    run(make_cfg(*FEDBN, run_dir=plain))
+    run(make_cfg(*FEDBN, "fl.secure_agg=secagg+", run_dir=masked))
+    a, b = _ckpt(plain), _ckpt(masked)
+    for k, v in a["params"].items():  # the same model up to the 16-bit encoding of the sums
+        assert np.allclose(b["params"][k], v, atol=2e-3), k
+    for c, entries in a["local"]["clients"].items():  # each client's own, never masked or sent
+        assert all(np.allclose(b["local"]["clients"][c][k], v, atol=2e-3)
+                   for k, v in entries.items())
+    shared = sum(v.nbytes for k, v in a["params"].items() if k not in a["local"]["clients"][0])
+    rows = _rows(masked)
+    # what went up is one masked ring vector per client: 4 bytes a shared value, + 2 counters
+    assert all(r["comm/bytes_up"] == 3 * (shared + 2 * 4) for r in rows)
+    assert all(r["secagg/vanished_after_mask"] == 0 for r in rows)
