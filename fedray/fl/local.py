@@ -88,10 +88,13 @@ class LocalLayers:
     """Each client's local entries between its rounds, and their sample-weighted mean."""
 
     def __init__(self, names: list[str], init: Params) -> None:
-        self.names = list(names)
-        self.init = init
+        self.init = {n: init[n] for n in names}  # the local entries' initial values, in order
         self.clients: dict[int, Params] = {}
         self.samples: dict[int, int] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.init)
 
     def shared(self, params: Params) -> Params:
         """`params` without the local entries (what is uploaded and aggregated)."""
@@ -104,7 +107,7 @@ class LocalLayers:
     def keep(self, results: list[ClientResult]) -> list[ClientResult]:
         """Store each result's local entries for its client; the results with the shared only."""
         for res in results:
-            self.clients[res.client_id] = {n: res.params[n] for n in self.names}
+            self.clients[res.client_id] = {n: res.params[n] for n in self.init}
             self.samples[res.client_id] = res.num_samples
         return [replace(res, params=self.shared(res.params)) for res in results]
 
@@ -118,7 +121,7 @@ class LocalLayers:
         return {
             n: sum(wi * self.clients[c][n].astype(np.float64) for wi, c in zip(w, ids, strict=True))
             .astype(np.float32)
-            for n in self.names
+            for n in self.init
         }
 
     def state_dict(self) -> dict[str, Any]:
