@@ -138,11 +138,16 @@ def _known_keys(exc: BaseException, key: str, add: str) -> str:
 
 
 def fail_if_user_error(exc: BaseException) -> None:
-    """Print a user's mistake as `fedray: error: <key>: <what>` and exit 2; return for a bug."""
+    """Print a user's mistake as `fedray: error: <key>: <what>` and exit 2; a round that too few
+    clients survived (a diverging lr, failing clients: the message says which and why) as one
+    line too, exit 1; return for a bug."""
     message = user_error(exc)
     if message is not None:
         print(f"fedray: error: {message}", file=sys.stderr)
         sys.exit(2)
+    if type(exc).__name__ == "QuorumError":  # fedray.fl.server's, not imported for the check
+        print(f"fedray: error: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

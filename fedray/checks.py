@@ -53,6 +53,65 @@ def number(
         raise ConfigError(f"{key}: {value!r} is not {want}")
 
 
+def like_defaults(
+    group: str, target: str, params: Mapping[str, Any], kwargs: Mapping[str, Any]
+) -> None:
+    """Each of `kwargs` of the kind its parameter's default is (`params`: an
+    `inspect.signature(fn).parameters`): true or false for a bool default, a finite number for a
+    number, a list of numbers for a tuple of numbers. A parameter with no default, or a default of
+    another kind (None, a string), is left to the callable."""
+    for k, v in kwargs.items():
+        param = params.get(k)
+        default = getattr(param, "default", None)
+        key = f"{group}.{k}"
+        if isinstance(default, bool):
+            boolean(key, v)
+        elif isinstance(default, int | float):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ConfigError(
+                    f"{key}: {v!r} is not a finite number ({target} takes a number, default "
+                    f"{default})"
+                )
+        elif isinstance(default, tuple) and all(
+            isinstance(x, int | float) and not isinstance(x, bool) for x in default
+        ) and not (
+            isinstance(v, list | tuple)
+            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+        ):
+            raise ConfigError(
+                f"{key}: {v!r} is not a list of numbers ({target} takes e.g. {list(default)})"
+            )
+
+
+_HOST_PORT = re.compile(r"(?:ray://)?(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})")
+
+
+def ray_address(key: str, address: Any) -> tuple[str, int] | None:
+    """`address` is a Ray cluster to join: `auto` or `local` (None back: Ray resolves them), or
+    HOST:PORT / ray://HOST:PORT, which must answer a TCP connect within 3 s (host and port
+    back). `ray.init` waits for a cluster at an address where none answers for minutes, without
+    a word: a typo in the port would hang the run."""
+    import socket
+
+    if address in ("auto", "local"):
+        return None
+    m = _HOST_PORT.fullmatch(address) if isinstance(address, str) else None
+    if m is None:
+        raise ConfigError(
+            f"{key}: {address!r} is not auto, local, HOST:PORT or ray://HOST:PORT "
+            "(null: start a local Ray)"
+        )
+    host, port = m.group(1).strip("[]"), int(m.group(2))
+    try:
+        socket.create_connection((host, port), timeout=3.0).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"{key}={address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+            "with `ray start --head` (its port, 6379 by default) or leave it null for a local Ray"
+        ) from None
+    return host, port
+
+
 def choice(key: str, value: Any, choices: Sequence[Any]) -> None:
     """`value` is one of `choices` (None among them reads `null`, as it is spelt in config)."""
     if value not in choices:

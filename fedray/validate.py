@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedray.checks import boolean, choice, mapping, number
+from fedray.checks import boolean, choice, like_defaults, mapping, number, ray_address
 from fedray.config import ConfigError
 from fedray.fl.inprocess import check_backend
 from fedray.targets import first_line, import_target
@@ -96,8 +96,8 @@ def check_ray(ray: Any) -> None:
     number("ray.max_actors", ray.get("max_actors"), 1, integer=True, optional=True)
     number("ray.shard_cache", ray.get("shard_cache", 8), 0, integer=True)
     number("ray.worker_nice", ray.get("worker_nice", 0), 0, 19, integer=True)
-    if ray.get("address") is not None and not isinstance(ray["address"], str):
-        raise ConfigError(f"ray.address: {ray['address']!r} is not an address (or null: local)")
+    if ray.get("address") is not None:
+        ray_address("ray.address", ray["address"])
     if ray.get("address") is None:  # a local Ray: an actor that asks for more CPUs never starts
         cpus = ray.get("num_cpus") or os.cpu_count() or 1
         if float(ray.get("client_cpus", 1.0)) > cpus:
@@ -122,6 +122,8 @@ def check_ray(ray: Any) -> None:
 
 def check_data(data: Any) -> None:
     """data._target_ importable; a `data.root` that is set exists; image_size a positive int."""
+    from fedray.data.sources import NOT_BUILDER_KEYS
+
     data = mapping("data", data)
     import_target("data._target_", data.get("_target_"))
     root = data.get("root")
@@ -132,6 +134,9 @@ def check_data(data: Any) -> None:
         number("data.image_size", data["image_size"], 1, integer=True)
     if data.get("cache_dir") is not None and not isinstance(data["cache_dir"], str):
         raise ConfigError(f"data.cache_dir: {data['cache_dir']!r} is not a path (or null)")
+    # the builder's own rules (data=synthetic: every key, before anything is built)
+    _own_check("data._target_", data["_target_"],
+               {k: v for k, v in data.items() if k not in NOT_BUILDER_KEYS})
 
 
 def clients_per_round(fl: dict[str, Any]) -> int:
@@ -222,22 +227,7 @@ def check_optimizer(opt: Any, key: str) -> None:
                 takes = sorted(set(params) - {"params", "self"})
                 raise ConfigError(f"{key}.{k}: not an argument of {target}; it takes {takes} "
                                   f"(drop it with ~{key}.{k})")
-    for k, v in kwargs.items():
-        default = params[k].default if params and k in params else inspect.Parameter.empty
-        if isinstance(default, bool):
-            boolean(f"{key}.{k}", v)
-        elif isinstance(default, int | float):
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                raise ConfigError(
-                    f"{key}.{k}: {v!r} is not a number ({target} takes a number, default {default})"
-                )
-        elif isinstance(default, tuple) and not (
-            isinstance(v, list | tuple)
-            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
-        ):
-            raise ConfigError(
-                f"{key}.{k}: {v!r} is not a list of numbers ({target} takes e.g. {list(default)})"
-            )
+    like_defaults(key, str(target), params or {}, kwargs)
     param = torch.nn.Parameter(torch.zeros(2))
     try:
         if isinstance(fn, type) and issubclass(fn, torch.optim.Optimizer):
@@ -414,7 +404,11 @@ def check_strategy(strategy: Any, per_round: int) -> Any:
 
 
 def check_dp_config(cfg: dict[str, Any], per_round: int) -> None:
-    """dp.* values and the accountant's package (the `privacy` extra), when DP is on."""
+    """fl.secure_agg and its knobs; dp.* values and the accountant's package (the `privacy`
+    extra), when DP is on."""
+    from fedray.privacy.secagg import check_config
+
+    check_config(cfg["fl"])
     dpc = cfg.get("dp")
     if not isinstance(dpc, Mapping) or dpc.get("name", "none") == "none":
         return
@@ -450,10 +444,17 @@ def check_pretrain(cfg: dict[str, Any]) -> None:
 
 
 def _own_check(key: str, target: str, cfg: dict[str, Any]) -> None:
-    """Import `target` and run the check it carries as `fn.fedray_check(cfg)`, if any."""
+    """Import `target` and run the check it carries as `fn.fedray_check(cfg)`, if any; a value
+    of a kind that check did not expect (`int('abc')`) is the user's too, named by its group."""
     check = getattr(import_target(key, target), "fedray_check", None)
-    if check is not None:
-        check(cfg)
+    try:
+        if check is not None:
+            check(cfg)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key.partition('.')[0]}: a value of the wrong kind: "
+                          f"{first_line(exc)}") from None
 
 
 def validate(cfg: dict[str, Any]) -> None:

@@ -69,6 +69,9 @@ class Distillation(Task):
                 f"task.teacher={str(teacher)!r} is a state_dict: task.teacher_model must name the "
                 "model it belongs to (a model config with a _target_)"
             )
+        if teacher_model is not None and not isinstance(teacher_model, Mapping):
+            raise ConfigError(f"task.teacher_model: {teacher_model!r} is not a model config "
+                              "(a mapping with a _target_), or null")
         self.teacher_path = path
         self.teacher_model = None if teacher_model is None else dict(teacher_model)
         self.loss_name = loss

@@ -49,16 +49,35 @@ def init_ray(address: str | None, local: dict[str, Any], worker_nice: int = 0,
     other process on the machine, so beside any busy program the clients of a run crawl while its
     driver does not. 0 runs them at the priority the run was started with (`nice python ...`
     still lowers all of it). A joined cluster keeps the setting it was started with."""
+    from fedray.checks import ray_address
     from fedray.config import ConfigError
     from fedray.targets import first_line
 
     given = address
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        where = f"ray.address={given}" if given else f"RAY_ADDRESS={address}"
+        if address == "auto":  # the cluster `ray start` left its address for: is it up?
+            from ray._private.services import canonicalize_bootstrap_address
+
+            try:
+                resolved = canonicalize_bootstrap_address(address)
+            except ConnectionError:
+                resolved = None  # none known: ray.init says so below
+            try:
+                if resolved:
+                    ray_address(where, resolved)
+            except ConfigError:
+                raise ConfigError(
+                    f"{where}: the cluster `ray start` left its address for ({resolved}) does "
+                    "not answer; start it again with `ray start --head` or leave ray.address "
+                    "null for a local Ray"
+                ) from None
+        elif address != "local":
+            ray_address("ray.address" if given else "RAY_ADDRESS", address)
         try:
             ray.init(address=address, **kwargs)
         except ConnectionError as exc:  # a wrong address or a cluster that is down
-            where = f"ray.address={given}" if given else f"RAY_ADDRESS={address}"
             raise ConfigError(
                 f"{where}: no Ray cluster to join there ({first_line(exc)}); "
                 "start one with `ray start --head` or leave ray.address null for a local Ray"

@@ -279,8 +279,9 @@ class FederatedServer:
         if len(good) < needed:
             raise QuorumError(
                 f"round {self.round + 1}: only {len(good)} of {len(sampled)} sampled clients "
-                f"returned a usable update ({len(dropped)} dropped); "
-                f"fl.quorum={self.fl['quorum']} needs {needed}"
+                f"returned a usable update ({len(dropped)} dropped"
+                + (f"; client {dropped[0].client_id}: {dropped[0].reason}" if dropped else "")
+                + f"); fl.quorum={self.fl['quorum']} needs {needed}"
             )
 
     def _fit_round(

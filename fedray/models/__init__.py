@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedray.checks import like_defaults
 from fedray.config import ConfigError
 from fedray.models.tiny_cnn import TinyCNN
 from fedray.models.torchvision_split import torchvision_classifier
@@ -87,6 +88,7 @@ def instantiate_target(
             f"{group}.{unknown[0]} is not an argument of {target}; it takes {sorted(params)} "
             f"(drop it with ~{group}.{unknown[0]})"
         )
+    like_defaults(group, str(target), params, kwargs)  # `flag: maybe`, `width: null`, `lr: nan`
     for key, value in given.items():
         if key not in kwargs and (takes_any or key in params):
             kwargs[key] = value

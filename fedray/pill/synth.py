@@ -33,6 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from fedray.checks import boolean
 from fedray.config import ConfigError
 from fedray.data.datasets import (
     DatasetError,
@@ -46,7 +47,7 @@ from fedray.data.datasets import (
 from fedray.data.sources import dataset_builder
 from fedray.pill import consumer
 from fedray.pill.catalog import save_catalog
-from fedray.pill.compose_types import prepare_cutout
+from fedray.pill.compose_types import ComposeError, ComposeParams, prepare_cutout
 from fedray.pill.import_common import IMAGE_SUFFIXES, fingerprint
 from fedray.pill.render import default_px_per_mm
 from fedray.pill.runner import Runner
@@ -85,6 +86,7 @@ from fedray.pill.synth_write import (
 )
 from fedray.pill.textures import bundled_textures
 from fedray.progress import progress
+from fedray.targets import first_line
 
 log = logging.getLogger("fedray")
 
@@ -177,6 +179,10 @@ def synth_config(data_cfg: dict[str, Any]) -> dict[str, Any]:
             if fixed in cfg[key]:
                 raise ConfigError(f"data.{key}.{fixed} is set by the builder (use "
                                   "data.max_pills_per_scene for the number of pills)")
+        try:  # the ranges ComposeParams checks, now rather than when the scenes are planned
+            ComposeParams.from_dict(cfg[key])
+        except (ComposeError, TypeError, ValueError) as exc:
+            raise ConfigError(f"data.{key}: {first_line(exc)}") from None
     if cfg["backgrounds"] is not None and not Path(str(cfg["backgrounds"])).expanduser().is_dir():
         raise ConfigError(f"data.backgrounds={cfg['backgrounds']!r}: no such directory")
     if cfg["num_textures"] == 0 and cfg["backgrounds"] is None and not bundled_textures(8):
@@ -198,7 +204,8 @@ def synth_config(data_cfg: dict[str, Any]) -> dict[str, Any]:
         cfg["crop_detector"] = str(path.resolve())
     elif cfg["crop_detector"] is not None:
         raise ConfigError("data.crop_detector is only read with data.crop_with=detector")
-    cfg["public"] = bool(cfg["public"])
+    for key in ("public", "distinct_sides"):
+        boolean(f"data.{key}", cfg[key])
     return cfg
 
 
@@ -224,6 +231,11 @@ def code_fingerprint() -> dict[str, str]:
     except PackageNotFoundError:
         out["albumentations"] = "missing"
     return out
+
+
+def _fedray_check(data_cfg: dict[str, Any]) -> None:
+    """What `fedray.validate` runs on `data` before anything is built."""
+    synth_config(data_cfg)
 
 
 @dataset_builder
@@ -406,3 +418,6 @@ def synth_summary(info: DatasetInfo) -> dict[str, Any]:
 
 __all__ = ["DEFAULTS", "VERSION", "build_synthetic", "code_fingerprint", "synth_config",
            "synth_summary"]
+
+
+build_synthetic.fedray_check = _fedray_check  # type: ignore[attr-defined]

@@ -153,8 +153,7 @@ def build_privacy(
     on_attack = attack.get("name", "none") != "none"
     if mode == "none" and not on_dp and not on_attack:
         return None
-    if mode not in ("none", *secagg.MODES):
-        raise ConfigError(f"fl.secure_agg={mode!r}: choose one of none, {', '.join(secagg.MODES)}")
+    secagg.check_config(fl)
     if cfg.get("stage") == "isolated":
         raise ConfigError(
             "fl.secure_agg, dp and attack apply to federated runs, not stage=isolated"

@@ -44,6 +44,26 @@ class SecAggError(RuntimeError):
     """A secure-aggregation round that cannot be unmasked (too few shares) or would overflow."""
 
 
+def check_config(fl: dict) -> None:
+    """`fl.secure_agg` and, when it is on, the `fl.secagg` knobs (ConfigError naming the key)."""
+    from fedray.checks import choice, mapping, number
+    from fedray.config import ConfigError
+
+    mode = fl.get("secure_agg") or "none"
+    choice("fl.secure_agg", mode, ("none", *MODES))
+    if mode == "none":
+        return
+    sa = mapping("fl.secagg", fl.get("secagg") or {})
+    number("fl.secagg.clip", sa.get("clip", 2.0), 0, low_open=True)
+    number("fl.secagg.quant_bits", sa.get("quant_bits", 16), 1, 62, integer=True)
+    choice("fl.secagg.mod_bits", sa.get("mod_bits", 32), (32, 64))
+    number("fl.secagg.threshold", sa.get("threshold", 0.5), 0, 1, low_open=True)
+    number("fl.secagg.degree", sa.get("degree"), 2, integer=True, optional=True)
+    if (sa.get("degree") or 0) % 2:
+        raise ConfigError(f"fl.secagg.degree: {sa['degree']} is not even (secagg+'s graph)")
+    number("fl.secagg.drop_after_mask", sa.get("drop_after_mask", 0.0), 0, 1, high_open=True)
+
+
 # ---------------------------------------------------------------- fixed-point encoding
 
 

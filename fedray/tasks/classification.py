@@ -38,6 +38,7 @@ class Classification(Task):
         from fedray.checks import number
 
         super().__init__(partition_by)
+        number("task.label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)
         self.label_smoothing = float(label_smoothing)
         number("task.absent_scale", absent_scale, 0.0, 1.0)  # FedRS; 1: plain cross-entropy
         self.absent_scale = float(absent_scale)

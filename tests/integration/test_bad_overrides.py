@@ -94,6 +94,17 @@ BAD = [
     (["dp=central", "dp.clip_norm=-1"], "dp.clip_norm"),
     (["dp=central", "dp.noise_multiplier=abc"], "dp"),
     (["dp=central", "dp.accountant=moments"], "dp.accountant"),
+    (["fl.secure_agg=secagg3"], "fl.secure_agg"),  # used to pass until the server started
+    (["fl.secure_agg=secagg+", "fl.secagg.degree=3"], "fl.secagg.degree"),
+    # values of a kind a builder's default says (once a traceback, or a silent NaN run)
+    (["task.label_smoothing=abc"], "task.label_smoothing"),
+    (["task=segmentation", "task.dice_weight=abc"], "task.dice_weight"),
+    (["model.width=null"], "model.width"),
+    (["client.optimizer.lr=nan"], "client.optimizer.lr"),
+    (["model.pretrained=public", "pretrain.optimizer.lr=nan"], "pretrain.optimizer.lr"),
+    # Ray's own address parser raised a traceback; a closed port hung ray.init for minutes
+    (["ray.address=abc"], "ray.address"),
+    (["ray.address=127.0.0.1:1"], "ray.address=127.0.0.1:1"),
 ]
 
 
@@ -158,3 +169,14 @@ def test_a_key_the_config_lacks_gets_the_near_one_or_how_to_add_it(override, lin
 def test_the_table_is_long_enough():
     assert len(BAD) >= 25 and len({" ".join(o) for o, _ in BAD}) == len(BAD)
     assert len(FAST) == 12 and FAST <= {" ".join(o) for o, _ in BAD}
+
+
+def test_a_round_too_few_clients_survive_is_one_line_naming_why(tmp_path):
+    """Not a bad override (exit 1, not 2), but no traceback either: which client, and why."""
+    out = _launch(["ray=inprocess", "fl.quorum=1.0",
+                   "fl.faults=[{round:1,client:0,kind:raise}]"], tmp_path)
+    lines = [line for line in out.stderr.splitlines() if line.startswith("fedray: error:")]
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "Traceback" not in out.stdout + out.stderr
+    assert len(lines) == 1 and "round 1: only 1 of 2 sampled clients" in lines[0], lines
+    assert "client 0: " in lines[0] and "fl.quorum=1.0 needs 2" in lines[0]

@@ -95,7 +95,8 @@ def test_straggler_is_dropped_by_timeout(make_cfg, tmp_path):
 def test_quorum_failure_is_a_clear_error(make_cfg):
     cfg = make_cfg("fl.quorum=1.0")
     cfg["fl"]["faults"] = [{"round": 1, "client": 0, "kind": "raise"}]
-    with pytest.raises(QuorumError, match=r"1 of 2 sampled clients .* fl.quorum=1.0"):
+    with pytest.raises(QuorumError, match=r"1 of 2 sampled clients .* \(1 dropped; client 0: "
+                                          r".*\); fl.quorum=1.0"):
         run(cfg)
 
 

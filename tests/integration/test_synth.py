@@ -232,6 +232,10 @@ def test_public_catalog_is_disjoint_from_the_private_one():
     ({"crop_with": "middle"}, "data.crop_with"),
     ({"crop_with": "detector", "crop_detector": "/no/such/weights.pt"}, "data.crop_detector"),
     ({"crop_detector": "/no/such/weights.pt"}, "only read with data.crop_with=detector"),
+    ({"distinct_sides": "maybe"}, "data.distinct_sides"),  # once read as true
+    ({"public": 3}, "data.public"),
+    ({"compose": {"blur_prob": 2.0}}, "data.compose: ComposeParams.blur_prob"),
+    ({"detection_compose": {"fov_mm": "wide"}}, "data.detection_compose"),
 ])
 def test_bad_config_is_a_clear_error(override, match, tmp_path):
     with pytest.raises(ConfigError, match=match):

@@ -15,8 +15,13 @@ def test_a_constructor_refusing_its_values_is_a_config_error():
     with pytest.raises(ConfigError, match=r"^model: torch.nn.Conv2d refused .*negative dimension"):
         build_model(conv, 2)
     tiny = {"_target_": "fedray.models.tiny_cnn.TinyCNN"}
-    for width in (0, 2.5, True):
+    for width in (0, 2.5):
         with pytest.raises(ConfigError, match=r"model.width=.*an integer >= 1"):
+            build_model({**tiny, "width": width}, 2)
+    # a value of another kind than the builder's default is refused before the builder runs
+    for width, shown in ((True, "True"), (None, "None"), ("wide", "'wide'")):
+        with pytest.raises(ConfigError, match=rf"^model.width: {shown} is not a finite number "
+                                              r"\(fedray.models.tiny_cnn.TinyCNN takes a number"):
             build_model({**tiny, "width": width}, 2)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from fedray.config import ConfigError
 from tests.conftest import CONF, ROOT, compose_plain
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -177,3 +180,45 @@ def test_a_plugin_stage_without_its_group_says_which_group_to_add(stage, says):
     with pytest.raises(ConfigError, match=f"^stage='{stage}'") as err:
         _validate({"stage": stage, "run_dir": "unused"})
     assert says in str(err.value)
+
+
+@pytest.mark.parametrize(("experiment", "override", "key"), [
+    # the synthetic builder's own rules, before any build (once only when the build began)
+    ("pill_noniid", "data.distinct_sides=maybe", "data.distinct_sides"),
+    ("pill_noniid", "+data.compose.blur_prob=2.0", "data.compose"),
+    # the retrieval stage's integers (once int('abc') tracebacks)
+    ("pill_retrieval", "retrieval.folds=abc", "retrieval.folds"),
+    ("pill_retrieval", "retrieval.catalog.num_pills=null", "retrieval.catalog.num_pills"),
+    ("pill_retrieval", "retrieval.run_folds=3", "retrieval.run_folds"),
+    ("pill_retrieval", "retrieval.streams=3", "retrieval.streams"),
+    # a builder argument whose default is a bool takes true or false, not a truthy string
+    ("pill_noniid", "model.batch_norm=maybe", "model.batch_norm"),
+    ("seg_two_sites", "model.depth=null", "model.depth"),
+])
+def test_validation_names_the_key_of_a_value_of_the_wrong_kind(experiment, override, key,
+                                                               tmp_path):
+    from fedray.validate import validate
+
+    cfg = compose_plain([f"+experiment={experiment}", override])
+    cfg["run_dir"] = str(tmp_path)
+    with pytest.raises(ConfigError, match=f"^{re.escape(key)}"):
+        validate(cfg)
+
+
+def test_values_are_checked_against_the_kind_of_their_default():
+    from fedray.checks import like_defaults
+
+    def fn(flag=True, rate=0.5, size=3, betas=(0.9, 0.99), name="x", extra=None):
+        return None
+
+    params = inspect.signature(fn).parameters
+    like_defaults("g", "fn", params, {"flag": False, "rate": 1, "size": 2.0, "betas": [0.1, 0.2],
+                                      "name": 3, "extra": "anything", "unknown": object()})
+    for kwargs, says in [({"flag": "yes"}, "g.flag: 'yes' is not true or false"),
+                         ({"rate": float("nan")}, "g.rate: nan is not a finite number"),
+                         ({"rate": float("inf")}, "g.rate: inf is not a finite number"),
+                         ({"size": None}, "g.size: None is not a finite number"),
+                         ({"size": True}, "g.size: True is not a finite number"),
+                         ({"betas": [0.1, "b"]}, "g.betas: [0.1, 'b'] is not a list of numbers")]:
+        with pytest.raises(ConfigError, match=f"^{re.escape(says)}"):
+            like_defaults("g", "fn", params, kwargs)

@@ -389,6 +389,7 @@ def test_ray_starts_a_local_cluster_of_its_own_unless_told_to_join(monkeypatch, 
         assert calls[-1]["_system_config"] == {"preload_python_modules": list(pool.WORKER_PRELOAD),
                                                "worker_niceness": 7}
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # what `ray job submit` sets
+    monkeypatch.setattr("fedray.checks.ray_address", lambda key, address: None)  # "it answers"
     start()
     assert calls[-1]["address"] == "10.0.0.5:6379" and "num_cpus" not in calls[-1]
 
@@ -404,12 +405,46 @@ def test_a_cluster_that_cannot_be_joined_is_a_one_line_error(address, env, named
         raise ConnectionError(f"Failed to connect to Ray cluster at {address}")
 
     monkeypatch.setattr(pool.ray, "init", refuse)
+    monkeypatch.setattr("fedray.checks.ray_address", lambda key, address: None)  # port answers
     if env:
         monkeypatch.setenv("RAY_ADDRESS", env)
     else:
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(ConfigError, match=f"^{named}: no Ray cluster to join there"):
         pool.init_ray(address, local={})
+
+
+@pytest.mark.parametrize("env", [False, True])
+def test_an_address_where_nothing_answers_fails_at_once_instead_of_hanging(env, monkeypatch):
+    """`ray.init` waits minutes for a cluster at a closed port (a typo): the port is tried first."""
+    import socket
+
+    from fedray.checks import ray_address
+    from fedray.config import ConfigError
+    from fedray.fl import pool
+
+    with socket.socket() as s:  # a port nothing listens on: bound, then closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(pool.ray, "init", lambda **kw: pytest.fail("ray.init was called"))
+    if env:
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    key = "RAY_ADDRESS" if env else "ray.address"
+    with pytest.raises(ConfigError, match=f"^{key}=127.0.0.1:{port}: no Ray cluster answers"):
+        pool.init_ray(None if env else f"127.0.0.1:{port}", local={})
+    # the same check in the config's validation, with the forms Ray reads
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        live = s.getsockname()[1]
+        assert ray_address("ray.address", f"127.0.0.1:{live}") == ("127.0.0.1", live)
+        assert ray_address("ray.address", f"ray://localhost:{live}") == ("localhost", live)
+    assert ray_address("ray.address", "auto") is None and ray_address("k", "local") is None
+    for bad in ("abc", "host:", "host:port", "http://h:1", 6379):
+        with pytest.raises(ConfigError, match="is not auto, local, HOST:PORT or ray://HOST:PORT"):
+            ray_address("ray.address", bad)
 
 
 def test_a_worker_is_replaced_only_when_different_clients_raise_on_it_in_a_row():

@@ -57,6 +57,9 @@ def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(rcfg) - _KEYS)
     if unknown:
         raise ConfigError(f"retrieval: unknown key(s) {unknown}; known: {sorted(_KEYS)}")
+    for key in ("models", "streams"):
+        if not isinstance(rcfg.get(key), list | tuple):
+            raise ConfigError(f"retrieval.{key}: {rcfg.get(key)!r} is not a list")
     models = list(rcfg.get("models") or [])
     if not models or set(models) - set(MODELS):
         raise ConfigError(f"retrieval.models={models}: choose from {list(MODELS)}")
@@ -90,11 +93,20 @@ def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
         checks.number(f"retrieval.pretrain.{key}", pcfg.get(key, 0), 0, integer=True)
     if rcfg.get("assignment", "best") not in ASSIGNMENTS:
         raise ConfigError(f"retrieval.assignment must be one of {ASSIGNMENTS}")
-    cat = rcfg["catalog"]
+    cat = checks.mapping("retrieval.catalog", rcfg["catalog"])
+    for key, low in (("num_pills", 2), ("image_size", 8), ("photos_per_side", 1)):
+        checks.number(f"retrieval.catalog.{key}", cat.get(key), low, integer=True)
+    checks.number("retrieval.folds", rcfg.get("folds"), 2, integer=True)
+    checks.number("retrieval.train_photos", rcfg.get("train_photos"), 1, integer=True)
     folds = int(rcfg["folds"])
     if not 2 <= folds <= int(cat["num_pills"]):
         raise ConfigError(f"retrieval.folds={folds} must be in [2, catalog.num_pills]")
     run_folds = rcfg.get("run_folds")
+    if run_folds is not None and not (
+        isinstance(run_folds, list | tuple)
+        and all(isinstance(f, int) and not isinstance(f, bool) for f in run_folds)
+    ):
+        raise ConfigError(f"retrieval.run_folds={run_folds!r}: a list of fold indices, or null")
     run_folds = list(range(folds)) if run_folds is None else [int(f) for f in run_folds]
     if (not run_folds or any(not 0 <= f < folds for f in run_folds)
             or len(set(run_folds)) < len(run_folds)):
