@@ -72,7 +72,7 @@ def like_defaults(
                     f"{key}: {v!r} is not a finite number ({target} takes a number, default "
                     f"{default})"
                 )
-        elif isinstance(default, tuple) and all(
+        elif isinstance(default, tuple) and default and all(
             isinstance(x, int | float) and not isinstance(x, bool) for x in default
         ) and not (
             isinstance(v, list | tuple)

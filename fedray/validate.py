@@ -87,7 +87,8 @@ def check_logger(logger: Any) -> None:
 
 
 def check_ray(ray: Any) -> None:
-    """Per-client resources and pool sizes; a local Ray must fit one client actor."""
+    """Per-client resources and pool sizes; a local Ray must fit one client actor; a cluster
+    address must answer (one TCP connect)."""
     ray = mapping("ray", ray or {})
     number("ray.client_cpus", ray.get("client_cpus", 1.0), 0, low_open=True)
     number("ray.client_gpus", ray.get("client_gpus", 0.0), 0)
@@ -406,9 +407,10 @@ def check_strategy(strategy: Any, per_round: int) -> Any:
 def check_dp_config(cfg: dict[str, Any], per_round: int) -> None:
     """fl.secure_agg and its knobs; dp.* values and the accountant's package (the `privacy`
     extra), when DP is on."""
-    from fedray.privacy.secagg import check_config
+    if (cfg["fl"].get("secure_agg") or "none") != "none":  # (its module imports cryptography)
+        from fedray.privacy.secagg import check_config
 
-    check_config(cfg["fl"])
+        check_config(cfg["fl"])
     dpc = cfg.get("dp")
     if not isinstance(dpc, Mapping) or dpc.get("name", "none") == "none":
         return
