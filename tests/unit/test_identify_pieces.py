@@ -91,8 +91,9 @@ def test_an_unnamed_box_inside_a_larger_one_is_a_piece_and_a_named_one_is_a_pill
 @pytest.mark.parametrize(("argv", "says"),
                          [(["identify", "p.png", "--top-k", "0"], "--top-k: 0 is not >= 1"),
                           (["identify", "p.png", "--conf", "2"], "--conf: 2 is not in [0.0, 1.0]"),
-                          (["identify", "p.png", "--conf", "x"], "--conf: 'x' is not a float"),
-                          (["serve", "--port", "70000"], "--port: 70000 is not in [0, 65535]")])
+                          (["identify", "p.png", "--conf", "x"], "--conf: 'x' is not a number"),
+                          (["serve", "--port", "70000"], "--port: 70000 is not in [0, 65535]"),
+                          (["serve", "--port", "abc"], "--port: 'abc' is not an integer")])
 def test_out_of_range_options_are_refused_before_any_model_loads(argv, says, capsys):
     from fedray.pill.identify.cli import build_parser
 

@@ -26,7 +26,8 @@ def _ranged(kind: type, lo: float, hi: float | None = None):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+            what = {"int": "an integer", "float": "a number"}.get(kind.__name__, kind.__name__)
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
         if value < lo or (hi is not None and value > hi):
             span = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
             raise argparse.ArgumentTypeError(f"{text} is not {span}")
