@@ -52,9 +52,24 @@ def _draw(
     return np.clip(img + noise_px, 0, 255).astype(np.uint8)
 
 
+def check_toy(cfg: dict[str, Any]) -> None:
+    """The toy keys (ConfigError naming the key): also what `fedray.validate` runs."""
+    from fedray.checks import number
+
+    total = len(_SHAPES) * len(_COLORS)
+    offset = cfg.get("class_offset", 0)
+    number("data.class_offset", offset, 0, total - 2, integer=True)
+    number("data.num_classes", cfg.get("num_classes"), 2, total - offset, integer=True)
+    number("data.image_size", cfg.get("image_size"), 8, integer=True)
+    number("data.train_per_class", cfg.get("train_per_class"), 1, integer=True)
+    number("data.val_per_class", cfg.get("val_per_class"), 1, integer=True)
+    number("data.noise", cfg.get("noise"), 0)
+
+
 @dataset_builder
 def toy_dataset(cfg: dict[str, Any], seed: int, cache_dir: Path) -> DatasetInfo:
     """The toy dataset `cfg` describes, built into (or found in) the cache."""
+    check_toy(cfg)
     key = {**cfg, "seed": seed, "version": VERSION}
     return load_info(cached_build(cache_dir, "toy", key, lambda d: build_toy(d, cfg, seed)))
 
@@ -63,12 +78,6 @@ def build_toy(root: Path, cfg: dict, seed: int) -> None:
     """Write a toy classification dataset (num_classes shape x colour combinations) into root."""
     n = int(cfg["num_classes"])
     offset = int(cfg.get("class_offset", 0))  # a disjoint "public" toy set starts further on
-    total = len(_SHAPES) * len(_COLORS)
-    if n < 2 or offset < 0 or offset + n > total:
-        raise ValueError(
-            f"toy data: class_offset + num_classes must be <= {total} and num_classes >= 2, "
-            f"got data.class_offset={offset}, data.num_classes={n}"
-        )
     size = int(cfg["image_size"])
     classes = [
         (_SHAPES[i % len(_SHAPES)], _COLORS[i // len(_SHAPES)])  # all 40 pairs distinct
@@ -82,3 +91,6 @@ def build_toy(root: Path, cfg: dict, seed: int) -> None:
         write_split(root, split, images, labels)
     names = [f"{shape}-{'-'.join(map(str, color))}" for shape, color in classes]
     write_meta(root, "toy", names, size, {k: v * n for k, v in counts.items()})
+
+
+toy_dataset.fedray_check = check_toy  # type: ignore[attr-defined]

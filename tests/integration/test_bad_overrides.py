@@ -102,6 +102,9 @@ BAD = [
     (["model.width=null"], "model.width"),
     (["client.optimizer.lr=nan"], "client.optimizer.lr"),
     (["model.pretrained=public", "pretrain.optimizer.lr=nan"], "pretrain.optimizer.lr"),
+    # the toy builder's own rules, before anything is built (once ValueError tracebacks)
+    (["data.num_classes=1"], "data.num_classes"),
+    (["data.val_per_class=0"], "data.val_per_class"),
     # Ray's own address parser raised a traceback; a closed port hung ray.init for minutes
     (["ray.address=abc"], "ray.address"),
     (["ray.address=127.0.0.1:1"], "ray.address=127.0.0.1:1"),
