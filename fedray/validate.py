@@ -404,26 +404,6 @@ def check_strategy(strategy: Any, per_round: int) -> Any:
     return rule
 
 
-def check_dp_config(cfg: dict[str, Any], per_round: int) -> None:
-    """fl.secure_agg and its knobs; dp.* values and the accountant's package (the `privacy`
-    extra), when DP is on."""
-    if (cfg["fl"].get("secure_agg") or "none") != "none":  # (its module imports cryptography)
-        from fedray.privacy.secagg import check_config
-
-        check_config(cfg["fl"])
-    dpc = cfg.get("dp")
-    if not isinstance(dpc, Mapping) or dpc.get("name", "none") == "none":
-        return
-    from fedray.privacy.dp import check_dp
-
-    try:
-        check_dp(dict(dpc), int(cfg["fl"]["num_clients"]), per_round)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:  # a value float() cannot read
-        raise ConfigError(f"dp: {first_line(exc)} (dp.* takes numbers)") from None
-
-
 def needs_pretraining(cfg: dict[str, Any]) -> bool:
     """True when the run trains (or loads) the pretrain stage's weights."""
     pretrain = cfg.get("pretrain") or {}
@@ -482,7 +462,9 @@ def validate(cfg: dict[str, Any]) -> None:
                             (cfg.get("fl") or {}).get("num_clients"))
             rule = check_strategy(cfg.get("strategy"), per_round)
         if stage == "federated":
-            check_dp_config(cfg, per_round)
+            from fedray.privacy import check_privacy
+
+            check_privacy(cfg, per_round, _classes_known(cfg.get("data")))
             from fedray.fl.local import check_local
 
             check_local(cfg, hasattr(rule, "bind"))

@@ -309,7 +309,7 @@ class FederatedServer:
             if is_finite(res.params):
                 good.append(res)
             else:
-                dropped.append(Dropped(res.client_id, "non-finite (NaN/Inf) update"))
+                dropped.append(Dropped(res.client_id, "non-finite (NaN/Inf) update: lr too high?"))
         if self.local is not None and extra.get("task") != "head_stats":
             good = self.local.keep(good)  # stored for their clients; the rest sees the shared
         for d in dropped:

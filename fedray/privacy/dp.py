@@ -153,6 +153,11 @@ def check_dp(dp: dict, num_clients: int, clients_per_round: int) -> None:
         raise ConfigError(f"dp.max_epsilon must be > 0 or null, got {dp['max_epsilon']!r}")
     if clients_per_round > num_clients:
         raise ConfigError(f"dp: {clients_per_round} clients per round > {num_clients} clients")
+    if dp.get("adaptive_clip") and float(dp["noise_multiplier"]) > 0:
+        if dp["noise"] != "central":
+            raise ConfigError("dp.adaptive_clip needs dp.noise=central (a noisy count query)")
+        count_std = dp.get("clipped_count_stddev") or clients_per_round / 20
+        split_noise_multiplier(float(dp["noise_multiplier"]), float(count_std))
 
 
 def poisson_sample(num_clients: int, rate: float, seed: int, round_idx: int) -> list[int]:

@@ -173,11 +173,6 @@ def build_privacy(
         )
     if on_dp:
         dp.check_dp(dpc, int(fl["num_clients"]), clients_per_round)
-        if dpc.get("adaptive_clip") and float(dpc["noise_multiplier"]) > 0:
-            if dpc["noise"] != "central":
-                raise ConfigError("dp.adaptive_clip needs dp.noise=central (a noisy count query)")
-            count_std = dpc.get("clipped_count_stddev") or clients_per_round / 20
-            dp.split_noise_multiplier(float(dpc["noise_multiplier"]), float(count_std))
     if on_attack:
         attacks.check_attack(attack, num_classes)
         if attack["name"] == "backdoor" and cached:
@@ -475,6 +470,8 @@ class Privacy:
 
     def _plot(self, server: Any, row: dict[str, Any]) -> None:
         if not self.cfg["logger"].get("plots", True):
+            return
+        if not np.isfinite(row.get("privacy/epsilon", np.inf)):  # no noise: no guarantee to draw
             return
         from fedray.plots import plot_curves
 

@@ -95,6 +95,9 @@ BAD = [
     (["dp=central", "dp.noise_multiplier=abc"], "dp"),
     (["dp=central", "dp.accountant=moments"], "dp.accountant"),
     (["fl.secure_agg=secagg3"], "fl.secure_agg"),  # used to pass until the server started
+    (["attack=backdoor", "attack.patch=0"], "attack.patch"),  # so did attack.* and these two
+    (["attack=sign_flip", "attack.fraction=2"], "attack.fraction"),
+    (["dp=local", "dp.adaptive_clip=true"], "dp.adaptive_clip"),
     (["fl.secure_agg=secagg+", "fl.secagg.degree=3"], "fl.secagg.degree"),
     # values of a kind a builder's default says (once a traceback, or a silent NaN run)
     (["task.label_smoothing=abc"], "task.label_smoothing"),

@@ -91,3 +91,14 @@ def test_fltrust_leaves_a_sign_flipper_out_of_every_round(make_cfg, tmp_path):
         ok = r["clients"] - r["clients/dropped"]
         assert r["fltrust/min_cos"] < 0 and r["fltrust/trusted"] == ok - flippers
     assert all(np.isfinite(v).all() for v in _params(tmp_path / "run").values())
+
+
+def test_clipping_without_noise_runs_to_the_end_without_an_epsilon_plot(make_cfg, tmp_path):
+    """dp.noise_multiplier=0 clips but guarantees nothing (epsilon infinite): once the epsilon
+    plot of the last round raised PlotError on a finished run."""
+    cfg = make_cfg("fl.rounds=2", "dp=central", "dp.noise_multiplier=0.0")
+    run(cfg)
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == 2 and rows[-1]["privacy/epsilon"] is None  # inf, written as null
+    assert not (tmp_path / "run" / "privacy_epsilon.png").exists()
+    assert (tmp_path / "run" / CHECKPOINT).exists()
