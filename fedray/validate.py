@@ -356,6 +356,7 @@ def check_partition(partition: Any, num_classes: int | None = None,
             )
             if required and k not in kwargs and k not in PARTITION_GIVEN:
                 raise ConfigError(f"partition.{k}: required by {target} (partition.{k}=...)")
+        like_defaults("partition", str(target), params, kwargs)
     # the ready-made partitioners' knobs (fedray.data.partition)
     if "alpha" in kwargs:
         number("partition.alpha", kwargs["alpha"], 0, low_open=True)
