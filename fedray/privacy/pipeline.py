@@ -207,15 +207,7 @@ class Privacy:
         self.num_clients = int(cfg["fl"]["num_clients"])
         self.k = clients_per_round
         self.num_classes = num_classes
-        self.sa_cfg = {
-            "clip": 2.0,
-            "quant_bits": 16,
-            "mod_bits": 32,
-            "threshold": 0.5,
-            "degree": None,
-            "drop_after_mask": 0.0,
-            **(cfg["fl"].get("secagg") or {}),
-        }
+        self.sa_cfg = secagg.settings(dict(cfg["fl"].get("secagg") or {}))
         self.malicious = (
             attacks.malicious_clients(
                 self.num_clients, float(attack.get("fraction", 0.2)), self.seed

@@ -53,15 +53,24 @@ def check_config(fl: dict) -> None:
     choice("fl.secure_agg", mode, ("none", *MODES))
     if mode == "none":
         return
-    sa = mapping("fl.secagg", fl.get("secagg") or {})
-    number("fl.secagg.clip", sa.get("clip", 2.0), 0, low_open=True)
-    number("fl.secagg.quant_bits", sa.get("quant_bits", 16), 1, 62, integer=True)
-    choice("fl.secagg.mod_bits", sa.get("mod_bits", 32), (32, 64))
-    number("fl.secagg.threshold", sa.get("threshold", 0.5), 0, 1, low_open=True)
-    number("fl.secagg.degree", sa.get("degree"), 2, integer=True, optional=True)
-    if (sa.get("degree") or 0) % 2:
+    sa = settings(mapping("fl.secagg", fl.get("secagg") or {}))
+    number("fl.secagg.clip", sa["clip"], 0, low_open=True)
+    number("fl.secagg.quant_bits", sa["quant_bits"], 1, 62, integer=True)
+    choice("fl.secagg.mod_bits", sa["mod_bits"], (32, 64))
+    number("fl.secagg.threshold", sa["threshold"], 0, 1, low_open=True)
+    number("fl.secagg.degree", sa["degree"], 2, integer=True, optional=True)
+    if (sa["degree"] or 0) % 2:
         raise ConfigError(f"fl.secagg.degree: {sa['degree']} is not even (secagg+'s graph)")
-    number("fl.secagg.drop_after_mask", sa.get("drop_after_mask", 0.0), 0, 1, high_open=True)
+    number("fl.secagg.drop_after_mask", sa["drop_after_mask"], 0, 1, high_open=True)
+
+
+def settings(given: dict) -> dict:
+    """`fl.secagg` over the schema's defaults (`fedray.config.SecAggConfig`)."""
+    from dataclasses import asdict
+
+    from fedray.config import SecAggConfig
+
+    return {**asdict(SecAggConfig()), **given}
 
 
 # ---------------------------------------------------------------- fixed-point encoding
