@@ -93,3 +93,55 @@ def test_identify_names_a_box_by_its_size_among_sure_pills():
     plain = identify(rgb, lambda _: (boxes, np.ones(4, np.float32)),
                      dataclasses.replace(clf, sizes=None))
     assert [f.name for f in plain.found] == ["large"] * 3 + ["small"] and plain.px_per_mm is None
+
+
+def _five():
+    outlines = [outline_mm(_pill("round", 6.5, 6.5)), outline_mm(_pill("round", 11.2, 11.2)),
+                outline_mm(_pill("oblong", 16.5, 7.9)), outline_mm(_pill("oblong", 13.9, 5.9)),
+                outline_mm(_pill("round", 8.5, 8.5))]
+    return SizePrior.from_outlines(outlines), outlines
+
+
+def _sure(classes, k=5, p=0.99):
+    probs = np.full((len(classes), k), (1 - p) / (k - 1), np.float32)
+    probs[np.arange(len(classes)), classes] = p
+    return probs
+
+
+def test_a_pill_like_motif_casts_one_vote_and_is_found():
+    prior, outlines = _five()
+    pills = [_box(outlines[c], 10.0, 30 * c, (150 * c, 0)) for c in (0, 2, 3, 4)]
+    # a carpet's lattice of 6 rounded squares, 60 px, read as the 11.2 mm pill (112 px here)
+    motif = [[150 * i, 300, 150 * i + 60, 360] for i in range(6)]
+    boxes = np.array(pills + motif, np.float64)
+    probs = _sure([0, 2, 3, 4] + [1] * 6)
+    out, scale = prior.reweigh(boxes, probs, threshold=0.9)
+    assert abs(scale - 10.0) < 0.5  # 4 classes against one: the pills set the scale
+    assert (out[:4].argmax(1) == [0, 2, 3, 4]).all()
+    found = prior.motif(boxes, probs, threshold=0.9)
+    assert found.tolist() == [False] * 4 + [True] * 6
+    # the same six boxes, each the size the 11.2 mm pill has at 10 px/mm: pills, not a motif
+    big = [[150 * i, 300, 150 * i + 112, 412] for i in range(6)]
+    assert not prior.motif(np.array(pills + big, np.float64), probs, threshold=0.9).any()
+    # a box alone, or copies overlapping one another (pieces of one pill), are no motif
+    assert not prior.motif(np.array(pills + motif[:1], np.float64), probs[:5], 0.9).any()
+    touching = [[300, 300, 360, 360], [330, 300, 390, 360]]
+    assert not prior.motif(np.array(pills + touching, np.float64), probs[:6], 0.9).any()
+    # too few other classes to set a scale: nothing is called a motif
+    one_other = np.array(pills[:1] + motif, np.float64)
+    assert not prior.motif(one_other, _sure([0] + [1] * 6), threshold=0.9).any()
+
+
+def test_a_size_tips_an_unsure_reading_but_never_overturns_a_sure_one():
+    prior, outlines = _five()
+    pills = [_box(outlines[c], 10.0, 0, (150 * c, 0)) for c in (2, 3, 4)]
+    # 112 px: the 11.2 mm pill's size; read surely as the 6.5 mm pill, or unsure between them
+    odd = [0, 300, 112, 412]
+    boxes = np.array(pills + [odd], np.float64)
+    sure = _sure([2, 3, 4, 0], p=0.999)
+    out, _ = prior.reweigh(boxes, sure, threshold=0.9)
+    assert out[3].argmax() == 0  # no outline fits 6.5 mm at 112 px: the crop's reading stands
+    unsure = sure.copy()
+    unsure[3] = [0.55, 0.45, 0.0, 0.0, 0.0]
+    out, _ = prior.reweigh(boxes, unsure, threshold=0.9)
+    assert out[3].argmax() == 1 and out[3, 1] > 0.95

@@ -95,6 +95,9 @@ def name_boxes(boxes: np.ndarray, scores: np.ndarray, probs: np.ndarray, energy:
     boxes, scores, probs = boxes[keep], scores[keep], probs[keep]
     scale = None
     if clf.sizes is not None:  # the other pills' sizes weigh each crop's reading
+        motif = clf.sizes.motif(boxes, probs, clf.threshold)
+        dismissed += [_rounded(b) for b in boxes[motif]]
+        boxes, scores, probs = boxes[~motif], scores[~motif], probs[~motif]
         probs, scale = clf.sizes.reweigh(boxes, probs, clf.threshold)
     found, named = [], []
     for box, score, p in zip(boxes, scores, probs, strict=True):

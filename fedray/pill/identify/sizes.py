@@ -9,10 +9,20 @@ class probabilities are weighed by how well that class's outline, at that scale,
     p'(c) ~ p(c) * exp(-d_c^2 / (2 SIGMA^2)),
     d_c = min over rotations of || log(box w, h) - log(scale * outline extent w, h) ||.
 
-A box never sets its own scale (the median over the OTHER sure boxes, at least
-`MIN_REFERENCES` of them), so a photo of up to three pills is read by its crops alone. The
-spread SIGMA covers the per-pill size spread of the photos (+-8 %), perspective and the
-detector's box error; classes of a dataset without a catalog (an imported one) are not weighed.
+A box never sets its own scale (it is set by the OTHER sure boxes, at least `MIN_REFERENCES` of
+them), so a photo of up to three pills is read by its crops alone. Each class the sure boxes are
+read as votes once, with the median scale of its boxes, and the scale is the median of the
+votes: twenty copies of a surface's motif read as one pill cast one vote, not twenty, and the
+pills beside them still set the scale. The spread SIGMA covers the per-pill size spread of the
+photos (+-8 %), perspective and the detector's box error; a box's size is not always evidence
+(a piece of a pill, a box cut by the frame), so the weight of a class that does not fit at all
+bottoms out at OUTLIER instead of vanishing: a size can tip an unsure reading, never overturn a
+sure one. Classes of a dataset without a catalog (an imported one) are not weighed.
+
+The same scale finds a surface's motif that looks like a pill (a carpet's lattice of rounded
+squares read as a brown square tablet): copies of one reading, apart from each other and of one
+size, that the scale the other pills' classes set makes at least MOTIF_MISFIT too large or too
+small for that pill (`motif`). The pipeline drops them before the photo is read.
 """
 
 from __future__ import annotations
@@ -25,6 +35,10 @@ import numpy as np
 
 SIGMA = 0.1  # log-size spread of a pill's box about the photo's scale
 MIN_REFERENCES = 3  # sure boxes (besides the one weighed) a photo needs before sizes count
+OUTLIER = 0.001  # weight of a class whose outline does not fit the box at all (of 1 for a fit)
+MOTIF_MISFIT = 0.3  # log size misfit (x1.35) of a motif's copies to what they are read as
+MOTIF_CLASSES = 3  # other classes needed to set the scale that finds a motif
+MOTIF_SIZE_TOL = 0.2  # copies of a motif: log width and height within this of each other
 ANGLES = np.deg2rad(np.arange(0.0, 180.0, 3.0))  # box extents repeat every 180 degrees
 
 
@@ -70,14 +84,55 @@ class SizePrior:
         if len(idx) == 0:
             return probs, None
         log_box = log_sizes(boxes)
-        own = self.scales(log_box, probs.argmax(1))
-        log_scale = np.array([np.median(own[sure & (np.arange(len(sure)) != i)]) for i in idx])
-        w = probs[idx] * np.exp(-0.5 * (self.misfit(log_box[idx], log_scale) / self.sigma) ** 2)
-        total = w.sum(1, keepdims=True)
+        read = probs.argmax(1)
+        own = self.scales(log_box, read)
+        others = np.arange(len(sure))
+        log_scale = np.array([class_vote(own, read, sure & (others != i)) for i in idx])
+        fit = np.exp(-0.5 * (self.misfit(log_box[idx], log_scale) / self.sigma) ** 2)
+        w = probs[idx] * (fit + OUTLIER)
         out = probs.astype(np.float64)
-        # where no class fits at all, the crop's own reading stands
-        out[idx] = np.where(total > 0, w / np.maximum(total, 1e-300), out[idx])
-        return out.astype(probs.dtype), float(np.exp(np.median(own[sure])))
+        out[idx] = w / np.maximum(w.sum(1, keepdims=True), 1e-300)
+        # the photo's scale as its answer reads it (each box by its weighed name)
+        named, still = out.argmax(1), out.max(1) >= threshold
+        if not still.any():
+            named, still = read, sure
+        scale = class_vote(self.scales(log_box, named), named, still)
+        return out.astype(probs.dtype), float(np.exp(scale))
+
+    def motif(self, boxes: np.ndarray, probs: np.ndarray, threshold: float) -> np.ndarray:
+        """(N,) bool: the sure boxes that are copies of a surface's motif (see the module's
+        docstring): at least two apart, of one reading and one size, misfitting that reading by
+        MOTIF_MISFIT at the scale at least MOTIF_CLASSES other read classes set."""
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        out = np.zeros(len(boxes), bool)
+        if len(boxes) < 2:
+            return out
+        sure = probs.max(1) >= threshold
+        read = probs.argmax(1)
+        log_box = log_sizes(boxes)
+        own = self.scales(log_box, read)
+        alike = (np.abs(log_box[:, None] - log_box[None]).max(-1) < MOTIF_SIZE_TOL) & (
+            read[:, None] == read[None]) & sure[:, None] & sure[None] & ~overlapping(boxes)
+        for c in np.unique(read[sure]):
+            rest = sure & (read != c)
+            if len(np.unique(read[rest])) < MOTIF_CLASSES:
+                continue
+            mine = np.flatnonzero(sure & (read == c))
+            d = self.misfit(log_box[mine], np.full(len(mine), class_vote(own, read, rest)))[:, c]
+            out[mine] = (d > MOTIF_MISFIT) & (alike[np.ix_(mine, mine)].sum(1) >= 1)
+        return out
+
+
+def class_vote(own: np.ndarray, read: np.ndarray, mask: np.ndarray) -> float:
+    """The median over the classes read among `mask`'s boxes of each class's median log scale."""
+    return float(np.median([np.median(own[mask & (read == c)]) for c in np.unique(read[mask])]))
+
+
+def overlapping(boxes: np.ndarray) -> np.ndarray:
+    """(N, N) bool: which xyxy boxes intersect which (the diagonal included)."""
+    lo = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    hi = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    return ((hi - lo) > 0).all(-1)
 
 
 def log_sizes(boxes: np.ndarray) -> np.ndarray:
