@@ -11,7 +11,7 @@ import numpy as np
 from fedray.pill.consumer import DetectFn
 from fedray.pill.crops import CROP_PAD, crop_boxes, xyxy_to_yolo
 from fedray.pill.identify.classifier import Classifier
-from fedray.pill.identify.sizes import log_sizes
+from fedray.pill.identify.sizes import box_areas, intersections, log_sizes
 
 UNKNOWN = "unknown"
 # A box the detector scored below this and whose crop the classifier finds unlike every pill it
@@ -200,22 +200,6 @@ def annotate(rgb: np.ndarray, answer: Answer) -> np.ndarray:
         cv2.putText(out, label, (tx + 2, ty - base), cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale,
                     (0, 0, 0), max(1, int(scale)), cv2.LINE_AA)
     return out
-
-
-def box_areas(boxes: np.ndarray) -> np.ndarray:
-    """Area of each pixel xyxy box."""
-    boxes = np.asarray(boxes, float).reshape(-1, 4)
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-
-
-def intersections(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Intersection area of every pixel xyxy box in `a` with every one in `b`: (len(a), len(b))."""
-    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    return np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

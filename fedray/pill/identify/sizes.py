@@ -6,7 +6,7 @@ one camera distance every pill's box is its catalog outline (at some rotation) t
 pixels per mm. So the pills the classifier is sure of set the photo's scale, and each box's
 class probabilities are weighed by how well that class's outline, at that scale, fits the box:
 
-    p'(c) ~ p(c) * exp(-d_c^2 / (2 SIGMA^2)),
+    p'(c) ~ p(c) * (exp(-d_c^2 / (2 SIGMA^2)) + OUTLIER),
     d_c = min over rotations of || log(box w, h) - log(scale * outline extent w, h) ||.
 
 A box never sets its own scale (it is set by the OTHER sure boxes, at least `MIN_REFERENCES` of
@@ -111,8 +111,9 @@ class SizePrior:
         read = probs.argmax(1)
         log_box = log_sizes(boxes)
         own = self.scales(log_box, read)
+        apart = intersections(boxes, boxes) <= 0  # never a box and itself
         alike = (np.abs(log_box[:, None] - log_box[None]).max(-1) < MOTIF_SIZE_TOL) & (
-            read[:, None] == read[None]) & sure[:, None] & sure[None] & ~overlapping(boxes)
+            read[:, None] == read[None]) & sure[:, None] & sure[None] & apart
         for c in np.unique(read[sure]):
             rest = sure & (read != c)
             if len(np.unique(read[rest])) < MOTIF_CLASSES:
@@ -128,11 +129,20 @@ def class_vote(own: np.ndarray, read: np.ndarray, mask: np.ndarray) -> float:
     return float(np.median([np.median(own[mask & (read == c)]) for c in np.unique(read[mask])]))
 
 
-def overlapping(boxes: np.ndarray) -> np.ndarray:
-    """(N, N) bool: which xyxy boxes intersect which (the diagonal included)."""
-    lo = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
-    hi = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-    return ((hi - lo) > 0).all(-1)
+def box_areas(boxes: np.ndarray) -> np.ndarray:
+    """Area of each pixel xyxy box."""
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def intersections(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection area of every pixel xyxy box in `a` with every one in `b`: (len(a), len(b))."""
+    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    return np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
 
 
 def log_sizes(boxes: np.ndarray) -> np.ndarray:
