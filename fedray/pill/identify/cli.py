@@ -72,8 +72,8 @@ def _table(path: str, answer) -> str:
         names = "  ".join(f"{n} {p:.1%}" for n, p in f.top)
         lines.append(f"  {i:>2}  [{box}]  {f.name:<28} | {names}")
     if answer.dismissed:
-        lines.append(f"  ({len(answer.dismissed)} uncertain box(es) dismissed: background or "
-                     "a piece of a pill)")
+        lines.append(f"  ({len(answer.dismissed)} box(es) dismissed: background, a surface "
+                     "motif or a piece of a pill)")
     if answer.px_per_mm is not None:
         lines.append(f"  (names weighed by the pills' sizes at {answer.px_per_mm:.1f} px per mm)")
     return "\n".join(lines)

@@ -61,7 +61,7 @@ async function send(f){
   photo.src=j.image;
   status.textContent=(j.found.length?(j.found.length+' pill(s) found'):'no pill found')+
     (j.dismissed.length?' ('+j.dismissed.length+
-      ' uncertain box(es) dismissed: background or a piece of a pill)':'');
+      ' box(es) dismissed: background, a surface motif or a piece of a pill)':'');
   j.found.forEach((p,i)=>{
     const ref=p.reference?'<img alt="reference" src="'+p.reference+'">':'';
     const alt=p.top.slice(1).map(t=>esc(t[0])+' '+(100*t[1]).toFixed(1)+'%').join('<br>');
