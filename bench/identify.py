@@ -106,7 +106,7 @@ def main() -> None:
                                                         clf.image_size, CROP_PAD)))
                         for b, sc in ((det_boxes, det_scores), (xyxy, np.ones(len(xyxy))))]
                 read[0] = merge_pieces(p.image, *read[0], clf)  # the detector's pieces joined
-                named = [name_boxes(*read[i], c)
+                named = [name_boxes(*read[i], c, side=max(w, h))
                          for i, c in ((0, clf), (0, no_sizes), (0, kept_all), (1, clf))]
                 answers = [Answer(found, dismissed=gone) for found, gone, _ in named]
                 gated = answers[0]

@@ -145,3 +145,23 @@ def test_a_size_tips_an_unsure_reading_but_never_overturns_a_sure_one():
     unsure[3] = [0.55, 0.45, 0.0, 0.0, 0.0]
     out, _ = prior.reweigh(boxes, unsure, threshold=0.9)
     assert out[3].argmax() == 1 and out[3, 1] > 0.95
+
+
+def test_a_tilted_camera_reads_each_pill_at_the_scale_around_it(monkeypatch):
+    import fedray.pill.identify.sizes as sizes
+
+    prior, outlines = _five()
+    # the far (top) edge of the table at 7 px/mm, the near (bottom) one at 12 px/mm
+    far = [_box(outlines[c], 7.0, 0, (100 + 150 * k, 60)) for k, c in enumerate((2, 3, 4))]
+    near = [_box(outlines[c], 12.0, 0, (350 + 120 * k, 560)) for k, c in enumerate((2, 3))]
+    # near the bottom: the 6.5 mm pill at 12 px/mm (78 px), unsure between it and the 8.5 mm one
+    odd = _box(outlines[0], 12.0, 0, (600, 560))
+    boxes = np.array(far + near + [odd], np.float64)
+    probs = np.concatenate([_sure([2, 3, 4, 2, 3]), [[0.5, 0.0, 0.0, 0.0, 0.5]]]).astype(
+        np.float32)
+    out, _ = prior.reweigh(boxes, probs, threshold=0.9, side=640)
+    assert out[5].argmax() == 0 and out[5, 0] > 0.9
+    # read at one scale for the whole photo (the far pills' 7 px/mm), 78 px is the 8.5 mm pill
+    monkeypatch.setattr(sizes, "REACH", 1e6)
+    out, _ = prior.reweigh(boxes, probs, threshold=0.9, side=640)
+    assert out[5].argmax() == 4

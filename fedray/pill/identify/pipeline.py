@@ -78,16 +78,18 @@ def identify(rgb: np.ndarray, detect: DetectFn, clf: Classifier, top_k: int = 5)
     probs, energy = clf.scores(crops)
     boxes, scores, probs, energy = merge_pieces(rgb, boxes, scores, probs, energy, clf)
     t2 = time.perf_counter()
-    found, dismissed, scale = name_boxes(boxes, scores, probs, energy, clf, top_k)
+    found, dismissed, scale = name_boxes(boxes, scores, probs, energy, clf, top_k,
+                                         max(width, height))
     return Answer(found, width, height, {"detect": t1 - t0, "classify": t2 - t1}, dismissed,
                   scale)
 
 
 def name_boxes(boxes: np.ndarray, scores: np.ndarray, probs: np.ndarray, energy: np.ndarray,
-               clf: Classifier, top_k: int = 5
+               clf: Classifier, top_k: int = 5, side: float | None = None
                ) -> tuple[list[Found], list[list[float]], float | None]:
     """The detector's boxes and the classifier's reading of their crops -> the pills found (in
-    reading order), the boxes dismissed as background and the photo's scale (px per mm)."""
+    reading order), the boxes dismissed as background and the photo's scale (px per mm).
+    `side`: the photo's longer side in px (the sizes read each pill at the scale around it)."""
     k = max(1, min(int(top_k), len(clf.class_names)))
     unlike = energy < clf.energy_floor  # the crop is unlike every pill the classifier knows
     keep = ~(unlike & ((scores < SURE_SCORE) | surface_motif(boxes, scores, unlike)))
@@ -95,10 +97,10 @@ def name_boxes(boxes: np.ndarray, scores: np.ndarray, probs: np.ndarray, energy:
     boxes, scores, probs = boxes[keep], scores[keep], probs[keep]
     scale = None
     if clf.sizes is not None:  # the other pills' sizes weigh each crop's reading
-        motif = clf.sizes.motif(boxes, probs, clf.threshold)
+        motif = clf.sizes.motif(boxes, probs, clf.threshold, side)
         dismissed += [_rounded(b) for b in boxes[motif]]
         boxes, scores, probs = boxes[~motif], scores[~motif], probs[~motif]
-        probs, scale = clf.sizes.reweigh(boxes, probs, clf.threshold)
+        probs, scale = clf.sizes.reweigh(boxes, probs, clf.threshold, side)
     found, named = [], []
     for box, score, p in zip(boxes, scores, probs, strict=True):
         order = np.argsort(-p)[:k]

@@ -10,14 +10,17 @@ class probabilities are weighed by how well that class's outline, at that scale,
     d_c = min over rotations of || log(box w, h) - log(scale * outline extent w, h) ||.
 
 A box never sets its own scale (it is set by the OTHER sure boxes, at least `MIN_REFERENCES` of
-them), so a photo of up to three pills is read by its crops alone. Each class the sure boxes are
-read as votes once, with the median scale of its boxes, and the scale is the median of the
-votes: twenty copies of a surface's motif read as one pill cast one vote, not twenty, and the
-pills beside them still set the scale. The spread SIGMA covers the per-pill size spread of the
-photos (+-8 %), perspective and the detector's box error; a box's size is not always evidence
-(a piece of a pill, a box cut by the frame), so the weight of a class that does not fit at all
-bottoms out at OUTLIER instead of vanishing: a size can tip an unsure reading, never overturn a
-sure one. Classes of a dataset without a catalog (an imported one) are not weighed.
+them), so a photo of up to three pills is read by its crops alone. The scale at a box is the
+weighted median of the other sure boxes' scales: each box weighs its reading's confidence,
+shared out among the boxes of its class read (twenty copies of a surface's motif read as one
+pill weigh as one pill, and the pills beside them still set the scale), times a Gaussian of its
+distance to the box with spread REACH of the photo's longer side (a camera held at an angle sees
+the far side of the table smaller: each pill is read at the scale of the pills around it). The
+spread SIGMA covers the per-pill size spread of the photos (+-8 %), what perspective leaves and
+the detector's box error; a box's size is not always evidence (a piece of a pill, a box cut by
+the frame), so the weight of a class that does not fit at all bottoms out at OUTLIER instead of
+vanishing: a size can tip an unsure reading, not overturn a near-certain one. Classes of a dataset
+without a catalog (an imported one) are not weighed.
 
 The same scale finds a surface's motif that looks like a pill (a carpet's lattice of rounded
 squares read as a brown square tablet): copies of one reading, apart from each other and of one
@@ -35,6 +38,7 @@ import numpy as np
 
 SIGMA = 0.1  # log-size spread of a pill's box about the photo's scale
 MIN_REFERENCES = 3  # sure boxes (besides the one weighed) a photo needs before sizes count
+REACH = 0.3  # spread of the distance weighting of the other pills' scales, of the photo's side
 OUTLIER = 0.001  # weight of a class whose outline does not fit the box at all (of 1 for a fit)
 MOTIF_MISFIT = 0.3  # log size misfit (x1.35) of a motif's copies to what they are read as
 MOTIF_CLASSES = 3  # other classes needed to set the scale that finds a motif
@@ -73,10 +77,11 @@ class SizePrior:
         r = log_box[:, None, None, :] - log_scale[:, None, None, None] - self.log_extent[None]
         return np.sqrt((r ** 2).sum(-1)).min(-1)
 
-    def reweigh(self, boxes: np.ndarray, probs: np.ndarray, threshold: float
-                ) -> tuple[np.ndarray, float | None]:
+    def reweigh(self, boxes: np.ndarray, probs: np.ndarray, threshold: float,
+                side: float | None = None) -> tuple[np.ndarray, float | None]:
         """Probabilities weighed by size (N, C), and the photo's scale in px per mm (None when
-        fewer than `min_references` + 1 boxes are sure: nothing is weighed then)."""
+        fewer than `min_references` + 1 boxes are sure: nothing is weighed then). `side`: the
+        photo's longer side in px (None: the boxes' own extent)."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         sure = probs.max(1) >= threshold if len(probs) else np.zeros(0, bool)
         # a box is weighed only against a scale other sure boxes set, never one it set itself
@@ -86,8 +91,9 @@ class SizePrior:
         log_box = log_sizes(boxes)
         read = probs.argmax(1)
         own = self.scales(log_box, read)
-        others = np.arange(len(sure))
-        log_scale = np.array([class_vote(own, read, sure & (others != i)) for i in idx])
+        at, others, conf = centres(boxes, side), np.arange(len(sure)), probs.max(1)
+        log_scale = np.array([local_vote(own, read, conf, sure & (others != i), at, i)
+                              for i in idx])
         fit = np.exp(-0.5 * (self.misfit(log_box[idx], log_scale) / self.sigma) ** 2)
         w = probs[idx] * (fit + OUTLIER)
         out = probs.astype(np.float64)
@@ -99,10 +105,11 @@ class SizePrior:
         scale = class_vote(self.scales(log_box, named), named, still)
         return out.astype(probs.dtype), float(np.exp(scale))
 
-    def motif(self, boxes: np.ndarray, probs: np.ndarray, threshold: float) -> np.ndarray:
+    def motif(self, boxes: np.ndarray, probs: np.ndarray, threshold: float,
+              side: float | None = None) -> np.ndarray:
         """(N,) bool: the sure boxes that are copies of a surface's motif (see the module's
         docstring): at least two apart, of one reading and one size, misfitting that reading by
-        MOTIF_MISFIT at the scale at least MOTIF_CLASSES other read classes set."""
+        MOTIF_MISFIT at the scale at least MOTIF_CLASSES other read classes set there."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         out = np.zeros(len(boxes), bool)
         if len(boxes) < 2:
@@ -110,7 +117,7 @@ class SizePrior:
         sure = probs.max(1) >= threshold
         read = probs.argmax(1)
         log_box = log_sizes(boxes)
-        own = self.scales(log_box, read)
+        own, at, conf = self.scales(log_box, read), centres(boxes, side), probs.max(1)
         apart = intersections(boxes, boxes) <= 0  # never a box and itself
         alike = (np.abs(log_box[:, None] - log_box[None]).max(-1) < MOTIF_SIZE_TOL) & (
             read[:, None] == read[None]) & sure[:, None] & sure[None] & apart
@@ -119,7 +126,8 @@ class SizePrior:
             if len(np.unique(read[rest])) < MOTIF_CLASSES:
                 continue
             mine = np.flatnonzero(sure & (read == c))
-            d = self.misfit(log_box[mine], np.full(len(mine), class_vote(own, read, rest)))[:, c]
+            there = np.array([local_vote(own, read, conf, rest, at, i) for i in mine])
+            d = self.misfit(log_box[mine], there)[:, c]
             out[mine] = (d > MOTIF_MISFIT) & (alike[np.ix_(mine, mine)].sum(1) >= 1)
         return out
 
@@ -127,6 +135,26 @@ class SizePrior:
 def class_vote(own: np.ndarray, read: np.ndarray, mask: np.ndarray) -> float:
     """The median over the classes read among `mask`'s boxes of each class's median log scale."""
     return float(np.median([np.median(own[mask & (read == c)]) for c in np.unique(read[mask])]))
+
+
+def local_vote(own: np.ndarray, read: np.ndarray, conf: np.ndarray, mask: np.ndarray,
+               at: np.ndarray, i: int) -> float:
+    """The log scale at box `i`: the weighted median of `mask`'s boxes' scales, each weighing its
+    confidence `conf` shared with the other boxes of its class read, times a Gaussian of the
+    distance (`at`: centres in photo sides) of spread REACH."""
+    j = np.flatnonzero(mask)
+    _, inverse, counts = np.unique(read[j], return_inverse=True, return_counts=True)
+    w = conf[j] * np.exp(-0.5 * ((at[j] - at[i]) ** 2).sum(1) / REACH**2) / counts[inverse]
+    order = np.argsort(own[j], kind="stable")
+    cum = np.cumsum(w[order])
+    return float(own[j][order][np.searchsorted(cum, cum[-1] / 2)])
+
+
+def centres(boxes: np.ndarray, side: float | None) -> np.ndarray:
+    """(N, 2) box centres in units of the photo's longer side (None: the boxes' own extent)."""
+    if side is None:
+        side = float(np.ptp(boxes.reshape(-1, 2), 0).max()) if len(boxes) else 1.0
+    return (boxes[:, :2] + boxes[:, 2:]) / 2 / max(float(side), 1.0)
 
 
 def box_areas(boxes: np.ndarray) -> np.ndarray:
