@@ -35,6 +35,8 @@ def main() -> None:
                              "at); skips the ONNX rows")
     parser.add_argument("--seeds", default="23,31,41",
                         help="seeds of the held-out accuracy photos (each its own surfaces)")
+    parser.add_argument("--tilt", type=float, default=0.0,
+                        help="held-out photos from a camera held at an angle (e.g. 0.25)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -84,7 +86,8 @@ def main() -> None:
     kept_all = dataclasses.replace(clf, energy_floor=float("-inf"))
     no_sizes = dataclasses.replace(clf, sizes=None)
     seeds = [int(s) for s in args.seeds.split(",")]
-    print(f"\nheld-out photos: {args.photos} per seed and pill count, seeds {seeds}; "
+    print(f"\nheld-out photos: {args.photos} per seed and pill count, seeds {seeds}"
+          f"{f', camera tilt {args.tilt}' if args.tilt else ''}; "
           f"energy floor {clf.energy_floor:.2f}, detector scores < {SURE_SCORE} may be dismissed")
     print("pills seed photos   every pill found+named                         pills named right")
     print("                    detector  no sizes  no dismissal  true boxes    detector  "
@@ -93,7 +96,8 @@ def main() -> None:
         pooled = np.zeros(7)
         for seed in seeds:
             row = np.zeros(7)  # photos ok x4, pills ok x2, boxes dismissed
-            photos = synthetic_photos(clf0.data_root, args.photos, pills, seed=seed)
+            photos = synthetic_photos(clf0.data_root, args.photos, pills, seed=seed,
+                                      tilt=args.tilt)
             for p in photos:
                 h, w = p.image.shape[:2]
                 cx, cy, bw, bh = p.boxes.T

@@ -40,8 +40,10 @@ def synthetic_photos(
     pills_per_photo: int = 4,  # >= 1; a photo without pills: empty_photo()
     seed: int = 0,
     size: tuple[int, int] = (640, 640),
+    tilt: float = 0.0,
 ) -> list[Photo]:
-    """`count` photos of `pills_per_photo` distinct catalog pills each, width x height `size`.
+    """`count` photos of `pills_per_photo` distinct catalog pills each, width x height `size`;
+    `tilt` > 0: a camera held at an angle (the compositor's `tilt`: far pills look smaller).
 
     A non-square size is the centre of a square photo: pills cut by its edge are dropped from the
     ground truth when less than 4 px of them show (use it for timing, not for accuracy).
@@ -52,6 +54,7 @@ def synthetic_photos(
         max_pills=max(pills_per_photo, 1),
         cutout_px_per_mm=default_px_per_mm(REFERENCE_SIZE),
         blur_prob=0.15,
+        tilt=tilt,
     )
     cutout = _Cutouts(pills, seed, params.shadow_blur)
     textures = make_textures(16, 512, seed=int(rng.integers(2**31)), bundled=False)
