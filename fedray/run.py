@@ -98,11 +98,13 @@ def run(cfg: dict[str, Any], on_round: OnRound | None = None) -> dict[str, Any]:
     `on_round(row, checkpoint_path)` is called after every round (Tune reports through it).
     """
     from fedray.data.sources import build_dataset
+    from fedray.malloc import keep_freed_memory
     from fedray.validate import validate
 
     setup_console_logging()
     _validate(cfg)
     validate(cfg)  # every key that can be wrong, before Ray, a data build or pretraining starts
+    keep_freed_memory()  # training steps reuse their freed buffers instead of faulting them in
     cfg = dict(cfg)
     cfg["_config_hash"] = experiment_hash(cfg)
     resume_dir = find_resume_dir(cfg)

@@ -25,6 +25,7 @@ from fedray.fl.train import (
     train_local,
 )
 from fedray.fl.types import ClientResult, Dropped, Params
+from fedray.malloc import keep_freed_memory
 from fedray.privacy.pipeline import poison_shard, protect_update
 
 log = logging.getLogger("fedray")
@@ -41,6 +42,7 @@ class ClientActor:
     def __init__(
         self, spec: dict[str, Any] | None = None, boot: dict[str, Any] | None = None
     ) -> None:
+        keep_freed_memory()  # local steps reuse their freed buffers (fedray/malloc.py)
         if boot is not None:
             self._boot(boot)
         if spec is not None:
