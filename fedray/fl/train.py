@@ -14,6 +14,7 @@ from torch import nn
 from fedray.config import ConfigError
 from fedray.data.datasets import to_tensor_batch
 from fedray.fl.types import Params
+from fedray.models.fold import fold_batchnorm
 from fedray.models.views import has_views, view_args, view_features
 from fedray.progress import Progress
 from fedray.tasks.base import Task
@@ -155,10 +156,9 @@ def extract_features(
             f"pool its blocks, but only its first {upto} blocks are frozen (fl.trainable): use "
             "model.turns=1, model.zooms=[1.0] and model.taps=null, or train only the classifier"
         )
-    blocks = model.features if whole else model.features[:upto]
+    # an eval-mode copy with BatchNorm folded into the convs: the same features, cheaper
+    blocks = fold_batchnorm(model.features if whole else model.features[:upto])
     views = view_args(model)
-    was_training = model.training
-    model.eval()
     out = []
     # a long pass (thousands of images) shows progress: a bar on a terminal, else log lines
     bar = Progress(len(images), "backbone features", "img") if len(images) >= 1024 else None
@@ -172,7 +172,6 @@ def extract_features(
             bar.update(len(feats))
     if bar is not None:
         bar.close()
-    model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
 

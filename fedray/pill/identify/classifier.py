@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from fedray.extras import missing
 from fedray.fl.checkpoint import CHECKPOINT, load_checkpoint
 from fedray.fl.train import set_params
 from fedray.models import build_model
+from fedray.models.fold import fold_batchnorm
 from fedray.pill.identify.sizes import SizePrior, catalog_sizes
 
 log = logging.getLogger("fedray")
@@ -50,14 +51,19 @@ class Classifier:
     energy_floor: float = float("-inf")  # below it a crop is unlike every known pill
     session: Any = None  # an onnxruntime session of the exported model: used instead of torch
     sizes: SizePrior | None = None  # the classes' catalog outlines: box sizes as evidence
+    # `model` with BatchNorm folded into its convs (fedray.models.fold), built at the first
+    # torch inference: the same logits for less time; `model` itself is what is exported
+    folded: torch.nn.Module | None = field(default=None, repr=False)
 
     def logits(self, crops: np.ndarray) -> np.ndarray:
         """uint8 crops (N, S, S, 3) -> logits (N, K), by onnxruntime when exported, else torch."""
         x = to_tensor_batch(np.asarray(crops))
         if self.session is not None:
             return self.session.run(None, {"images": x.contiguous().numpy()})[0]
+        if self.folded is None:
+            self.folded = fold_batchnorm(self.model)
         with torch.inference_mode():
-            return self.model(x).float().numpy()
+            return self.folded(x).float().numpy()
 
     def probabilities(self, crops: np.ndarray, batch: int = 64) -> np.ndarray:
         """uint8 crops (N, S, S, 3) at `image_size` -> calibrated class probabilities (N, K)."""
