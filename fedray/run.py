@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from fedray.config import ConfigError
-from fedray.data.datasets import config_hash
+from fedray.fl.resume import experiment_hash, find_resume_dir
 from fedray.logging import RunLogger, setup_console_logging
 
 log = logging.getLogger("fedray")
@@ -25,46 +25,6 @@ OnRound = Callable[[dict[str, Any], Path | None], None]
 STAGES = ("federated", "isolated", "centralized", "pretrain", "synth", "distill")
 # any other stage is a config group naming its own `_target_` (cfg -> metrics), e.g. stage=detect
 # with +detect=yolov3_tiny: the application's stages plug in without fedray importing them
-# keys that do not change what a run computes (so a run may resume under different values)
-_NOT_HASHED = ("run_dir", "resume", "logger", "ray", "sweep")
-
-
-def experiment_hash(cfg: dict[str, Any]) -> str:
-    """Hash of everything that determines the results (fl.rounds excluded: resume may extend)."""
-    key = {k: v for k, v in cfg.items() if k not in _NOT_HASHED and not k.startswith("_")}
-    key["fl"] = {k: v for k, v in cfg["fl"].items() if k != "rounds"}
-    return config_hash(key)
-
-
-def find_resume_dir(cfg: dict[str, Any]) -> Path | None:
-    """The run directory to continue: `resume=PATH`, or the latest matching run if `true`."""
-    from fedray.fl.checkpoint import CHECKPOINT, load_checkpoint
-
-    resume = cfg.get("resume")
-    if resume in (None, False) or str(resume).lower() in ("false", "none", "null", ""):
-        return None
-    if resume is True or str(resume).lower() == "true":
-        root = Path(cfg["run_dir"]).parent
-        want = cfg["_config_hash"]
-        found = sorted(
-            (
-                p.parent
-                for p in root.glob(f"*/{CHECKPOINT}")
-                if p.parent != Path(cfg["run_dir"])
-                and load_checkpoint(p).get("config_hash") == want
-            ),
-            key=lambda d: (d / CHECKPOINT).stat().st_mtime,
-        )
-        if not found:
-            raise ConfigError(
-                f"resume=true: no checkpoint of this experiment's config under {root}"
-            )
-        return found[-1]
-    path = Path(str(resume)).expanduser()
-    if not (path / CHECKPOINT).exists():
-        raise ConfigError(f"resume={resume!r}: {path / CHECKPOINT} does not exist")
-    return path
-
 
 def stage_target(cfg: dict[str, Any]) -> str | None:
     """The `_target_` of the config group named like the stage (a plug-in stage), if any."""

@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 
+from fedray.config import ConfigError
 from fedray.fl.checkpoint import CHECKPOINT
 from fedray.fl.server import QuorumError
 from fedray.run import run
@@ -118,6 +119,11 @@ def test_resume_equals_uninterrupted(make_cfg, tmp_path):
     pf, pc = _final_params(full), _final_params(cut)
     assert all(np.array_equal(pf[k], pc[k]) for k in pf)
     assert [r["round"] for r in _rows(cut)] == [1, 2, 3]
+    # another experiment cannot continue it: refused by name, before anything is written there
+    saved = {p.name: p.read_bytes() for p in cut.iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match=r"another config \(strategy\._target_: .*FedAdam"):
+        run(make_cfg("fl.rounds=4", "strategy=fedavg", f"resume={cut}", run_dir=tmp_path / "x"))
+    assert {p.name: p.read_bytes() for p in cut.iterdir() if p.is_file()} == saved
 
 
 def test_isolated_clients_know_only_their_classes(make_cfg, tmp_path):
