@@ -134,6 +134,10 @@ def _known_keys(exc: BaseException, key: str, add: str) -> str:
     near = difflib.get_close_matches(leaf, keys, n=3, cutoff=0.6)
     if near:
         return "did you mean " + " or ".join(f"{head + '.' if head else ''}{k}" for k in near) + "?"
+    from fedray.config import SCHEMA
+
+    if head in SCHEMA and keys:  # a typed group: no key can be added to it
+        return f"{head or 'the top level'} has {', '.join(sorted(keys))}"
     return f"a new key is added with {add}"
 
 

@@ -132,6 +132,39 @@ class FedrayConfig:
     retrieval: Any = None  # stage=retrieval (conf/retrieval/): its _target_ runs it
 
 
+# the typed groups by their path: Hydra's `+fl.key=...` adds a key even to these, so the config
+# check refuses any key they do not declare (check_schema_keys)
+SCHEMA = {
+    "": FedrayConfig, "fl": FLConfig, "fl.secagg": SecAggConfig, "client": ClientConfig,
+    "ray": RayConfig, "logger": LoggerConfig, "logger.wandb": WandbConfig,
+}  # fmt: skip
+
+
+def check_schema_keys(cfg: dict[str, Any]) -> None:
+    """ConfigError naming the first key a typed group does not declare (a typo added with `+`,
+    which Hydra accepts), with the declared keys it is closest to. At the top level a key named
+    like the stage is a plug-in stage's own group; keys starting with `_` are fedray's own."""
+    import difflib
+    from dataclasses import fields
+
+    for path, schema in SCHEMA.items():
+        node: Any = cfg
+        for part in filter(None, path.split(".")):
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        known = [f.name for f in fields(schema)]
+        if not path and isinstance(cfg.get(str(cfg.get("stage"))), dict):
+            known.append(str(cfg["stage"]))  # stage=NAME +NAME=...: a plug-in stage's group
+        extra = sorted(str(k) for k in node if k not in known and not str(k).startswith("_"))
+        if extra:
+            key = f"{path}.{extra[0]}" if path else extra[0]
+            near = difflib.get_close_matches(extra[0], known, n=3, cutoff=0.6)
+            hint = (f"did you mean {' or '.join(f'{path}.{k}' if path else k for k in near)}?"
+                    if near else f"{path or 'the top level'} has {', '.join(sorted(known))}")
+            raise ConfigError(f"{key}: no such key; {hint}")
+
+
 def register_configs() -> None:
     """Register the schema that conf/config.yaml lists first in its defaults."""
     ConfigStore.instance().store(name="fedray_schema", node=FedrayConfig)

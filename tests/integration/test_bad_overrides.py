@@ -165,7 +165,19 @@ def test_bad_override_is_one_line_before_ray(overrides, key, tmp_path):
                          "+data.rootdir=/x"),
      ("partition=dirichlet +partition.classes_per_client=4", "partition.classes_per_client: not "
       "an argument of fedray.data.partition.partition_dirichlet; it takes ['alpha', "
-      "'max_retries', 'min_size'] (drop it with ~partition.classes_per_client)")],
+      "'max_retries', 'min_size'] (drop it with ~partition.classes_per_client)"),
+     # Hydra's `+` adds a key even to a typed group: the config check refuses it
+     ("+fl.roundz=3", "fl.roundz: no such key; did you mean fl.rounds?"),
+     ("+client.epoch=3", "client.epoch: no such key; did you mean client.epochs?"),
+     ("+logger.wandb.projct=x", "logger.wandb.projct: no such key; did you mean "
+                                "logger.wandb.project?"),
+     ("+ray.dashboard=true", "ray.dashboard: no such key; did you mean ray.include_dashboard?"),
+     ("+foo=bar", "foo: no such key; the top level has attack, client, data, detect, device, "
+      "distill, dp, fl, logger, model, name, partition, pretrain, ray, resume, retrieval, "
+      "run_dir, seed, stage, strategy, sweep, task"),
+     ("ray.xyz=1", "ray.xyz: no such key here; ray has address, backend, batch_clients, "
+      "client_cpus, client_gpus, include_dashboard, keep_actors, max_actors, num_cpus, "
+      "num_gpus, shard_cache, worker_nice")],
 )
 def test_a_key_the_config_lacks_gets_the_near_one_or_how_to_add_it(override, line, tmp_path):
     out = _launch(override.split(), tmp_path)
