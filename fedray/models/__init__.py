@@ -103,6 +103,9 @@ def instantiate_target(
     try:
         return fn(**kwargs)
     except TypeError as exc:  # **kwargs passed on to a callable that refuses one of them
+        if "abstract method" in str(exc):  # a subclass that left a base's hook unimplemented
+            raise ConfigError(f"{group}._target_: {target} cannot be built: {first_line(exc)}"
+                              ) from None
         bad = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
         if bad is None or bad.group(1) not in cfg:  # a key the user's config set
             raise

@@ -22,6 +22,7 @@ BAD = [
     (["data=yolo_import", "data.root={tmp}/nope"], "data.root"),
     (["strategy=nosuch"], "strategy"),
     (["model._target_=nosuch.Mod"], "model._target_"),
+    (["strategy._target_=fedray.fl.strategies.base.Strategy"], "strategy._target_"),  # abstract
     # types Hydra's schema rejects while composing, keys that do not exist
     (["fl.rounds=foo"], "fl.rounds"),
     (["fl.nosuch=1"], "fl.nosuch"),
