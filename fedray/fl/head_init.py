@@ -39,7 +39,15 @@ def linear_head(model: nn.Module) -> nn.Module:
     Average pooling commutes with a 1x1 conv, so [Dropout, Conv1x1, AvgPool] is a linear map of
     the pooled features; a ReLU on the logits (torchvision's SqueezeNet) is not.
     """
-    layers = [m for m in model.classifier.modules() if m is not model.classifier]
+    head = getattr(model, "classifier", None)
+    if not isinstance(head, nn.Module) or not isinstance(getattr(model, "features", None),
+                                                         nn.Module):
+        raise ConfigError(
+            f"fl.head_init=ridge solves a head `classifier` on the frozen blocks `features`; "
+            f"{type(model).__name__} has no such split (docs/byo.md, 'The model "
+            "contract'). Use fl.head_init=random"
+        )
+    layers = [m for m in head.modules() if m is not head]
     maps = [m for m in layers if isinstance(m, nn.Linear | nn.Conv2d)]
     other = [m for m in layers if not isinstance(m, (nn.Linear, nn.Conv2d, *_PASSIVE))]
     pools_ok = all(

@@ -179,8 +179,22 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
             f"model.pretrained={str(path)!r} does not exist. fedray never downloads weights: "
             "run the pretraining stage (stage=pretrain) or point model.pretrained at a local file"
         )
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - not a torch file, or a pickled whole model
+        raise ConfigError(
+            f"model.pretrained={str(path)!r} is not a state_dict torch can load safely "
+            f"({type(exc).__name__}: {first_line(exc)[:100]}); save one with "
+            "torch.save(model.state_dict(), path)"
+        ) from None
     state = blob.get("model", blob) if isinstance(blob, dict) else blob
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ConfigError(
+            f"model.pretrained={str(path)!r} holds a {type(state).__name__}, not a state_dict "
+            "(names to tensors); save one with torch.save(model.state_dict(), path)"
+        )
     own = model.state_dict()
     compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not compatible:

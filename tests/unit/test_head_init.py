@@ -82,6 +82,16 @@ def test_heads_that_are_not_linear_are_refused():
     assert isinstance(linear_head(build_model(dict(SQUEEZENET), 5)), torch.nn.Conv2d)
 
 
+def test_a_model_without_features_and_classifier_is_refused_by_name():
+    class Net(torch.nn.Module):  # the README's bring-your-own model: body and out
+        def __init__(self):
+            super().__init__()
+            self.body, self.out = torch.nn.Flatten(), torch.nn.Linear(12, 2)
+
+    with pytest.raises(ConfigError, match=r"fl.head_init=ridge .* Net has no such split"):
+        linear_head(Net())
+
+
 def test_head_init_needs_a_frozen_cached_backbone():
     model = TinyCNN(4, width=4)
     head = trainable_names(model, "classifier")
