@@ -87,14 +87,35 @@ _HOST_PORT = re.compile(r"(?:ray://)?(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})
 
 
 def ray_address(key: str, address: Any) -> tuple[str, int] | None:
-    """`address` is a Ray cluster to join: `auto` or `local` (None back: Ray resolves them), or
+    """`address` is a Ray cluster to join: `local` (None back), `auto` (the cluster `ray start`
+    left its address for on this machine, or RAY_ADDRESS: it must be known and answer), or
     HOST:PORT / ray://HOST:PORT, which must answer a TCP connect within 3 s (host and port
     back). `ray.init` waits for a cluster at an address where none answers for minutes, without
     a word: a typo in the port would hang the run."""
     import socket
 
-    if address in ("auto", "local"):
+    if address == "local":
         return None
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            resolved = canonicalize_bootstrap_address(address)
+        except ConnectionError:
+            resolved = None
+        if not resolved:
+            raise ConfigError(
+                f"{key}=auto: no Ray cluster was started on this machine; start one with `ray "
+                "start --head`, name its HOST:PORT, or leave ray.address null for a local Ray"
+            )
+        try:
+            return ray_address(key, resolved)
+        except ConfigError:
+            raise ConfigError(
+                f"{key}=auto: the cluster `ray start` left its address for ({resolved}) does "
+                "not answer; start it again with `ray start --head` or leave ray.address null "
+                "for a local Ray"
+            ) from None
     m = _HOST_PORT.fullmatch(address) if isinstance(address, str) else None
     if m is None:
         raise ConfigError(

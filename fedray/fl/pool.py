@@ -57,23 +57,7 @@ def init_ray(address: str | None, local: dict[str, Any], worker_nice: int = 0,
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         where = f"ray.address={given}" if given else f"RAY_ADDRESS={address}"
-        if address == "auto":  # the cluster `ray start` left its address for: is it up?
-            from ray._private.services import canonicalize_bootstrap_address
-
-            try:
-                resolved = canonicalize_bootstrap_address(address)
-            except ConnectionError:
-                resolved = None  # none known: ray.init says so below
-            try:
-                if resolved:
-                    ray_address(where, resolved)
-            except ConfigError:
-                raise ConfigError(
-                    f"{where}: the cluster `ray start` left its address for ({resolved}) does "
-                    "not answer; start it again with `ray start --head` or leave ray.address "
-                    "null for a local Ray"
-                ) from None
-        elif address != "local":
+        if address != "local":  # `auto` resolved to the cluster `ray start` left; it answers
             ray_address("ray.address" if given else "RAY_ADDRESS", address)
         try:
             ray.init(address=address, **kwargs)

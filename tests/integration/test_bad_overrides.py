@@ -112,6 +112,7 @@ BAD = [
     # Ray's own address parser raised a traceback; a closed port hung ray.init for minutes
     (["ray.address=abc"], "ray.address"),
     (["ray.address=127.0.0.1:1"], "ray.address=127.0.0.1:1"),
+    (["ray=cluster"], "ray.address=auto"),  # no `ray start` cluster here: refused up front
 ]
 
 
