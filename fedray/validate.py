@@ -294,6 +294,7 @@ def check_model(cfg: dict[str, Any]) -> None:
     from fedray.tasks import build_task
 
     task = build_task(cfg.get("task"))
+    task.check()  # the task's own files (a distillation teacher), before anything starts
     if task.needs_images and cached:
         raise ConfigError(
             f"task={task.name} reads the images in training (a teacher's outputs on them), but "

@@ -79,6 +79,44 @@ class Distillation(Task):
         self.lam = float(lam)
         self._teacher: nn.Module | None = None
 
+    def check(self) -> None:
+        """A teacher run directory holds config.yaml and a checkpoint, and is a classification
+        run with a global model; a state_dict file loads into `teacher_model` (refused up front,
+        not by every client actor at its first fit)."""
+        from fedray.fl.checkpoint import CHECKPOINT
+
+        path, key = self.teacher_path, f"task.teacher={str(self.teacher_path)!r}"
+        if path.is_dir():
+            import yaml
+
+            if not (path / "config.yaml").exists() or not (path / CHECKPOINT).exists():
+                raise ConfigError(f"{key}: a run directory needs config.yaml and {CHECKPOINT} "
+                                  "(a finished federated run with fl.checkpoint=true)")
+            try:
+                tcfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{key}: its config.yaml does not read ({exc})") from None
+            if tcfg.get("stage") not in ("federated", "centralized"):
+                raise ConfigError(f"{key} is a stage={tcfg.get('stage')} run: a teacher is the "
+                                  "global model of a federated or centralized run")
+            from fedray.tasks import build_task
+
+            try:
+                kind = build_task(tcfg.get("task"))
+            except Exception:  # noqa: BLE001 - the teacher run's own task: judged when loaded
+                kind = None
+            if kind is not None and not isinstance(kind, Classification | Distillation):
+                raise ConfigError(f"{key} is a {kind.name} run: a teacher gives class logits "
+                                  "(a classification run)")
+        else:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - not a torch file
+                raise ConfigError(f"{key} is not a state_dict torch can load safely "
+                                  f"({type(exc).__name__})") from None
+            if not isinstance(state, dict):
+                raise ConfigError(f"{key} holds a {type(state).__name__}, not a state_dict")
+
     def __getstate__(self) -> dict[str, Any]:
         """Pickled without the loaded teacher: every process loads its own."""
         return {**self.__dict__, "_teacher": None}

@@ -67,6 +67,11 @@ class Task(ABC):
             raise ConfigError(f"task.partition_by={partition_by!r}: choose one of {PARTITION_BY}")
         self.partition_by = partition_by
 
+    def check(self) -> None:
+        """Raise ConfigError("task.<key>: ...") for what only the task's own files can tell
+        (called by the config check, before anything starts; cheap: nothing is built)."""
+        return None  # a task that reads no files of its own has nothing to check
+
     @property
     def rank_key(self) -> str:
         """The namespaced metric runs are compared by, e.g. `val/acc` or `val/iou`."""
