@@ -94,6 +94,17 @@ def find_run_dir(run: str | Path | None, outputs: str | Path = "outputs") -> Pat
                 f"{path}: not a finished run directory (no {CHECKPOINT} / config.yaml); "
                 f"train one with `{TRAIN_HINT}`"
             )
+        try:
+            cfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: its config.yaml does not read ({exc})") from None
+        task = str((cfg.get("task") or {}).get("_target_", "classification")).lower()
+        if cfg.get("stage") not in ("federated", "centralized") or "classification" not in task:
+            raise ConfigError(
+                f"{path}: a stage={cfg.get('stage')} run of task {task.rpartition('.')[2]}, "
+                f"not a classifier; identify names pills with a classification run, e.g. "
+                f"`{TRAIN_HINT}`"
+            )
         return path
     runs = sorted(
         (p.parent for p in Path(outputs).glob(f"*/*/{CHECKPOINT}") if _is_pill_run(p.parent)),

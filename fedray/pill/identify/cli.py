@@ -54,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     ident.add_argument("--out", default="identify_out", help="annotated PNG + JSON per photo")
     _models(ident)
     serve = sub.add_parser("serve", help="a local web page: drop a photo, see every pill named")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=_ranged(int, 0, 65535), default=8000)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=_ranged(int, 0, 65535), default=8000,
+                       help="port to listen on (8000)")
     _models(serve)
     export = sub.add_parser("export", help="ONNX export of both models and an on-device profile")
     export.add_argument("run_dir", help="the classifier's run directory")
@@ -95,9 +97,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
             bad += 1
     if not photos:
         return 2
+    out = writable_dir(args.out, "--out")  # before the models load
     ident = load_identifier(args.run, args.detector, args.outputs, args.conf)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     for path, rgb in photos:
         answer = ident(rgb, args.top_k)
         stem = Path(path).stem
@@ -114,11 +115,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fedray.extras import require
 
     require("fedray serve", "fastapi", "uvicorn")
+    import socket
+
     import uvicorn
 
     from fedray.pill.identify.app import load_identifier
     from fedray.pill.identify.serve import create_app
 
+    try:  # a host this machine cannot listen on is refused before the models load
+        socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"--host {args.host}: not an address to listen on ({exc})") from None
     app = create_app(load_identifier(args.run, args.detector, args.outputs, args.conf))
     print(f"fedray identify: http://{args.host}:{args.port}/  (Ctrl-C to stop)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -131,8 +138,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     require("fedray export", "onnx", "onnxruntime", "psutil")
     from fedray.pill.identify.export import export_run
 
-    export_run(args.run_dir, args.detector, args.out)
+    export_run(args.run_dir, args.detector,
+               None if args.out is None else writable_dir(args.out, "--out"))
     return 0
+
+
+def writable_dir(path: str, flag: str) -> Path:
+    """`path` as a directory that exists (made if missing), or a ConfigError naming `flag`."""
+    out = Path(path).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{flag} {path}: a file is there, not a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot make that directory ({exc.strerror})") from None
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
