@@ -27,7 +27,6 @@ convolutional block sequence to cache and are refused with a clear error.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from torch import nn
 
 from fedray.config import ConfigError
 from fedray.models.views import check_pool, check_taps, head_width, tapped_head, view_features
+from fedray.targets import first_line
 
 Blocks = tuple[list[nn.Module], list[nn.Module]]  # (backbone blocks, head layers)
 
@@ -213,7 +213,7 @@ def torchvision_classifier(
     if "weights" in options:
         raise ConfigError(
             "model.options.weights: fedray never downloads weights; point model.pretrained at a "
-            "local file (python -m fedray.models.torchvision_split ARCH TORCHVISION.pth OUT.pt)"
+            "local file (python -m fedray.models.convert ARCH TORCHVISION.pth OUT.pt)"
         )
     try:
         model = tv.get_model_builder(arch)(weights=None, num_classes=int(num_classes), **options)
@@ -230,16 +230,21 @@ def convert_torchvision_weights(arch: str, src: str | Path, dst: str | Path) -> 
     differs)."""
     from torchvision import models as tv
 
+    names = tv.list_models(module=tv)
+    if arch not in names:
+        raise ConfigError(f"{arch!r} is not a torchvision classifier; choose one of "
+                          f"{', '.join(sorted(names))}")
     model = tv.get_model_builder(arch)(weights=None)
-    blob = torch.load(Path(src).expanduser(), map_location="cpu", weights_only=True)
-    model.load_state_dict(blob.get("state_dict", blob) if isinstance(blob, dict) else blob)
+    src = Path(src).expanduser()
+    if not src.is_file():
+        raise ConfigError(f"{src}: no such file (torchvision's .pth, saved on this machine)")
+    try:
+        blob = torch.load(src, map_location="cpu", weights_only=True)
+        model.load_state_dict(blob.get("state_dict", blob) if isinstance(blob, dict) else blob)
+    except Exception as exc:  # noqa: BLE001 - not torch weights, or another network's
+        raise ConfigError(f"{src}: not {arch}'s torchvision weights ({type(exc).__name__}: "
+                          f"{first_line(exc)[:160]})") from None
     dst = Path(dst).expanduser()
     dst.parent.mkdir(parents=True, exist_ok=True)
     torch.save(split_torchvision(model, arch=arch).state_dict(), dst)
     return dst
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 4:
-        sys.exit("usage: python -m fedray.models.torchvision_split ARCH TORCHVISION.pth OUT.pt")
-    print(convert_torchvision_weights(*sys.argv[1:]))

@@ -136,3 +136,25 @@ def test_split_of_a_built_model_shares_its_weights():
     split = split_torchvision(reference)
     assert split.features[0] is reference.conv1 and split.classifier[-1] is reference.fc
     assert [n for n, _ in split.named_parameters()][0] == "features.0.weight"
+
+
+def test_convert_renames_weights_and_names_a_bad_argument(tmp_path, capsys):
+    from torchvision.models import squeezenet1_1
+
+    from fedray.models import load_pretrained
+    from fedray.models.convert import main
+
+    src = tmp_path / "sq.pth"
+    net = squeezenet1_1(weights=None)
+    torch.save(net.state_dict(), src)
+    assert main(["squeezenet1_1", str(src), str(tmp_path / "out.pt")]) == 0
+    model = torchvision_classifier("squeezenet1_1", 5)
+    load_pretrained(model, tmp_path / "out.pt")
+    assert torch.equal(model.features[0].weight, net.features[0].weight)
+    capsys.readouterr()
+    for args, said in [(["resnet99", str(src), "o.pt"], "'resnet99' is not a torchvision"),
+                       (["squeezenet1_1", str(tmp_path / "no.pth"), "o.pt"], "no such file"),
+                       (["alexnet", str(src), "o.pt"], "not alexnet's torchvision weights")]:
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("fedray: error: ") and said in err[0], err
