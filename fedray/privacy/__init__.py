@@ -22,6 +22,12 @@ def check_privacy(cfg: dict[str, Any], per_round: int, num_classes: int | None) 
         from fedray.privacy.attacks import check_attack
 
         _read("attack", check_attack, attack, num_classes or 2**31)  # any target id, if unknown
+        fraction, n = float(attack.get("fraction", 0.2)), int(cfg["fl"]["num_clients"])
+        if fraction > 0 and round(fraction * n) == 0:  # an attack by nobody: the run is clean
+            raise ConfigError(
+                f"attack.fraction={fraction:g} of fl.num_clients={n} is round({fraction * n:g}) "
+                "= 0 attacking clients: raise either (e.g. fl.num_clients=10)"
+            )
     dpc = cfg.get("dp")
     if isinstance(dpc, Mapping) and dpc.get("name", "none") != "none":
         from fedray.privacy.dp import check_dp
