@@ -131,7 +131,7 @@ def check_data(data: Any) -> None:
     if root is not None:
         if not isinstance(root, str) or not Path(root).expanduser().exists():
             raise ConfigError(f"data.root={root!r}: no such directory or file (give a local path)")
-    if "image_size" in data:
+    if data.get("image_size") is not None:  # null: the dataset's own size (data=custom)
         number("data.image_size", data["image_size"], 1, integer=True)
     if data.get("cache_dir") is not None and not isinstance(data["cache_dir"], str):
         raise ConfigError(f"data.cache_dir: {data['cache_dir']!r} is not a path (or null)")

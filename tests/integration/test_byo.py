@@ -146,3 +146,31 @@ def test_alexnet_devices_trains_the_whole_alexnet_on_the_phones(tmp_path):
     # AlexNet's conv blocks (2.47M weights, float32) went up from each phone in each round,
     # not only a head
     assert summary["comm/bytes_total"] >= 2 * 3 * 2_400_000 * 4
+
+
+@pytest.mark.slow  # a whole federated run (Ray, 4 clients, 5 rounds)
+def test_the_readmes_own_example_runs_as_written_with_the_users_defaults(tmp_path):
+    """README.md's mymod.py and its command, taken from the README itself: the run learns, and
+    the model is the user's Net with its own default width (no group's keys slipped in)."""
+    import pickle
+    import re
+    import shlex
+
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(# mymod\.py\n.*?)```", readme, re.S).group(1)
+    cmd = re.search(r"```bash\n(PYTHONPATH=\. python launch\.py .*?)```", readme, re.S).group(1)
+    args = shlex.split(cmd.replace("\\\n", " "))
+    assert args[:3] == ["PYTHONPATH=.", "python", "launch.py"]
+    (tmp_path / "mymod.py").write_text(code)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "FEDRAY_CACHE": str(tmp_path / "cache"),
+           "WANDB_MODE": "offline"}
+    out = launch([*args[3:], f"hydra.run.dir={run_dir}"], env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-2000:]
+    assert "takes no" not in out.stdout + out.stderr  # nothing to leave out: empty groups
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["val/acc"] > 0.8 and summary["rounds"] == 5
+    params = pickle.loads((run_dir / "checkpoint.pkl").read_bytes())["params"]
+    assert params["body.0.weight"].shape == (32, 3, 3, 3)  # Net's own width=32
