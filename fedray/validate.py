@@ -463,6 +463,14 @@ def validate(cfg: dict[str, Any]) -> None:
         if stage in ("federated", "isolated"):
             check_partition(cfg.get("partition"), _classes_known(cfg.get("data")),
                             (cfg.get("fl") or {}).get("num_clients"))
+            by = ((cfg.get("task") or {}).get("partition_by")) or "label"
+            if (cfg.get("partition") or {}).get("_target_", "").endswith(
+                    "partition_by_group") and by == "label":
+                raise ConfigError(
+                    "partition=by_site deals each client whole groups (sites, devices), but "
+                    "task.partition_by=label hands it class labels: set task.partition_by=group "
+                    "(the data's {split}_groups.npy), or partition=pathological for classes"
+                )
             rule = check_strategy(cfg.get("strategy"), per_round)
         if stage == "federated":
             from fedray.privacy import check_privacy

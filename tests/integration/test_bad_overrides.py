@@ -114,6 +114,7 @@ BAD = [
     (["ray.address=127.0.0.1:1"], "ray.address=127.0.0.1:1"),
     (["ray=cluster"], "ray.address=auto"),  # no `ray start` cluster here: refused up front
     (["attack=sign_flip"], "attack.fraction"),  # 20 % of smoke's 2 clients: nobody attacks
+    (["partition=by_site"], "partition=by_site"),  # sites asked of class labels
     (["task=distill", "fl.cache_features=false", "task.teacher={tmp}"], "task.teacher"),  # no run
 ]
 
