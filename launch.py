@@ -160,6 +160,10 @@ if __name__ == "__main__":
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         main()
+    except KeyboardInterrupt:  # Ctrl-C: the user's own stop, not a bug to show a traceback of
+        print("\nfedray: interrupted; a federated run continues from its last checkpoint with "
+              "the same command and resume=true", file=sys.stderr)
+        sys.exit(130)
     except Exception as exc:
         fail_if_user_error(exc)
         raise

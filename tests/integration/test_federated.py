@@ -197,3 +197,33 @@ def test_batched_clients_train_the_same_and_drop_only_the_failing_one(make_cfg, 
     strip = [[{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
              for rows in runs.values()]
     assert strip[0] == strip[1]
+
+
+def test_ctrl_c_is_one_line_and_leaves_a_checkpoint(tmp_path):
+    """Ctrl-C mid-run: exit 130, a line saying how to continue, no traceback, and the rounds
+    done so far in the run directory (test_resume_equals_uninterrupted: resuming them)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    run_dir = tmp_path / "run"
+    args = [sys.executable, str(ROOT / "launch.py"), "+experiment=smoke", "ray=inprocess",
+            "fl.rounds=100000", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "FEDRAY_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not (run_dir / CHECKPOINT).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (run_dir / CHECKPOINT).exists(), proc.stderr
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in out + err
+    assert err.strip().splitlines()[-1].startswith("fedray: interrupted;")
+    done = len(_rows(run_dir))
+    assert 0 < done < 100000
