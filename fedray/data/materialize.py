@@ -153,6 +153,14 @@ def _is_array_pair(obj: Any) -> bool:
     return shape is not None and len(shape) in (3, 4) and len(labels) == shape[0]
 
 
+def _mismatched_pair(obj: Any) -> bool:
+    """(images, labels) as a pair of arrays whose lengths differ: a user's slip, not a Dataset."""
+    if not isinstance(obj, tuple | list) or len(obj) != 2:
+        return False
+    shape = getattr(obj[0], "shape", None)
+    return shape is not None and len(shape) in (3, 4) and hasattr(obj[1], "__len__")
+
+
 def _class_names(ds: Any) -> list[str] | None:
     """`ds.classes` (or of the dataset a Subset wraps), if it has them."""
     while ds is not None:
@@ -174,6 +182,10 @@ def to_arrays(ds: Any, image_size: int | None, where: str) -> tuple[np.ndarray, 
             return np.ascontiguousarray(images), _class_ids(labels, where)  # the stored format
         items: Sequence[Any] = [np.asarray(_numpy(images)[i]) for i in range(len(labels))]
         labels = [_label(y, where) for y in _numpy(labels)]
+    elif _mismatched_pair(ds):
+        images, labels = ds
+        raise DatasetError(f"{where}: {len(images)} images but {len(labels)} labels; a pair "
+                           "(images, labels) holds one label per image")
     elif hasattr(ds, "__len__") and hasattr(ds, "__getitem__"):
         items, labels = [], []
         for i in range(len(ds)):

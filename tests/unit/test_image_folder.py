@@ -193,3 +193,13 @@ def test_materialize_rejects_what_it_cannot_store(tmp_path, user_module):
     unsized = {"_target_": "mymat.data", "n": 2, "cache_dir": str(tmp_path / "c2")}
     with pytest.raises(DatasetError, match="data.image_size"):  # 10 x 10 tensors, 10 x 12 PIL
         build_dataset(unsized, seed=0)
+
+
+def test_a_pair_of_images_and_labels_of_different_lengths_is_named():
+    from fedray.data.materialize import to_arrays
+
+    images = np.zeros((20, 8, 8, 3), np.uint8)
+    with pytest.raises(DatasetError, match=r"^mymod.data: val: 20 images but 10 labels"):
+        to_arrays((images, np.zeros(10, np.int64)), None, "mymod.data: val")
+    x, y = to_arrays((images, np.arange(20) % 2), None, "mymod.data: val")
+    assert x.shape == (20, 8, 8, 3) and y.tolist() == [0, 1] * 10
