@@ -127,6 +127,10 @@ def check_data(data: Any) -> None:
 
     data = mapping("data", data)
     import_target("data._target_", data.get("_target_"))
+    # the builder's own rules first (data=synthetic: every key; data=torchvision: where the
+    # files go), before anything is built
+    _own_check("data._target_", data["_target_"],
+               {k: v for k, v in data.items() if k not in NOT_BUILDER_KEYS})
     root = data.get("root")
     if root is not None:
         if not isinstance(root, str) or not Path(root).expanduser().exists():
@@ -135,9 +139,6 @@ def check_data(data: Any) -> None:
         number("data.image_size", data["image_size"], 1, integer=True)
     if data.get("cache_dir") is not None and not isinstance(data["cache_dir"], str):
         raise ConfigError(f"data.cache_dir: {data['cache_dir']!r} is not a path (or null)")
-    # the builder's own rules (data=synthetic: every key, before anything is built)
-    _own_check("data._target_", data["_target_"],
-               {k: v for k, v in data.items() if k not in NOT_BUILDER_KEYS})
 
 
 def clients_per_round(fl: dict[str, Any]) -> int:

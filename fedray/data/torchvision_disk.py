@@ -29,8 +29,14 @@ def _dataset_class(name: Any) -> type:
 
     cls = getattr(tvd, str(name), None)
     if not inspect.isclass(cls):
-        known = sorted(n for n in dir(tvd) if inspect.isclass(getattr(tvd, n)) and n[0].isupper())
-        raise DatasetError(f"data.dataset={name!r} is not a torchvision dataset; one of {known}")
+        import difflib
+
+        known = sorted(n for n in dir(tvd) if inspect.isclass(getattr(tvd, n)) and n[0].isupper()
+                       and n not in ("DatasetFolder", "ImageFolder", "VisionDataset"))
+        near = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
+        hint = (f"did you mean {' or '.join(near)}?" if near
+                else f"e.g. CIFAR10, MNIST, FashionMNIST, SVHN ({len(known)} in torchvision)")
+        raise DatasetError(f"data.dataset={name!r} is not a torchvision dataset; {hint}")
     return cls
 
 
@@ -115,3 +121,24 @@ def _open_splits(cls: type, root: Path, cfg: dict[str, Any], params: Any) -> dic
                 f"data.options / data.{split}_split for {cls.__name__}: {exc}"
             ) from None
     return out
+
+
+def check_torchvision(cfg: dict[str, Any]) -> None:
+    """The config check's part: the dataset class exists and data.root holds files (with where
+    they go when it does not), before anything starts."""
+    from fedray.config import ConfigError
+
+    try:
+        cls = _dataset_class(cfg.get("dataset"))
+    except DatasetError as exc:
+        raise ConfigError(str(exc)) from None
+    raw = cfg.get("root")
+    if raw in (None, "", "???"):
+        raise ConfigError(f"data.root is required: {_where_to_put(cls, Path('/path/to/data'))}")
+    root = Path(str(raw)).expanduser()
+    if not root.is_dir() or next(root.iterdir(), None) is None:
+        state = "is empty" if root.is_dir() else "does not exist"
+        raise ConfigError(f"data.root={str(raw)!r} {state}: {_where_to_put(cls, root.resolve())}")
+
+
+torchvision_dataset.fedray_check = check_torchvision  # type: ignore[attr-defined]

@@ -115,6 +115,7 @@ BAD = [
     (["ray=cluster"], "ray.address=auto"),  # no `ray start` cluster here: refused up front
     (["attack=sign_flip"], "attack.fraction"),  # 20 % of smoke's 2 clients: nobody attacks
     (["partition=by_site"], "partition=by_site"),  # sites asked of class labels
+    (["data=torchvision", "data.root={tmp}/nope"], "data.root='"),  # and where the files go
     (["task=distill", "fl.cache_features=false", "task.teacher={tmp}"], "task.teacher"),  # no run
 ]
 
