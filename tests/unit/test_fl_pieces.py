@@ -441,7 +441,19 @@ def test_an_address_where_nothing_answers_fails_at_once_instead_of_hanging(env, 
         live = s.getsockname()[1]
         assert ray_address("ray.address", f"127.0.0.1:{live}") == ("127.0.0.1", live)
         assert ray_address("ray.address", f"ray://localhost:{live}") == ("localhost", live)
-    assert ray_address("ray.address", "auto") is None and ray_address("k", "local") is None
+        # auto: the cluster `ray start` left its address for on this machine, which must answer
+        from ray._private import services
+
+        for known, said in [(None, "no Ray cluster was started on this machine"),
+                            (f"127.0.0.1:{port}", "the cluster `ray start` left its address "
+                                                  f"for \\(127.0.0.1:{port}\\) does not answer")]:
+            monkeypatch.setattr(services, "canonicalize_bootstrap_address", lambda a, k=known: k)
+            with pytest.raises(ConfigError, match=f"^ray.address=auto: {said}"):
+                ray_address("ray.address", "auto")
+        monkeypatch.setattr(services, "canonicalize_bootstrap_address",
+                            lambda a: f"127.0.0.1:{live}")
+        assert ray_address("ray.address", "auto") == ("127.0.0.1", live)
+    assert ray_address("k", "local") is None
     for bad in ("abc", "host:", "host:port", "http://h:1", 6379):
         with pytest.raises(ConfigError, match="is not auto, local, HOST:PORT or ray://HOST:PORT"):
             ray_address("ray.address", bad)
