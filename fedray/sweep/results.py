@@ -171,6 +171,7 @@ def write_results(
         "mode": spec["mode"],
         "trials": len(rows),
         "status": {s: sum(r["status"] == s for r in rows) for s in STATUSES},
+        "grid_points_skipped": len(state.get("notes") or []),  # before any trial: infeasible
         "trial_rounds": run,
         "trial_rounds_max": most,
         "trial_rounds_saved": saved,
@@ -333,7 +334,9 @@ def plot_results(
 def print_results(out: dict[str, Any]) -> None:
     """The ranked table's head, the trial-round saving and every output path."""
     metric = out["metric"]
-    print(f"\nsweep {out['sweep']}: {out['trials']} trials {out['status']}")
+    skipped = out.get("grid_points_skipped") or 0
+    note = f"; {skipped} grid point(s) skipped before the sweep (listed above)" if skipped else ""
+    print(f"\nsweep {out['sweep']}: {out['trials']} trials {out['status']}{note}")
     for r in out["rows"][:10]:
         print(
             f"  {r['trial']}  {r['status']:<9}  rounds {r['rounds']:>3}  "
