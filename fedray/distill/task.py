@@ -81,8 +81,9 @@ class Distillation(Task):
 
     def check(self) -> None:
         """A teacher run directory holds config.yaml and a checkpoint, and is a classification
-        run with a global model; a state_dict file loads into `teacher_model` (refused up front,
-        not by every client actor at its first fit)."""
+        run with a global model; a state_dict file is one torch loads safely (refused up front,
+        not by every client actor at its first fit; its fit to `teacher_model` is checked when
+        the teacher loads)."""
         from fedray.fl.checkpoint import CHECKPOINT
 
         path, key = self.teacher_path, f"task.teacher={str(self.teacher_path)!r}"
