@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import random
+import re
 import sys
 
 import hydra
@@ -115,6 +116,11 @@ def user_error(exc: BaseException) -> str | None:
         key = str(exc).partition("Could not override '")[2].partition("'")[0]
         if add and key:  # an override of a key the config does not have
             text = f"{key}: no such key here; {_known_keys(inner, key, add)}"
+        twice = re.search(r"Multiple values for ([\w.]+)\. To override a value use "
+                          r"'override [\w./]+: ([^']+)'", text)
+        if twice:  # `+group=name` for a group the defaults already choose: Hydra's advice is YAML
+            group, name = twice.groups()
+            text = f"{group}: the defaults already choose one; pick with {group}={name} (no +)"
     else:
         return None
     return " ".join(line.strip() for line in text.splitlines() if line.strip())

@@ -181,6 +181,8 @@ def test_bad_override_is_one_line_before_ray(overrides, key, tmp_path):
      ("+foo=bar", "foo: no such key; the top level has attack, client, data, detect, device, "
       "distill, dp, fl, logger, model, name, partition, pretrain, ray, resume, retrieval, "
       "run_dir, seed, stage, strategy, sweep, task"),
+     ("+strategy=fedprox", "strategy: the defaults already choose one; pick with "
+                           "strategy=fedprox (no +)"),  # Hydra's own advice is YAML syntax
      ("ray.xyz=1", "ray.xyz: no such key here; ray has address, backend, batch_clients, "
       "client_cpus, client_gpus, include_dashboard, keep_actors, max_actors, num_cpus, "
       "num_gpus, shard_cache, worker_nice")],
