@@ -2,7 +2,8 @@
 
 `resume=true` picks the latest run under the same output root whose checkpoint was written under
 this experiment's hash; `resume=PATH` names it, and is refused (before anything is written there)
-when its checkpoint came from another experiment, naming the keys that differ.
+when its checkpoint came from another experiment, naming the keys that differ (a sweep trial
+that Tune restores, PBT's exploit included, continues under its new hyperparameters).
 """
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ def find_resume_dir(cfg: dict[str, Any]) -> Path | None:
     except Exception as exc:  # noqa: BLE001 - any unreadable pickle is the user's file
         raise ConfigError(f"resume={resume!r}: {path / CHECKPOINT} is not a readable "
                           f"checkpoint ({type(exc).__name__})") from None
-    if written_by not in (None, cfg["_config_hash"]):  # checked before anything is written there
+    trial = isinstance(cfg.get("sweep"), dict) and "trial" in cfg["sweep"]
+    # a sweep trial continuing from a checkpoint Tune restored (PBT: a better trial's state under
+    # perturbed hyperparameters) changes its config on purpose; a user's resume=PATH may not
+    if not trial and written_by not in (None, cfg["_config_hash"]):  # before anything is written
         differ = _differing_keys(cfg, path / "config.yaml")
         raise ConfigError(
             f"resume={resume!r}: that run's checkpoint was written under another config"
