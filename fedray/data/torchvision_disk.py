@@ -54,15 +54,10 @@ def _where_to_put(cls: type, root: Path) -> str:
 @dataset_builder
 def torchvision_dataset(cfg: dict[str, Any], seed: int, cache_dir: Path) -> DatasetInfo:
     """data=torchvision: `torchvision.datasets.<data.dataset>` from data.root, cached."""
-    cls = _dataset_class(cfg.get("dataset"))
-    raw = cfg.get("root")
-    if raw in (None, "", "???"):
-        raise DatasetError(f"data.root is required: {_where_to_put(cls, Path('/path/to/data'))}")
-    root = Path(str(raw)).expanduser().resolve()
-    files = [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
-    if not files:
-        state = "is empty" if root.is_dir() else "does not exist"
-        raise DatasetError(f"data.root={str(raw)!r} {state}: {_where_to_put(cls, root)}")
+    cls, root = _class_and_root(cfg)
+    files = [p for p in root.rglob("*") if p.is_file()]
+    if not files:  # only empty folders under it
+        raise DatasetError(f"data.root={cfg['root']!r} is empty: {_where_to_put(cls, root)}")
     params = inspect.signature(cls).parameters
     carve = "train" not in params and "split" not in params
     key = {
@@ -123,22 +118,29 @@ def _open_splits(cls: type, root: Path, cfg: dict[str, Any], params: Any) -> dic
     return out
 
 
+def _class_and_root(cfg: dict[str, Any]) -> tuple[type, Path]:
+    """data.dataset's class and data.root, a folder with something in it (DatasetError saying
+    where the files go, when not)."""
+    cls = _dataset_class(cfg.get("dataset"))
+    raw = cfg.get("root")
+    if raw in (None, "", "???"):
+        raise DatasetError(f"data.root is required: {_where_to_put(cls, Path('/path/to/data'))}")
+    root = Path(str(raw)).expanduser().resolve()
+    if not root.is_dir() or next(root.iterdir(), None) is None:
+        state = "is empty" if root.is_dir() else "does not exist"
+        raise DatasetError(f"data.root={str(raw)!r} {state}: {_where_to_put(cls, root)}")
+    return cls, root
+
+
 def check_torchvision(cfg: dict[str, Any]) -> None:
     """The config check's part: the dataset class exists and data.root holds files (with where
     they go when it does not), before anything starts."""
     from fedray.config import ConfigError
 
     try:
-        cls = _dataset_class(cfg.get("dataset"))
+        _class_and_root(cfg)
     except DatasetError as exc:
         raise ConfigError(str(exc)) from None
-    raw = cfg.get("root")
-    if raw in (None, "", "???"):
-        raise ConfigError(f"data.root is required: {_where_to_put(cls, Path('/path/to/data'))}")
-    root = Path(str(raw)).expanduser()
-    if not root.is_dir() or next(root.iterdir(), None) is None:
-        state = "is empty" if root.is_dir() else "does not exist"
-        raise ConfigError(f"data.root={str(raw)!r} {state}: {_where_to_put(cls, root.resolve())}")
 
 
 torchvision_dataset.fedray_check = check_torchvision  # type: ignore[attr-defined]

@@ -110,13 +110,9 @@ class Distillation(Task):
                 raise ConfigError(f"{key} is a {kind.name} run: a teacher gives class logits "
                                   "(a classification run)")
         else:
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - not a torch file
-                raise ConfigError(f"{key} is not a state_dict torch can load safely "
-                                  f"({type(exc).__name__})") from None
-            if not isinstance(state, dict):
-                raise ConfigError(f"{key} holds a {type(state).__name__}, not a state_dict")
+            from fedray.models import read_state_dict
+
+            read_state_dict(path, "task.teacher")
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled without the loaded teacher: every process loads its own."""

@@ -171,19 +171,14 @@ def set_dropout(model: nn.Module, p: Any) -> None:
             module.p = rate
 
 
-def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
-    """Load local weights, skipping a head of another shape (new classes); returns skipped keys."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise ConfigError(
-            f"model.pretrained={str(path)!r} does not exist. fedray never downloads weights: "
-            "run the pretraining stage (stage=pretrain) or point model.pretrained at a local file"
-        )
+def read_state_dict(path: str | Path, key: str) -> dict[str, torch.Tensor]:
+    """The state_dict saved at `path` (also inside a {"model": ...} checkpoint), read safely
+    (weights only); a file that is not one is a ConfigError naming `key`."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - not a torch file, or a pickled whole model
         raise ConfigError(
-            f"model.pretrained={str(path)!r} is not a state_dict torch can load safely "
+            f"{key}={str(path)!r} is not a state_dict torch can load safely "
             f"({type(exc).__name__}: {first_line(exc)[:100]}); save one with "
             "torch.save(model.state_dict(), path)"
         ) from None
@@ -192,9 +187,21 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise ConfigError(
-            f"model.pretrained={str(path)!r} holds a {type(state).__name__}, not a state_dict "
+            f"{key}={str(path)!r} holds a {type(state).__name__}, not a state_dict "
             "(names to tensors); save one with torch.save(model.state_dict(), path)"
         )
+    return state
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
+    """Load local weights, skipping a head of another shape (new classes); returns skipped keys."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"model.pretrained={str(path)!r} does not exist. fedray never downloads weights: "
+            "run the pretraining stage (stage=pretrain) or point model.pretrained at a local file"
+        )
+    state = read_state_dict(path, "model.pretrained")
     own = model.state_dict()
     compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not compatible:
