@@ -163,6 +163,10 @@ class Distillation(Task):
             )
         return distill_loss(self.loss_name, outputs, soft, targets, self.temperature, self.lam)
 
+    def example_batch(self, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Classification's."""
+        return self.base.example_batch(num_classes)
+
     def accumulator(self, num_classes: int) -> MetricAccumulator:
         """Classification's metrics."""
         return self.base.accumulator(num_classes)

@@ -94,3 +94,45 @@ def check_keys(spec: SweepSpec, base: dict[str, Any]) -> None:
                     )
 
     check(spec.dims, None)
+
+
+ROUND_KEYS = ("round", "clients", "actors")  # the un-namespaced keys of a round's row
+RUN_STAGES = ("federated", "centralized", "isolated")  # whose rounds report the task's metrics
+
+
+def check_metric(spec: SweepSpec, base: dict[str, Any]) -> None:
+    """`metric` is a key the trials' rounds report: a round key, or `val/<name>` with a name the
+    task reports (its `metric_names`); checked where every trial runs the base config's task in
+    a federated, centralized or isolated stage (a plug-in stage reports its own keys)."""
+    import difflib
+    import re
+
+    from fedray.tasks import build_task
+
+    stages = {base.get("stage")} | {
+        v for d in walk(spec.dims) if d.key == "stage" for v in d.values
+    }
+    if not stages <= set(RUN_STAGES) or any(d.key.split(".")[0] == "task" for d in walk(spec.dims)):
+        return
+    names = build_task(base.get("task")).metric_names()
+    if names is None:
+        return
+    metric = spec.metric
+    ns, _, name = metric.rpartition("/")
+    if ns == "val":
+        per_class = {re.sub(r"_\d+$", "_<class>", n) for n in names}
+        if re.sub(r"_\d+$", "_<class>", name) in per_class:
+            return
+    elif metric in ROUND_KEYS or (
+        ns and not (name in names and difflib.get_close_matches(ns, ["val"], cutoff=0.6))
+    ):
+        return  # train/loss, comm/*, time/*, a strategy's or the privacy pipeline's keys
+    known = [f"val/{n}" for n in names]
+    near = difflib.get_close_matches(metric, known + list(ROUND_KEYS), n=1, cutoff=0.6)
+    near = [f"val/{name}"] if name in names else near
+    hint = f"did you mean {near[0]}? " if near else ""
+    raise spec.fail(
+        "metric",
+        f"{metric!r}: the rounds do not report it; {hint}this task reports {known} (and "
+        "train/loss, comm/bytes_total, time/round_s)",
+    )

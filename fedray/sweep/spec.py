@@ -242,9 +242,10 @@ def load_sweep(sweep: dict[str, Any] | str | Path, base: dict[str, Any]) -> Swee
         raise spec.fail("space", "must be a non-empty mapping of dotted config keys to values")
     spec.space = space
     spec.dims = [_parse_dim(spec, str(k), v, base) for k, v in space.items()]
-    from fedray.sweep.keys import check_keys  # (keys imports this module)
+    from fedray.sweep.keys import check_keys, check_metric  # (keys imports this module)
 
     check_keys(spec, base)
+    check_metric(spec, base)
     continuous = any(d.kind in RANGES for d in walk(spec.dims))
     spec.search = sweep.get("search") or ("random" if continuous else "grid")
     if spec.search not in SEARCHES:

@@ -72,6 +72,26 @@ class Task(ABC):
         (called by the config check, before anything starts; cheap: nothing is built)."""
         return None  # a task that reads no files of its own has nothing to check
 
+    def example_batch(self, num_classes: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A tiny (outputs, targets) batch of this task's shapes for `num_classes` classes, or
+        None when the task gives none (then `metric_names` cannot tell)."""
+        del num_classes
+        return None
+
+    def metric_names(self) -> list[str] | None:
+        """The names this task's evaluation reports (`val/<name>`), read off its own accumulator
+        on `example_batch` with 2 and 3 classes (binary runs may add keys; per-class keys end in
+        `_<class>`); None when the task gives no example. A sweep checks its `metric` by it."""
+        names: dict[str, None] = {}
+        for c in (2, 3):
+            batch = self.example_batch(c)
+            if batch is None:
+                return None
+            acc = self.accumulator(c)
+            acc.update(*batch)
+            names.update(dict.fromkeys(acc.compute()))
+        return list(names)
+
     @property
     def rank_key(self) -> str:
         """The namespaced metric runs are compared by, e.g. `val/acc` or `val/iou`."""

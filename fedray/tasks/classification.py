@@ -78,6 +78,10 @@ class Classification(Task):
             outputs = outputs * scale.to(outputs.dtype)
         return self.loss(outputs, targets)
 
+    def example_batch(self, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (C, C) and one target per class."""
+        return torch.eye(num_classes), torch.arange(num_classes)
+
     def accumulator(self, num_classes: int) -> MetricAccumulator:
         """`fedray.metrics.MetricAccumulator`: acc, macro P/R/F1, top5, loss, confusion."""
         return MetricAccumulator(num_classes)

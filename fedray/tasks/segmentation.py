@@ -175,6 +175,10 @@ class Segmentation(Task):
             return ce
         return ce + self.dice_weight * soft_dice_loss(outputs, targets, self.include_background)
 
+    def example_batch(self, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (1, C, 2, 2) and a (1, 2, 2) mask."""
+        return torch.zeros(1, num_classes, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long)
+
     def accumulator(self, num_classes: int) -> SegmentationAccumulator:
         """A pixel-confusion accumulator."""
         return SegmentationAccumulator(self, num_classes)

@@ -103,11 +103,42 @@ def test_every_shipped_sweep_validates_and_plans_one_trial(experiment, name):
         ({"space": {"fl.rounds": [1]}, "faults": [{"trial": 0}]}, r"sweep\.faults\[0\]"),
         ({"space": {"fl.rounds": [1]}, "driver_gpus": -1}, r"sweep\.driver_gpus: must be"),
         ({"space": {"fl.rounds": [1]}, "reuse_processes": "maybe"}, r"reuse_processes: must be"),
+        ({"space": {"fl.rounds": [1]}, "metric": "val/accuracy"}, r"metric.*mean val/acc\?"),
+        ({"space": {"fl.rounds": [1]}, "metric": "acc"}, r"metric: 'acc'.*mean val/acc\?"),
+        ({"space": {"fl.rounds": [1]}, "metric": "vall/top5"}, r"mean val/top5\?"),
+        ({"space": {"fl.rounds": [1]}, "metric": "val/iou"}, r"'val/iou': the rounds do not"),
     ],
 )
 def test_bad_sweeps_name_file_and_key(sweep, match):
     with pytest.raises(sp.SweepError, match=match):
         sp.load_sweep({"name": "t", "file": "t.yaml", **sweep}, _base())
+
+
+@pytest.mark.parametrize(
+    "metric", ["val/acc", "val/f1_macro", "val/loss", "train/loss", "comm/bytes_total", "round",
+               "val_base/acc", "feddf/kl", "privacy/epsilon"],
+)
+def test_metrics_the_rounds_report_are_accepted(metric):
+    spec = _spec({"fl.rounds": [1]}, metric=metric)
+    assert spec.metric == metric
+
+
+def test_metric_names_come_from_each_tasks_own_accumulator():
+    from fedray.pill.retrieval.task import Retrieval
+    from fedray.tasks.base import build_task
+    from fedray.tasks.segmentation import Segmentation
+
+    assert {"acc", "top5", "loss", "f1_macro"} <= set(build_task(None).metric_names())
+    assert {"iou", "dice", "iou_0", "loss"} <= set(Segmentation().metric_names())
+    assert set(Retrieval().metric_names()) == {"map", "top1", "top5"}
+    seg = compose_plain(["+experiment=seg_two_sites"])
+    seg["sweep"] = None
+    spec = sp.load_sweep({"name": "t", "file": "t.yaml", "space": {"fl.rounds": [1]},
+                          "metric": "val/iou_7"}, seg)  # any class's IoU
+    assert spec.metric == "val/iou_7"
+    with pytest.raises(sp.SweepError, match=r"mean val/iou\?"):
+        sp.load_sweep({"name": "t", "file": "t.yaml", "space": {"fl.rounds": [1]},
+                       "metric": "val/IoU"}, seg)
 
 
 def test_sweep_error_is_a_config_error_and_broken_yaml_names_its_file(tmp_path):

@@ -106,6 +106,11 @@ class Retrieval(Task):
         a, p, n = (torch.as_tensor(v, device=outputs.device) for v in (a, p, n))
         return triplet_loss(outputs[a], outputs[p], outputs[n], self.margin)
 
+    def example_batch(self, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two unit embeddings per pill."""
+        labels = torch.arange(num_classes).repeat_interleave(2)
+        return torch.eye(2 * num_classes), labels
+
     def accumulator(self, num_classes: int) -> RetrievalAccumulator:
         """Leave-one-out retrieval over everything evaluated."""
         return RetrievalAccumulator()
