@@ -165,6 +165,51 @@ def check_schema_keys(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"{key}: no such key; {hint}")
 
 
+def command_line_keys() -> list[str]:
+    """The keys this run's command line sets (Hydra's overrides: `model.width=8`, `+data.x=1`);
+    none outside launch.py (a sweep trial, a test composing its own config)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    except (ImportError, ValueError):
+        return []
+    return [str(o).lstrip("+~").split("=", 1)[0] for o in overrides]
+
+
+def check_given_keys(cfg: dict[str, Any]) -> None:
+    """ConfigError for a model or data key set on the command line that the group's `_target_`
+    does not take (`+model.widht=3`), with its nearest argument. The keys of a group's own YAML
+    that a swapped-in `_target_` does not take are left out with a warning when it is built."""
+    import difflib
+    import inspect
+
+    from fedray.data.materialize import FEDRAY_KEYS, SHARED_KEYS
+    from fedray.models import GENERIC_KEYS, target_params
+    from fedray.targets import import_target
+
+    given = command_line_keys()
+    for group, skip in (("model", GENERIC_KEYS), ("data", FEDRAY_KEYS + SHARED_KEYS)):
+        node = cfg.get(group)
+        keys = [k.split(".")[1] for k in given if k.startswith(f"{group}.")]
+        if not isinstance(node, dict) or not keys or not node.get("_target_"):
+            continue
+        target = str(node["_target_"])
+        if group == "data" and getattr(
+            import_target("data._target_", target), "fedray_dataset_builder", False
+        ):
+            continue  # a builder reads its keys from the whole data config: no signature
+        params = target_params(target)
+        if not params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        for key in keys:
+            if key in node and key not in params and key not in skip:
+                near = difflib.get_close_matches(key, list(params), n=1, cutoff=0.6)
+                hint = (f"did you mean {group}.{near[0]}?" if near
+                        else f"it takes {', '.join(sorted(params))}")
+                raise ConfigError(f"{group}.{key}: {target} takes no {key}; {hint}")
+
+
 def register_configs() -> None:
     """Register the schema that conf/config.yaml lists first in its defaults."""
     ConfigStore.instance().store(name="fedray_schema", node=FedrayConfig)

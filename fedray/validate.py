@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fedray.checks import boolean, choice, like_defaults, mapping, number, ray_address
-from fedray.config import ConfigError, check_schema_keys
+from fedray.config import ConfigError, check_given_keys, check_schema_keys
 from fedray.fl.inprocess import check_backend
 from fedray.targets import first_line, import_target
 
@@ -451,6 +451,7 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"config: {type(cfg).__name__} is not a mapping")
     check_top(cfg)
     check_schema_keys(cfg)  # a typo added with `+` (Hydra adds it even to a typed group)
+    check_given_keys(cfg)  # `+model.widht=3`: a key the command line gave that nothing takes
     check_logger(cfg.get("logger"))
     check_ray(cfg.get("ray"))
     check_backend(cfg)

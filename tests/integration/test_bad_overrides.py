@@ -181,6 +181,10 @@ def test_bad_override_is_one_line_before_ray(overrides, key, tmp_path):
      ("+foo=bar", "foo: no such key; the top level has attack, client, data, detect, device, "
       "distill, dp, fl, logger, model, name, partition, pretrain, ray, resume, retrieval, "
       "run_dir, seed, stage, strategy, sweep, task"),
+     # ... and a model's `+key` the model does not take (a YAML key it does not take is left
+     # out with a warning: a `_target_` swapped into the group)
+     ("+model.widht=3", "model.widht: fedray.models.tiny_cnn.TinyCNN takes no widht; did you "
+                        "mean model.width?"),
      ("+strategy=fedprox", "strategy: the defaults already choose one; pick with "
                            "strategy=fedprox (no +)"),  # Hydra's own advice is YAML syntax
      ("ray.xyz=1", "ray.xyz: no such key here; ray has address, backend, batch_clients, "
