@@ -1,10 +1,10 @@
 """Classification metrics: one-shot (torchmetrics) and streaming over batches (same numbers).
 
-Keys: `acc` (top-1, micro), `precision_macro`, `recall_macro`, `f1_macro`, `top5` (top-k with
-k = min(5, num_classes)), `loss` (mean cross-entropy). Macro averages follow torchmetrics: a
-class's score is 0 when its denominator is 0, and classes that appear in neither targets nor
-predictions are left out of the mean. Two-class tasks also get `precision`, `recall` and `f1` of
-class 1, the positive class (0 when their denominator is 0).
+Keys: `acc` (top-1, micro), `precision_macro`, `recall_macro`, `f1_macro`, `top5` (top-5 accuracy;
+only with more than 5 classes, where it is not 1 by construction), `loss` (mean cross-entropy).
+Macro averages follow torchmetrics: a class's score is 0 when its denominator is 0, and classes
+that appear in neither targets nor predictions are left out of the mean. Two-class tasks also get
+`precision`, `recall` and `f1` of class 1, the positive class (0 when their denominator is 0).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-METRIC_KEYS = ("acc", "precision_macro", "recall_macro", "f1_macro", "top5", "loss")
+METRIC_KEYS = ("acc", "precision_macro", "recall_macro", "f1_macro", "top5", "loss")  # C > 5
 BINARY_KEYS = ("precision", "recall", "f1")  # of class 1, added when num_classes == 2
 
 
@@ -67,9 +67,8 @@ def classification_metrics(
         "precision_macro": float(multiclass_precision(logits, targets, average="macro", **kw)),
         "recall_macro": float(multiclass_recall(logits, targets, average="macro", **kw)),
         "f1_macro": float(multiclass_f1_score(logits, targets, average="macro", **kw)),
-        "top5": float(
-            multiclass_accuracy(logits, targets, average="micro", top_k=min(5, num_classes), **kw)
-        ),
+        **({"top5": float(multiclass_accuracy(logits, targets, average="micro", top_k=5, **kw))}
+           if num_classes > 5 else {}),
         "loss": float(F.cross_entropy(logits, targets)),
         **(binary_scores(confusion_matrix(logits, targets, 2)) if num_classes == 2 else {}),
     }
@@ -165,7 +164,7 @@ class MetricAccumulator:
         return {
             "acc": float(np.trace(self.cm) / self.count),
             **macro_scores(self.cm),
-            "top5": self.topk_correct / self.count,
+            **({"top5": self.topk_correct / self.count} if self.num_classes > 5 else {}),
             "loss": self.loss_sum / self.count,
             **(binary_scores(self.cm) if self.num_classes == 2 else {}),
         }

@@ -80,10 +80,11 @@ class Task(ABC):
 
     def metric_names(self) -> list[str] | None:
         """The names this task's evaluation reports (`val/<name>`), read off its own accumulator
-        on `example_batch` with 2 and 3 classes (binary runs may add keys; per-class keys end in
-        `_<class>`); None when the task gives no example. A sweep checks its `metric` by it."""
+        on `example_batch` with 2 and 6 classes (binary runs add keys, top5 needs more than 5
+        classes; per-class keys end in `_<class>`); None when the task gives no example. A
+        sweep checks its `metric` by it."""
         names: dict[str, None] = {}
-        for c in (2, 3):
+        for c in (2, 6):
             batch = self.example_batch(c)
             if batch is None:
                 return None
