@@ -120,8 +120,9 @@ class PointValue:
     def __init__(self, points: list[dict[str, Any]], key: str) -> None:
         self.points, self.key = points, key
 
-    def __call__(self, spec: Any) -> Any:
-        return self.points[int(spec.config[POINT_KEY])].get(self.key, NA)
+    def __call__(self, config: dict[str, Any]) -> Any:
+        # Tune passes the trial's config (the grid key resolved first); a spec dict is deprecated
+        return self.points[int(config[POINT_KEY])].get(self.key, NA)
 
 
 def grid_space(points: list[dict[str, Any]]) -> dict[str, Any]:

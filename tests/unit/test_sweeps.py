@@ -348,6 +348,8 @@ def test_plan_with_no_feasible_trial_is_an_error():
 
 
 def test_grid_points_go_to_tune_as_a_grid_search_in_order():
+    import logging
+
     from ray.tune.search.sample import Function
     from ray.tune.search.variant_generator import generate_variants
 
@@ -360,7 +362,16 @@ def test_grid_points_go_to_tune_as_a_grid_search_in_order():
     tspace = space.grid_space(points)
     assert tspace[space.POINT_KEY] == {"grid_search": [0, 1, 2]}
     assert all(isinstance(tspace[k], Function) for k in ("strategy.name", "strategy.mu"))
-    configs = [c for _, c in generate_variants(tspace)]
+    warned: list[logging.LogRecord] = []
+    tune_log = logging.getLogger("ray.tune.search.sample")  # Ray's loggers do not propagate
+    handler = logging.Handler()
+    handler.emit = warned.append  # type: ignore[method-assign]
+    tune_log.addHandler(handler)
+    try:
+        configs = [c for _, c in generate_variants(tspace)]
+    finally:
+        tune_log.removeHandler(handler)
+    assert not warned, warned[0].getMessage()  # Tune calls PointValue with the config itself
     assert [c[space.POINT_KEY] for c in configs] == [0, 1, 2]
     assert [space.decode(c, {}) for c in configs] == points
     assert configs[0]["strategy.mu"] == space.NA
