@@ -97,9 +97,12 @@ def run(cfg: dict[str, Any], on_round: OnRound | None = None) -> dict[str, Any]:
         info.root,
         time.perf_counter() - t0,
     )
+    dealt = None
+    if cfg["stage"] in ("federated", "isolated"):  # a partition the data cannot deal fails
+        dealt = _deal(cfg, info)  # here, before pretraining and Ray start
     cfg = resolve_pretrained(cfg)  # after the private data: a bad data.root fails first
-    if cfg["stage"] in ("federated", "isolated"):
-        return _run_federated(cfg, info, run_dir, resume_dir, on_round)
+    if dealt is not None:
+        return _run_federated(cfg, info, dealt, run_dir, resume_dir, on_round)
     return _run_centralized(cfg, info, run_dir, on_round)
 
 
@@ -163,8 +166,19 @@ def run_pretrain_stage(cfg: dict[str, Any]) -> dict[str, Any]:
     return {**metrics, "weights": str(path)}
 
 
+def _deal(cfg: dict[str, Any], info) -> tuple[Any, np.ndarray, list[np.ndarray]]:
+    """(task, partition keys of the train split, each client's sample indices)."""
+    from fedray.data.partition import partition
+
+    task = _build_task(cfg)
+    labels = task.partition_keys(info.root, "train")  # class labels, or groups (sites, devices)
+    return task, labels, partition(labels, cfg["partition"], int(cfg["fl"]["num_clients"]),
+                                   int(cfg["seed"]))
+
+
 def _run_federated(
-    cfg: dict[str, Any], info, run_dir: Path, resume_dir: Path | None, on_round: OnRound | None
+    cfg: dict[str, Any], info, dealt: tuple, run_dir: Path, resume_dir: Path | None,
+    on_round: OnRound | None,
 ) -> dict:
     from fedray.fl.inprocess import InProcessBoot, backend
 
@@ -183,23 +197,20 @@ def _run_federated(
             pool_size,
         )
     try:
-        return _run_federated_rounds(cfg, info, run_dir, resume_dir, on_round, boot)
+        return _run_federated_rounds(cfg, info, dealt, run_dir, resume_dir, on_round, boot)
     finally:
         boot.close()  # and stops Ray if the boot started it
 
 
-def _run_federated_rounds(cfg: dict[str, Any], info, run_dir: Path, resume_dir: Path | None,
-                          on_round: OnRound | None, boot) -> dict:
-    from fedray.data.partition import partition, partition_matrix, save_partition_heatmap
+def _run_federated_rounds(cfg: dict[str, Any], info, dealt: tuple, run_dir: Path,
+                          resume_dir: Path | None, on_round: OnRound | None, boot) -> dict:
+    from fedray.data.partition import partition_matrix, save_partition_heatmap
     from fedray.fl.checkpoint import CHECKPOINT, load_checkpoint
     from fedray.fl.scores import group_metrics, own_mean, per_client_scores
     from fedray.fl.server import FederatedServer
 
-    seed = int(cfg["seed"])
-    task = _build_task(cfg)
-    labels = task.partition_keys(info.root, "train")  # class labels, or groups (sites, devices)
+    task, labels, parts = dealt
     num_clients = int(cfg["fl"]["num_clients"])
-    parts = partition(labels, cfg["partition"], num_clients, seed)
     ckpt_path = run_dir / CHECKPOINT
     rows = load_checkpoint(ckpt_path)["rows"] if resume_dir is not None else None
     logger = RunLogger(run_dir, cfg, resume_rows=rows)

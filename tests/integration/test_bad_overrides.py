@@ -210,3 +210,15 @@ def test_a_round_too_few_clients_survive_is_one_line_naming_why(tmp_path):
     assert "Traceback" not in out.stdout + out.stderr
     assert len(lines) == 1 and "round 1: only 1 of 2 sampled clients" in lines[0], lines
     assert "client 0: " in lines[0] and "fl.quorum=1.0 needs 2" in lines[0]
+
+
+def test_a_partition_the_built_data_cannot_deal_fails_before_pretraining_and_ray(tmp_path):
+    # only the built data tells (48 toy images for 2 x 30): once an error after Ray had started
+    # (and, for the pill job, after its 7-minute pretraining)
+    out = _launch(["partition=dirichlet", "partition.min_size=30"], tmp_path)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert lines[-1] == ("fedray: error: partition.min_size=30 x 2 clients needs 60 samples, "
+                         "only 48 available"), lines
+    assert not (tmp_path / "ray").exists()
+    assert "Ray" not in out.stdout + out.stderr and "Traceback" not in out.stderr
