@@ -68,7 +68,24 @@ def init_ray(address: str | None, local: dict[str, Any], worker_nice: int = 0,
             ) from None
     else:
         system = {**local.get("_system_config", {}), "worker_niceness": int(worker_nice)}
+        quiet_token_notice()
         ray.init(address="local", **{**local, "_system_config": system}, **kwargs)
+
+
+class _TokenNotice(logging.Filter):
+    """Drops Ray's notice that a new local cluster uses token authentication (Ray's default, a
+    token in ~/.ray/auth_token): a WARNING line with a URL in every run, about nothing wrong.
+    Auth stays on; its opt-out (RAY_AUTH_MODE=disabled) and other warnings are Ray's as before."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+def quiet_token_notice() -> None:
+    """Install `_TokenNotice` on the logger that prints it (once)."""
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _TokenNotice) for f in log.filters):
+        log.addFilter(_TokenNotice())
 
 
 def pool_size(ray_cfg: dict[str, Any], k: int) -> int:

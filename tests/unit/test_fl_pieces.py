@@ -479,3 +479,24 @@ def test_a_worker_is_replaced_only_when_different_clients_raise_on_it_in_a_row()
     # every client of one round raising on one worker: replaced at once
     assert ledger.settle(3, {0, 6}, succeeded=False)
 
+
+
+def test_only_rays_token_auth_notice_is_quietened():
+    import logging
+
+    from fedray.fl.pool import quiet_token_notice
+
+    quiet_token_notice()
+    quiet_token_notice()  # once
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    assert len(log.filters) == 1
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    log.addHandler(handler)
+    try:
+        log.warning("Token authentication is enabled for this Ray cluster. Set ...")
+        log.warning("Token authentication is disabled for this Ray cluster. Anyone ...")
+    finally:
+        log.removeHandler(handler)
+    assert seen == ["Token authentication is disabled for this Ray cluster. Anyone ..."]
