@@ -323,14 +323,24 @@ def check_model(cfg: dict[str, Any]) -> None:
         ) from None
 
 
-def _classes_known(data: Any) -> int | None:
-    """How many classes the data will have, when the config says so before it is built: its
-    `num_classes`, or the synthetic pills' `num_pills` (one class a pill)."""
-    if not isinstance(data, Mapping):
+def classes_known(data: Any) -> int | None:
+    """How many classes the data will have, when the config says so before it is built: the key
+    a builder names as its class count (`fedray_classes`: toy's `num_classes`, the synthetic
+    pills' `num_pills`), or the `num_classes` a plain dataset callable takes. Any other builder
+    (an image folder) counts its classes when built, whatever `data.num_classes` says."""
+    from fedray.models import target_params
+
+    if not isinstance(data, Mapping) or not data.get("_target_"):
         return None
-    n = data.get("num_classes")
-    if n is None and data.get("_target_") == "fedray.pill.synth.build_synthetic":
-        n = data.get("num_pills")
+    try:
+        fn = import_target("data._target_", str(data["_target_"]))
+    except ConfigError:
+        return None
+    if getattr(fn, "fedray_dataset_builder", False):
+        key = getattr(fn, "fedray_classes", None)
+    else:
+        key = "num_classes" if "num_classes" in target_params(data["_target_"]) else None
+    n = data.get(key) if key else None
     return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
 
 
@@ -463,7 +473,7 @@ def validate(cfg: dict[str, Any]) -> None:
         check_client(cfg.get("client"))
         check_model(cfg)
         if stage in ("federated", "isolated"):
-            check_partition(cfg.get("partition"), _classes_known(cfg.get("data")),
+            check_partition(cfg.get("partition"), classes_known(cfg.get("data")),
                             (cfg.get("fl") or {}).get("num_clients"))
             by = ((cfg.get("task") or {}).get("partition_by")) or "label"
             if (cfg.get("partition") or {}).get("_target_", "").endswith(
@@ -477,7 +487,7 @@ def validate(cfg: dict[str, Any]) -> None:
         if stage == "federated":
             from fedray.privacy import check_privacy
 
-            check_privacy(cfg, per_round, _classes_known(cfg.get("data")))
+            check_privacy(cfg, per_round, classes_known(cfg.get("data")))
             from fedray.fl.local import check_local
 
             check_local(cfg, hasattr(rule, "bind"))

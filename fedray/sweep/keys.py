@@ -102,8 +102,9 @@ RUN_STAGES = ("federated", "centralized", "isolated")  # whose rounds report the
 
 def check_metric(spec: SweepSpec, base: dict[str, Any]) -> None:
     """`metric` is a key the trials' rounds report: a round key, or `val/<name>` with a name the
-    task reports (its `metric_names`); checked where every trial runs the base config's task in
-    a federated, centralized or isolated stage (a plug-in stage reports its own keys)."""
+    task reports (its `metric_names`, for the data's class count when the config tells);
+    checked where every trial runs the base config's task in a federated, centralized or
+    isolated stage (a plug-in stage reports its own keys)."""
     import difflib
     import re
 
@@ -114,7 +115,10 @@ def check_metric(spec: SweepSpec, base: dict[str, Any]) -> None:
     }
     if not stages <= set(RUN_STAGES) or any(d.key.split(".")[0] == "task" for d in walk(spec.dims)):
         return
-    names = build_task(base.get("task")).metric_names()
+    from fedray.validate import classes_known
+
+    task, classes = build_task(base.get("task")), classes_known(base.get("data"))
+    names = task.metric_names(classes)
     if names is None:
         return
     metric = spec.metric
@@ -127,6 +131,10 @@ def check_metric(spec: SweepSpec, base: dict[str, Any]) -> None:
         ns and not (name in names and difflib.get_close_matches(ns, ["val"], cutoff=0.6))
     ):
         return  # train/loss, comm/*, time/*, a strategy's or the privacy pipeline's keys
+    if ns == "val" and name in (task.metric_names() or []):
+        raise spec.fail("metric", f"{metric!r}: the task reports it only with another number "
+                                  f"of classes than the data's {classes}; it reports "
+                                  f"{[f'val/{n}' for n in names]}")
     known = [f"val/{n}" for n in names]
     near = difflib.get_close_matches(metric, known + list(ROUND_KEYS), n=1, cutoff=0.6)
     near = [f"val/{name}"] if name in names else near

@@ -78,13 +78,13 @@ class Task(ABC):
         del num_classes
         return None
 
-    def metric_names(self) -> list[str] | None:
-        """The names this task's evaluation reports (`val/<name>`), read off its own accumulator
-        on `example_batch` with 2 and 6 classes (binary runs add keys, top5 needs more than 5
-        classes; per-class keys end in `_<class>`); None when the task gives no example. A
-        sweep checks its `metric` by it."""
+    def metric_names(self, num_classes: int | None = None) -> list[str] | None:
+        """The names this task's evaluation reports (`val/<name>`) for `num_classes` classes, read
+        off its own accumulator on `example_batch`; with the count unknown, those of 2 or 6
+        classes (binary runs add keys, top5 needs more than 5; per-class keys end in
+        `_<class>`). None when the task gives no example. A sweep checks its `metric` by it."""
         names: dict[str, None] = {}
-        for c in (2, 6):
+        for c in (2, 6) if num_classes is None else (max(2, int(num_classes)),):
             batch = self.example_batch(c)
             if batch is None:
                 return None

@@ -107,23 +107,27 @@ def test_optimizer_check_rejects_bad_values_without_importing_torch_dynamo():
     ("data", "k", "clients", "message"),
     [({"_target_": "fedray.pill.synth.build_synthetic", "num_pills": 800}, 4, 5, "set it to 160"),
      ({"_target_": "fedray.pill.synth.build_synthetic", "num_pills": 2}, 4, 5, "only 2 classes"),
-     ({"num_classes": 10}, 3, 4, "set it to 3 or more")],
+     ({"_target_": "fedray.data.toy.toy_dataset", "num_classes": 10}, 3, 4,
+      "set it to 3 or more")],
 )
 def test_classes_per_client_is_checked_against_the_configured_classes(data, k, clients,
                                                                       message):
     from fedray.config import ConfigError
-    from fedray.validate import _classes_known, check_partition
+    from fedray.validate import check_partition, classes_known
 
     part = {"_target_": "fedray.data.partition.partition_pathological", "name": "pathological",
             "classes_per_client": k}
     if message.startswith("set it to 3"):  # 4 clients x 3 covers 10 classes: accepted
-        check_partition(part, _classes_known(data), clients)
+        check_partition(part, classes_known(data), clients)
         part["classes_per_client"] = 2
         message = "set it to 3"
     with pytest.raises(ConfigError, match=f"partition.classes_per_client=.*{message}"):
-        check_partition(part, _classes_known(data), clients)
-    assert _classes_known({"_target_": "fedray.pill.seg_sites.seg_sites_dataset",
+        check_partition(part, classes_known(data), clients)
+    assert classes_known({"_target_": "fedray.pill.seg_sites.seg_sites_dataset",
                            "num_pills": 12}) is None  # pills are not its classes
+    # an image folder counts its class folders: a data.num_classes an experiment left is not it
+    assert classes_known({"_target_": "fedray.data.image_folder.image_folder_dataset",
+                          "num_classes": 4}) is None
 
 
 @pytest.mark.parametrize(
