@@ -15,6 +15,7 @@ from fedray.sweep.space import decode
 from fedray.sweep.trainable import TRIALS_DIR, trial_name
 
 STATUSES = ("completed", "stopped", "error", "skipped")
+SUMMARY = "sweep_summary.json"  # the ranked results, written once every trial has ended
 
 
 def _index(result: Any) -> int:
@@ -184,7 +185,7 @@ def write_results(
         "plots": [str(p) for p in plots],
         "rows": [{k: v for k, v in r.items() if k != "history"} for r in ranked],
     }
-    summary_path = sweep_dir / "sweep_summary.json"
+    summary_path = sweep_dir / SUMMARY
     summary_path.write_text(json.dumps(summary, indent=2, default=str))
     summary["summary_json"] = str(summary_path)
     return summary

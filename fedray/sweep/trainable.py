@@ -145,6 +145,7 @@ def run_trial(
     staging = run_dir / ".tune_checkpoint"
     rounds = int(cfg["fl"]["rounds"])
     last: list[tuple[dict[str, Any], Path | None]] = []
+    seen: list[int] = []  # the rounds this run reached (a distillation may end before fl.rounds)
 
     def report(row: dict[str, Any], ckpt_path: Path | None) -> None:
         metrics = numeric(row)
@@ -165,6 +166,7 @@ def run_trial(
             )
 
     def on_round(row: dict[str, Any], ckpt_path: Path | None) -> None:
+        seen.append(int(row["round"]))
         if int(row["round"]) < rounds:
             report(row, ckpt_path)
         else:
@@ -178,6 +180,7 @@ def run_trial(
         summary = run(cfg, on_round)
     if last:
         report(*last[-1])
-    else:  # resumed after its last round: report the final state once
-        report({"round": rounds, **numeric(summary)}, None)
+    else:  # ended before fl.rounds (its last round reported), or resumed after its last round:
+        # the final state once, at the round it reached
+        report({**numeric(summary), "round": seen[-1] if seen else rounds}, None)
     shutil.rmtree(staging, ignore_errors=True)

@@ -29,6 +29,7 @@ from fedray.sweep.plan import (
     trial_config,
 )
 from fedray.sweep.resources import check_fits, trial_resources
+from fedray.sweep.results import SUMMARY  # written once every trial has ended
 from fedray.sweep.space import variant_table
 from fedray.sweep.spec import SweepError, SweepSpec, load_sweep
 from fedray.sweep.trainable import run_trial, trial_dirname, trial_name_creator
@@ -39,14 +40,16 @@ TUNE_DIR = "tune"
 
 
 def sweep_hash(base: dict[str, Any], spec: SweepSpec) -> str:
-    """What a resumed sweep must match: the experiment's hash and the sweep's name."""
+    """What a resumed sweep must match: the experiment's hash, its rounds (a resumed sweep runs
+    the rounds it was planned with) and the sweep's name."""
     from fedray.run import experiment_hash
 
-    return f"{experiment_hash(base)}-{spec.name}"
+    return f"{experiment_hash(base)}-r{base['fl']['rounds']}-{spec.name}"
 
 
 def find_sweep_dir(resume: Any, sweep_dir: Path, want: str) -> Path | None:
-    """The sweep to continue: `sweep.resume=PATH`, or the latest matching one if `true`."""
+    """The sweep to continue: `sweep.resume=PATH`, or with `true` the latest matching sweep under
+    the same output root (this run's own directory included), an unfinished one first."""
     if resume in (None, False) or str(resume).lower() in ("false", "none", "null", ""):
         return None
     if resume is True or str(resume).lower() == "true":
@@ -54,11 +57,10 @@ def find_sweep_dir(resume: Any, sweep_dir: Path, want: str) -> Path | None:
             (
                 p.parent
                 for p in sweep_dir.parent.glob(f"*/{SWEEP_STATE}")
-                if p.parent != sweep_dir
-                and json.loads(p.read_text()).get("hash") == want
+                if json.loads(p.read_text()).get("hash") == want
                 and (p.parent / TUNE_DIR).is_dir()
             ),
-            key=lambda d: (d / SWEEP_STATE).stat().st_mtime,
+            key=lambda d: (not (d / SUMMARY).exists(), (d / SWEEP_STATE).stat().st_mtime),
         )
         if not found:
             raise SweepError(
@@ -141,8 +143,10 @@ def check_not_interrupted(
         if r["status"] == "stopped" and (no_scheduler or not int(r.get("rounds") or 0))
     ]
     if cut or len(ended) < len(trials) or len(trials) < expected:
+        unfinished = max(len(cut), len(trials) - len(ended)) + max(0, expected - len(trials))
         raise SweepInterrupted(
-            f"sweep interrupted with {len(cut) or len(trials) - len(ended)} trial(s) unfinished; "
+            f"sweep interrupted with {unfinished} of {max(expected, len(trials))} trial(s) "
+            "unfinished (never started ones included); "
             f"its state is saved in {sweep_dir}: add sweep.resume=true to finish it"
         )
 

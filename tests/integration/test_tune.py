@@ -136,15 +136,17 @@ def test_bad_sweep_override_is_a_clear_cli_error(tmp_path):
 
 @pytest.mark.slow  # one trial's round on a local Ray (~12 s)
 def test_a_metric_the_trials_do_not_report_is_a_clear_cli_error(tmp_path):
+    # a misspelt val/ name is refused before any trial (test_sweeps.py); a key of another
+    # namespace (here FedDF's, under FedAvg) shows when the first trial reports
     proc = launch(
-        ["+experiment=smoke", "sweep=lr", "sweep.num_samples=1", "sweep.metric=val/accuracy",
+        ["+experiment=smoke", "sweep=lr", "sweep.num_samples=1", "sweep.metric=feddf/kl",
          f"hydra.run.dir={tmp_path}"],
         {**os.environ, "PYTHONPATH": str(ROOT)},
         timeout=300,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("fedray: error: sweep 'lr' (") and "sweep.metric: 'val/accuracy' is " \
+    assert last.startswith("fedray: error: sweep 'lr' (") and "sweep.metric: 'feddf/kl' is " \
         "not reported by the trials; they report " in last and "val/acc," in last
     assert "Traceback" not in proc.stderr and "config/" not in last
 

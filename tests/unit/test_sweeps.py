@@ -575,6 +575,15 @@ def test_find_sweep_dir_picks_the_latest_matching_sweep(tmp_path):
     assert tuner.find_sweep_dir(str(tmp_path / "a"), new, "H") == tmp_path / "a"
     with pytest.raises(sp.SweepError, match="no earlier run"):
         tuner.find_sweep_dir(True, new, "missing")
+    # an unfinished sweep goes before a later finished one, this run's own directory included
+    (tmp_path / "b" / tuner.SUMMARY).write_text("{}")
+    assert tuner.find_sweep_dir(True, tmp_path / "a", "H") == tmp_path / "a"
+
+
+def test_a_sweep_resumes_only_under_the_rounds_it_was_planned_with():
+    spec = _spec({"client.epochs": [1, 2]})
+    assert tuner.sweep_hash(_base("fl.rounds=3"), spec) != tuner.sweep_hash(_base(), spec)
+    assert tuner.sweep_hash(_base(), spec) == tuner.sweep_hash(_base("ray.num_cpus=1"), spec)
 
 
 # --- docker/ (no Docker engine here: parse and lint) -------------------------------------------
@@ -679,3 +688,17 @@ def test_asha_cutting_after_the_last_round_is_the_sweep_files_error():
                                             r"before the first cut, but the trials run 1 "):
         build_scheduler(spec, max_t=1)
     assert build_scheduler(spec, max_t=2) is not None
+
+
+def test_an_interrupted_sweep_counts_running_and_never_started_trials(tmp_path):
+    from types import SimpleNamespace
+
+    trials = [SimpleNamespace(status="TERMINATED"), SimpleNamespace(status="RUNNING")]
+    grid = SimpleNamespace(_experiment_analysis=SimpleNamespace(trials=trials))
+    state = {"trials": [], "spec": {"num_samples": 4, "scheduler": {"name": "asha"}}}
+    rows = [{"status": "completed", "rounds": 3}, {"status": "stopped", "rounds": 1}]
+    with pytest.raises(tuner.SweepInterrupted, match="with 3 of 4 trial"):
+        tuner.check_not_interrupted(grid, state, tmp_path, rows)
+    trials[1].status = "TERMINATED"  # every trial created and ended, none cut: not interrupted
+    state["spec"]["num_samples"] = 2
+    tuner.check_not_interrupted(grid, state, tmp_path, rows)
