@@ -63,6 +63,7 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     plain["run_dir"] = HydraConfig.get().runtime.output_dir
     log_to_files_of(logging.getLogger())  # the run dir's launch.log gets the run's lines
+    logging.getLogger("torch").setLevel(logging.WARNING)  # not its INFO stats at exit
     try:
         seed_everything(int(plain["seed"]))
         if plain.get("sweep"):
@@ -151,6 +152,9 @@ def fail_if_user_error(exc: BaseException) -> None:
     """Print a user's mistake as `fedray: error: <key>: <what>` and exit 2; a round that too few
     clients survived (a diverging lr, failing clients: the message says which and why) as one
     line too, exit 1; return for a bug."""
+    if type(exc).__name__ == "SweepInterrupted":  # Ctrl-C during a sweep: stopped, not wrong
+        print(f"fedray: {exc}", file=sys.stderr)
+        sys.exit(130)
     message = user_error(exc)
     if message is not None:
         print(f"fedray: error: {message}", file=sys.stderr)
@@ -167,8 +171,11 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:  # Ctrl-C: the user's own stop, not a bug to show a traceback of
-        print("\nfedray: interrupted; a federated run continues from its last checkpoint with "
-              "the same command and resume=true", file=sys.stderr)
+        how = ("a sweep continues with the same command and sweep.resume=true"
+               if any(a.lstrip("+").startswith("sweep=") for a in sys.argv[1:])
+               else "a federated run continues from its last checkpoint with the same command "
+                    "and resume=true")
+        print(f"\nfedray: interrupted; {how}", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
         fail_if_user_error(exc)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import ray
@@ -60,7 +64,8 @@ def init_ray(address: str | None, local: dict[str, Any], worker_nice: int = 0,
         if address != "local":  # `auto` resolved to the cluster `ray start` left; it answers
             ray_address("ray.address" if given else "RAY_ADDRESS", address)
         try:
-            ray.init(address=address, **kwargs)
+            with held_sigint():
+                ray.init(address=address, **kwargs)
         except ConnectionError as exc:  # a wrong address or a cluster that is down
             raise ConfigError(
                 f"{where}: no Ray cluster to join there ({first_line(exc)}); "
@@ -69,7 +74,27 @@ def init_ray(address: str | None, local: dict[str, Any], worker_nice: int = 0,
     else:
         system = {**local.get("_system_config", {}), "worker_niceness": int(worker_nice)}
         quiet_token_notice()
-        ray.init(address="local", **{**local, "_system_config": system}, **kwargs)
+        with held_sigint():
+            ray.init(address="local", **{**local, "_system_config": system}, **kwargs)
+
+
+@contextmanager
+def held_sigint() -> Iterator[None]:
+    """Hold a Ctrl-C that comes while Ray starts and raise it once `ray.init` has returned: an
+    interrupted start could crash the process (a segfault) instead of stopping it cleanly. Only
+    in the main thread (a run's boot thread cannot set signal handlers; its Ctrl-C reaches the
+    main thread anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
 
 
 class _TokenNotice(logging.Filter):

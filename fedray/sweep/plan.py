@@ -155,6 +155,15 @@ def spread_order(n: int) -> list[int]:
     return sorted(range(n), key=lambda i: int(format(i, f"0{bits}b")[::-1], 2))
 
 
+def trial_rounds(cfg: dict[str, Any]) -> int:
+    """The rounds a trial of this config reports: fl.rounds, or a distillation's epochs (one
+    round each; fl.rounds is then ASHA's cap, `sweeps/distill.yaml`)."""
+    rounds = int(cfg["fl"]["rounds"])
+    if cfg.get("stage") == "distill":
+        return min(rounds, int((cfg.get("distill") or {}).get("epochs") or rounds))
+    return rounds
+
+
 def max_rounds(spec: SweepSpec, base: dict[str, Any], points: list[dict[str, Any]]) -> int:
     """The most rounds any trial of this sweep may run (ASHA's max_t)."""
     rounds = [int(p.get("fl.rounds", base["fl"]["rounds"])) for p in points]

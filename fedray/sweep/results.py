@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fedray.sweep.groups import is_number
-from fedray.sweep.plan import fmt_point, fmt_value, trial_config
+from fedray.sweep.plan import fmt_point, fmt_value, trial_config, trial_rounds
 from fedray.sweep.space import decode
 from fedray.sweep.trainable import TRIALS_DIR, trial_name
 
@@ -39,7 +39,7 @@ def collect_results(grid: Any, state: dict[str, Any], sweep_dir: Path) -> list[d
             cols = [c for c in keys if c in df.columns]
             history = [{c: _plain(r[c]) for c in cols} for r in df[cols].to_dict("records")]
         rounds_run = int(max([h.get("round") or 0 for h in history] + [metrics.get("round") or 0]))
-        max_rounds = int(cfg["fl"]["rounds"])
+        max_rounds = trial_rounds(cfg)
         trial_dir = sweep_dir / TRIALS_DIR / trial_name(index)
         info_path = trial_dir / "trial.json"
         info = json.loads(info_path.read_text()) if info_path.exists() else {}

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedray.sweep.groups import is_number
-from fedray.sweep.plan import check_feasible, fmt_value, train_labels, trial_config
+from fedray.sweep.plan import check_feasible, fmt_value, train_labels, trial_config, trial_rounds
 from fedray.sweep.space import INDEX_KEY, decode
 
 TRIALS_DIR = "trials"
@@ -143,7 +143,7 @@ def run_trial(
     # round -> how many first attempts fail after it
     faults = {f["round"]: f["attempts"] for f in meta.get("faults", []) if f["trial"] == index}
     staging = run_dir / ".tune_checkpoint"
-    rounds = int(cfg["fl"]["rounds"])
+    rounds = trial_rounds(cfg)
     last: list[tuple[dict[str, Any], Path | None]] = []
     seen: list[int] = []  # the rounds this run reached (a distillation may end before fl.rounds)
 

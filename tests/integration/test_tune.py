@@ -281,6 +281,7 @@ def test_sweep_killed_midway_resumes_without_rerunning_finished_trials(tmp_path,
         proc.wait(timeout=60)
     finally:
         _stop([proc])
+    assert proc.returncode == 130  # stopped by the user: not a config error (2)
     assert not (first / "sweep_results.csv").exists()  # it really was cut short
     stamp = done.stat().st_mtime_ns
     res = _launch(*args, "sweep.resume=true", f"hydra.run.dir={tmp_path / 'b'}", timeout=300)

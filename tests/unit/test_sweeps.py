@@ -702,3 +702,10 @@ def test_an_interrupted_sweep_counts_running_and_never_started_trials(tmp_path):
     trials[1].status = "TERMINATED"  # every trial created and ended, none cut: not interrupted
     state["spec"]["num_samples"] = 2
     tuner.check_not_interrupted(grid, state, tmp_path, rows)
+
+
+def test_a_distillation_trial_runs_its_epochs_as_rounds():
+    base = _base("fl.rounds=8")
+    assert plan.trial_rounds(base) == 8
+    assert plan.trial_rounds({**base, "stage": "distill", "distill": {"epochs": 4}}) == 4
+    assert plan.trial_rounds({**base, "stage": "distill", "distill": {"epochs": 20}}) == 8
