@@ -18,8 +18,8 @@ import numpy as np
 from fedray.config import ConfigError
 from fedray.sweep.groups import set_key
 from fedray.sweep.keys import group_options
-from fedray.sweep.space import grid_points, space_keys
-from fedray.sweep.spec import SweepError, SweepSpec
+from fedray.sweep.space import grid_points, sample_point, space_keys
+from fedray.sweep.spec import RANGES, SweepError, SweepSpec
 
 LabelsFor = Callable[[dict[str, Any]], "np.ndarray | None"]
 
@@ -73,6 +73,42 @@ def check_feasible(cfg: dict[str, Any], labels: np.ndarray | None) -> str | None
     except (ValueError, ConfigError) as exc:
         return f"strategy {cfg['strategy']['name']}: {exc}"
     return None
+
+
+def check_trials(spec: SweepSpec, base: dict[str, Any], labels_for: LabelsFor | None = None,
+                 draws: int = 32) -> None:
+    """Every trial the sweep may run passes the run's own config check (`fedray.validate`),
+    before Ray starts: the base config, then the grid's planned points, or a random space's
+    draws (seeded) and each range's two bounds. A point the experiment cannot deal
+    (`check_feasible`) is not an error: the grid skips it, a drawn trial ends as skipped."""
+    from fedray.data.datasets import config_hash
+    from fedray.validate import validate
+
+    validate(base)  # a mistake outside the space: the plain one-line error of a run
+    options = group_options(spec, base)
+    if spec.search == "grid":  # the points it will run
+        points = plan_trials(spec, base, labels_for)[0]
+    else:
+        rng = np.random.default_rng(spec.seed or 0)
+        points = [sample_point(spec.dims, rng) for _ in range(draws)]
+        for d in spec.dims:
+            if d.kind in RANGES:
+                cast = int if d.kind == "randint" else float
+                points += [{**sample_point(spec.dims, rng), d.key: cast(b)}
+                           for b in (d.low, d.high)]
+    seen: set[str] = {config_hash(base)}
+    for point in points:
+        cfg, _ = trial_config(base, point, options)
+        key = config_hash(cfg)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            if check_feasible(cfg, labels_for(cfg) if labels_for else None) is None:
+                validate(cfg)
+        except ConfigError as exc:
+            raise SweepError(f"sweep {spec.name!r} ({spec.file}): trial {fmt_point(point)}: "
+                             f"{exc}") from None
 
 
 def train_labels(cfg: dict[str, Any], cache: dict[str, np.ndarray] | None = None) -> np.ndarray:

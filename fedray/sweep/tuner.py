@@ -21,6 +21,7 @@ import numpy as np
 
 from fedray.sweep.keys import group_options
 from fedray.sweep.plan import (
+    check_trials,
     fmt_point,
     max_rounds,
     plan_trials,
@@ -98,6 +99,9 @@ def sweep(cfg: dict[str, Any]) -> dict[str, Any]:
     sweep_dir = Path(cfg["run_dir"]).resolve()
     want = sweep_hash(base, spec)
     resume_dir = find_sweep_dir(spec.resume, sweep_dir, want)
+    if resume_dir is None:  # every trial's config checked as a run's is, before Ray starts
+        labels: dict[str, np.ndarray] = {}
+        check_trials(spec, base, lambda c: train_labels(c, labels))
     started = ensure_ray(cfg["ray"])
     try:
         if resume_dir is not None:
@@ -118,7 +122,17 @@ def sweep(cfg: dict[str, Any]) -> dict[str, Any]:
 
             ray.shutdown()
     print_results(out)
+    failed = [r for r in rows if r["status"] == "error"]
+    if rows and len(failed) == len(rows):
+        raise SweepFailed(
+            f"every trial of sweep {spec.name!r} failed; the first: {failed[0]['error']} "
+            f"(its log: {Path(failed[0]['run_dir']) / 'launch.log'})"
+        )
     return out
+
+
+class SweepFailed(RuntimeError):
+    """Every trial ended in an error: results are written, but nothing was measured."""
 
 
 class SweepInterrupted(SweepError):

@@ -134,6 +134,18 @@ def test_bad_sweep_override_is_a_clear_cli_error(tmp_path):
     assert "sweeps/noniid.yaml" in proc.stderr and "sweep.num_samples" in proc.stderr
 
 
+@pytest.mark.usefixtures("ray_session")
+def test_a_sweep_whose_every_trial_failed_writes_its_table_and_fails(make_cfg, tmp_path):
+    cfg = make_cfg("sweep=noniid", "sweep.num_samples=1", "sweep.scheduler.name=none",
+                   "sweep.max_failures=0", *FAST, run_dir=tmp_path)
+    cfg["sweep"]["faults"] = [{"trial": 0, "round": 1, "attempts": 5}]
+    with pytest.raises(tuner.SweepFailed, match=r"every trial of sweep 'noniid' failed; the "
+                                                r"first: InjectedTrialFault"):
+        tuner.sweep(cfg)
+    with open(tmp_path / "sweep_results.csv") as fh:
+        assert [r["status"] for r in csv.DictReader(fh)] == ["error"]
+
+
 @pytest.mark.slow  # one trial's round on a local Ray (~12 s)
 def test_a_metric_the_trials_do_not_report_is_a_clear_cli_error(tmp_path):
     # a misspelt val/ name is refused before any trial (test_sweeps.py); a key of another

@@ -76,6 +76,33 @@ def test_every_shipped_sweep_validates_and_plans_one_trial(experiment, name):
         assert domains  # something for Tune to sample
 
 
+def test_every_shipped_sweeps_trials_pass_the_runs_config_check():
+    for name in SWEEPS:  # smoke's (its toy data built once): a point the data cannot deal is
+        # skipped as the plan skips it, not an error
+        cfg = compose_plain(["+experiment=smoke", f"sweep={name}"])
+        base = {**cfg, "sweep": None, "run_dir": "/tmp/unused"}
+        plan.check_trials(sp.load_sweep(cfg["sweep"], base), base, plan.train_labels, draws=4)
+
+
+@pytest.mark.parametrize(
+    ("fields", "overrides", "match"),
+    [({"space": {"client.epochs": [0, 1]}, "search": "grid"}, [],
+      r"t\.yaml\): trial client\.epochs=0: client\.epochs: 0 is not an integer >= 1"),
+     ({"space": {"client.optimizer.lr": {"uniform": [-0.5, -0.1]}}, "num_samples": 2}, [],
+      r"trial client\.optimizer\.lr=-0\.\d+: client\.optimizer: torch\.optim\.SGD rejects"),
+     ({"space": {"fl.fraction": {"uniform": [0.1, 1.0001]}}, "num_samples": 2}, [],
+      r"trial fl\.fraction=1\S*: fl\.fraction: 1\.0001 is not"),  # a bound no draw hits
+     ({"space": {"client.epochs": [1, 2]}}, ["fl.quorum=1.5"], r"^fl\.quorum: 1\.5")],
+)
+def test_a_trial_the_run_would_refuse_stops_the_sweep_before_ray(fields, overrides, match):
+    from fedray.config import ConfigError
+
+    base = {**_base(*overrides), "run_dir": "/tmp/unused"}
+    spec = sp.load_sweep({"name": "t", "file": "t.yaml", **fields}, base)
+    with pytest.raises(ConfigError, match=match):
+        plan.check_trials(spec, base, draws=4)
+
+
 # --- validation names the file and the key ----------------------------------------------------
 
 
