@@ -393,6 +393,15 @@ def _run_centralized(cfg: dict[str, Any], info, run_dir: Path, on_round: OnRound
                 metrics[task.metric],
                 stats["loss"],
             )
+        if cfg["fl"].get("checkpoint", True):  # the model, as a federated run's: identify,
+            # export and a distillation teacher load it (a centralized run does not resume)
+            from fedray.fl.checkpoint import CHECKPOINT, save_checkpoint
+            from fedray.fl.train import get_params, travel_names
+
+            save_checkpoint(run_dir / CHECKPOINT, {
+                "round": rounds, "params": get_params(model, travel_names(model, trainable)),
+                "stage": "centralized", "config_hash": cfg.get("_config_hash"),
+            })
         summary = {f"val/{k}": v for k, v in metrics.items()}
         summary.update(_group_metrics(model, vx, vy, info, task, cached))
         summary.update(head_init)

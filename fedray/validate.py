@@ -26,6 +26,7 @@ from typing import Any
 
 from fedray.checks import boolean, choice, like_defaults, mapping, number, ray_address
 from fedray.config import ConfigError, check_given_keys, check_schema_keys
+from fedray.data.sources import classes_known
 from fedray.fl.inprocess import check_backend
 from fedray.targets import first_line, import_target
 
@@ -321,27 +322,6 @@ def check_model(cfg: dict[str, Any]) -> None:
             f"model: a {size} x {size} image (data.image_size) does not go through "
             f"{model_cfg['_target_']}: {first_line(exc)}"
         ) from None
-
-
-def classes_known(data: Any) -> int | None:
-    """How many classes the data will have, when the config says so before it is built: the key
-    a builder names as its class count (`fedray_classes`: toy's `num_classes`, the synthetic
-    pills' `num_pills`), or the `num_classes` a plain dataset callable takes. Any other builder
-    (an image folder) counts its classes when built, whatever `data.num_classes` says."""
-    from fedray.models import target_params
-
-    if not isinstance(data, Mapping) or not data.get("_target_"):
-        return None
-    try:
-        fn = import_target("data._target_", str(data["_target_"]))
-    except ConfigError:
-        return None
-    if getattr(fn, "fedray_dataset_builder", False):
-        key = getattr(fn, "fedray_classes", None)
-    else:
-        key = "num_classes" if "num_classes" in target_params(data["_target_"]) else None
-    n = data.get(key) if key else None
-    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
 
 
 def check_partition(partition: Any, num_classes: int | None = None,

@@ -11,7 +11,7 @@ Two kinds of callable can stand behind `data._target_`:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +54,25 @@ def build_dataset(data_cfg: dict[str, Any], seed: int) -> DatasetInfo:
     from fedray.data.materialize import materialize
 
     return materialize(fn, data_cfg, seed, cache)
+
+
+def classes_known(data: Any) -> int | None:
+    """How many classes the data will have, when the config says so before it is built: the key
+    a builder names as its class count (`fedray_classes`: toy's `num_classes`, the synthetic
+    pills' `num_pills`), or the `num_classes` a plain dataset callable takes. Any other builder
+    (an image folder) counts its classes when built, whatever `data.num_classes` says."""
+    from fedray.models import target_params
+    from fedray.targets import import_target
+
+    if not isinstance(data, Mapping) or not data.get("_target_"):
+        return None
+    try:
+        fn = import_target("data._target_", str(data["_target_"]))
+    except ConfigError:
+        return None
+    if getattr(fn, "fedray_dataset_builder", False):
+        key = getattr(fn, "fedray_classes", None)
+    else:
+        key = "num_classes" if "num_classes" in target_params(data["_target_"]) else None
+    n = data.get(key) if key else None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None

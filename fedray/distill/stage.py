@@ -117,6 +117,12 @@ def check_stage(cfg: dict[str, Any]) -> None:
                                   "nor a file (an ensemble's members are runs or state_dicts)")
         members = list(teacher)
     run_dirs = [m is not None and Path(str(m)).expanduser().is_dir() for m in members]
+    from fedray.distill.task import check_teacher_run
+
+    for i, (member, is_run) in enumerate(zip(members, run_dirs, strict=True)):
+        if is_run:  # a segmentation or retrieval run gives no class logits to learn from
+            key = "distill.teacher" + (f"[{i}]" if isinstance(teacher, list | tuple) else "")
+            check_teacher_run(Path(str(member)).expanduser(), f"{key}={str(member)!r}")
     if not all(run_dirs) or dcfg.get("pretrain_teacher"):
         built.append(("model", cfg.get("model")))
     for key, given in built:

@@ -29,6 +29,34 @@ from fedray.tasks.base import Task
 from fedray.tasks.classification import Classification
 
 
+def check_teacher_run(path: Path, key: str) -> None:
+    """A teacher run directory holds config.yaml and a checkpoint, and is a federated or
+    centralized classification run (ConfigError naming `key` otherwise): cheap, nothing loads."""
+    import yaml
+
+    from fedray.fl.checkpoint import CHECKPOINT
+
+    if not (path / "config.yaml").exists() or not (path / CHECKPOINT).exists():
+        raise ConfigError(f"{key}: a run directory needs config.yaml and {CHECKPOINT} "
+                          "(a finished federated or centralized run with fl.checkpoint=true)")
+    try:
+        tcfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: its config.yaml does not read ({exc})") from None
+    if tcfg.get("stage") not in ("federated", "centralized"):
+        raise ConfigError(f"{key} is a stage={tcfg.get('stage')} run: a teacher is the "
+                          "global model of a federated or centralized run")
+    from fedray.tasks import build_task
+
+    try:
+        kind = build_task(tcfg.get("task"))
+    except Exception:  # noqa: BLE001 - the teacher run's own task: judged when loaded
+        kind = None
+    if kind is not None and not isinstance(kind, Classification | Distillation):
+        raise ConfigError(f"{key} is a {kind.name} run: a teacher gives class logits "
+                          "(a classification run)")
+
+
 class Distillation(Task):
     """Classification whose training loss also pulls the student towards a teacher's outputs."""
 
@@ -84,31 +112,9 @@ class Distillation(Task):
         run with a global model; a state_dict file is one torch loads safely (refused up front,
         not by every client actor at its first fit; its fit to `teacher_model` is checked when
         the teacher loads)."""
-        from fedray.fl.checkpoint import CHECKPOINT
-
         path, key = self.teacher_path, f"task.teacher={str(self.teacher_path)!r}"
         if path.is_dir():
-            import yaml
-
-            if not (path / "config.yaml").exists() or not (path / CHECKPOINT).exists():
-                raise ConfigError(f"{key}: a run directory needs config.yaml and {CHECKPOINT} "
-                                  "(a finished federated run with fl.checkpoint=true)")
-            try:
-                tcfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{key}: its config.yaml does not read ({exc})") from None
-            if tcfg.get("stage") not in ("federated", "centralized"):
-                raise ConfigError(f"{key} is a stage={tcfg.get('stage')} run: a teacher is the "
-                                  "global model of a federated or centralized run")
-            from fedray.tasks import build_task
-
-            try:
-                kind = build_task(tcfg.get("task"))
-            except Exception:  # noqa: BLE001 - the teacher run's own task: judged when loaded
-                kind = None
-            if kind is not None and not isinstance(kind, Classification | Distillation):
-                raise ConfigError(f"{key} is a {kind.name} run: a teacher gives class logits "
-                                  "(a classification run)")
+            check_teacher_run(path, key)
         else:
             from fedray.models import read_state_dict
 

@@ -32,6 +32,9 @@ def find_resume_dir(cfg: dict[str, Any]) -> Path | None:
     resume = cfg.get("resume")
     if resume in (None, False) or str(resume).lower() in ("false", "none", "null", ""):
         return None
+    if cfg.get("stage") not in ("federated", "isolated"):
+        raise ConfigError(f"resume: a stage={cfg.get('stage')} run does not resume "
+                          "(federated and isolated runs continue from their checkpoint)")
     if resume is True or str(resume).lower() == "true":
         root = Path(cfg["run_dir"]).parent
         want = cfg["_config_hash"]

@@ -115,7 +115,7 @@ def check_metric(spec: SweepSpec, base: dict[str, Any]) -> None:
     }
     if not stages <= set(RUN_STAGES) or any(d.key.split(".")[0] == "task" for d in walk(spec.dims)):
         return
-    from fedray.validate import classes_known
+    from fedray.data.sources import classes_known
 
     task, classes = build_task(base.get("task")), classes_known(base.get("data"))
     names = task.metric_names(classes)

@@ -117,6 +117,7 @@ BAD = [
     (["partition=by_site"], "partition=by_site"),  # sites asked of class labels
     (["data=torchvision", "data.root={tmp}/nope"], "data.root='"),  # and where the files go
     (["task=distill", "fl.cache_features=false", "task.teacher={tmp}"], "task.teacher"),  # no run
+    (["stage=centralized", "resume=true"], "resume: a stage=centralized run does not resume"),
 ]
 
 

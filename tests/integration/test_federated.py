@@ -227,3 +227,17 @@ def test_ctrl_c_is_one_line_and_leaves_a_checkpoint(tmp_path):
     assert err.strip().splitlines()[-1].startswith("fedray: interrupted;")
     done = len(_rows(run_dir))
     assert 0 < done < 100000
+
+
+def test_a_centralized_runs_model_is_saved_and_loads_as_a_teacher(make_cfg, tmp_path):
+    from fedray.data.datasets import load_images, load_labels
+    from fedray.data.sources import build_dataset
+    from fedray.distill.stage import teacher_from_run
+    from fedray.fl.train import evaluate
+
+    cen = run(make_cfg(*LEARNABLE, "stage=centralized", "fl.rounds=1", run_dir=tmp_path))
+    model, tcfg = teacher_from_run(tmp_path, "distill.teacher")  # identify loads it the same way
+    info = build_dataset(tcfg["data"], int(tcfg["seed"]))
+    images = np.asarray(load_images(info.root, "val"))
+    metrics, _ = evaluate(model, images, load_labels(info.root, "val"), info.num_classes)
+    assert metrics["acc"] == pytest.approx(cen["val/acc"], abs=1e-9)

@@ -113,7 +113,8 @@ def test_optimizer_check_rejects_bad_values_without_importing_torch_dynamo():
 def test_classes_per_client_is_checked_against_the_configured_classes(data, k, clients,
                                                                       message):
     from fedray.config import ConfigError
-    from fedray.validate import check_partition, classes_known
+    from fedray.data.sources import classes_known
+    from fedray.validate import check_partition
 
     part = {"_target_": "fedray.data.partition.partition_pathological", "name": "pathological",
             "classes_per_client": k}

@@ -127,3 +127,23 @@ def test_validate_refuses_the_task_on_cached_features(teacher_file, make_cfg):
         validate(cfg)
     cfg["fl"]["cache_features"] = False
     validate(cfg)
+
+
+@pytest.mark.parametrize("target", ["fedray.tasks.segmentation.Segmentation",
+                                    "fedray.pill.retrieval.task.Retrieval"])
+def test_stage_distill_refuses_a_teacher_run_without_class_logits(target, tmp_path):
+    import yaml
+
+    from fedray.config import ConfigError, compose_plain
+    from fedray.distill.stage import check_stage
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(
+        {"stage": "federated", "task": {"_target_": target}}))
+    (tmp_path / "checkpoint.pkl").write_bytes(b"")
+    cfg = compose_plain(["+experiment=smoke", "stage=distill", f"distill.teacher={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"^distill\.teacher='.*' is a \w+ run: a teacher gives "
+                                          r"class logits"):
+        check_stage(cfg)
+    cfg["distill"]["teacher"] = [str(tmp_path)]  # an ensemble's member alike
+    with pytest.raises(ConfigError, match=r"^distill\.teacher\[0\]="):
+        check_stage(cfg)
