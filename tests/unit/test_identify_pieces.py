@@ -89,7 +89,11 @@ def test_an_unnamed_box_inside_a_larger_one_is_a_piece_and_a_named_one_is_a_pill
 
 
 @pytest.mark.parametrize(("argv", "says"),
-                         [(["identify", "p.png", "--top-k", "0"], "--top-k: 0 is not >= 1"),
+                         [(["identify", "p.png", "--top-k", "0"],
+                           "fedray: error: --top-k: 0 is not in [1, 100]"),
+                          (["identify", "p.png", "--top-k", "1000"], "--top-k: 1000 is not in"),
+                          (["identify", "p.png", "--top-k", "2.5"], "--top-k: '2.5' is not an "
+                           "integer"),
                           (["identify", "p.png", "--conf", "2"], "--conf: 2 is not in [0.0, 1.0]"),
                           (["identify", "p.png", "--conf", "x"], "--conf: 'x' is not a number"),
                           (["serve", "--port", "70000"], "--port: 70000 is not in [0, 65535]"),
@@ -99,5 +103,6 @@ def test_out_of_range_options_are_refused_before_any_model_loads(argv, says, cap
 
     with pytest.raises(SystemExit) as stop:
         build_parser().parse_args(argv)
-    assert stop.value.code == 2 and says in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and says in err[0], err  # no usage block
     assert build_parser().parse_args(["identify", "p.png", "--conf", "0.4"]).conf == 0.4

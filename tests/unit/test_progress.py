@@ -4,24 +4,7 @@ from __future__ import annotations
 
 import logging
 
-import pytest
-
 from fedray.progress import Progress, interactive, progress
-
-
-@pytest.fixture
-def lines():
-    """Messages of the `fedray` logger (which may not propagate to pytest's root handler)."""
-    got: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: got.append(record.getMessage())
-    logger = logging.getLogger("fedray")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield got
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def test_ci_never_draws_a_bar(monkeypatch):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,33 +16,73 @@ from fedray.pill.identify.classifier import Classifier, find_run_dir, load_class
 from fedray.pill.identify.detector import Detector
 from fedray.pill.identify.pipeline import Answer, DetectFn, identify
 
-MAX_UPLOAD_BYTES = 12 * 1024 * 1024
+MAX_UPLOAD_BYTES = 12 * 1024 * 1024  # the web page's uploads; local photos have no byte cap
+# photos over this many pixels are refused from their header, before decoding: a small PNG of
+# 16000 x 16000 px would decode to 768 MB and go on to take several GB (a decompression bomb);
+# a 48 MP phone photo (8064 x 6048) still passes
+MAX_PIXELS = 50_000_000
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class PhotoError(ValueError):
-    """A file that is not a readable photo; the message names it."""
+    """A file that is not a readable photo; the message names it, `status` is its HTTP code."""
+
+    def __init__(self, message: str, status: int = 415) -> None:
+        super().__init__(message)
+        self.status = status
 
 
-def decode_photo(data: bytes, name: str = "upload") -> np.ndarray:
-    """Encoded image bytes -> RGB uint8, or PhotoError (empty, too large, not an image)."""
+def photo_pixels(data: bytes) -> int | None:
+    """Width x height from the image's header (nothing decoded), None when PIL cannot tell."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL's DecompressionBombWarning: the cap is ours
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+        except Image.DecompressionBombError as exc:  # PIL refuses twice its own limit itself
+            said = re.search(r"\((\d+) pixels\)", str(exc))
+            return int(said.group(1)) if said else MAX_PIXELS + 1
+        except Exception:  # noqa: BLE001  (not an image PIL knows: cv2 decides below)
+            return None
+    return width * height
+
+
+def decode_photo(data: bytes, name: str = "upload",
+                 max_bytes: int | None = MAX_UPLOAD_BYTES) -> np.ndarray:
+    """Encoded image bytes -> RGB uint8, or PhotoError (empty, over `max_bytes` or MAX_PIXELS,
+    not an image)."""
     if not data:
-        raise PhotoError(f"{name}: the file is empty")
-    if len(data) > MAX_UPLOAD_BYTES:
+        raise PhotoError(f"{name}: the file is empty", 400)
+    if max_bytes is not None and len(data) > max_bytes:
         raise PhotoError(f"{name}: {len(data) / 2**20:.1f} MB is over the "
-                         f"{MAX_UPLOAD_BYTES // 2**20} MB limit")
+                         f"{max_bytes // 2**20} MB upload limit", 413)
+    pixels = photo_pixels(data)
+    if pixels is not None and pixels > MAX_PIXELS:
+        raise PhotoError(f"{name}: {pixels / 1e6:.0f} megapixels is over the "
+                         f"{MAX_PIXELS / 1e6:.0f} megapixel limit; scale the photo down", 413)
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None or bgr.size == 0:
         raise PhotoError(f"{name}: not an image that can be read (JPEG, PNG, BMP, WebP, TIFF)")
+    if bgr.shape[0] * bgr.shape[1] > MAX_PIXELS:  # a format PIL could not size
+        raise PhotoError(f"{name}: {bgr.shape[0] * bgr.shape[1] / 1e6:.0f} megapixels is over "
+                         f"the {MAX_PIXELS / 1e6:.0f} megapixel limit; scale the photo down", 413)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def read_photo(path: str | Path) -> np.ndarray:
-    """A photo file -> RGB uint8, or PhotoError naming the file."""
+    """A photo file -> RGB uint8, or PhotoError naming the file (no byte cap: MAX_PIXELS)."""
     path = Path(path)
+    if path.is_dir():
+        raise PhotoError(f"{path}: a directory; identify takes photo files (e.g. {path}/*.jpg)")
     if not path.is_file():
         raise PhotoError(f"{path}: no such file")
-    return decode_photo(path.read_bytes(), str(path))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PhotoError(f"{path}: cannot be read ({exc.strerror})") from None
+    return decode_photo(data, str(path), max_bytes=None)
 
 
 @dataclass

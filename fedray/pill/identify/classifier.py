@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from fedray.fl.train import set_params
 from fedray.models import build_model
 from fedray.models.fold import fold_batchnorm
 from fedray.pill.identify.sizes import SizePrior, catalog_sizes
+from fedray.progress import progress
 
 log = logging.getLogger("fedray")
 CALIBRATION = "identify_calibration.json"
@@ -151,6 +153,8 @@ def load_classifier(run_dir: str | Path, calibrate: bool = True, onnx: bool = Tr
         cal_path = run_dir / CALIBRATION
         cal = json.loads(cal_path.read_text()) if cal_path.exists() else {}
         if "energy_floor" not in cal:  # none yet, or one written before the floor existed
+            log.info("identify: calibrating the 'unknown' threshold of %s on its val crops "
+                     "(once per run, a minute or two; kept in %s)", run_dir, cal_path)
             cal = calibrate_on_val(clf)
             cal_path.write_text(json.dumps(cal, indent=2))
         clf.temperature, clf.threshold = float(cal["temperature"]), float(cal["threshold"])
@@ -188,7 +192,10 @@ def calibrate_on_val(clf: Classifier, precision: float = 0.98, limit: int = 2000
     labels = load_labels(clf.data_root, "val")
     idx = np.random.default_rng(0).permutation(len(labels))[:limit]
     images, labels = images[idx], labels[idx]
-    logits = np.concatenate([clf.logits(images[i : i + 64]) for i in range(0, len(images), 64)])
+    start = time.perf_counter()
+    logits = np.concatenate([clf.logits(images[i : i + 64]) for i in
+                             progress(range(0, len(images), 64), "identify: calibration",
+                                      unit="batch of 64 crops")])
     temperature = fit_temperature(logits, labels)
     probs, energy = softmax_energy(logits, temperature)
     conf, pred = probs.max(1), probs.argmax(1)
@@ -205,6 +212,7 @@ def calibrate_on_val(clf: Classifier, precision: float = 0.98, limit: int = 2000
         "energy_floor": float(np.quantile(energy, FLOOR_QUANTILE)),
         "energy_floor_quantile": FLOOR_QUANTILE,
     }
-    log.info("identify: calibrated on %d val crops: T=%.2f, threshold %.3f (%.1f%% accepted)",
-             len(labels), temperature, threshold, 100 * report["accepted_fraction"])
+    log.info("identify: calibrated on %d val crops in %.0fs: T=%.2f, 'unknown' below %.3f "
+             "(%.1f%% of val crops named)", len(labels), time.perf_counter() - start, temperature,
+             threshold, 100 * report["accepted_fraction"])
     return report

@@ -4,24 +4,41 @@
     fedray serve [--host 127.0.0.1] [--port 8000] [--run RUN_DIR] [--detector PT]
     fedray export RUN_DIR [--detector PT] [--out DIR]
 
-A mistake (a missing model, a file that is not a photo) is one line on stderr and exit code 2.
+A mistake (a missing model, a file that is not a photo, an option out of range) is one line
+`fedray: error: ...` on stderr and exit code 2, found before any model loads where it can be.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import json
 import logging
+import os
+import socket
 import sys
+import tempfile
 from pathlib import Path
 
 from fedray.cli import run
 from fedray.config import ConfigError
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with fedray's error format: `fedray: error: --flag: what` and exit 2, one line
+    (argparse's own is the usage block, then `fedray identify: error: argument --flag: ...`)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        message = message.removeprefix("argument ").replace("\n", " ")
+        self.exit(2, f"fedray: error: {message} (see `{self.prog} --help`)\n")
+
+
+MAX_TOP_K = 100
+
+
 def _ranged(kind: type, lo: float, hi: float | None = None):
-    """An argparse type: a `kind` in [lo, hi] (argparse prints the one-line usage error)."""
+    """An argparse type: a `kind` in [lo, hi] (Parser prints the one-line error)."""
     def parse(text: str):
         try:
             value = kind(text)
@@ -45,13 +62,16 @@ def _models(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedray", description=__doc__.split("\n")[0])
+    parser = Parser(prog="fedray", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     ident = sub.add_parser("identify", help="find and name every pill in photos")
     ident.add_argument("photos", nargs="+", help="photo files (JPEG, PNG, ...)")
-    ident.add_argument("--top-k", type=_ranged(int, 1), default=5,
-                       help="names listed per pill (5)")
-    ident.add_argument("--out", default="identify_out", help="annotated PNG + JSON per photo")
+    ident.add_argument("--top-k", type=_ranged(int, 1, MAX_TOP_K), default=5,
+                       help=f"names listed per pill, 1-{MAX_TOP_K} and at most the classes the "
+                       "classifier knows (5)")
+    ident.add_argument("--out", default="identify_out",
+                       help="annotated PNG + JSON per photo (two photos of one name: NAME.png, "
+                       "NAME-2.png)")
     _models(ident)
     serve = sub.add_parser("serve", help="a local web page: drop a photo, see every pill named")
     serve.add_argument("--host", default="127.0.0.1",
@@ -81,6 +101,34 @@ def _table(path: str, answer) -> str:
     return "\n".join(lines)
 
 
+def output_names(paths: list[str]) -> list[str]:
+    """A distinct file stem per photo: its own, then NAME-2, NAME-3 for later photos of the same
+    name (a/same.jpg and b/same.jpg) so that no photo's PNG / JSON overwrites another's."""
+    taken: set[str] = set()
+    names = []
+    for path in paths:
+        stem = Path(path).stem or "photo"
+        name, n = stem, 1
+        while name.casefold() in taken:  # casefold: one file on a case-blind disk (macOS)
+            n += 1
+            name = f"{stem}-{n}"
+        taken.add(name.casefold())
+        names.append(name)
+    return names
+
+
+def _write(path: Path, data: bytes) -> None:
+    """`data` at `path` (a temporary name, then renamed: never half a file), or a ConfigError."""
+    part = path.with_name(f".{path.name}.part")
+    try:
+        part.write_bytes(data)
+        os.replace(part, path)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        raise ConfigError(f"--out {path.parent}: cannot write {path.name} "
+                          f"({exc.strerror or exc})") from None
+
+
 def cmd_identify(args: argparse.Namespace) -> int:
     import cv2
 
@@ -98,37 +146,81 @@ def cmd_identify(args: argparse.Namespace) -> int:
     if not photos:
         return 2
     out = writable_dir(args.out, "--out")  # before the models load
+    if args.detector:
+        from fedray.pill.identify.detector import check_detector_path
+
+        check_detector_path(args.detector)
     ident = load_identifier(args.run, args.detector, args.outputs, args.conf)
-    for path, rgb in photos:
+    known = len(ident.classifier.class_names)
+    if args.top_k > known:
+        print(f"fedray: warning: --top-k {args.top_k}: the classifier knows {known} pills; "
+              f"listing {known} per pill", file=sys.stderr)
+    for (path, rgb), name in zip(photos, output_names([p for p, _ in photos]), strict=True):
         answer = ident(rgb, args.top_k)
-        stem = Path(path).stem
-        drawn = cv2.cvtColor(annotate(rgb, answer), cv2.COLOR_RGB2BGR)
-        cv2.imwrite(str(out / f"{stem}.png"), drawn)
-        (out / f"{stem}.json").write_text(json.dumps({"photo": str(path), **answer.to_json()},
-                                                     indent=2))
+        ok, png = cv2.imencode(".png", cv2.cvtColor(annotate(rgb, answer), cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise ConfigError(f"{path}: the annotated photo could not be encoded as PNG")
+        _write(out / f"{name}.png", png.tobytes())
+        record = {"photo": str(Path(path).resolve()), "annotated": f"{name}.png",
+                  **answer.to_json()}
+        _write(out / f"{name}.json", json.dumps(record, indent=2).encode())
         print(_table(path, answer))
+        print(f"  -> {name}.png, {name}.json")
     print(f"annotated photos and JSON: {out.resolve()}")
     return 2 if bad else 0
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), or a one-line ConfigError saying why it cannot be."""
+    try:  # a name that does not resolve, or no address at all
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(f"--host {host}: not an address to listen on ({exc})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is fine
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"--port {port}: already in use on {host} (another server, or a "
+                              "`fedray serve` still running); pick another --port") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(f"--host {host}: not an address of this machine; use 127.0.0.1 "
+                              "(this machine only) or 0.0.0.0 (every network)") from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError(f"--port {port}: only root may listen on a port below 1024; "
+                              "pick --port 1024 or above") from None
+        raise ConfigError(f"--host {host} --port {port}: cannot listen there "
+                          f"({exc.strerror or exc})") from None
+    return sock
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from fedray.extras import require
 
     require("fedray serve", "fastapi", "uvicorn")
-    import socket
-
     import uvicorn
 
     from fedray.pill.identify.app import load_identifier
     from fedray.pill.identify.serve import create_app
 
-    try:  # a host this machine cannot listen on is refused before the models load
-        socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise ConfigError(f"--host {args.host}: not an address to listen on ({exc})") from None
-    app = create_app(load_identifier(args.run, args.detector, args.outputs, args.conf))
-    print(f"fedray identify: http://{args.host}:{args.port}/  (Ctrl-C to stop)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    if args.detector:
+        from fedray.pill.identify.detector import check_detector_path
+
+        check_detector_path(args.detector)
+    sock = listening_socket(args.host, args.port)  # before the models load; handed to uvicorn
+    try:
+        app = create_app(load_identifier(args.run, args.detector, args.outputs, args.conf))
+        port = sock.getsockname()[1]  # --port 0: the one the system picked
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"fedray serve: the pill identifier page is at http://{host}:{port}/  "
+              "(Ctrl-C to stop)", flush=True)
+        config = uvicorn.Config(app, host=args.host, port=port, log_level="warning")
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
 
 
@@ -136,15 +228,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     from fedray.extras import require
 
     require("fedray export", "onnx", "onnxruntime", "psutil")
+    from fedray.pill.identify.classifier import find_run_dir
+    from fedray.pill.identify.detector import check_detector_path
     from fedray.pill.identify.export import export_run
 
-    export_run(args.run_dir, args.detector,
+    run_dir = find_run_dir(args.run_dir)  # the inputs first: nothing is written for a typo
+    if args.detector:
+        check_detector_path(args.detector)
+    export_run(run_dir, args.detector,
                None if args.out is None else writable_dir(args.out, "--out"))
     return 0
 
 
 def writable_dir(path: str, flag: str) -> Path:
-    """`path` as a directory that exists (made if missing), or a ConfigError naming `flag`."""
+    """`path` as a directory that exists (made if missing) and takes files (a test file is made
+    and removed), or a ConfigError naming `flag`."""
     out = Path(path).expanduser()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -152,6 +250,12 @@ def writable_dir(path: str, flag: str) -> Path:
         raise ConfigError(f"{flag} {path}: a file is there, not a directory") from None
     except OSError as exc:
         raise ConfigError(f"{flag} {path}: cannot make that directory ({exc.strerror})") from None
+    try:
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot write there ({exc.strerror or exc}); pick "
+                          f"a directory of yours") from None
     return out
 
 

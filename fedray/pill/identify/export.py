@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -109,17 +111,61 @@ def format_profile(rows: list[dict]) -> str:
 
 def export_run(run_dir: str | Path, detector: str | Path | None = None,
                out: str | Path | None = None, threads: int = 2) -> dict:
-    """Export the run's classifier (and the detector, when one is found), check, profile, print."""
+    """Export the run's classifier (and the detector, when one is found), check, profile, print.
+
+    Every input (the run, the detector's weights) is checked before anything is written, and the
+    files are made in a scratch folder inside the output folder and moved into place only once
+    all of them are checked: a failure leaves what was there before, never a half-written file.
+    """
     from fedray.config import ConfigError
     from fedray.pill.identify.app import latest_detector
-    from fedray.pill.identify.classifier import find_run_dir, load_classifier
+    from fedray.pill.identify.classifier import find_run_dir
+    from fedray.pill.identify.detector import load_detector_weights
 
     run_dir = find_run_dir(run_dir)
+    yolo = det_path = None
+    if detector is not None:
+        det_path = Path(detector).expanduser()
+    else:
+        try:
+            det_path = latest_detector()
+        except ConfigError as exc:
+            log.warning("no detector exported: %s", exc)
+    if det_path is not None:
+        if det_path.suffix.lower() == ".onnx":
+            raise ConfigError(f"--detector {det_path}: already ONNX; export takes the detector's "
+                              "weights.pt (from stage=detect)")
+        yolo = load_detector_weights(det_path)  # a ConfigError naming it, before any write
     out_dir = Path(out) if out else run_dir / EXPORT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as scratch:
+        report = _export_into(Path(scratch), run_dir, det_path, yolo, threads)
+        for key in ("classifier", "detector"):
+            if key in report:
+                report[key] = str(out_dir / Path(report[key]).name)
+        (Path(scratch) / "export.json").write_text(json.dumps(report, indent=2))
+        for name in (CLASSIFIER_ONNX, "detector.onnx", "export.json"):
+            if (Path(scratch) / name).exists():
+                os.replace(Path(scratch) / name, out_dir / name)
+    print(format_profile(report["profile"]))
+    print(f"classifier ONNX (opset {OPSET}) max |torch - onnxruntime| logit: "
+          f"{report['classifier_max_abs_diff']:.2e}")
+    if "detector" in report:
+        print(f"detector ONNX at {report['detector_imgsz']} px: max |torch - onnxruntime| "
+              f"{report['detector_max_abs_diff']:.2e} ({report['detector_max_rel_diff']:.1e} of "
+              "the largest output)")
+    print(f"exported to {out_dir.resolve()}")
+    return report
+
+
+def _export_into(folder: Path, run_dir: Path, det_path: Path | None, yolo,
+                 threads: int) -> dict:
+    """Both models' ONNX files, checked and profiled, written into `folder`; the report."""
+    from fedray.pill.identify.classifier import load_classifier
+
     clf = load_classifier(run_dir, calibrate=False, onnx=False)
     size = clf.image_size
-    path = export_classifier(clf.model, size, out_dir / CLASSIFIER_ONNX)
+    path = export_classifier(clf.model, size, folder / CLASSIFIER_ONNX)
     session = onnx_session(path, threads)
     val = np.asarray(load_images(clf.data_root, "val")[:64])
     max_diff = parity(clf.model, session, val)
@@ -132,34 +178,22 @@ def export_run(run_dir: str | Path, detector: str | Path | None = None,
     rows = [profile_row("classifier", sum(p.numel() for p in clf.model.parameters()),
                         count_macs(clf.model, size), path, lambda: session.run(None, feed))]
     report = {"opset": OPSET, "classifier": str(path), "classifier_max_abs_diff": max_diff}
-    try:
-        det_path = Path(detector) if detector else latest_detector()
-    except ConfigError as exc:
-        log.warning("no detector exported: %s", exc)
-        det_path = None
     if det_path is not None:
-        rows.append(export_detector(det_path, out_dir, report, threads))
+        rows.append(export_detector(det_path, folder, report, threads, yolo=yolo))
     report["profile"] = rows
-    (out_dir / "export.json").write_text(json.dumps(report, indent=2))
-    print(format_profile(rows))
-    print(f"classifier ONNX (opset {OPSET}) max |torch - onnxruntime| logit: {max_diff:.2e}")
-    if "detector" in report:
-        print(f"detector ONNX at {report['detector_imgsz']} px: max |torch - onnxruntime| "
-              f"{report['detector_max_abs_diff']:.2e} ({report['detector_max_rel_diff']:.1e} of "
-              "the largest output)")
-    print(f"exported to {out_dir.resolve()}")
     return report
 
 
-def export_detector(det_path: Path, out_dir: Path, report: dict, threads: int) -> dict:
+def export_detector(det_path: Path, out_dir: Path, report: dict, threads: int,
+                    yolo=None) -> dict:
     """ultralytics' ONNX export of the detector (at the side identify serves it at), checked against
-    torch on a scene-like input, and its profile row."""
+    torch on a scene-like input, and its profile row (`yolo`: det_path already loaded)."""
     import shutil
 
-    from fedray.pill.detect.offline import load_ultralytics
-    from fedray.pill.identify.detector import weights_imgsz
+    from fedray.pill.identify.detector import load_detector_weights, weights_imgsz
 
-    yolo = load_ultralytics().YOLO(str(det_path), task="detect")
+    if yolo is None:
+        yolo = load_detector_weights(det_path)
     imgsz = weights_imgsz(yolo)  # the side identify runs it at
     net = yolo.model.eval()
     gen = torch.Generator().manual_seed(0)

@@ -3,7 +3,10 @@
 One page, no CDN assets (HTML, CSS and JS inline), two endpoints: `POST /api/identify` takes the
 photo as the raw request body (never written to disk: it is decoded in memory and dropped after
 the answer) and `GET /api/reference/{class}/{side}.png` serves the catalog's studio pictures.
-Bad uploads get a 4xx with a one-line message: too large (413), not an image (415/400).
+Bad uploads get a 4xx with a one-line message: too large (413: over MAX_UPLOAD_BYTES, or over
+MAX_PIXELS from the image's header, before it is decoded), not an image (415/400). Every error,
+fedray's own and FastAPI's (an unknown path 404, a wrong method 405, a malformed parameter 422),
+is the JSON object `{"error": "<one line>"}`: the page shows `error`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import base64
 
 import cv2
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedray.pill.identify.app import MAX_UPLOAD_BYTES, Identifier, PhotoError, decode_photo
 from fedray.pill.identify.pipeline import annotate
@@ -85,9 +90,14 @@ def create_app(identifier: Identifier) -> FastAPI:
     """The web app around a loaded identifier."""
     app = FastAPI(title="fedray pill identifier", docs_url=None, redoc_url=None)
 
-    @app.exception_handler(HTTPException)
-    async def _one_line(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+    @app.exception_handler(StarletteHTTPException)  # fedray's own and the router's 404 / 405
+    async def _one_line(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": validation_message(exc)}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
@@ -103,11 +113,12 @@ def create_app(identifier: Identifier) -> FastAPI:
         async for chunk in request.stream():  # in memory only, capped while it arrives
             data += chunk
             if len(data) > MAX_UPLOAD_BYTES:
-                raise HTTPException(413, f"{name}: over the {MAX_UPLOAD_BYTES // 2**20} MB limit")
+                raise HTTPException(413, f"{name}: over the {MAX_UPLOAD_BYTES // 2**20} MB "
+                                         "upload limit")
         try:
             rgb = decode_photo(bytes(data), name)
         except PhotoError as exc:
-            raise HTTPException(400 if "empty" in str(exc) else 415, str(exc)) from None
+            raise HTTPException(exc.status, str(exc)) from None
         del data
         answer = identifier(rgb)
         ok, png = cv2.imencode(".png", cv2.cvtColor(annotate(rgb, answer), cv2.COLOR_RGB2BGR))
@@ -139,6 +150,15 @@ def create_app(identifier: Identifier) -> FastAPI:
         return Response(pictures[class_index, side], media_type="image/png")
 
     return app
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    """FastAPI's list of validation errors as one line: `where: what; ...`."""
+    parts = []
+    for e in exc.errors():
+        where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("path", "query", "body"))
+        parts.append(f"{where}: {e.get('msg', 'invalid')}" if where else e.get("msg", "invalid"))
+    return "; ".join(parts) or "invalid request"
 
 
 def pill_close_up(path, pad: float = 0.15) -> bytes:
