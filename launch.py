@@ -169,6 +169,9 @@ if __name__ == "__main__":
     # traceback itself, so a user's mistake is one line here and a bug keeps its whole traceback
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
+        from fedray.sweep.spec import sweep_file_args
+
+        sys.argv[1:] = sweep_file_args(sys.argv[1:])  # sweep=path/to/file.yaml
         main()
     except KeyboardInterrupt:  # Ctrl-C: the user's own stop, not a bug to show a traceback of
         how = ("a sweep continues with the same command and sweep.resume=true"

@@ -146,21 +146,42 @@ def read_sweep_file(path: str | Path) -> dict[str, Any]:
 
 def register_sweeps() -> None:
     """Make each sweep file an option of the Hydra group `sweep` (listed as `sweep: null`)."""
+    for name, path in sweep_files().items():
+        _register(name, path)
+
+
+def _register(name: str, path: Path) -> None:
     from hydra.core.config_store import ConfigStore
 
-    store = ConfigStore.instance()
-    for name, path in sweep_files().items():
-        try:
-            node = {**SPEC_DEFAULTS, **read_sweep_file(path)}
-            if node["scheduler"] is None or isinstance(node["scheduler"], str):
-                node["scheduler"] = {"name": node["scheduler"] or "none"}
-            if isinstance(node["scheduler"], dict):
-                defaults = SCHEDULER_DEFAULTS.get(node["scheduler"].get("name"), {})
-                node["scheduler"] = {**defaults, **node["scheduler"]}
-        except SweepError as exc:
-            # keep the option selectable so that `sweep=NAME` reports the real problem
-            node = {"name": name, "file": str(path), "error": str(exc)}
-        store.store(group="sweep", name=name, node=node, provider="fedray")
+    try:
+        node = {**SPEC_DEFAULTS, **read_sweep_file(path)}
+        if node["scheduler"] is None or isinstance(node["scheduler"], str):
+            node["scheduler"] = {"name": node["scheduler"] or "none"}
+        if isinstance(node["scheduler"], dict):
+            defaults = SCHEDULER_DEFAULTS.get(node["scheduler"].get("name"), {})
+            node["scheduler"] = {**defaults, **node["scheduler"]}
+    except SweepError as exc:
+        # keep the option selectable so that `sweep=NAME` reports the real problem
+        node = {"name": name, "file": str(path), "error": str(exc)}
+    ConfigStore.instance().store(group="sweep", name=name, node=node, provider="fedray")
+
+
+def sweep_file_args(args: list[str]) -> list[str]:
+    """Command-line arguments with `sweep=PATH.yaml` (a sweep file anywhere) registered as an
+    option of the `sweep` group under its stem and named by it (Hydra's group options are
+    names, not paths); a PATH.yaml that is not a file is a SweepError."""
+    out = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if eq and key.lstrip("+") == "sweep" and value.endswith((".yaml", ".yml")):
+            path = Path(value).expanduser()
+            if not path.is_file():
+                raise SweepError(f"sweep={value}: no such sweep file (or name a sweep: "
+                                 f"{', '.join(sorted(sweep_files()))})")
+            _register(path.stem, path.resolve())
+            arg = f"{key}={path.stem}"
+        out.append(arg)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

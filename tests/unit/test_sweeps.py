@@ -736,3 +736,14 @@ def test_a_distillation_trial_runs_its_epochs_as_rounds():
     assert plan.trial_rounds(base) == 8
     assert plan.trial_rounds({**base, "stage": "distill", "distill": {"epochs": 4}}) == 4
     assert plan.trial_rounds({**base, "stage": "distill", "distill": {"epochs": 20}}) == 8
+
+
+def test_a_sweep_file_named_by_its_path_is_an_option_for_that_run(tmp_path):
+    path = tmp_path / "my_epochs.yaml"
+    path.write_text("search: grid\nspace:\n  client.epochs: [1, 2]\n")
+    args = sp.sweep_file_args(["+experiment=smoke", f"sweep={path}", "fl.rounds=1"])
+    assert args == ["+experiment=smoke", "sweep=my_epochs", "fl.rounds=1"]
+    cfg = compose_plain(args)
+    assert cfg["sweep"]["file"] == str(path.resolve()) and cfg["sweep"]["name"] == "my_epochs"
+    with pytest.raises(sp.SweepError, match=r"sweep=.*nope\.yaml: no such sweep file"):
+        sp.sweep_file_args([f"sweep={tmp_path / 'nope.yaml'}"])
