@@ -145,6 +145,12 @@ def _known_keys(exc: BaseException, key: str, add: str) -> str:
 
     if head in SCHEMA and keys:  # a typed group: no key can be added to it
         return f"{head or 'the top level'} has {', '.join(sorted(keys))}"
+    if head == "sweep":  # a sweep's fields are fixed; without sweep=NAME there is no sweep
+        from fedray.sweep.spec import SPEC_FIELDS, sweep_files
+
+        if keys:
+            return f"a sweep has {', '.join(sorted(SPEC_FIELDS - {'error', 'file'}))}"
+        return f"no sweep is chosen: pick one with sweep=NAME ({', '.join(sorted(sweep_files()))})"
     return f"a new key is added with {add}"
 
 

@@ -186,6 +186,12 @@ def test_bad_override_is_one_line_before_ray(overrides, key, tmp_path):
      # out with a warning: a `_target_` swapped into the group)
      ("+model.widht=3", "model.widht: fedray.models.tiny_cnn.TinyCNN takes no widht; did you "
                         "mean model.width?"),
+     ("sweep=lr sweep.nonexist=1", "sweep.nonexist: no such key here; a sweep has "
+      "description, driver_cpus, driver_gpus, faults, max_concurrent_trials, max_failures, "
+      "metric, mode, name, num_samples, resume, reuse_processes, scheduler, search, seed, space"),
+     ("sweep.num_samples=1", "sweep.num_samples: no such key here; no sweep is chosen: pick one "
+      "with sweep=NAME (aggregation, distill, grid, local_epochs, lr, noniid, optuna_lr, "
+      "pbt_lr)"),
      ("+strategy=fedprox", "strategy: the defaults already choose one; pick with "
                            "strategy=fedprox (no +)"),  # Hydra's own advice is YAML syntax
      ("ray.xyz=1", "ray.xyz: no such key here; ray has address, backend, batch_clients, "
