@@ -456,14 +456,15 @@ def _finish(
                 if with_base
                 else None,
             ),
-            f"plots/{metric}_vs_bytes": plot_curves(
+        }
+        if any(row.get("comm/bytes_total") for row in logger.rows):  # none sent: no such plot
+            paths[f"plots/{metric}_vs_bytes"] = plot_curves(
                 logger.rows,
                 run_dir / f"{metric}_vs_bytes.png",
                 x="comm/bytes_total",
                 ys=(rank_key,),
                 xlabel="cumulative bytes communicated",
-            ),
-        }
+            )
         if confusion:
             paths = {
                 "plots/confusion": plot_confusion_matrix(

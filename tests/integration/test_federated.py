@@ -241,3 +241,9 @@ def test_a_centralized_runs_model_is_saved_and_loads_as_a_teacher(make_cfg, tmp_
     images = np.asarray(load_images(info.root, "val"))
     metrics, _ = evaluate(model, images, load_labels(info.root, "val"), info.num_classes)
     assert metrics["acc"] == pytest.approx(cen["val/acc"], abs=1e-9)
+
+
+def test_a_run_that_sends_nothing_draws_no_accuracy_against_bytes(make_cfg, tmp_path):
+    run(make_cfg("stage=centralized", "fl.rounds=1", run_dir=tmp_path))
+    assert (tmp_path / "acc_vs_round.png").exists()
+    assert not (tmp_path / "acc_vs_bytes.png").exists()  # every x would be 0
