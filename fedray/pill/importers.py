@@ -249,6 +249,10 @@ def import_yolo(cfg: dict, cache_dir: str | Path) -> DatasetInfo:
     root = require_root(cfg, "a YOLO dataset (data.yaml + images/ + labels/)")
     data_yaml, data = _load_data_yaml(root)
     names = _parse_names(data_yaml, data["names"])
+    nc = data.get("nc")  # the class count; with sparse ids it may count up to the last id
+    if nc is not None and nc not in (len(names), max(names) + 1):
+        raise DatasetError(f"{data_yaml}: nc: {nc}, but `names` lists {len(names)} classes; "
+                           "make them agree")
     class_index = {cid: i for i, cid in enumerate(names)}
     size = image_size(cfg)
     val_fraction = fraction(cfg, "val_fraction", 0.15)

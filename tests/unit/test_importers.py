@@ -203,6 +203,14 @@ def test_yolo_roboflow_layout_with_dict_names(tmp_path):
     _assert_centred_on_class(train, load_labels(info.root, "train"))
 
 
+def test_yolo_nc_that_disagrees_with_names_is_refused(tmp_path):
+    root = _yolo_dataset(tmp_path / "ds", {"train": TRAIN, "val": VAL})
+    data = yaml.safe_load((root / "data.yaml").read_text())
+    (root / "data.yaml").write_text(yaml.safe_dump({**data, "nc": 5}))
+    with pytest.raises(DatasetError, match=r"data\.yaml: nc: 5, but `names` lists 3 classes"):
+        import_yolo(_cfg(root), tmp_path / "cache")
+
+
 def test_yolo_sparse_class_ids_map_to_contiguous_labels(tmp_path):
     root = tmp_path / "ds"
     rng = np.random.default_rng(1)
