@@ -77,6 +77,9 @@ def _require_root(root: Any) -> Path:
     if root in (None, "", "???"):
         raise DatasetError("data.root is required: set data.root=/path/to/images (root/<class>/*)")
     path = Path(str(root)).expanduser().resolve()
+    if path.is_file():
+        raise DatasetError(f"data.root={root!r}: a file; give the folder of class folders "
+                           "(root/<class>/*.jpg)")
     if not path.is_dir():
         raise DatasetError(
             f"data.root={root!r}: no such directory (expected root/<class>/*.jpg, or "
@@ -97,8 +100,12 @@ def _fraction(value: Any) -> float:
 
 def _class_files(folder: Path) -> dict[str, list[Path]]:
     """{class name: sorted image paths} for each subfolder of `folder` (searched recursively)."""
-    out = {}
+    out, seen = {}, {}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        same = seen.setdefault(sub.resolve(), sub.name)
+        if same != sub.name:  # a symlink to another class's folder: its images twice, 2 labels
+            raise DatasetError(f"class folders {folder / same} and {sub} are one folder (a "
+                               "symlink): each class needs a folder of its own")
         out[sub.name] = sorted(
             p
             for p in sub.rglob("*")

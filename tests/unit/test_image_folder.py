@@ -81,6 +81,16 @@ def test_image_folder_missing_root_names_the_key(tmp_path):
     (tmp_path / "flat").mkdir()
     with pytest.raises(DatasetError, match="no class subfolders"):
         image_folder_dataset({"root": str(tmp_path / "flat"), "image_size": 8}, 0, tmp_path)
+    (tmp_path / "a.jpg").write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"data\.root=.*a\.jpg': a file; give the folder"):
+        image_folder_dataset({"root": str(tmp_path / "a.jpg"), "image_size": 8}, 0, tmp_path)
+
+
+def test_a_class_folder_linked_to_another_is_refused(tmp_path):
+    root = _tree(tmp_path / "imgs", per_class=2)
+    (root / "scarlet").symlink_to(root / "red", target_is_directory=True)
+    with pytest.raises(DatasetError, match=r"class folders .*red and .*scarlet are one folder"):
+        image_folder_dataset({"root": str(root), "image_size": 8}, 0, tmp_path / "cache")
 
 
 def test_torchvision_missing_root_says_where_to_put_files(tmp_path):
