@@ -204,6 +204,9 @@ def test_serve_says_it_serves_the_page_on_the_bound_port(monkeypatch, capsys, no
     served = []
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: served.append(
         sockets[0].getsockname()[1]))
+    # uvicorn.Config's dictConfig closes every logging handler in this process, pytest's
+    # capture streams behind them included (what `fedray serve` does alone is its own)
+    monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda self: None)
     assert main(["serve", "--port", "0"]) == 0
     assert served and served[0] > 0
     out = capsys.readouterr().out
