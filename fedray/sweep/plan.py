@@ -86,7 +86,8 @@ def check_trials(spec: SweepSpec, base: dict[str, Any], labels_for: LabelsFor | 
 
     validate(base)  # a mistake outside the space: the plain one-line error of a run
     options = group_options(spec, base)
-    if spec.search == "grid":  # the points it will run
+    grid = spec.search == "grid"
+    if grid:  # the points it will run (the plan has dropped those the data cannot deal)
         points = plan_trials(spec, base, labels_for)[0]
     else:
         rng = np.random.default_rng(spec.seed or 0)
@@ -104,7 +105,7 @@ def check_trials(spec: SweepSpec, base: dict[str, Any], labels_for: LabelsFor | 
             continue
         seen.add(key)
         try:
-            if check_feasible(cfg, labels_for(cfg) if labels_for else None) is None:
+            if grid or check_feasible(cfg, labels_for(cfg) if labels_for else None) is None:
                 validate(cfg)
         except ConfigError as exc:
             raise SweepError(f"sweep {spec.name!r} ({spec.file}): trial {fmt_point(point)}: "
