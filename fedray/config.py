@@ -144,7 +144,6 @@ def check_schema_keys(cfg: dict[str, Any]) -> None:
     """ConfigError naming the first key a typed group does not declare (a typo added with `+`,
     which Hydra accepts), with the declared keys it is closest to. At the top level a key named
     like the stage is a plug-in stage's own group; keys starting with `_` are fedray's own."""
-    import difflib
     from dataclasses import fields
 
     for path, schema in SCHEMA.items():
@@ -156,13 +155,23 @@ def check_schema_keys(cfg: dict[str, Any]) -> None:
         known = [f.name for f in fields(schema)]
         if not path and isinstance(cfg.get(str(cfg.get("stage"))), dict):
             known.append(str(cfg["stage"]))  # stage=NAME +NAME=...: a plug-in stage's group
-        extra = sorted(str(k) for k in node if k not in known and not str(k).startswith("_"))
-        if extra:
-            key = f"{path}.{extra[0]}" if path else extra[0]
-            near = difflib.get_close_matches(extra[0], known, n=3, cutoff=0.6)
-            hint = (f"did you mean {' or '.join(f'{path}.{k}' if path else k for k in near)}?"
-                    if near else f"{path or 'the top level'} has {', '.join(sorted(known))}")
-            raise ConfigError(f"{key}: no such key; {hint}")
+        refuse_unknown(path, [k for k in node if not str(k).startswith("_")], known)
+
+
+def refuse_unknown(path: str, keys: Any, known: Any, where: str = "") -> None:
+    """ConfigError naming the first of `keys` (under `path`) that is not in `known`, with the
+    known keys it is closest to (or all of them); `where` says whose keys they are."""
+    import difflib
+
+    known = sorted({str(k) for k in known})
+    extra = sorted(str(k) for k in keys if str(k) not in known)
+    if not extra:
+        return
+    key = f"{path}.{extra[0]}" if path else extra[0]
+    near = difflib.get_close_matches(extra[0], known, n=3, cutoff=0.6)
+    hint = (f"did you mean {' or '.join(f'{path}.{k}' if path else k for k in near)}?"
+            if near else f"{path or 'the top level'} has {', '.join(known)}")
+    raise ConfigError(f"{key}: no such key{where}; {hint}")
 
 
 def command_line_keys() -> list[str]:
@@ -195,10 +204,13 @@ def check_given_keys(cfg: dict[str, Any]) -> None:
         if not isinstance(node, dict) or not keys or not node.get("_target_"):
             continue
         target = str(node["_target_"])
-        if group == "data" and getattr(
-            import_target("data._target_", target), "fedray_dataset_builder", False
-        ):
-            continue  # a builder reads its keys from the whole data config: no signature
+        fn = import_target(f"{group}._target_", target)
+        if group == "data" and getattr(fn, "fedray_dataset_builder", False):
+            # a builder reads its keys from the whole data config: no signature, but it may list
+            # them (an experiment's keys for another dataset stay ignored: only these are checked)
+            if getattr(fn, "fedray_keys", None) is not None:
+                refuse_unknown("data", keys, [*fn.fedray_keys, *skip], f" for {target}")
+            continue
         params = target_params(target)
         if not params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             continue

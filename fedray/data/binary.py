@@ -84,6 +84,10 @@ def binary_shapes(cfg: dict[str, Any], seed: int, cache_dir: Path) -> DatasetInf
     return load_info(cached_build(cache_dir, "binary", key, lambda d: build_binary(d, cfg, seed)))
 
 
+binary_shapes.fedray_keys = (  # type: ignore[attr-defined]
+    "name", "image_size", "train_per_class", "val_per_class", "noise")
+
+
 def build_binary(root: Path, cfg: dict[str, Any], seed: int) -> None:
     """Write the binary shapes dataset (balanced classes, shapes even within a class) into root."""
     size, noise = int(cfg["image_size"]), float(cfg.get("noise", 0.15))

@@ -45,6 +45,10 @@ def cifar_like_dataset(cfg: dict[str, Any], seed: int, cache_dir: Path) -> Datas
     return load_info(cached_build(cache_dir, "cifar_like", key, lambda d: build(d, cfg, seed)))
 
 
+cifar_like_dataset.fedray_keys = (  # type: ignore[attr-defined]
+    "name", "cifar_root", "num_classes", "image_size", "train_size", "val_size", "noise")
+
+
 def _templates(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     """(n, size, size, 3) float32 class templates in [-1, 1]: 4x4 colour grids, upsampled."""
     coarse = rng.uniform(-1, 1, (n, 4, 4, 3)).astype(np.float32)

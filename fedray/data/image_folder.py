@@ -73,6 +73,10 @@ def image_folder_dataset(cfg: dict[str, Any], seed: int, cache_dir: Path) -> Dat
     return load_info(cached_build(cache_dir, "image_folder", key, build))
 
 
+image_folder_dataset.fedray_keys = (  # type: ignore[attr-defined]
+    "name", "root", "image_size", "resize", "val_fraction")
+
+
 def _require_root(root: Any) -> Path:
     if root in (None, "", "???"):
         raise DatasetError("data.root is required: set data.root=/path/to/images (root/<class>/*)")

@@ -144,3 +144,5 @@ def check_torchvision(cfg: dict[str, Any]) -> None:
 
 
 torchvision_dataset.fedray_check = check_torchvision  # type: ignore[attr-defined]
+torchvision_dataset.fedray_keys = (  # type: ignore[attr-defined]
+    "name", "dataset", "root", "image_size", "train_split", "val_split", "val_fraction", "options")

@@ -74,6 +74,11 @@ def toy_dataset(cfg: dict[str, Any], seed: int, cache_dir: Path) -> DatasetInfo:
     return load_info(cached_build(cache_dir, "toy", key, lambda d: build_toy(d, cfg, seed)))
 
 
+toy_dataset.fedray_keys = (  # type: ignore[attr-defined]
+    "name", "num_classes", "image_size", "train_per_class", "val_per_class", "noise",
+    "class_offset")
+
+
 def build_toy(root: Path, cfg: dict, seed: int) -> None:
     """Write a toy classification dataset (num_classes shape x colour combinations) into root."""
     n = int(cfg["num_classes"])

@@ -244,6 +244,13 @@ def epillid_dataset(cfg: dict, seed: int, cache_dir: Path) -> DatasetInfo:
     return import_epillid({**cfg, "seed": cfg.get("seed", seed)}, cache_dir)
 
 
+yolo_dataset.fedray_keys = (  # type: ignore[attr-defined]
+    "name", "root", "image_size", "pad_ratio", "val_fraction", "seed")
+epillid_dataset.fedray_keys = (  # type: ignore[attr-defined]
+    "name", "root", "csv", "image_dir", "path_column", "label_column", "split_column",
+    "val_fraction", "test_fraction", "image_size", "seed")
+
+
 def import_yolo(cfg: dict, cache_dir: str | Path) -> DatasetInfo:
     """Import a YOLO/Roboflow detection dataset as per-box square crops (cached)."""
     root = require_root(cfg, "a YOLO dataset (data.yaml + images/ + labels/)")

@@ -183,3 +183,8 @@ def seg_sites_dataset(data_cfg: dict[str, Any], seed: int, cache_dir: Path) -> D
     cfg = seg_config(data_cfg)
     key = {**cfg, "seed": int(seed), "version": VERSION}
     return load_info(cached_build(cache_dir, "seg_sites", key, lambda d: build(d, cfg, seed)))
+
+
+seg_sites_dataset.fedray_keys = (  # type: ignore[attr-defined]
+    "name", "num_pills", "catalog_seed", "image_size", "train_per_site", "val_per_site",
+    "max_pills_per_scene", "fov_mm")

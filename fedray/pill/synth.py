@@ -422,3 +422,4 @@ __all__ = ["DEFAULTS", "VERSION", "build_synthetic", "code_fingerprint", "synth_
 
 build_synthetic.fedray_check = _fedray_check  # type: ignore[attr-defined]
 build_synthetic.fedray_classes = "num_pills"  # type: ignore[attr-defined]
+build_synthetic.fedray_keys = tuple(DEFAULTS)  # type: ignore[attr-defined]

@@ -186,6 +186,9 @@ def test_bad_override_is_one_line_before_ray(overrides, key, tmp_path):
      # out with a warning: a `_target_` swapped into the group)
      ("+model.widht=3", "model.widht: fedray.models.tiny_cnn.TinyCNN takes no widht; did you "
                         "mean model.width?"),
+     # ... and a data `+key` a dataset builder does not read (it lists what it reads)
+     ("+data.num_clases=3", "data.num_clases: no such key for fedray.data.toy.toy_dataset; "
+                            "did you mean data.num_classes?"),
      ("sweep=lr sweep.nonexist=1", "sweep.nonexist: no such key here; a sweep has "
       "description, driver_cpus, driver_gpus, faults, max_concurrent_trials, max_failures, "
       "metric, mode, name, num_samples, resume, reuse_processes, scheduler, search, seed, space"),

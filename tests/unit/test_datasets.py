@@ -59,3 +59,27 @@ def test_bad_arrays_are_clear_errors(tmp_path):
         write_split(tmp_path, "train", np.zeros((2, 4, 4, 3), np.uint8), np.zeros(3))
     with pytest.raises(DatasetError, match="meta.json"):
         load_info(tmp_path / "nope")
+
+
+def test_every_builder_lists_the_keys_of_its_own_yaml():
+    """A builder's `fedray_keys` (what `+data.KEY` is checked against) covers its group's YAML:
+    a key the shipped YAML sets is never refused as unknown."""
+    from pathlib import Path
+
+    import yaml
+
+    from fedray.data.sources import NOT_BUILDER_KEYS
+    from fedray.targets import import_target
+
+    listed = 0
+    for path in sorted(Path("conf/data").glob("*.yaml")):
+        node = yaml.safe_load(path.read_text()) or {}
+        if not node.get("_target_"):
+            continue
+        fn = import_target("data._target_", node["_target_"])
+        if getattr(fn, "fedray_dataset_builder", False):
+            assert fn.fedray_keys is not None, path  # every shipped builder lists its keys
+            extra = set(node) - set(fn.fedray_keys) - set(NOT_BUILDER_KEYS)
+            assert not extra, (path, extra)
+            listed += 1
+    assert listed >= 7
