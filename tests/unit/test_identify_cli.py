@@ -59,6 +59,19 @@ def test_a_run_that_is_not_a_classifier_is_named(command, photo, tmp_path, capsy
     assert "a stage=federated run of task segmentation, not a classifier" in _error(capsys)
 
 
+@pytest.mark.parametrize("command", ["identify", "export"])
+def test_a_classifier_of_other_data_is_named(command, photo, tmp_path, capsys):
+    """A run on fedray's toy shapes is a classifier, but its names are not pills."""
+    run = _run_dir(tmp_path, task={"_target_": "fedray.tasks.classification.Classification"})
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {**cfg, "data": {"_target_": "fedray.data.toy.toy_dataset"}}))
+    args = [command, *([str(photo), "--run"] if command == "identify" else []), str(run)]
+    assert main(args) == 2
+    assert f"{run}: trained on toy_dataset (fedray.data.toy.toy_dataset), not on pill photos" \
+        in _error(capsys)
+
+
 def test_a_host_nobody_can_listen_on_is_refused(tmp_path, capsys):
     pytest.importorskip("uvicorn")
     assert main(["serve", "--host", "999.1.1.1", "--run", "nowhere"]) == 2

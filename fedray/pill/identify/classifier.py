@@ -107,6 +107,13 @@ def find_run_dir(run: str | Path | None, outputs: str | Path = "outputs") -> Pat
                 f"not a classifier; identify names pills with a classification run, e.g. "
                 f"`{TRAIN_HINT}`"
             )
+        data = str((cfg.get("data") or {}).get("_target_", ""))
+        if not _pill_data(data):
+            raise ConfigError(
+                f"{path}: trained on {data.rpartition('.')[2]} ({data}), not on pill photos; "
+                f"identify names pills with a run on pill crops, e.g. `{TRAIN_HINT}` (or your own "
+                f"pill photos: data=image_folder, yolo_import, epillid or your data._target_)"
+            )
         return path
     runs = sorted(
         (p.parent for p in Path(outputs).glob(f"*/*/{CHECKPOINT}") if _is_pill_run(p.parent)),
@@ -118,6 +125,13 @@ def find_run_dir(run: str | Path | None, outputs: str | Path = "outputs") -> Pat
             f"`{TRAIN_HINT}` (or pass --run RUN_DIR)"
         )
     return runs[-1]
+
+
+def _pill_data(target: str) -> bool:
+    """A run's `data._target_` may hold pill photos: any but fedray's own other datasets (toy
+    shapes, CIFAR, torchvision's); an image folder or the user's own callable may."""
+    return not target.startswith("fedray.") or target.startswith(
+        ("fedray.pill.", "fedray.data.image_folder."))
 
 
 def _is_pill_run(run_dir: Path) -> bool:
