@@ -22,7 +22,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 import fedray.config  # noqa: F401  (registers the typed schema before Hydra composes)
 import fedray.sweep  # noqa: F401  (registers sweeps/*.yaml as the Hydra group `sweep`)
-from fedray.logging import log_to_files_of
+from fedray.logging import log_to_files_of, print_and_log
 
 
 def seed_everything(seed: int) -> None:
@@ -44,12 +44,13 @@ def print_summary(metrics: dict) -> None:
         (k, v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
     ]
     width = max((len(k) for k, _ in rows), default=10)
-    print("\n" + "-" * (width + 16))
+    lines = ["", "-" * (width + 16)]
     for k, v in rows:
-        print(f"{k:<{width}}  {v:>12.4f}" if isinstance(v, float) else f"{k:<{width}}  {v:>12}")
-    for line in metrics.get("most_confused", []):
-        print(f"confused: {line}")
-    print("-" * (width + 16))
+        lines.append(f"{k:<{width}}  {v:>12.4f}" if isinstance(v, float)
+                     else f"{k:<{width}}  {v:>12}")
+    lines += [f"confused: {line}" for line in metrics.get("most_confused", [])]
+    lines.append("-" * (width + 16))
+    print_and_log(lines)
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

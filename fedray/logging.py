@@ -77,6 +77,22 @@ def log_to_files_of(logger: logging.Logger) -> None:
             log.propagate = False
 
 
+def print_and_log(lines: list[str]) -> None:
+    """Print `lines` (a results table) and append them as they are to fedray's log files (the
+    run dir's launch.log), so the log holds what the terminal showed at the end."""
+    text = "\n".join(lines)
+    print(text)
+    for handler in log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.acquire()
+            try:
+                handler.flush()
+                with open(handler.baseFilename, "a", encoding="utf-8") as f:
+                    f.write(text + "\n")
+            finally:
+                handler.release()
+
+
 def wandb_run_id(run_dir: str | Path) -> str:
     """A W&B run id that is a function of the run directory: a resumed run or a retried trial
     (same directory) logs to the same W&B run instead of opening a second one."""

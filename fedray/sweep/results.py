@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedray.logging import print_and_log
 from fedray.sweep.groups import is_number
 from fedray.sweep.plan import fmt_point, fmt_value, trial_config, trial_rounds
 from fedray.sweep.space import decode
@@ -337,18 +338,17 @@ def print_results(out: dict[str, Any]) -> None:
     metric = out["metric"]
     skipped = out.get("grid_points_skipped") or 0
     note = f"; {skipped} grid point(s) skipped before the sweep (listed above)" if skipped else ""
-    print(f"\nsweep {out['sweep']}: {out['trials']} trials {out['status']}{note}")
-    for r in out["rows"][:10]:
-        print(
-            f"  {r['trial']}  {r['status']:<9}  rounds {r['rounds']:>3}  "
-            f"{metric} {_md(r['metric']):>8}  {fmt_point(r['assignment'])}"
-        )
-    print(
+    lines = [f"\nsweep {out['sweep']}: {out['trials']} trials {out['status']}{note}"]
+    lines += [
+        f"  {r['trial']}  {r['status']:<9}  rounds {r['rounds']:>3}  "
+        f"{metric} {_md(r['metric']):>8}  {fmt_point(r['assignment'])}"
+        for r in out["rows"][:10]
+    ]
+    lines.append(
         f"trial-rounds run: {out['trial_rounds']} of {out['trial_rounds_max']} "
         f"({100 * out['trial_rounds_saved']:.0f}% saved)   wall {out.get('wall_s', 0):.1f}s"
     )
-    print(f"results: {out['results_csv']}\n         {out['results_md']}")
-    print(f"summary: {out['summary_json']}")
-    for p in out["plots"]:
-        print(f"plot:    {p}")
-    print(f"trials:  {Path(out['sweep_dir']) / TRIALS_DIR}")
+    lines += [f"results: {out['results_csv']}", f"         {out['results_md']}",
+              f"summary: {out['summary_json']}", *(f"plot:    {p}" for p in out["plots"]),
+              f"trials:  {Path(out['sweep_dir']) / TRIALS_DIR}"]
+    print_and_log(lines)

@@ -85,6 +85,10 @@ def test_a_launched_run_starts_and_stops_its_own_ray(tmp_path, cache_dir):
     # the run dir's log (Hydra's launch.log) holds the run's lines, as the console showed them
     logged = (run_dir / "launch.log").read_text()
     assert "[fedray][INFO] - round 3/3  val/acc" in logged, logged[-2000:]
+    # ... and ends with the table of final metrics the terminal showed
+    table = logged.rstrip().splitlines()
+    assert table[-1].startswith("-----") and any(
+        line.split()[:1] == ["val/acc"] for line in table[-20:]), logged[-2000:]
     time.sleep(2)
     assert _alive(seen) == []
 

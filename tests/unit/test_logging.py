@@ -61,3 +61,23 @@ def test_wandb_refusing_to_start_online_is_a_config_error(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match=r"^logger\.wandb\.mode=online: W&B would not start: "
                                           r"No API key configured.*mode=offline"):
         RunLogger(tmp_path, _cfg(mode="online"))
+
+
+def test_a_results_table_goes_to_the_terminal_and_the_log_files_as_it_is(tmp_path, capsys):
+    import logging
+
+    from fedray.logging import FILE_FORMAT, log, print_and_log
+
+    handler = logging.FileHandler(tmp_path / "launch.log")
+    handler.setFormatter(logging.Formatter(FILE_FORMAT))
+    log.addHandler(handler)
+    try:
+        log.warning("before the table")
+        print_and_log(["", "sweep lr: 2 trials completed", "  trial_000  completed"])
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    assert capsys.readouterr().out == "\nsweep lr: 2 trials completed\n  trial_000  completed\n"
+    logged = (tmp_path / "launch.log").read_text().splitlines()
+    assert logged[0].endswith("[fedray][WARNING] - before the table")
+    assert logged[1:] == ["", "sweep lr: 2 trials completed", "  trial_000  completed"]
