@@ -212,15 +212,15 @@ def _run_federated_rounds(cfg: dict[str, Any], info, dealt: tuple, run_dir: Path
     task, labels, parts = dealt
     num_clients = int(cfg["fl"]["num_clients"])
     ckpt_path = run_dir / CHECKPOINT
-    rows = load_checkpoint(ckpt_path)["rows"] if resume_dir is not None else None
-    logger = RunLogger(run_dir, cfg, resume_rows=rows)
+    ckpt = load_checkpoint(ckpt_path) if resume_dir is not None else None  # read once
+    logger = RunLogger(run_dir, cfg, resume_rows=ckpt["rows"] if ckpt is not None else None)
     try:
         by_label = task.partition_by == "label"
         keys = info.num_classes if by_label else int(labels.max()) + 1
         matrix = partition_matrix(labels, parts, keys)
         server = FederatedServer(cfg, info, parts, logger, before_bind=boot.wait_ray)
-        if resume_dir is not None:
-            server.restore(ckpt_path)
+        if ckpt is not None:
+            server.restore(ckpt)
             log.info("resuming after round %d from %s", server.start_round, ckpt_path)
         t0 = time.perf_counter()
         ckpt = ckpt_path if cfg["fl"].get("checkpoint", True) else None

@@ -21,7 +21,7 @@ import torch
 
 from fedray.config import ConfigError
 from fedray.data.datasets import DatasetInfo, load_groups, load_images
-from fedray.fl.checkpoint import load_checkpoint, save_checkpoint
+from fedray.fl.checkpoint import save_checkpoint
 from fedray.fl.client import make_client_actor
 from fedray.fl.head_init import check_head_init, solve_head
 from fedray.fl.local import LocalLayers, local_names
@@ -149,9 +149,8 @@ class FederatedServer:
         local = [] if self.isolated else local_names(self.model, self.travel, self.fl.get("local"))
         self.local = LocalLayers(local, get_params(self.model, local)) if local else None
 
-    def restore(self, ckpt_path: Path) -> None:
-        """Continue from a checkpoint written after some round."""
-        ckpt = load_checkpoint(ckpt_path)
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a checkpoint written after some round (as `load_checkpoint` reads it)."""
         self.params = ckpt["params"]
         if ckpt.get("client_params") is not None:
             self.client_params = ckpt["client_params"]
