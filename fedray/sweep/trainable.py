@@ -25,7 +25,8 @@ ORIGIN = "origin.json"  # beside checkpoint.pkl in a reported checkpoint: which 
 
 
 class InjectedTrialFault(RuntimeError):
-    """`sweep.faults`: a trial that fails on purpose after a round, on its first `attempts` tries.
+    """`sweep.faults`: a trial that fails on purpose after a round (or the first later round a
+    retry reaches), on each of its first `attempts` tries.
 
     For tests and demos of `max_failures` and `sweep.resume`, like `fl.faults` for clients.
     """
@@ -140,8 +141,9 @@ def run_trial(
         info["resumed_from_round"] = _restore(restored, run_dir, index, info)
         cfg["resume"] = str(run_dir)
     info_path.write_text(json.dumps(info, indent=2, default=str))
-    # round -> how many first attempts fail after it
-    faults = {f["round"]: f["attempts"] for f in meta.get("faults", []) if f["trial"] == index}
+    # (round, attempts): each of the first `attempts` tries fails after the first round >= round
+    # it reports (a retry resumes after the round its try failed at: one round further each)
+    faults = [(f["round"], f["attempts"]) for f in meta.get("faults", []) if f["trial"] == index]
     staging = run_dir / ".tune_checkpoint"
     rounds = trial_rounds(cfg)
     last: list[tuple[dict[str, Any], Path | None]] = []
@@ -159,7 +161,7 @@ def run_trial(
             origin = {"trial": index, "round": int(row["round"])}
             (staging / ORIGIN).write_text(json.dumps(origin))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(staging)))
-        if info["attempts"] <= faults.get(int(row["round"]), 0):
+        if any(int(row["round"]) >= r and info["attempts"] <= n for r, n in faults):
             raise InjectedTrialFault(
                 f"sweep.faults: trial {index} fails after round {row['round']} "
                 f"(attempt {info['attempts']})"

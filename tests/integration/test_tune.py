@@ -87,12 +87,9 @@ def test_failed_trial_is_retried_and_a_sweep_with_errors_resumes(make_cfg, tmp_p
     )
     cfg = make_cfg(*overrides, run_dir=tmp_path / "first")
     # trial 0 fails once and is retried (max_failures=1); trial 1 fails after round 1, and its
-    # retry (from the round-1 checkpoint) fails after round 2: an error that ends the sweep
-    cfg["sweep"]["faults"] = [
-        {"trial": 0, "round": 1},
-        {"trial": 1, "round": 1},
-        {"trial": 1, "round": 2, "attempts": 2},
-    ]
+    # retry (from the round-1 checkpoint) after the first round it reaches, round 2: an error
+    # that ends the sweep
+    cfg["sweep"]["faults"] = [{"trial": 0, "round": 1}, {"trial": 1, "round": 1, "attempts": 2}]
     out = tuner.sweep(cfg)
     first = tmp_path / "first"
     status = {r["trial"]: r["status"] for r in out["rows"]}
