@@ -97,20 +97,30 @@ def held_sigint() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-class _TokenNotice(logging.Filter):
-    """Drops Ray's notice that a new local cluster uses token authentication (Ray's default, a
-    token in ~/.ray/auth_token): a WARNING line with a URL in every run, about nothing wrong.
-    Auth stays on; its opt-out (RAY_AUTH_MODE=disabled) and other warnings are Ray's as before."""
+class _Notice(logging.Filter):
+    """Drops one of Ray's log lines that says nothing a fedray user needs (by how it starts)."""
+
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Token authentication is enabled")
+        return not record.getMessage().startswith(self.start)
+
+
+def quiet_notice(logger: str, start: str) -> None:
+    """Install `_Notice(start)` on `logger` (once)."""
+    log = logging.getLogger(logger)
+    if not any(isinstance(f, _Notice) and f.start == start for f in log.filters):
+        log.addFilter(_Notice(start))
 
 
 def quiet_token_notice() -> None:
-    """Install `_TokenNotice` on the logger that prints it (once)."""
-    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    if not any(isinstance(f, _TokenNotice) for f in log.filters):
-        log.addFilter(_TokenNotice())
+    """Ray's notice that a new local cluster uses token authentication (Ray's default, a token in
+    ~/.ray/auth_token): a WARNING line with a URL in every run, about nothing wrong. Auth stays
+    on; its opt-out (RAY_AUTH_MODE=disabled) and other warnings are Ray's as before."""
+    quiet_notice("ray._private.authentication.authentication_token_setup",
+                 "Token authentication is enabled")
 
 
 def pool_size(ray_cfg: dict[str, Any], k: int) -> int:

@@ -302,6 +302,11 @@ def fit(tuner: Any, spec_d: dict[str, Any]) -> Any:
     naming it and what they report (Tune raises it from the first result, after a round)."""
     import re
 
+    from fedray.fl.pool import quiet_notice
+
+    # on Ctrl-C Tune advises `Tuner.restore(path=..., trainable=...)`: fedray says how to go on
+    # (sweep.resume=true) in its own line
+    quiet_notice("ray.tune.tune", "Experiment has been interrupted")
     try:
         return tuner.fit()
     except Exception as exc:  # Tune wraps the ValueError in a TuneError holding its traceback

@@ -276,7 +276,7 @@ def test_sweep_killed_midway_resumes_without_rerunning_finished_trials(tmp_path,
         env=_env(),
         start_new_session=True,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=open(tmp_path / "err.log", "w"),  # noqa: SIM115 - the child holds it
     )
     done = first / "trials" / "trial_000" / "summary.json"
     # one trial fits at a time, so trial 1 starting means Tune has finished trial 0
@@ -291,6 +291,8 @@ def test_sweep_killed_midway_resumes_without_rerunning_finished_trials(tmp_path,
     finally:
         _stop([proc])
     assert proc.returncode == 130  # stopped by the user: not a config error (2)
+    err = (tmp_path / "err.log").read_text()
+    assert "sweep.resume=true" in err and "Tuner.restore" not in err, err[-3000:]
     assert not (first / "sweep_results.csv").exists()  # it really was cut short
     stamp = done.stat().st_mtime_ns
     res = _launch(*args, "sweep.resume=true", f"hydra.run.dir={tmp_path / 'b'}", timeout=300)

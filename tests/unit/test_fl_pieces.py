@@ -484,12 +484,12 @@ def test_a_worker_is_replaced_only_when_different_clients_raise_on_it_in_a_row()
 def test_only_rays_token_auth_notice_is_quietened(monkeypatch):
     import logging
 
-    from fedray.fl.pool import _TokenNotice, quiet_token_notice
+    from fedray.fl.pool import _Notice, quiet_token_notice
 
     quiet_token_notice()
     quiet_token_notice()  # once
     log = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    assert sum(isinstance(f, _TokenNotice) for f in log.filters) == 1
+    assert sum(isinstance(f, _Notice) for f in log.filters) == 1
     monkeypatch.setattr(log, "disabled", False)  # a logging config earlier in the session may
     monkeypatch.setattr(log, "level", logging.WARNING)  # have turned it off
     seen: list[str] = []
