@@ -38,17 +38,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def print_summary(metrics: dict) -> None:
-    """A short table of the final scalar metrics."""
+PER_CLIENT = re.compile(r"^client/\d+/")
+MAX_CLIENT_ROWS = 10  # more clients than this: their rows stay in summary.json
+
+
+def print_summary(metrics: dict, run_dir: str = "") -> None:
+    """A short table of the final scalar metrics (per-client ones only for a few clients)."""
     rows = [
         (k, v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
     ]
+    clients = {k.split("/")[1] for k, _ in rows if PER_CLIENT.match(k)}
+    hidden = len(clients) > MAX_CLIENT_ROWS
+    if hidden:
+        rows = [(k, v) for k, v in rows if not PER_CLIENT.match(k)]
     width = max((len(k) for k, _ in rows), default=10)
     lines = ["", "-" * (width + 16)]
     for k, v in rows:
         lines.append(f"{k:<{width}}  {v:>12.4f}" if isinstance(v, float)
                      else f"{k:<{width}}  {v:>12}")
     lines += [f"confused: {line}" for line in metrics.get("most_confused", [])]
+    if hidden:
+        lines.append(f"client/<id>/...: {len(clients)} clients' values in "
+                     f"{os.path.join(run_dir, 'summary.json')}")
     lines.append("-" * (width + 16))
     print_and_log(lines)
 
@@ -76,7 +87,7 @@ def main(cfg: DictConfig) -> None:
     except Exception as exc:
         fail_if_user_error(exc)
         raise
-    print_summary(metrics)
+    print_summary(metrics, plain["run_dir"])
 
 
 def user_error(exc: BaseException) -> str | None:

@@ -81,3 +81,17 @@ def test_a_results_table_goes_to_the_terminal_and_the_log_files_as_it_is(tmp_pat
     logged = (tmp_path / "launch.log").read_text().splitlines()
     assert logged[0].endswith("[fedray][WARNING] - before the table")
     assert logged[1:] == ["", "sweep lr: 2 trials completed", "  trial_000  completed"]
+
+
+def test_the_final_table_lists_per_client_values_only_for_a_few_clients(capsys):
+    import launch
+
+    few = {"val/acc": 0.5, "client/0/val_acc": 0.4, "client/1/val_acc": 0.6, "rounds": 3}
+    launch.print_summary(few, "/runs/a")
+    out = capsys.readouterr().out
+    assert "client/1/val_acc" in out and "summary.json" not in out
+    many = {"val/acc": 0.5, **{f"client/{i}/val_acc": 0.5 for i in range(10_000)}, "rounds": 3}
+    launch.print_summary(many, "/runs/a")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) < 10 and not any(line.startswith("client/0") for line in lines), lines
+    assert "client/<id>/...: 10000 clients' values in /runs/a/summary.json" in lines
