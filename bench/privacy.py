@@ -272,6 +272,15 @@ def main() -> None:
         args.attacks = "none,sign_flip,scaled" + ("" if args.pill else ",backdoor")
     if args.max_norm is None:
         args.max_norm = 1.0 if args.pill else 2.0
+    # a misspelt rule or attack: argparse's one line before anything runs, not a KeyError after
+    # an hour of other cells
+    attacks = sorted(f.stem for f in (Path(__file__).resolve().parents[1] / "conf/attack").glob(
+        "*.yaml"))
+    for flag, given, known in (("--rules", args.rules, RULES), ("--attacks", args.attacks,
+                                                                 attacks)):
+        bad = [x for x in given.split(",") if x not in known]
+        if bad:
+            p.error(f"{flag}: {', '.join(bad)} not known; choose from {', '.join(known)}")
 
     import ray
 
