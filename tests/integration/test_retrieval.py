@@ -125,7 +125,14 @@ def test_reuse_of_a_directory_without_models_is_refused(tmp_path):
      ("retrieval.federated.loss=arcface", "retrieval.federated.loss"),
      ("retrieval.kd.align=maybe", "retrieval.kd.align"),
      ("retrieval.pretrain.num_pills=-1", "retrieval.pretrain.num_pills"),
-     ("retrieval.pretrain.epochs=1.5", "retrieval.pretrain.epochs")],
+     ("retrieval.pretrain.epochs=1.5", "retrieval.pretrain.epochs"),
+     # a training number that trains nothing: zero epochs, a margin every triplet meets
+     ("retrieval.threads=0", "retrieval.threads"),
+     ("retrieval.train.epochs=0", "retrieval.train.epochs"),
+     ("retrieval.train.margin=-1", "retrieval.train.margin"),
+     ("retrieval.train.lr=0", "retrieval.train.lr"),
+     ("retrieval.train.augment.zoom=[1.2,0.8]", "retrieval.train.augment.zoom"),
+     ("retrieval.train.augment.blur_prob=2", "retrieval.train.augment.blur_prob")],
 )
 def test_bad_retrieval_config_names_the_key(tmp_path, override, key):
     from fedray.validate import validate
@@ -150,6 +157,17 @@ def test_federated_teacher_trains_across_clients(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert rows[0]["fl/clients"] == 2 and rows[0]["comm/bytes_up"] > 0
     assert 0.0 <= summary["teacher_fed/consumer/multi/two_side/map"] <= 1.0
+
+
+def test_the_federated_stages_keys_on_the_command_line_say_what_to_set_instead():
+    from fedray.pill.retrieval.stage import check_not_fl
+
+    check_not_fl(["retrieval.federated.clients", "seed", "partition.alpha"])
+    with pytest.raises(ConfigError, match=r"^fl\.num_clients: stage=retrieval does not read "
+                       r"fl\.\* or client\.\* .* retrieval\.federated\.clients$"):
+        check_not_fl(["seed", "fl.num_clients"])
+    with pytest.raises(ConfigError, match=r"^fl\.quorum: .* the retrieval\.federated keys$"):
+        check_not_fl(["fl.quorum"])
 
 
 def test_a_client_split_that_cannot_be_made_fails_before_any_training(tmp_path):

@@ -52,6 +52,52 @@ def _check_local_epochs(value: Any) -> None:
                       f"(0.5, 0.25, ...) for the *_fed models, got {value!r}")
 
 
+def _check_numbers(rcfg: dict[str, Any], tcfg: dict[str, Any], kd: bool) -> None:
+    """The training numbers: a zero or negative one trains nothing (0 epochs, a margin <= 0
+    that every triplet meets) or fails deep inside torch."""
+    checks.number("retrieval.threads", rcfg.get("threads", 1), 1, integer=True)
+    checks.boolean("retrieval.norm", rcfg.get("norm", True))
+    checks.number("retrieval.train.epochs", tcfg.get("epochs"), 1, integer=True)
+    checks.number("retrieval.train.batch_size", tcfg.get("batch_size"), 2, integer=True)
+    checks.number("retrieval.train.lr", tcfg.get("lr"), 0, low_open=True)
+    checks.number("retrieval.train.weight_decay", tcfg.get("weight_decay", 0.0), 0)
+    checks.number("retrieval.train.margin", tcfg.get("margin", 0.2), 0, low_open=True)
+    checks.number("retrieval.train.window", tcfg.get("window", 5), 1, integer=True)
+    checks.boolean("retrieval.train.standardize", tcfg.get("standardize", True))
+    aug = checks.mapping("retrieval.train.augment", tcfg.get("augment") or {})
+    checks.number("retrieval.train.augment.rotate_deg", aug.get("rotate_deg", 0), 0, 180)
+    checks.number("retrieval.train.augment.translate_px", aug.get("translate_px", 0), 0)
+    checks.number("retrieval.train.augment.blur_prob", aug.get("blur_prob", 0), 0, 1)
+    zoom = aug.get("zoom", [1.0, 1.0])
+    if not (isinstance(zoom, list | tuple) and len(zoom) == 2
+            and all(isinstance(z, int | float) and not isinstance(z, bool) for z in zoom)
+            and 0 < zoom[0] <= zoom[1]):
+        raise ConfigError(f"retrieval.train.augment.zoom: {zoom!r} is not [low, high] with "
+                          "0 < low <= high")
+    if kd:
+        kcfg = rcfg.get("kd") or {}
+        checks.number("retrieval.kd.epochs", kcfg.get("epochs"), 1, integer=True)
+        checks.number("retrieval.kd.lr", kcfg.get("lr"), 0, low_open=True)
+
+
+# the federated stage's keys that this stage's own federated loop takes under another name
+_FL_KEYS = {"fl.num_clients": "retrieval.federated.clients",
+            "fl.rounds": "retrieval.federated.rounds",
+            "client.epochs": "retrieval.federated.local_epochs",
+            "client.optimizer.lr": "retrieval.federated.lr",
+            "client.batch_size": "retrieval.federated.batch_size"}
+
+
+def check_not_fl(given: list[str]) -> None:
+    """An `fl.*` or `client.*` key on the command line does nothing here (the *_fed models run
+    their own loop, set by retrieval.federated): say which key does it instead."""
+    for key in given:
+        if key.split(".")[0] in ("fl", "client"):
+            instead = _FL_KEYS.get(key, "the retrieval.federated keys")
+            raise ConfigError(f"{key}: stage=retrieval does not read fl.* or client.* (the "
+                              f"federated stage's); its *_fed models take {instead}")
+
+
 def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
     """The retrieval config, checked; a bad value raises ConfigError naming the key."""
     unknown = sorted(set(rcfg) - _KEYS)
@@ -87,6 +133,7 @@ def check_config(rcfg: dict[str, Any]) -> dict[str, Any]:
     checks.choice("retrieval.train.schedule", tcfg.get("schedule", "constant"), SCHEDULES)
     checks.choice("retrieval.train.proxy_init", tcfg.get("proxy_init", "random"), PROXY_INITS)
     checks.number("retrieval.train.temperature", tcfg.get("temperature", 0.05), 0, low_open=True)
+    _check_numbers(rcfg, tcfg, "student_kd" in models)
     checks.boolean("retrieval.kd.align", (rcfg.get("kd") or {}).get("align", True))
     pcfg = rcfg.get("pretrain") or {}
     for key in ("num_pills", "epochs"):
@@ -287,7 +334,10 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _fedray_check(cfg: dict[str, Any]) -> None:
     """What `fedray.validate` runs before the run starts (in a sweep, as each trial starts)."""
+    from fedray.config import command_line_keys
+
     check_config(cfg["retrieval"])
+    check_not_fl(command_line_keys())
 
 
 run_retrieval.fedray_check = _fedray_check  # type: ignore[attr-defined]
