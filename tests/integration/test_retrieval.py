@@ -176,7 +176,8 @@ def test_a_client_split_that_cannot_be_made_fails_before_any_training(tmp_path):
     # 2 training pills on 5 clients, 3 pills each: refused before the teacher trains
     cfg = _cfg(tmp_path, "retrieval.models=[teacher,student_fed]", "retrieval.folds=2",
                "partition=pathological", "partition.classes_per_client=3")
-    with pytest.raises(PartitionError, match="classes_per_client=3 exceeds the 2 classes"):
+    with pytest.raises(PartitionError, match=r"classes_per_client=3 exceeds the 2 classes.*"
+                                             r"\(retrieval\.federated\.clients=5 over fold 0's"):
         run(cfg)
     metrics = tmp_path / "run" / "metrics.jsonl"
     assert not metrics.exists() or metrics.read_text().strip() == ""

@@ -237,12 +237,17 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
     folds = folds_by_pill(np.arange(int(cat["num_pills"])), int(rcfg["folds"]), seed)
     if any(m.endswith("_fed") and (f, m) not in reused  # a split that cannot be made fails
            for m in rcfg["models"] for f in rcfg["run_folds"]):  # now, before the catalog
-        from fedray.data.partition import partition
+        from fedray.data.partition import PartitionError, partition
 
+        clients = int(rcfg["federated"]["clients"])
         for f in rcfg["run_folds"]:  # the training pool's labels: 2 references + photos a pill
             train = np.arange(int(cat["num_pills"]) - len(folds[f]))
             labels = np.repeat(train, 2 + 2 * int(rcfg["train_photos"]))
-            partition(labels, cfg["partition"], int(rcfg["federated"]["clients"]), seed)
+            try:
+                partition(labels, cfg["partition"], clients, seed)
+            except PartitionError as e:  # the client count is this stage's key, not fl's
+                raise PartitionError(f"{e} (retrieval.federated.clients={clients} over fold "
+                                     f"{f}'s {len(train)} training pills)") from None
     data = build_retrieval_data(int(cat["num_pills"]), int(cat["image_size"]),
                                 int(cat["photos_per_side"]), int(cat["catalog_seed"]), seed,
                                 int(cat["num_textures"]), cat.get("cache_dir"))
