@@ -59,9 +59,11 @@ def run(cfg: dict[str, Any], on_round: OnRound | None = None) -> dict[str, Any]:
     """
     from fedray.data.sources import build_dataset
     from fedray.malloc import keep_freed_memory
+    from fedray.models import new_run
     from fedray.validate import validate
 
     setup_console_logging()
+    new_run()  # a model's left-out keys are warned of once per run
     _validate(cfg)
     validate(cfg)  # every key that can be wrong, before Ray, a data build or pretraining starts
     keep_freed_memory()  # training steps reuse their freed buffers instead of faulting them in
@@ -443,8 +445,9 @@ def _finish(
 
         base_key = f"val_base/{metric}"  # a strategy's base rule alone (FedDF: before distilling)
         with_base = any(base_key in row for row in logger.rows)
-        paths = {
-            f"plots/{metric}_vs_round": plot_curves(
+        paths = {}
+        if logger.rows:  # none when no round ran (dp.sampling=poisson drew nobody each round)
+            paths[f"plots/{metric}_vs_round"] = plot_curves(
                 logger.rows,
                 run_dir / f"{metric}_vs_round.png",
                 x="round",
@@ -455,8 +458,7 @@ def _finish(
                 }
                 if with_base
                 else None,
-            ),
-        }
+            )
         if any(row.get("comm/bytes_total") for row in logger.rows):  # none sent: no such plot
             paths[f"plots/{metric}_vs_bytes"] = plot_curves(
                 logger.rows,

@@ -26,9 +26,19 @@ from fedray.fl.train import (
 )
 from fedray.fl.types import ClientResult, Dropped, Params
 from fedray.malloc import keep_freed_memory
+from fedray.models import quiet_left_out
 from fedray.privacy.pipeline import poison_shard, protect_update
 
 log = logging.getLogger("fedray")
+
+
+def in_actor() -> bool:
+    """Whether this code runs in a Ray actor's process (not the driver, nor the in-process
+    backend's clients, which live in the driver)."""
+    import sys
+
+    ray = sys.modules.get("ray")  # a process that never imported Ray is no actor
+    return bool(ray and ray.is_initialized() and ray.get_runtime_context().get_actor_id())
 
 
 def client_seed(seed: int, round_idx: int, client_id: int) -> int:
@@ -43,6 +53,8 @@ class ClientActor:
         self, spec: dict[str, Any] | None = None, boot: dict[str, Any] | None = None
     ) -> None:
         keep_freed_memory()  # local steps reuse their freed buffers (fedray/malloc.py)
+        if in_actor():  # a Ray actor's own process: the driver has warned of left-out keys
+            quiet_left_out()
         if boot is not None:
             self._boot(boot)
         if spec is not None:

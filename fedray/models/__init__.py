@@ -56,6 +56,24 @@ def target_params(target: Any) -> Any:
         return {}
 
 
+# what `instantiate_target` has warned it leaves out in this run (the config check, the server
+# and the in-process clients build the same model: one warning); a client actor's own process
+# warns of nothing (`quiet_left_out`): the driver has, before any client started
+_LEFT_OUT_SAID: set[tuple[str, str, tuple[str, ...]]] = set()
+_LEFT_OUT_QUIET = [False]
+
+
+def quiet_left_out() -> None:
+    """Called in a client actor's process (not by the in-process backend, whose clients live in
+    the driver): the driver has said which keys a model leaves out."""
+    _LEFT_OUT_QUIET[0] = True
+
+
+def new_run() -> None:
+    """A run starts in this process (a sweep's reused process runs several): warn again."""
+    _LEFT_OUT_SAID.clear()
+
+
 def instantiate_target(
     cfg: dict[str, Any], group: str, skip: tuple = (), drop_unknown: bool = False, **given: Any
 ) -> Any:
@@ -78,10 +96,13 @@ def instantiate_target(
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     unknown = [k for k in kwargs if params and not takes_any and k not in params]
     if unknown and drop_unknown:
-        logging.getLogger("fedray").warning(
-            "%s: %s takes no %s; left out (set %s=... to a group without them)",
-            group, target, ", ".join(unknown), group,
-        )
+        said = (group, str(target), tuple(unknown))
+        if not _LEFT_OUT_QUIET[0] and said not in _LEFT_OUT_SAID:
+            _LEFT_OUT_SAID.add(said)
+            logging.getLogger("fedray").warning(
+                "%s: %s takes no %s; left out (set %s=... to a group without them)",
+                group, target, ", ".join(unknown), group,
+            )
         kwargs = {k: v for k, v in kwargs.items() if k not in unknown}
     elif unknown:
         raise ConfigError(
@@ -171,16 +192,26 @@ def set_dropout(model: nn.Module, p: Any) -> None:
             module.p = rate
 
 
-def read_state_dict(path: str | Path, key: str) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: str | Path, key: str, allowed: str = "save one with torch.save(model.state_dict(), path)"
+) -> dict[str, torch.Tensor]:
     """The state_dict saved at `path` (also inside a {"model": ...} checkpoint), read safely
-    (weights only); a file that is not one is a ConfigError naming `key`."""
+    (weights only); a file that is not one is a ConfigError naming `key`, ending in `allowed`
+    (what the key takes)."""
+    import pickle
+    import warnings
+
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - not a torch file, or a pickled whole model
+        with warnings.catch_warnings():  # a pickle of another protocol: refused just below
+            warnings.simplefilter("ignore")
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's own text is a page about weights_only
+        raise ConfigError(f"{key}={str(path)!r} is not a saved state_dict (torch cannot read it "
+                          f"as tensors alone); {allowed}") from None
+    except Exception as exc:  # noqa: BLE001 - not a torch file at all
         raise ConfigError(
             f"{key}={str(path)!r} is not a state_dict torch can load safely "
-            f"({type(exc).__name__}: {first_line(exc)[:100]}); save one with "
-            "torch.save(model.state_dict(), path)"
+            f"({type(exc).__name__}: {first_line(exc)[:100]}); {allowed}"
         ) from None
     state = blob.get("model", blob) if isinstance(blob, dict) else blob
     if not isinstance(state, dict) or not all(
@@ -188,7 +219,7 @@ def read_state_dict(path: str | Path, key: str) -> dict[str, torch.Tensor]:
     ):
         raise ConfigError(
             f"{key}={str(path)!r} holds a {type(state).__name__}, not a state_dict "
-            "(names to tensors); save one with torch.save(model.state_dict(), path)"
+            f"(names to tensors); {allowed}"
         )
     return state
 

@@ -77,8 +77,10 @@ def test_own_model_and_dataset_from_the_command_line(tmp_path):
     assert 0.0 <= summary["val/acc"] <= 1.0
     assert "val/precision" in summary and "val/recall" in summary  # two classes: binary scores
     assert np.loadtxt(run_dir / "confusion_matrix.csv", delimiter=",").sum() == 48
-    # tiny_cnn's keys (width, zooms, ...) left in the model group were dropped, not passed
-    assert "takes no" in out.stdout + out.stderr
+    # tiny_cnn's keys (width, zooms, ...) left in the model group were dropped, not passed, and
+    # said once: not again by the server's build nor by each client actor's
+    said = out.stdout + out.stderr
+    assert said.count("mymod.Net takes no") == 1 and said.count("mymod.data takes no") == 1, said
     meta = json.loads(next((tmp_path / "cache").glob("custom-*/meta.json")).read_text())
     assert meta["class_names"] == ["plain", "red"] and meta["splits"] == {"train": 96, "val": 48}
 
