@@ -119,6 +119,12 @@ def write_returned(
         raise DatasetError(f"{source}: label {top} but only {len(classes)} class names {classes}")
     if len(classes) < 2:
         raise DatasetError(f"{source}: a classification dataset needs >= 2 classes, got {classes}")
+    untrained = sorted(set(np.unique(arrays["train"][1]).tolist()) ^ set(range(len(classes))))
+    if untrained:  # the model gets an output for each, scored on val, learnt from nothing
+        logging.getLogger("fedray").warning(
+            "%s: %d of %d classes have no training image (%s); the model cannot learn them",
+            source, len(untrained), len(classes),
+            ", ".join(classes[i] for i in untrained[:5]) + (", ..." if len(untrained) > 5 else ""))
     for split, (images, labels) in arrays.items():
         write_split(root, split, images, labels)
     write_meta(root, name, classes, sizes.pop(), {s: len(y) for s, (_, y) in arrays.items()})

@@ -213,3 +213,15 @@ def test_a_pair_of_images_and_labels_of_different_lengths_is_named():
         to_arrays((images, np.zeros(10, np.int64)), None, "mymod.data: val")
     x, y = to_arrays((images, np.arange(20) % 2), None, "mymod.data: val")
     assert x.shape == (20, 8, 8, 3) and y.tolist() == [0, 1] * 10
+
+
+def test_a_class_with_no_training_image_is_warned_of(tmp_path, caplog_fedray):
+    from fedray.data.materialize import write_returned
+
+    images = np.zeros((12, 8, 8, 3), np.uint8)
+    train = (images, np.arange(12) % 2)  # classes 0 and 1
+    write_returned(tmp_path / "ok", {"train": train, "val": train}, "ok", None, "mymod.data")
+    assert "no training image" not in caplog_fedray.text
+    val = (images, np.arange(12) % 3)  # class 2 only in val
+    write_returned(tmp_path / "skew", {"train": train, "val": val}, "skew", None, "mymod.data")
+    assert "mymod.data: 1 of 3 classes have no training image (2)" in caplog_fedray.text
