@@ -168,8 +168,9 @@ def _known_keys(exc: BaseException, key: str, add: str) -> str:
 
 def fail_if_user_error(exc: BaseException) -> None:
     """Print a user's mistake as `fedray: error: <key>: <what>` and exit 2; a round that too few
-    clients survived (a diverging lr, failing clients: the message says which and why) or a
-    sweep whose every trial failed as one line too, exit 1; return for a bug."""
+    clients survived (a diverging lr, failing clients: the message says which and why), a
+    secure-aggregation round too few clients answered to unmask, or a sweep whose every trial
+    failed as one line too, exit 1; return for a bug."""
     if type(exc).__name__ == "SweepInterrupted":  # Ctrl-C during a sweep: stopped, not wrong
         print(f"fedray: {exc}", file=sys.stderr)
         sys.exit(130)
@@ -177,7 +178,8 @@ def fail_if_user_error(exc: BaseException) -> None:
     if message is not None:
         print(f"fedray: error: {message}", file=sys.stderr)
         sys.exit(2)
-    if type(exc).__name__ in ("QuorumError", "SweepFailed"):  # fedray.fl.server's, sweep's
+    # fedray.fl.server's, fedray.privacy.secagg's, the sweep's
+    if type(exc).__name__ in ("QuorumError", "SecAggError", "SweepFailed"):
         print(f"fedray: error: {exc}", file=sys.stderr)
         sys.exit(1)
 

@@ -102,6 +102,9 @@ def run(cfg: dict[str, Any], on_round: OnRound | None = None) -> dict[str, Any]:
     dealt = None
     if cfg["stage"] in ("federated", "isolated"):  # a partition the data cannot deal fails
         dealt = _deal(cfg, info)  # here, before pretraining and Ray start
+        from fedray.privacy import check_dealt
+
+        check_dealt(cfg, dealt[2])  # secure aggregation's ring holds the dealt shards' weights
     cfg = resolve_pretrained(cfg)  # after the private data: a bad data.root fails first
     if dealt is not None:
         return _run_federated(cfg, info, dealt, run_dir, resume_dir, on_round)

@@ -16,15 +16,34 @@ KINDS = ("none", "label_flip", "sign_flip", "scaled", "gaussian", "backdoor")
 DATA_KINDS = ("label_flip", "backdoor")
 
 
+# each kind's keys (besides name): what `poison_shard` and `poison_update` read for it
+KEYS = {
+    "none": (),
+    "label_flip": ("fraction",),
+    "sign_flip": ("fraction", "scale"),
+    "scaled": ("fraction", "scale"),
+    "gaussian": ("fraction", "std"),
+    "backdoor": ("fraction", "target", "patch", "poison_frac", "boost"),
+}
+
+
 def check_attack(attack: dict, num_classes: int) -> None:
-    """ConfigError naming the attack.<key> that makes no sense."""
+    """ConfigError naming the attack.<key> that makes no sense, or that this kind never reads."""
+    from fedray.checks import number
+    from fedray.config import refuse_unknown
+
     kind = attack.get("name", "none")
     if kind not in KINDS:
         raise ConfigError(f"attack.name={kind!r} is not a known attack; choose one of {KINDS}")
+    refuse_unknown("attack", [k for k in attack if k != "name"], KEYS[kind], f" for attack={kind}")
     if kind == "none":
         return
     if not 0 <= float(attack.get("fraction", 0.2)) <= 1:
         raise ConfigError(f"attack.fraction must be in [0, 1], got {attack.get('fraction')!r}")
+    # a factor <= 0 turns the attack into another one (a flip un-flipped, a zeroed update)
+    for key in ("scale", "std", "boost"):
+        if key in KEYS[kind] and key in attack:
+            number(f"attack.{key}", attack[key], 0, low_open=True)
     if kind == "backdoor":
         target = int(attack.get("target", 0))
         if not 0 <= target < num_classes:

@@ -56,10 +56,22 @@ def split_noise_multiplier(z: float, count_stddev: float) -> float:
     rest = z**-2 - (2 * count_stddev) ** -2
     if rest <= 0:
         raise ConfigError(
-            f"dp.clipped_count_stddev={count_stddev} is too small for dp.noise_multiplier={z}: "
-            f"need 2 x stddev > noise_multiplier"
+            f"dp.clipped_count_stddev={count_stddev:g} is too small for dp.noise_multiplier={z:g}: "
+            f"need 2 x stddev > noise_multiplier, so a value > {z / 2:g} (null: "
+            "max(clients_per_round / 20, noise_multiplier))"
         )
     return rest**-0.5
+
+
+def count_stddev(dp: dict, clients_per_round: int) -> float:
+    """The noise on the unclipped-count query: dp.clipped_count_stddev, or when null Andrew et
+    al.'s clients_per_round / 20, raised to noise_multiplier where that is larger: below z / 2
+    the count would take more than the whole budget (`split_noise_multiplier`), which it does
+    under about 10 x z clients per round."""
+    given = dp.get("clipped_count_stddev")
+    if given is not None:
+        return float(given)
+    return max(clients_per_round / 20, float(dp["noise_multiplier"]))
 
 
 @dataclass
@@ -129,8 +141,22 @@ class DpAccountant:
         return float(acc.get_epsilon(self.delta))
 
 
+def accountant_of(dp: dict, num_clients: int, clients_per_round: int) -> DpAccountant:
+    """The accountant of a dp config, as the run's server builds it."""
+    return DpAccountant(
+        noise_multiplier=float(dp["noise_multiplier"]),
+        delta=float(dp["delta"]),
+        noise=str(dp["noise"]),
+        sampling=str(dp.get("sampling", "poisson")),
+        num_clients=num_clients,
+        clients_per_round=clients_per_round,
+        accountant=str(dp.get("accountant", "rdp")),
+    )
+
+
 def check_dp(dp: dict, num_clients: int, clients_per_round: int) -> None:
     """ConfigError naming the dp.<key> that makes no sense (or the missing accountant)."""
+    from fedray.checks import number
     from fedray.extras import require
 
     require(f"dp={dp.get('name', dp.get('noise'))}", "dp_accounting")
@@ -143,12 +169,19 @@ def check_dp(dp: dict, num_clients: int, clients_per_round: int) -> None:
     for key in ("clip_norm", "delta"):
         if not float(dp.get(key, 0)) > 0:
             raise ConfigError(f"dp.{key} must be > 0, got {dp.get(key)!r}")
-    if not float(dp["delta"]) < 1:
-        raise ConfigError(f"dp.delta must be < 1, got {dp['delta']!r}")
+    if not float(dp["delta"]) < 1 / num_clients:  # (epsilon, delta)-DP with delta >= 1/n
+        raise ConfigError(  # allows publishing one client's data outright
+            f"dp.delta: {dp['delta']!r} is not < 1 / fl.num_clients = {1 / num_clients:.3g}: "
+            "a delta that large lets the run release one client's update whole, whatever "
+            "epsilon says; use e.g. dp.delta=1e-5"
+        )
     if float(dp.get("noise_multiplier", -1)) < 0:
         raise ConfigError(f"dp.noise_multiplier must be >= 0, got {dp.get('noise_multiplier')!r}")
-    if dp.get("adaptive_clip") and not 0 < float(dp.get("target_quantile", 0.5)) < 1:
-        raise ConfigError(f"dp.target_quantile must be in (0, 1), got {dp['target_quantile']!r}")
+    # checked whether adaptive_clip is on or not: a value nothing reads is a silent mistake too
+    number("dp.target_quantile", dp.get("target_quantile", 0.5), 0, 1)
+    number("dp.clip_lr", dp.get("clip_lr", 0.2), 0, low_open=True)
+    number("dp.clipped_count_stddev", dp.get("clipped_count_stddev"), 0, low_open=True,
+           optional=True)
     if dp.get("max_epsilon") is not None and not float(dp["max_epsilon"]) > 0:
         raise ConfigError(f"dp.max_epsilon must be > 0 or null, got {dp['max_epsilon']!r}")
     if clients_per_round > num_clients:
@@ -156,8 +189,15 @@ def check_dp(dp: dict, num_clients: int, clients_per_round: int) -> None:
     if dp.get("adaptive_clip") and float(dp["noise_multiplier"]) > 0:
         if dp["noise"] != "central":
             raise ConfigError("dp.adaptive_clip needs dp.noise=central (a noisy count query)")
-        count_std = dp.get("clipped_count_stddev") or clients_per_round / 20
-        split_noise_multiplier(float(dp["noise_multiplier"]), float(count_std))
+        split_noise_multiplier(float(dp["noise_multiplier"]), count_stddev(dp, clients_per_round))
+    if dp.get("max_epsilon") is not None:  # the server's first budget check, made here
+        first = accountant_of(dp, num_clients, clients_per_round).epsilon(1)
+        if first > float(dp["max_epsilon"]):
+            raise ConfigError(
+                f"dp.max_epsilon: round 1 alone reaches epsilon {first:.3f} > "
+                f"dp.max_epsilon={dp['max_epsilon']}, so no round could run; raise "
+                "dp.max_epsilon above it, or dp.noise_multiplier"
+            )
 
 
 def poisson_sample(num_clients: int, rate: float, seed: int, round_idx: int) -> list[int]:

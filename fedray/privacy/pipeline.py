@@ -9,7 +9,8 @@ aggregation, DP and attacks are all off), called from `FederatedServer.run`.
 Under secure aggregation or central DP the strategy is handed one result: the round's (noisy)
 average update applied to the global params, so FedAvg, FedProx, Polyak and the server
 optimizers (FedAdam, FedYogi, FedAdagrad) work unchanged; rules that need each client's update
-(median, trimmed mean, Krum, norm-bounded FedAvg, FLTrust) are a ConfigError there.
+(median, trimmed mean, Krum, norm-bounded FedAvg, FLTrust, FedDF) are a ConfigError there
+(`fedray.privacy.rules`).
 
 Size: one seam with two sides (client, server) that must agree on every encoding
 and on the round state they checkpoint.
@@ -26,7 +27,7 @@ import numpy as np
 
 from fedray.config import ConfigError
 from fedray.fl.types import ClientResult, Params
-from fedray.privacy import attacks, dp, secagg
+from fedray.privacy import attacks, dp, rules, secagg
 
 log = logging.getLogger("fedray")
 
@@ -134,13 +135,6 @@ def protect_update(
 # ---------------------------------------------------------------- server side
 
 
-def _needs_individual(strategy: Any) -> bool:
-    from fedray.fl.strategies import FLTrust, Krum, Median, TrimmedMean
-    from fedray.fl.strategies.norm_bounded import NormBoundedFedAvg
-
-    return isinstance(strategy, Krum | Median | TrimmedMean | NormBoundedFedAvg | FLTrust)
-
-
 def build_privacy(
     cfg: dict[str, Any], strategy: Any, clients_per_round: int, num_classes: int, cached: int
 ) -> Privacy | None:
@@ -154,23 +148,8 @@ def build_privacy(
     if mode == "none" and not on_dp and not on_attack:
         return None
     secagg.check_config(fl)
-    if cfg.get("stage") == "isolated":
-        raise ConfigError(
-            "fl.secure_agg, dp and attack apply to federated runs, not stage=isolated"
-        )
-    aggregates = mode != "none" or (on_dp and dpc.get("noise") == "central")
-    if aggregates and _needs_individual(strategy):
-        what = f"fl.secure_agg={mode}" if mode != "none" else "dp=central"
-        raise ConfigError(
-            f"strategy {strategy.name!r} needs each client's update, but {what} gives the server "
-            "only their sum: use strategy=fedavg/fedprox/polyak/fedadam/fedyogi/fedadagrad"
-            + (" or dp=local" if mode == "none" else "")
-        )
-    if mode != "none" and fl.get("head_init", "random") != "random":
-        raise ConfigError(
-            f"fl.secure_agg={mode} masks model updates only; fl.head_init={fl['head_init']} sends "
-            "each client's feature sums in the clear: set fl.head_init=random"
-        )
+    rules.check_stage(cfg)
+    rules.check_strategy(cfg, strategy)
     if on_dp:
         dp.check_dp(dpc, int(fl["num_clients"]), clients_per_round)
     if on_attack:
@@ -218,19 +197,12 @@ class Privacy:
         self.clip_norm = float(dpc["clip_norm"]) if dpc else 0.0
         self.participation = np.zeros(self.num_clients, dtype=np.int64)
         self.rounds_done = 0
-        self.accountant = (
-            dp.DpAccountant(
-                noise_multiplier=float(dpc["noise_multiplier"]),
-                delta=float(dpc["delta"]),
-                noise=str(dpc["noise"]),
-                sampling=str(dpc.get("sampling", "poisson")),
-                num_clients=self.num_clients,
-                clients_per_round=self.k,
-                accountant=str(dpc.get("accountant", "rdp")),
+        self.accountant = dp.accountant_of(dpc, self.num_clients, self.k) if dpc else None
+        if dpc and dpc.get("adaptive_clip") and dpc.get("clipped_count_stddev") is None:
+            log.info(
+                "dp.clipped_count_stddev=null: %g (max(clients_per_round / 20, noise_multiplier))",
+                dp.count_stddev(dpc, self.k),
             )
-            if dpc
-            else None
-        )
         self._eps_cache: dict[int, float] = {}
         self._round: dict[str, Any] = {}
         if attack:
@@ -404,7 +376,7 @@ class Privacy:
         rng = np.random.default_rng([self.seed, round_idx, 0xCE])
         c = self.clip_norm
         if self.dpc.get("adaptive_clip"):
-            count_std = self.dpc.get("clipped_count_stddev") or self.k / 20
+            count_std = dp.count_stddev(self.dpc, self.k)
             z_update = dp.split_noise_multiplier(z, float(count_std)) if z > 0 else 0.0
             noisy_frac = (unclipped + rng.normal(0.0, float(count_std))) / self.k
             self.clip_norm = dp.adaptive_clip_step(

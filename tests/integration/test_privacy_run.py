@@ -102,3 +102,21 @@ def test_clipping_without_noise_runs_to_the_end_without_an_epsilon_plot(make_cfg
     assert len(rows) == 2 and rows[-1]["privacy/epsilon"] is None  # inf, written as null
     assert not (tmp_path / "run" / "privacy_epsilon.png").exists()
     assert (tmp_path / "run" / CHECKPOINT).exists()
+
+
+def test_a_ring_the_dealt_shards_would_wrap_is_refused_before_ray(make_cfg):
+    """smoke's 2 shards of 24 samples x (2^27 - 1) levels pass 2^32: once a SecAggError after
+    round 1, now a ConfigError once the partition is dealt."""
+    from fedray.config import ConfigError
+
+    cfg = make_cfg("fl.secure_agg=secagg", "fl.secagg.quant_bits=27")
+    with pytest.raises(ConfigError, match=r"up to 48 samples .* fl.secagg.quant_bits <= 26"):
+        run(cfg)
+
+
+def test_a_run_poisson_sampling_gave_no_round_ends_cleanly(make_cfg, tmp_path):
+    """Seed 3 draws neither of smoke's 2 clients at rate 1/2 in round 1: once a PlotError."""
+    run(make_cfg("dp=central", "fl.clients_per_round=1", "seed=3"))
+    assert _rows(tmp_path / "run") == []  # no round ran
+    assert (tmp_path / "run" / "summary.json").exists()
+    assert not (tmp_path / "run" / "acc_vs_round.png").exists()

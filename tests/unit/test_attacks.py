@@ -90,3 +90,60 @@ def test_norm_bounded_fedavg_clips_each_update():
     ]
     out = NormBoundedFedAvg(max_norm=1.0).aggregate(g, results)
     assert np.allclose(out["w"], [(0.6 + 0.3) / 2, (0.8 + 0.4) / 2])
+
+
+@pytest.mark.parametrize(
+    ("attack", "key"),
+    [({"name": "gaussian", "std": -1}, "attack.std"),  # once every attacker dropped, exit 0
+     ({"name": "scaled", "scale": -5}, "attack.scale"),  # a sign flip under another name
+     ({"name": "sign_flip", "scale": 0}, "attack.scale"),
+     ({"name": "backdoor", "boost": 0}, "attack.boost")],  # the update zeroed
+)
+def test_attack_factors_must_be_positive(attack, key):
+    with pytest.raises(ConfigError, match=rf"^{key}: .* is not a number > 0"):
+        attacks.check_attack({"fraction": 0.2, **attack}, 3)
+
+
+def test_a_key_the_attack_never_reads_is_refused_with_the_nearest():
+    with pytest.raises(ConfigError, match=r"^attack.seed: no such key for attack=sign_flip; "
+                                          r"attack has fraction, scale"):
+        attacks.check_attack({"name": "sign_flip", "fraction": 0.2, "scale": 4.0, "seed": 3}, 3)
+    with pytest.raises(ConfigError, match=r"did you mean attack.std\?"):
+        attacks.check_attack({"name": "gaussian", "fraction": 0.2, "stdd": 1.0}, 3)
+    with pytest.raises(ConfigError, match=r"^attack.scale: no such key for attack=label_flip"):
+        attacks.check_attack({"name": "label_flip", "fraction": 0.2, "scale": 2.0}, 3)
+
+
+def _privacy(*overrides):
+    from fedray.config import compose_plain
+    from fedray.privacy import check_privacy
+
+    cfg = compose_plain(["+experiment=smoke", *overrides])
+    check_privacy(cfg, 2, cfg["data"].get("num_classes"))
+
+
+def test_the_data_attacks_fit_the_task_and_the_images():
+    with pytest.raises(ConfigError, match=r"^attack.patch: a 100 px trigger does not fit in the "
+                                          r"32 x 32 images \(data.image_size\); allowed: 1 to 32"):
+        _privacy("fl.num_clients=10", "attack=backdoor", "attack.patch=100")
+    _privacy("fl.num_clients=10", "attack=backdoor", "attack.patch=32")
+    for kind in ("backdoor", "label_flip"):  # a segmentation mask has no class label to rewrite
+        with pytest.raises(ConfigError, match=rf"^attack: attack={kind} rewrites class labels, "
+                                              "but task=segmentation"):
+            _privacy("fl.num_clients=10", "task=segmentation", f"attack={kind}")
+
+
+@pytest.mark.parametrize("fraction", ["0", "0.2"])  # nobody, or 0.4 clients rounded to nobody
+def test_an_attack_by_nobody_is_refused(fraction):
+    with pytest.raises(ConfigError, match=r"^attack.fraction=.* = 0 attacking clients: .*"
+                                          r"use attack=none"):
+        _privacy("attack=sign_flip", f"attack.fraction={fraction}")
+
+
+@pytest.mark.parametrize("on", ["dp=central", "attack=sign_flip", "fl.secure_agg=secagg"])
+def test_privacy_settings_are_refused_off_federated_stages(on):
+    """stage=centralized once ran as if they were off; stage=isolated refused them after Ray."""
+    for stage in ("centralized", "isolated"):
+        with pytest.raises(ConfigError, match=rf"^{on.split('=')[0]}: {on} applies to "
+                                              rf"federated runs, not stage={stage}"):
+            _privacy(f"stage={stage}", "fl.num_clients=10", on)

@@ -129,3 +129,60 @@ def test_local_dp_noises_each_update():
     plan = privacy.client_extra([0], 0, g)["privacy"]
     sent, _ = protect_update(0, 0, g, {"w": np.zeros(1000, np.float32)}, 10, plan)
     assert np.std(sent["w"]) == pytest.approx(0.5, rel=0.1)  # z * C
+
+
+def _dp(**kw):
+    return {"name": "central", "noise": "central", "noise_multiplier": 1.0, "clip_norm": 1.0,
+            "adaptive_clip": False, "target_quantile": 0.5, "clip_lr": 0.2,
+            "clipped_count_stddev": None, "sampling": "poisson", "accountant": "rdp",
+            "delta": 1e-5, "max_epsilon": None, **kw}
+
+
+@pytest.mark.parametrize("noise", ["central", "local"])
+def test_a_budget_round_1_alone_exceeds_is_refused_before_the_run(noise):
+    """Once the server stopped before round 1 and the run crashed plotting zero rounds."""
+    first = dp.accountant_of(_dp(noise=noise), 10, 2).epsilon(1)  # what the server computes
+    with pytest.raises(ConfigError, match=rf"dp.max_epsilon: round 1 alone reaches epsilon "
+                                          rf"{first:.3f} > dp.max_epsilon=0.5"):
+        dp.check_dp(_dp(noise=noise, max_epsilon=0.5), 10, 2)
+    dp.check_dp(_dp(noise=noise, max_epsilon=first * 1.01), 10, 2)  # round 1 fits: it runs
+
+
+def test_the_count_noise_default_works_with_few_clients_and_a_too_small_value_says_the_bound():
+    """Andrew et al.'s clients_per_round / 20 (0.1 for 2) cannot pass 2 x stddev > z = 1."""
+    dp.check_dp(_dp(adaptive_clip=True), 2, 2)  # docs/privacy.md's command, on smoke's 2 clients
+    assert dp.count_stddev(_dp(), 2) == 1.0 and dp.count_stddev(_dp(), 100) == 5.0
+    assert dp.count_stddev(_dp(clipped_count_stddev=0.7), 2) == 0.7
+    with pytest.raises(ConfigError, match=r"so a value > 0.5 \(null: max"):
+        dp.check_dp(_dp(adaptive_clip=True, clipped_count_stddev=0.1), 2, 2)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "adaptive"),
+    [("clipped_count_stddev", -1, True), ("clipped_count_stddev", 0, False),
+     ("clip_lr", -1, True), ("clip_lr", -1, False), ("target_quantile", 1.5, False),
+     ("target_quantile", -0.1, True)],
+)
+def test_adaptive_clip_knobs_are_checked_whether_on_or_not(key, value, adaptive):
+    with pytest.raises(ConfigError, match=rf"^dp.{key}: {value} is not a number"):
+        dp.check_dp(_dp(adaptive_clip=adaptive, **{key: value}), 10, 2)
+    dp.check_dp(_dp(adaptive_clip=adaptive, target_quantile=1.0), 10, 2)  # the ends are allowed
+
+
+def test_delta_must_be_below_one_over_the_clients():
+    with pytest.raises(ConfigError, match=r"^dp.delta: 0.9 is not < 1 / fl.num_clients = 0.5"):
+        dp.check_dp(_dp(delta=0.9), 2, 2)
+    with pytest.raises(ConfigError, match=r"^dp.delta: 0.1 is not < 1 / fl.num_clients = 0.1"):
+        dp.check_dp(_dp(delta=0.1), 10, 2)
+    dp.check_dp(_dp(delta=0.09), 10, 2)
+
+
+def test_feddf_is_refused_with_central_dp_and_allowed_with_local():
+    from fedray.fl.strategies.feddf import FedDF
+    from fedray.privacy.rules import check_strategy
+
+    feddf = FedDF.__new__(FedDF)  # the rule's kind is what matters, not its transfer set
+    with pytest.raises(ConfigError, match=r"^strategy: 'feddf' needs each client's model .* "
+                                          r"dp=central gives the server only their noised sum"):
+        check_strategy({"fl": {}, "dp": _dp()}, feddf)
+    check_strategy({"fl": {}, "dp": _dp(name="local", noise="local")}, feddf)

@@ -162,3 +162,49 @@ def test_pipeline_masks_in_the_client_and_unmasks_the_average():
         q, _ = secagg.quantize(flatten_update(local[cid], g), 1.0, 16)
         assert np.mean(received[cid][:-2] == (q * counts[cid]).astype(np.uint32)) < 0.05
     assert privacy._round["vanished"] == 1
+
+
+def test_secagg_keys_given_while_it_is_off_are_refused_but_not_its_defaults():
+    from fedray.config import ConfigError
+    from fedray.privacy.rules import check_idle_secagg
+
+    with pytest.raises(ConfigError, match=r"^fl.secagg.drop_after_mask: fl.secure_agg=none, so "
+                                          "it would change nothing"):
+        check_idle_secagg({"secure_agg": "none"}, ["fl.rounds", "fl.secagg.drop_after_mask"])
+    check_idle_secagg({"secure_agg": "none", "secagg": {"clip": 2.0}}, ["fl.rounds"])
+    check_idle_secagg({"secure_agg": "secagg"}, ["fl.secagg.drop_after_mask"])
+
+
+def test_a_ring_the_sum_would_wrap_is_refused_before_the_run():
+    """Once a SecAggError traceback after round 1."""
+    from fedray.config import ConfigError, compose_plain
+    from fedray.privacy import check_dealt, check_privacy
+
+    cfg = compose_plain(["+experiment=smoke", "fl.secure_agg=secagg", "fl.secagg.quant_bits=40"])
+    with pytest.raises(ConfigError, match=r"^fl.secagg.quant_bits: 40 bits .* x a single "
+                                          r"sample's weight overflows the 2\^32 ring .*; set "
+                                          r"fl.secagg.mod_bits=64 or fl.secagg.quant_bits <= 32"):
+        check_privacy(cfg, 2, 4)
+    cfg["fl"]["secagg"]["quant_bits"] = 16  # 2^16 - 1 levels x 2 shards of 24 samples: fits
+    parts = [np.arange(24), np.arange(24)]
+    check_dealt(cfg, parts)
+    cfg["fl"]["secagg"]["quant_bits"] = 27  # x 48 samples: wraps 2^32 (26 bits fit)
+    with pytest.raises(ConfigError, match=r"up to 48 samples \(its 2 largest shards\) overflows "
+                                          r"the 2\^32 ring .* or fl.secagg.quant_bits <= 26"):
+        check_dealt(cfg, parts)
+    cfg["attack"] = {"name": "backdoor", "fraction": 0.5, "poison_frac": 1.0}
+    cfg["fl"]["secagg"]["quant_bits"] = 26  # fits 48 samples, not the attacker's 24 copies more
+    with pytest.raises(ConfigError, match=r"up to 72 samples .* fl.secagg.quant_bits <= 25"):
+        check_dealt(cfg, parts)
+    cfg["dp"] = {"name": "central", "noise": "central"}  # each client weighs 1
+    check_dealt(cfg, parts)
+
+
+def test_feddf_is_refused_under_secure_aggregation():
+    from fedray.config import ConfigError
+    from fedray.fl.strategies.feddf import FedDF
+    from fedray.privacy.rules import check_strategy
+
+    with pytest.raises(ConfigError, match=r"^strategy: 'feddf' needs each client's model .* "
+                                          r"fl.secure_agg=secagg gives the server only their sum"):
+        check_strategy({"fl": {"secure_agg": "secagg"}}, FedDF.__new__(FedDF))
