@@ -257,7 +257,7 @@ def check_client(client: Any) -> None:
 
 
 def _dummy_classes(cfg: dict[str, Any]) -> int:
-    n = cfg["data"].get("num_classes")
+    n = classes_known(cfg["data"]) or cfg["data"].get("num_classes")
     return n if isinstance(n, int) and not isinstance(n, bool) and n >= 2 else 2
 
 
@@ -312,9 +312,9 @@ def check_model(cfg: dict[str, Any]) -> None:
         with torch.no_grad():
             if cached:  # also rejects view keys on a partly frozen backbone (ConfigError)
                 feats = extract_features(model, images, upto=cached)
-                predict_logits(model, feats, cached=cached)
+                outputs = predict_logits(model, feats, cached=cached)
             else:
-                predict_logits(model, images)
+                outputs = predict_logits(model, images)
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - the shapes of this model and these images
@@ -322,6 +322,7 @@ def check_model(cfg: dict[str, Any]) -> None:
             f"model: a {size} x {size} image (data.image_size) does not go through "
             f"{model_cfg['_target_']}: {first_line(exc)}"
         ) from None
+    task.check_outputs(outputs, images, classes_known(cfg["data"]), model_cfg["_target_"])
 
 
 def check_partition(partition: Any, num_classes: int | None = None,
@@ -452,6 +453,7 @@ def validate(cfg: dict[str, Any]) -> None:
         per_round = check_fl(cfg.get("fl"))
         check_client(cfg.get("client"))
         check_model(cfg)
+        rule = None  # stage=centralized aggregates nothing
         if stage in ("federated", "isolated"):
             check_partition(cfg.get("partition"), classes_known(cfg.get("data")),
                             (cfg.get("fl") or {}).get("num_clients"))
@@ -464,10 +466,10 @@ def validate(cfg: dict[str, Any]) -> None:
                     "(the data's {split}_groups.npy), or partition=pathological for classes"
                 )
             rule = check_strategy(cfg.get("strategy"), per_round)
-        if stage == "federated":
-            from fedray.privacy import check_privacy
+        from fedray.privacy import check_privacy  # refused outside stage=federated
 
-            check_privacy(cfg, per_round, classes_known(cfg.get("data")))
+        check_privacy(cfg, per_round, classes_known(cfg.get("data")), rule)
+        if stage == "federated":
             from fedray.fl.local import check_local
 
             check_local(cfg, hasattr(rule, "bind"))

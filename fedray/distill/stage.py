@@ -100,7 +100,8 @@ def check_stage(cfg: dict[str, Any]) -> None:
     """stage=distill before anything loads or trains: the distill group, the student (built once
     with a dummy head; its errors name `distill.student`) and, where the teacher is trained here
     or loaded as a state_dict of it or its pretraining teaches the student's, the experiment's
-    `model`."""
+    `model`; each teacher given is a classification run directory or a state_dict that loads
+    into `model` (for the data's classes, when the config tells them)."""
     from fedray.models import build_model
 
     dcfg = check_distill(copy.deepcopy(cfg.get("distill")))
@@ -116,14 +117,20 @@ def check_stage(cfg: dict[str, Any]) -> None:
                 raise ConfigError(f"distill.teacher[{i}]={member!r} is neither a run directory "
                                   "nor a file (an ensemble's members are runs or state_dicts)")
         members = list(teacher)
-    run_dirs = [m is not None and Path(str(m)).expanduser().is_dir() for m in members]
-    from fedray.distill.task import check_teacher_run
+    ensemble = isinstance(teacher, list | tuple)
+    sources = {  # key -> path of each teacher given (none: `model` is trained here)
+        f"distill.teacher[{i}]" if ensemble else "distill.teacher": Path(str(m)).expanduser()
+        for i, m in enumerate(members) if m not in (None, "", "null")
+    }
+    from fedray.distill.task import TEACHER_IS, check_teacher_run
 
-    for i, (member, is_run) in enumerate(zip(members, run_dirs, strict=True)):
-        if is_run:  # a segmentation or retrieval run gives no class logits to learn from
-            key = "distill.teacher" + (f"[{i}]" if isinstance(teacher, list | tuple) else "")
-            check_teacher_run(Path(str(member)).expanduser(), f"{key}={str(member)!r}")
-    if not all(run_dirs) or dcfg.get("pretrain_teacher"):
+    for key, path in sources.items():
+        if path.is_dir():  # a segmentation or retrieval run gives no class logits to learn from
+            check_teacher_run(path, f"{key}={str(path)!r}")
+        elif not path.is_file():
+            raise ConfigError(f"{key}={str(path)!r} does not exist: {TEACHER_IS}")
+    states = {key: path for key, path in sources.items() if path.is_file()}
+    if states or not sources or dcfg.get("pretrain_teacher"):
         built.append(("model", cfg.get("model")))
     for key, given in built:
         model = mapping(key, given)
@@ -134,6 +141,15 @@ def check_stage(cfg: dict[str, Any]) -> None:
         model = {**model, "pretrained": None}  # the architecture alone: nothing loads here
         with as_key(key):
             build_model(model, 2)
+    from fedray.data.sources import classes_known
+    from fedray.models import read_state_dict
+
+    classes = classes_known(cfg.get("data"))
+    for key, path in states.items():  # a state_dict of `model`, for the data's classes
+        if classes is None:  # the head's size is known once the data is built
+            read_state_dict(path, key, TEACHER_IS)
+        else:
+            teacher_from_state(path, cfg["model"], classes, key)
 
 
 def load_teacher(cfg: dict[str, Any], dcfg: dict[str, Any]) -> tuple[nn.Module | None, dict, str]:
@@ -188,7 +204,7 @@ def teacher_from_run(path: Path, key: str) -> tuple[nn.Module, dict[str, Any]]:
     """(the global model of a finished run directory, the run's config: its data and seed)."""
     import yaml
 
-    from fedray.data.sources import build_dataset
+    from fedray.data.sources import build_dataset, classes_known
     from fedray.fl.checkpoint import CHECKPOINT, load_checkpoint
     from fedray.fl.train import set_params
     from fedray.models import build_model
@@ -201,9 +217,12 @@ def teacher_from_run(path: Path, key: str) -> tuple[nn.Module, dict[str, Any]]:
     tcfg = yaml.safe_load((path / "config.yaml").read_text())
     if tcfg.get("stage") == "isolated":
         raise ConfigError(f"{key}={str(path)!r} is an isolated run: no global model")
-    info = build_dataset(tcfg["data"], int(tcfg["seed"]))
-    torch.manual_seed(int(tcfg["seed"]))  # as the server: frozen layers get the same init
-    model = build_model(tcfg["model"], info.num_classes)
+    # the class count its config tells, else its data's (built: the config check loads the
+    # teacher too, and builds nothing where the config tells)
+    seed = int(tcfg["seed"])
+    classes = classes_known(tcfg["data"]) or build_dataset(tcfg["data"], seed).num_classes
+    torch.manual_seed(seed)  # as the server: frozen layers get the same init
+    model = build_model(tcfg["model"], classes)
     set_params(model, load_checkpoint(path / CHECKPOINT)["params"])
     return model, tcfg
 
@@ -211,17 +230,22 @@ def teacher_from_run(path: Path, key: str) -> tuple[nn.Module, dict[str, Any]]:
 def teacher_from_state(
     path: Path, model_cfg: dict[str, Any], num_classes: int, key: str
 ) -> nn.Module:
-    """`model_cfg` built for `num_classes` and loaded with the state_dict saved at `path`."""
-    from fedray.models import build_model
+    """`model_cfg` built for `num_classes` and loaded with the state_dict saved at `path` (a file
+    that is none, or does not fit, is a ConfigError naming `key` and the first mismatch)."""
+    from fedray.distill.task import TEACHER_IS
+    from fedray.models import build_model, read_state_dict
 
     model = build_model({**model_cfg, "pretrained": None}, num_classes)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_state_dict(path, key, TEACHER_IS)
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # "Error(s) in loading ...:", then one line per mismatch
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        first = lines[min(1, len(lines) - 1)]
         raise ConfigError(
-            f"{key}={str(path)!r} does not fit model={model_cfg.get('name')}"
-            f": {str(exc).splitlines()[0]}"
+            f"{key}={str(path)!r} does not fit {model_cfg.get('name') or model_cfg['_target_']} "
+            f"built for {num_classes} classes: "
+            + (first if len(first) <= 200 else f"{first[:200]} ...")
         ) from None
     return model
 

@@ -28,6 +28,10 @@ from fedray.metrics import MetricAccumulator
 from fedray.tasks.base import Task
 from fedray.tasks.classification import Classification
 
+# what a teacher key takes, closing its errors
+TEACHER_IS = ("a teacher is a finished run directory or a state_dict file "
+              "(torch.save(model.state_dict(), path))")
+
 
 def check_teacher_run(path: Path, key: str) -> None:
     """A teacher run directory holds config.yaml and a checkpoint, and is a federated or
@@ -118,7 +122,7 @@ class Distillation(Task):
         else:
             from fedray.models import read_state_dict
 
-            read_state_dict(path, "task.teacher")
+            read_state_dict(path, "task.teacher", TEACHER_IS)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled without the loaded teacher: every process loads its own."""
@@ -158,6 +162,12 @@ class Distillation(Task):
                 "task=distill: the teacher needs the images, but the student trains on cached "
                 "features: set fl.cache_features=false"
             )
+        soft = self.soft_labels(outputs, inputs)
+        return distill_loss(self.loss_name, outputs, soft, targets, self.temperature, self.lam)
+
+    def soft_labels(self, outputs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits on `inputs`, of the student's `outputs`' shape (ConfigError
+        otherwise: a teacher of other classes)."""
         teacher = self.teacher(outputs.shape[1], inputs.device)
         with torch.no_grad():
             soft = teacher(inputs).float()
@@ -167,7 +177,27 @@ class Distillation(Task):
                 f"{tuple(soft.shape)}, the student {tuple(outputs.shape)}: a teacher for the "
                 "same classes is needed"
             )
-        return distill_loss(self.loss_name, outputs, soft, targets, self.temperature, self.lam)
+        return soft
+
+    def output_shape(
+        self, batch: int, image_size: int, num_classes: int | None
+    ) -> tuple[int | None, ...]:
+        """Classification's."""
+        return self.base.output_shape(batch, image_size, num_classes)
+
+    def check_outputs(
+        self, outputs: torch.Tensor, images: np.ndarray, num_classes: int | None, model: str
+    ) -> None:
+        """Classification's check, then the teacher loaded as a client loads it and run on the
+        same images: one that does not fit `teacher_model`, or gives other classes than the
+        student, is refused before anything starts (not by every client at its first fit).
+        With the data's class count unknown (the student's dummy head is not the data's), the
+        teacher is judged at that first fit."""
+        super().check_outputs(outputs, images, num_classes, model)
+        if num_classes is not None:
+            from fedray.data.datasets import to_tensor_batch
+
+            self.soft_labels(outputs, to_tensor_batch(images))
 
     def example_batch(self, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Classification's."""

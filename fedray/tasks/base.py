@@ -78,6 +78,40 @@ class Task(ABC):
         del num_classes
         return None
 
+    def output_shape(
+        self, batch: int, image_size: int, num_classes: int | None
+    ) -> tuple[int | None, ...] | None:
+        """The shape a model's outputs on `batch` images of `image_size` px must have for
+        `num_classes` classes (None: the config does not tell), None where any size fits; None
+        when the task cannot say. By default: the batch first, at the rank of `example_batch`'s
+        outputs."""
+        del image_size
+        example = self.example_batch(num_classes or 2)
+        if example is None:
+            return None
+        return (batch, *[None] * (example[0].ndim - 1))
+
+    def check_outputs(
+        self, outputs: torch.Tensor, images: np.ndarray, num_classes: int | None, model: str
+    ) -> None:
+        """Raise ConfigError naming `model` when its `outputs` on `images` (the config check's
+        dummy uint8 batch (B, S, S, 3)) do not have this task's `output_shape`: a head that does
+        not fit the task fails before anything starts, not at the first evaluation."""
+        batch, size = images.shape[0], images.shape[1]
+        want = self.output_shape(batch, size, num_classes)
+        got = tuple(outputs.shape)
+        if want is None or (
+            len(got) == len(want) and all(w in (None, g) for w, g in zip(want, got, strict=True))
+        ):
+            return
+        shown = "(" + ", ".join("*" if w is None else str(w) for w in want) + ")"
+        raise ConfigError(
+            f"model: {model} gives outputs of shape {got} on {batch} images of {size} x {size} px, "
+            f"but task={self.name} needs {shown}"
+            + (f" for the data's {num_classes} classes" if num_classes else "")
+            + (" (*: any size)" if None in want else "")
+        )
+
     def metric_names(self, num_classes: int | None = None) -> list[str] | None:
         """The names this task's evaluation reports (`val/<name>`) for `num_classes` classes, read
         off its own accumulator on `example_batch`; with the count unknown, those of 2 or 6

@@ -78,6 +78,13 @@ class Classification(Task):
             outputs = outputs * scale.to(outputs.dtype)
         return self.loss(outputs, targets)
 
+    def output_shape(
+        self, batch: int, image_size: int, num_classes: int | None
+    ) -> tuple[int | None, ...]:
+        """Logits (B, C): one per class."""
+        del image_size
+        return (batch, num_classes)
+
     def example_batch(self, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (C, C) and one target per class."""
         return torch.eye(num_classes), torch.arange(num_classes)

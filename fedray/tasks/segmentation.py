@@ -175,6 +175,13 @@ class Segmentation(Task):
             return ce
         return ce + self.dice_weight * soft_dice_loss(outputs, targets, self.include_background)
 
+    def output_shape(
+        self, batch: int, image_size: int, num_classes: int | None
+    ) -> tuple[int | None, ...]:
+        """Logits (B, C, S, S) at the masks' size (a binary task may give 1 channel or 2)."""
+        channels = None if num_classes == 2 else num_classes
+        return (batch, channels, image_size, image_size)
+
     def example_batch(self, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (1, C, 2, 2) and a (1, 2, 2) mask."""
         return torch.zeros(1, num_classes, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long)

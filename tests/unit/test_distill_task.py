@@ -147,3 +147,70 @@ def test_stage_distill_refuses_a_teacher_run_without_class_logits(target, tmp_pa
     cfg["distill"]["teacher"] = [str(tmp_path)]  # an ensemble's member alike
     with pytest.raises(ConfigError, match=r"^distill\.teacher\[0\]="):
         check_stage(cfg)
+
+
+def _teacher_run(run_dir, cfg, model_cfg, num_classes):
+    """A finished run directory: config.yaml and a checkpoint of `model_cfg`'s params."""
+    import yaml
+
+    from fedray.fl.checkpoint import save_checkpoint
+
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(
+        {"stage": "federated", "seed": 0, "data": cfg["data"], "model": model_cfg}))
+    model = build_model(model_cfg, num_classes)
+    save_checkpoint(run_dir / "checkpoint.pkl",
+                    {"params": {k: v.numpy() for k, v in model.state_dict().items()}})
+    return run_dir
+
+
+def test_validate_loads_the_teacher_and_matches_it_to_the_student(teacher_file, make_cfg,
+                                                                  tmp_path):
+    """Once found by each client after Ray started (a round with no usable update), or a
+    traceback: a teacher that does not fit its model, of other classes, or no state_dict."""
+    _, path = teacher_file  # TinyCNN width 8, 4 classes; smoke's data has 4
+
+    def cfg_with(teacher, width=8, *more):
+        return make_cfg("task=distill", f"task.teacher={teacher}", "fl.cache_features=false",
+                        f"++task.teacher_model={{_target_: {TINY['_target_']}, width: {width}}}",
+                        *more)
+
+    validate(cfg_with(path))
+    with pytest.raises(ConfigError, match=r"^task\.teacher='.*' does not fit fedray\.models\."
+                                          r"tiny_cnn\.TinyCNN built for 4 classes: size mismatch "
+                                          r"for features\.0\.weight"):
+        validate(cfg_with(path, 32))
+    with pytest.raises(ConfigError, match=r"built for 6 classes: size mismatch for classifier"):
+        validate(cfg_with(path, 8, "data.num_classes=6"))
+    text = tmp_path / "metrics.jsonl"
+    text.write_text('{"round": 1}\n')
+    with pytest.raises(ConfigError, match=r"^task\.teacher='.*' is not a saved state_dict .*; a "
+                                          r"teacher is a finished run directory or a state_dict"):
+        validate(cfg_with(text))
+    run_dir = _teacher_run(tmp_path / "teacher_run", cfg_with(path), TINY, 4)
+    validate(cfg_with(run_dir))
+    with pytest.raises(ConfigError, match=r"^task\.teacher='.*' gives outputs of shape \(2, 4\), "
+                                          r"the student \(2, 6\)"):
+        validate(cfg_with(run_dir, 8, "data.num_classes=6"))
+
+
+def test_stage_distill_loads_a_state_dict_teacher_into_model(make_cfg, tmp_path):
+    from fedray.distill.stage import check_stage
+
+    text = tmp_path / "metrics.jsonl"
+    text.write_text('{"round": 1}\n')
+    cfg = make_cfg("stage=distill", f"distill.teacher={text}")
+    with pytest.raises(ConfigError, match=r"^distill\.teacher='.*' is not a saved state_dict"):
+        check_stage(cfg)
+    wide = tmp_path / "wide.pt"  # smoke's model is TinyCNN width 16
+    torch.save(build_model({**TINY, "width": 32}, 4).state_dict(), wide)
+    cfg["distill"]["teacher"] = str(wide)
+    with pytest.raises(ConfigError, match=r"^distill\.teacher='.*' does not fit tiny_cnn built "
+                                          r"for 4 classes: size mismatch for features\.0\.weight"):
+        check_stage(cfg)
+    cfg["distill"]["teacher"] = [str(tmp_path / "nope.pt")]
+    with pytest.raises(ConfigError, match=r"^distill\.teacher\[0\]="):
+        check_stage(cfg)
+    torch.save(build_model({**TINY, "width": 16}, 4).state_dict(), wide)
+    cfg["distill"]["teacher"] = str(wide)
+    check_stage(cfg)

@@ -41,3 +41,16 @@ def test_leave_one_out_metrics_on_a_hand_made_embedding():
 
     # a and b each find c first, their mate second (AP 1/2); c has no mate and is not a query
     assert m == pytest.approx({"map": 0.5, "top1": 0.0, "top5": 1.0})
+
+
+@pytest.mark.parametrize(("kwargs", "key"), [({"margin": -1}, "task.margin"),
+                                             ({"margin": 0}, "task.margin"),
+                                             ({"margin": "abc"}, "task.margin"),
+                                             ({"window": 0}, "task.window"),
+                                             ({"seed": -1}, "task.seed")])
+def test_a_margin_every_triplet_meets_is_refused(kwargs, key):
+    """margin=-1 was accepted and trained to a loss of 0.0: nothing learnt."""
+    from fedray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^{key}: "):
+        Retrieval(**kwargs)

@@ -215,3 +215,49 @@ def test_fedrs_scales_only_the_absent_classes_logits_on_a_clients_copy():
     for bad in (1.5, -0.1, "x", True):
         with pytest.raises(ConfigError, match="task.absent_scale"):
             Classification(absent_scale=bad)
+
+
+class SevenLogits(torch.nn.Module):
+    """A bring-your-own model whose head ignores the data's classes."""
+
+    def __init__(self, **tiny_cnn_keys: object) -> None:  # model=tiny_cnn's width, zooms...
+        super().__init__()
+        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                        torch.nn.Linear(3, 7))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+
+def test_outputs_that_do_not_fit_the_task_are_refused_by_the_config_check(make_cfg):
+    """Once a MetricsError after Ray started and round 1 trained."""
+    from fedray.validate import validate
+
+    cfg = make_cfg(f"model._target_={__name__}.SevenLogits")
+    import re
+
+    with pytest.raises(ConfigError, match=rf"^model: {re.escape(__name__)}\.SevenLogits gives "
+                                          r"outputs of shape \(2, 7\) on 2 images of 32 x 32 px, "
+                                          r"but task=classification needs \(2, 4\) for the "
+                                          r"data's 4 classes$"):
+        validate(cfg)
+    cfg = make_cfg("task=segmentation")  # TinyCNN: class logits, no masks
+    with pytest.raises(ConfigError, match=r"^model: fedray\.models\.tiny_cnn\.TinyCNN gives "
+                                          r"outputs of shape \(2, 4\) .* task=segmentation needs "
+                                          r"\(2, 4, 32, 32\)"):
+        validate(cfg)
+
+
+def test_output_shape_defaults_to_the_example_batchs_rank():
+    from fedray.pill.retrieval.task import Retrieval
+
+    seg = Segmentation()
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    seg.check_outputs(torch.zeros(2, 1, 8, 8), images, 2, "m")  # binary: one channel will do
+    with pytest.raises(ConfigError, match=r"needs \(2, 3, 8, 8\)"):
+        seg.check_outputs(torch.zeros(2, 3, 4, 4), images, 3, "m")
+    retrieval = Retrieval()  # any embedding size, from its example batch's rank
+    assert retrieval.output_shape(2, 8, 5) == (2, None)
+    retrieval.check_outputs(torch.zeros(2, 128), images, 5, "m")
+    with pytest.raises(ConfigError, match=r"needs \(2, \*\) for the data's 5 classes \(\*: any"):
+        retrieval.check_outputs(torch.zeros(2, 128, 1, 1), images, 5, "m")

@@ -96,6 +96,7 @@ def detect_config(dcfg: dict[str, Any] | None) -> dict[str, Any]:
         raise ConfigError(f"detect.train_args.{unknown[0]}: not an ultralytics train argument"
                           + (f" (did you mean {' or '.join(near)}?)" if near else "")
                           + "; see ultralytics/cfg/default.yaml")
+    check_train_args(cfg["train_args"])
     if cfg["weights"] is not None:
         path = Path(str(cfg["weights"])).expanduser()
         if not path.is_file():
@@ -137,6 +138,27 @@ def ultralytics_args() -> set[str]:
         return set(yaml.safe_load((root / "cfg" / "default.yaml").read_text()) or {})
     except (TypeError, OSError, yaml.YAMLError):
         return set()
+
+
+def check_train_args(args: dict[str, Any]) -> None:
+    """ultralytics' own type and range checks (`ultralytics.cfg.check_cfg`) on
+    `detect.train_args`, as a ConfigError naming the argument, before the W&B run or any training
+    starts. ultralytics is imported (seconds) only when there are arguments to check."""
+    if not args or _ultralytics_dir() is None:  # not installed: model_yaml says so
+        return
+    import re
+
+    from fedray.pill.detect.offline import load_ultralytics
+
+    load_ultralytics()  # offline, its settings in fedray's config directory
+    from ultralytics.cfg import check_cfg
+
+    try:
+        check_cfg(dict(args))  # a copy: it converts values in place
+    except (TypeError, ValueError) as exc:
+        name = re.match(r"'(\w+)=", str(exc))
+        key = "detect.train_args" + (f".{name.group(1)}" if name else "")
+        raise ConfigError(f"{key}: {str(exc).splitlines()[0]}") from None
 
 
 def model_yaml(name: str) -> Path:

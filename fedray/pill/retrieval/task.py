@@ -8,11 +8,13 @@ from the client's data alone: the batch plays the gallery of the paper's online 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fedray.checks import number
 from fedray.pill.retrieval.metrics import average_precision, summarize
 from fedray.pill.retrieval.triplet import neighbour_negatives, triplet_loss
 from fedray.tasks.base import Accumulator, Task
@@ -88,6 +90,10 @@ class Retrieval(Task):
     def __init__(self, margin: float = 0.2, window: int = 5, seed: int = 0,
                  partition_by: str = "label") -> None:
         super().__init__(partition_by)
+        # a margin <= 0 is met by every triplet: the loss is 0 and nothing is learnt
+        number("task.margin", margin, 0, math.inf, low_open=True, high_open=True)
+        number("task.window", window, 1, integer=True)
+        number("task.seed", seed, 0, integer=True)
         self.margin, self.window = float(margin), int(window)
         self.rng = np.random.default_rng(seed)
 
