@@ -20,9 +20,10 @@ def test_a_state_dict_loads_and_a_head_of_another_shape_is_skipped(tmp_path):
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda p: p.write_text("not weights"), r"is not a state_dict torch can load safely"),
+        (lambda p: p.write_text("not weights"), r"is not a saved state_dict \(torch cannot read "
+                                                 r"it as tensors alone\); save one with"),
         (lambda p: torch.save(torch.zeros(3), p), r"holds a Tensor, not a state_dict"),
-        (lambda p: torch.save(TinyCNN(2, width=4), p), r"is not a state_dict torch can load"),
+        (lambda p: torch.save(TinyCNN(2, width=4), p), r"is not a saved state_dict"),
     ],
     ids=["text", "tensor", "whole-model"],
 )
