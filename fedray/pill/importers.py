@@ -132,8 +132,10 @@ def _yaml_split_candidates(root: Path, data: dict, entry: str) -> list[Path]:
     return cands
 
 
-def _find_yolo_splits(root: Path, data_yaml: Path, data: dict) -> dict[str, list[Path]]:
-    """Map split name -> list of image sources (directories or .txt lists)."""
+def _find_yolo_splits(root: Path, data_yaml: Path, data: dict,
+                      need_train: bool = True) -> dict[str, list[Path]]:
+    """Map split name -> list of image sources (directories or .txt lists); an import needs a
+    train split, an eval folder (`need_train=False`: a real photo set to score on) does not."""
     found: dict[str, list[Path]] = {}
     for split in SPLITS:
         entry = data.get(split)
@@ -146,7 +148,7 @@ def _find_yolo_splits(root: Path, data_yaml: Path, data: dict) -> dict[str, list
                 )
                 if hit is not None:
                     sources.append(hit.resolve())
-                elif split == "train":
+                elif split == "train" and need_train:
                     raise DatasetError(f"{data_yaml}: train: {e!r} not found under {root}")
                 else:
                     log.warning("%s: %s: %r not found; ignoring that split", data_yaml, split, e)
@@ -163,10 +165,12 @@ def _find_yolo_splits(root: Path, data_yaml: Path, data: dict) -> dict[str, list
     if not found and (root / "images").is_dir():
         # A flat images/ + labels/ folder with no splits: everything is train; val is carved.
         found["train"] = [(root / "images").resolve()]
-    if "train" not in found:
+    if "train" not in found and (need_train or not found):
+        split = "train" if need_train else "<split>"
         raise DatasetError(
-            f"{root}: no training images; expected images/train/ + labels/train/, Roboflow's "
-            f"train/images/ + train/labels/, or a `train:` entry in {data_yaml.name}"
+            f"{root}: no {'training ' if need_train else ''}images; expected images/{split}/ + "
+            f"labels/{split}/, Roboflow's {split}/images/ + {split}/labels/, or a `{split}:` "
+            f"entry in {data_yaml.name}"
         )
     return found
 

@@ -309,3 +309,37 @@ def test_scene_options_pill_counts_public_pills_surfaces(tmp_path):
     assert cv2.imread(str(root / det["sheet"])) is not None
     with pytest.raises(ConfigError, match="data.detection_pills"):
         synth.build_synthetic({**cfg, "detection_pills": [4, 2]}, 0, tmp_path)
+
+
+def _eval_folder(root: Path, splits: tuple[str, ...]) -> Path:
+    for split in splits:
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+    (root / "data.yaml").write_text(yaml.safe_dump({"names": ["pill"]}))
+    return root
+
+
+@pytest.mark.parametrize(("given", "line"), [
+    ({"imgsz": 100}, "detect.imgsz must be a multiple of 32 (the detector's stride), got 100"),
+    ({"log_every": 5}, "detect.log_every must be a fraction of an epoch in [0, 1] (0: per epoch "
+                       "only), got 5"),
+    ({"eval_split": "test2"}, "detect.eval_split: 'test2' is not a split of {root} (it has test, "
+                              "val)"),
+    ({"eval_data": "{empty}"}, "detect.eval_data: {empty}: no images; expected images/<split>/"),
+])
+def test_a_detect_value_that_would_surface_after_training_is_refused_before(given, line,
+                                                                             tmp_path):
+    """An eval folder's split was read only after the detector trained; a real photo set with
+    only val/test images is a fine eval folder."""
+    from fedray.pill.detect.train import DEFAULTS, detect_config
+
+    root = _eval_folder(tmp_path / "real", ("val", "test"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "data.yaml").write_text("names: [pill]\n")
+    cfg = {**DEFAULTS, "eval_data": str(root), "eval_split": "test"}
+    assert detect_config(cfg)["eval_split"] == "test"
+    given = {k: str(v).format(empty=empty) if k == "eval_data" else v for k, v in given.items()}
+    with pytest.raises(ConfigError) as err:
+        detect_config({**cfg, **given})
+    assert str(err.value).startswith(line.format(root=root, empty=empty)), str(err.value)

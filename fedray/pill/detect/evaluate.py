@@ -128,7 +128,7 @@ def prepare_eval_folder(root: str | Path, split: str, out: Path) -> tuple[Path, 
     data_yaml, data = _load_data_yaml(root)
     names = _parse_names(data_yaml, data["names"])
     to_pill = dict.fromkeys(names, 0)  # any class of the folder is a pill
-    splits = _find_yolo_splits(root, data_yaml, data)
+    splits = _find_yolo_splits(root, data_yaml, data, need_train=False)
     if split not in splits:
         raise DatasetError(f"{root}: no {split!r} split (found {sorted(splits)}); set "
                            "detect.eval_split")

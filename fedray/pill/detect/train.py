@@ -73,6 +73,13 @@ def detect_config(dcfg: dict[str, Any] | None) -> dict[str, Any]:
         v = cfg[key]
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
             raise ConfigError(f"detect.{key} must be an integer >= {lo}, got {v!r}")
+    if cfg["imgsz"] % 32:  # ultralytics would round it to its stride with a warning
+        raise ConfigError(f"detect.imgsz must be a multiple of 32 (the detector's stride), got "
+                          f"{cfg['imgsz']}")
+    every = cfg["log_every"]
+    if not isinstance(every, int | float) or isinstance(every, bool) or not 0 <= every <= 1:
+        raise ConfigError(f"detect.log_every must be a fraction of an epoch in [0, 1] (0: per "
+                          f"epoch only), got {every!r}")
     scale = cfg["infer_scale"]
     if (not isinstance(scale, (int, float)) or isinstance(scale, bool)
             or not 0.25 <= scale <= 4.0):
@@ -103,10 +110,28 @@ def detect_config(dcfg: dict[str, Any] | None) -> dict[str, Any]:
             raise ConfigError(f"detect.weights={cfg['weights']!r}: no such file (weights come "
                               "only from a local path; null trains from scratch)")
         cfg["weights"] = str(path.resolve())
-    if cfg["eval_data"] is not None and not Path(str(cfg["eval_data"])).expanduser().is_dir():
-        raise ConfigError(f"detect.eval_data={cfg['eval_data']!r}: no such directory")
+    if cfg["eval_data"] is not None:
+        _check_eval_split(Path(str(cfg["eval_data"])).expanduser(), cfg["eval_split"])
     model_yaml(cfg["model"])
     return cfg
+
+
+def _check_eval_split(root: Path, split: Any) -> None:
+    """The eval folder and its split exist before the detector trains (its files are read, and
+    each checked, only after training)."""
+    from fedray.data.datasets import DatasetError
+    from fedray.pill.importers import _find_yolo_splits, _load_data_yaml
+
+    if not root.is_dir():
+        raise ConfigError(f"detect.eval_data={str(root)!r}: no such directory")
+    try:
+        data_yaml, data = _load_data_yaml(root)
+        splits = _find_yolo_splits(root, data_yaml, data, need_train=False)
+    except DatasetError as exc:
+        raise ConfigError(f"detect.eval_data: {exc}") from None
+    if split not in splits:
+        raise ConfigError(f"detect.eval_split: {split!r} is not a split of {root} (it has "
+                          f"{', '.join(sorted(splits)) or 'none'})")
 
 
 def served_imgsz(dcfg: dict[str, Any]) -> int:
