@@ -40,3 +40,10 @@ def test_the_clients_own_data_is_refused(monkeypatch):
     cfg = {"seed": 5, "data": {"_target_": "x", "workers": None}}
     with pytest.raises(ConfigError, match="clients' own dataset"):
         server_data.server_dataset(cfg, None, 5, "transfer")
+
+
+def test_a_server_data_target_that_does_not_import_is_named_as_given():
+    with pytest.raises(ConfigError, match=r"^strategy\.transfer\._target_: 'nosuch\.fn' cannot be "
+                                          r"imported"):
+        server_data.check_data_knob("transfer", {"_target_": "nosuch.fn"})
+    assert server_data.check_data_knob("transfer", None) is None

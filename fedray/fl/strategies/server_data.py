@@ -16,9 +16,14 @@ from fedray.config import ConfigError
 
 def check_data_knob(key: str, value: Any) -> dict[str, Any] | None:
     """``strategy.<key>``: null or a data config (a mapping with ``_target_``)."""
-    if value is not None and not (isinstance(value, Mapping) and value.get("_target_")):
+    if value is None:
+        return None
+    if not (isinstance(value, Mapping) and value.get("_target_")):
         raise ConfigError(f"strategy.{key} must be null or a data config, got {value!r}")
-    return None if value is None else dict(value)
+    from fedray.targets import import_target
+
+    import_target(f"strategy.{key}._target_", str(value["_target_"]))  # named as it is given
+    return dict(value)
 
 
 def server_dataset(cfg: dict[str, Any], data: dict[str, Any] | None, seed: int, key: str):
