@@ -29,6 +29,7 @@ from fedray.data.datasets import DatasetInfo, load_images, load_labels, to_tenso
 from fedray.distill.ensemble import Ensemble
 from fedray.distill.losses import LOSSES, distill_loss
 from fedray.distill.profile import profile
+from fedray.distill.teachers import load_teacher, teacher_from_state
 from fedray.logging import RunLogger
 
 log = logging.getLogger("fedray")
@@ -129,6 +130,17 @@ def check_stage(cfg: dict[str, Any]) -> None:
             check_teacher_run(path, f"{key}={str(path)!r}")
         elif not path.is_file():
             raise ConfigError(f"{key}={str(path)!r} does not exist: {TEACHER_IS}")
+    runs = [key for key, path in sources.items() if path.is_dir()]
+    if runs:  # the student learns on that run's data (its config.yaml): data=... does nothing
+        from fedray.config import command_line_keys
+
+        given = [k for k in command_line_keys() if k == "data" or k.startswith("data.")]
+        if given:
+            raise ConfigError(
+                f"{given[0]}: {runs[0]} is a run directory, and the student learns on the data "
+                "that run was trained on (its config.yaml); drop the data overrides, or give "
+                "the teacher as a state_dict file to distil on other data"
+            )
     states = {key: path for key, path in sources.items() if path.is_file()}
     if states or not sources or dcfg.get("pretrain_teacher"):
         built.append(("model", cfg.get("model")))
@@ -150,104 +162,6 @@ def check_stage(cfg: dict[str, Any]) -> None:
             read_state_dict(path, key, TEACHER_IS)
         else:
             teacher_from_state(path, cfg["model"], classes, key)
-
-
-def load_teacher(cfg: dict[str, Any], dcfg: dict[str, Any]) -> tuple[nn.Module | None, dict, str]:
-    """(teacher model or None to train here, the data config it was trained on, its source).
-
-    A list of run directories or state_dicts is an ensemble (`Ensemble`): its members must have
-    been trained on one dataset (data config and seed), which the student then learns from."""
-    source = dcfg.get("teacher")
-    if source in (None, "", "null"):
-        return None, cfg["data"], "trained here"
-    if not isinstance(source, list | tuple):
-        model, data_cfg, _ = load_member(cfg, source, "distill.teacher")
-        return model, data_cfg, str(Path(str(source)).expanduser())
-    members, first = [], None
-    for i, member in enumerate(source):
-        key = f"distill.teacher[{i}]"
-        model, data_cfg, seed = load_member(cfg, member, key)
-        if first is None:
-            first = (data_cfg, seed)
-        elif (data_cfg, seed) != first:
-            diff = "seed" if data_cfg == first[0] else "data." + next(
-                k for k in sorted({*data_cfg, *first[0]}) if data_cfg.get(k) != first[0].get(k)
-            )
-            raise ConfigError(
-                f"{key}={member!r} was trained on other data than distill.teacher[0] ({diff} "
-                "differs): an ensemble's members share one dataset, the student's"
-            )
-        members.append(model)
-    names = ", ".join(str(Path(str(m)).expanduser()) for m in source)
-    return Ensemble(members), first[0], f"ensemble of {len(members)}: {names}"
-
-
-def load_member(cfg: dict[str, Any], source: Any, key: str) -> tuple[nn.Module, dict, int]:
-    """(a run directory's model or `model` loaded from a state_dict, its data config, its seed)."""
-    if source in (None, "", "null") or not isinstance(source, str | Path):
-        raise ConfigError(f"{key}={source!r}: a teacher is a run directory or a state_dict file")
-    path = Path(str(source)).expanduser()
-    if path.is_dir():
-        model, tcfg = teacher_from_run(path, key)
-        return model, tcfg["data"], int(tcfg["seed"])
-    if not path.is_file():
-        raise ConfigError(f"{key}={source!r} is neither a run directory nor a file")
-    from fedray.data.sources import build_dataset
-
-    info = build_dataset(cfg["data"], int(cfg["seed"]))
-    return teacher_from_state(path, cfg["model"], info.num_classes, key), cfg["data"], int(
-        cfg["seed"]
-    )
-
-
-def teacher_from_run(path: Path, key: str) -> tuple[nn.Module, dict[str, Any]]:
-    """(the global model of a finished run directory, the run's config: its data and seed)."""
-    import yaml
-
-    from fedray.data.sources import build_dataset, classes_known
-    from fedray.fl.checkpoint import CHECKPOINT, load_checkpoint
-    from fedray.fl.train import set_params
-    from fedray.models import build_model
-
-    if not (path / "config.yaml").exists() or not (path / CHECKPOINT).exists():
-        raise ConfigError(
-            f"{key}={str(path)!r}: a run directory needs config.yaml and {CHECKPOINT} "
-            "(a federated run with fl.checkpoint=true)"
-        )
-    tcfg = yaml.safe_load((path / "config.yaml").read_text())
-    if tcfg.get("stage") == "isolated":
-        raise ConfigError(f"{key}={str(path)!r} is an isolated run: no global model")
-    # the class count its config tells, else its data's (built: the config check loads the
-    # teacher too, and builds nothing where the config tells)
-    seed = int(tcfg["seed"])
-    classes = classes_known(tcfg["data"]) or build_dataset(tcfg["data"], seed).num_classes
-    torch.manual_seed(seed)  # as the server: frozen layers get the same init
-    model = build_model(tcfg["model"], classes)
-    set_params(model, load_checkpoint(path / CHECKPOINT)["params"])
-    return model, tcfg
-
-
-def teacher_from_state(
-    path: Path, model_cfg: dict[str, Any], num_classes: int, key: str
-) -> nn.Module:
-    """`model_cfg` built for `num_classes` and loaded with the state_dict saved at `path` (a file
-    that is none, or does not fit, is a ConfigError naming `key` and the first mismatch)."""
-    from fedray.distill.task import TEACHER_IS
-    from fedray.models import build_model, read_state_dict
-
-    model = build_model({**model_cfg, "pretrained": None}, num_classes)
-    state = read_state_dict(path, key, TEACHER_IS)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:  # "Error(s) in loading ...:", then one line per mismatch
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        first = lines[min(1, len(lines) - 1)]
-        raise ConfigError(
-            f"{key}={str(path)!r} does not fit {model_cfg.get('name') or model_cfg['_target_']} "
-            f"built for {num_classes} classes: "
-            + (first if len(first) <= 200 else f"{first[:200]} ...")
-        ) from None
-    return model
 
 
 def fit(
@@ -351,6 +265,17 @@ def logits_shown(model: nn.Module, x: np.ndarray, device: str, desc: str) -> tor
     return torch.cat(out)
 
 
+def compression_words(ratio: float, student: dict[str, Any]) -> str:
+    """`ratio` (teacher / student parameters) in words; a student larger than its teacher is
+    warned of: nothing is compressed."""
+    if ratio >= 1:
+        return f"{ratio:.1f}x fewer"
+    log.warning("distill: the student (%s) has %.1fx the teacher's parameters: no compression "
+                "(a smaller distill/student, or a larger teacher)",
+                student.get("name") or student.get("_target_"), 1 / ratio)
+    return f"{1 / ratio:.1f}x more"
+
+
 def student_cfg(cfg: dict[str, Any], dcfg: dict[str, Any]) -> dict[str, Any]:
     """The student's model config, its `pretrained: <pretrain.name>` (e.g. `public`) resolved to
     the weights the experiment's pretrain stage makes for the student's own architecture (cached
@@ -379,6 +304,9 @@ def run_distill(
     device = torch_device(cfg.get("device", "auto"))
     run_dir = Path(cfg["run_dir"])
     teacher, data_cfg, source = load_teacher(cfg, dcfg)
+    if data_cfg != cfg.get("data"):
+        log.info("distill: the student learns on the teacher run's data (%s), not the "
+                 "experiment's", data_cfg.get("name") or data_cfg.get("_target_"))
     info = build_dataset(data_cfg, seed)
     x = np.asarray(load_images(info.root, "train"))
     y = load_labels(info.root, "train")
@@ -477,12 +405,12 @@ def run_distill(
             summary["val/acc_gain_over_alone"] = s_metrics["acc"] - a_metrics["acc"]
         logger.summary(summary)
         log.info(
-            "distill: teacher %.4f (%d params)  student %.4f (%d params, %.1fx fewer)  alone %s",
+            "distill: teacher %.4f (%d params)  student %.4f (%d params, %s)  alone %s",
             t_acc["acc"],
             tp["params"],
             s_metrics["acc"],
             sp["params"],
-            summary["compression/params"],
+            compression_words(summary["compression/params"], dcfg["student"]),
             "-" if not a_metrics else f"{a_metrics['acc']:.4f}",
         )
         return summary

@@ -131,7 +131,7 @@ class Distillation(Task):
     def teacher(self, num_classes: int, device: torch.device) -> nn.Module:
         """The teacher, loaded on first use, in eval mode on `device`."""
         if self._teacher is None:
-            from fedray.distill.stage import teacher_from_run, teacher_from_state
+            from fedray.distill.teachers import teacher_from_run, teacher_from_state
 
             if self.teacher_path.is_dir():
                 model, _ = teacher_from_run(self.teacher_path, "task.teacher")

@@ -232,7 +232,7 @@ def test_ctrl_c_is_one_line_and_leaves_a_checkpoint(tmp_path):
 def test_a_centralized_runs_model_is_saved_and_loads_as_a_teacher(make_cfg, tmp_path):
     from fedray.data.datasets import load_images, load_labels
     from fedray.data.sources import build_dataset
-    from fedray.distill.stage import teacher_from_run
+    from fedray.distill.teachers import teacher_from_run
     from fedray.fl.train import evaluate
 
     cen = run(make_cfg(*LEARNABLE, "stage=centralized", "fl.rounds=1", run_dir=tmp_path))

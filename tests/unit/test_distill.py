@@ -40,3 +40,15 @@ def test_pretrain_teacher_makes_the_experiments_model_teach_the_students_pretrai
     assert [c["pretrain"]["teacher"] for c in seen] == [model, None]
     assert all(c["model"] == student for c in seen)
     assert cfg["pretrain"]["teacher"] is None  # the experiment's own config is left as it was
+
+
+def test_a_student_larger_than_its_teacher_is_said_to_be(caplog, monkeypatch):
+    import logging
+
+    from fedray.distill.stage import compression_words
+
+    monkeypatch.setattr(logging.getLogger("fedray"), "propagate", True)
+    assert compression_words(7.6, {"name": "squeezenet_small"}) == "7.6x fewer"
+    assert "no compression" not in caplog.text
+    assert compression_words(0.1, {"name": "mobilenet_v3_small"}) == "10.0x more"
+    assert "the student (mobilenet_v3_small) has 10.0x the teacher's parameters" in caplog.text

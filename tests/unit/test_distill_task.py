@@ -214,3 +214,19 @@ def test_stage_distill_loads_a_state_dict_teacher_into_model(make_cfg, tmp_path)
     torch.save(build_model({**TINY, "width": 16}, 4).state_dict(), wide)
     cfg["distill"]["teacher"] = str(wide)
     check_stage(cfg)
+
+
+def test_stage_distill_refuses_data_overrides_a_run_dir_teacher_would_ignore(make_cfg, tmp_path,
+                                                                              monkeypatch):
+    import fedray.config
+    from fedray.distill.stage import check_stage
+
+    cfg = make_cfg("stage=distill")
+    cfg["distill"]["teacher"] = str(_teacher_run(tmp_path / "run", cfg, TINY, 4))
+    monkeypatch.setattr(fedray.config, "command_line_keys", lambda: ["seed", "stage"])
+    check_stage(cfg)
+    monkeypatch.setattr(fedray.config, "command_line_keys", lambda: ["data.num_classes"])
+    with pytest.raises(ConfigError, match=r"^data\.num_classes: distill\.teacher is a run "
+                                          r"directory, and the student learns on the data that "
+                                          r"run was trained on"):
+        check_stage(cfg)
