@@ -156,34 +156,29 @@ def accountant_of(dp: dict, num_clients: int, clients_per_round: int) -> DpAccou
 
 def check_dp(dp: dict, num_clients: int, clients_per_round: int) -> None:
     """ConfigError naming the dp.<key> that makes no sense (or the missing accountant)."""
-    from fedray.checks import number
+    from fedray.checks import boolean, choice, number
     from fedray.extras import require
 
     require(f"dp={dp.get('name', dp.get('noise'))}", "dp_accounting")
-    if dp.get("noise") not in NOISE:
-        raise ConfigError(f"dp.noise={dp.get('noise')!r}: choose one of {NOISE}")
-    if dp.get("sampling", "poisson") not in SAMPLING:
-        raise ConfigError(f"dp.sampling={dp.get('sampling')!r}: choose one of {SAMPLING}")
-    if dp.get("accountant", "rdp") not in ACCOUNTANTS:
-        raise ConfigError(f"dp.accountant={dp.get('accountant')!r}: choose one of {ACCOUNTANTS}")
-    for key in ("clip_norm", "delta"):
-        if not float(dp.get(key, 0)) > 0:
-            raise ConfigError(f"dp.{key} must be > 0, got {dp.get(key)!r}")
+    choice("dp.noise", dp.get("noise"), NOISE)
+    choice("dp.sampling", dp.get("sampling", "poisson"), SAMPLING)
+    choice("dp.accountant", dp.get("accountant", "rdp"), ACCOUNTANTS)
+    boolean("dp.adaptive_clip", dp.get("adaptive_clip", False))
+    number("dp.clip_norm", dp.get("clip_norm"), 0, low_open=True)
+    number("dp.delta", dp.get("delta"), 0, low_open=True)
+    number("dp.noise_multiplier", dp.get("noise_multiplier"), 0)
     if not float(dp["delta"]) < 1 / num_clients:  # (epsilon, delta)-DP with delta >= 1/n
         raise ConfigError(  # allows publishing one client's data outright
             f"dp.delta: {dp['delta']!r} is not < 1 / fl.num_clients = {1 / num_clients:.3g}: "
             "a delta that large lets the run release one client's update whole, whatever "
             "epsilon says; use e.g. dp.delta=1e-5"
         )
-    if float(dp.get("noise_multiplier", -1)) < 0:
-        raise ConfigError(f"dp.noise_multiplier must be >= 0, got {dp.get('noise_multiplier')!r}")
     # checked whether adaptive_clip is on or not: a value nothing reads is a silent mistake too
     number("dp.target_quantile", dp.get("target_quantile", 0.5), 0, 1)
     number("dp.clip_lr", dp.get("clip_lr", 0.2), 0, low_open=True)
     number("dp.clipped_count_stddev", dp.get("clipped_count_stddev"), 0, low_open=True,
            optional=True)
-    if dp.get("max_epsilon") is not None and not float(dp["max_epsilon"]) > 0:
-        raise ConfigError(f"dp.max_epsilon must be > 0 or null, got {dp['max_epsilon']!r}")
+    number("dp.max_epsilon", dp.get("max_epsilon"), 0, low_open=True, optional=True)
     if clients_per_round > num_clients:
         raise ConfigError(f"dp: {clients_per_round} clients per round > {num_clients} clients")
     if dp.get("adaptive_clip") and float(dp["noise_multiplier"]) > 0:

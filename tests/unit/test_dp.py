@@ -186,3 +186,17 @@ def test_feddf_is_refused_with_central_dp_and_allowed_with_local():
                                           r"dp=central gives the server only their noised sum"):
         check_strategy({"fl": {}, "dp": _dp()}, feddf)
     check_strategy({"fl": {}, "dp": _dp(name="local", noise="local")}, feddf)
+
+
+@pytest.mark.parametrize(("key", "value", "line"), [
+    ("noise_multiplier", -1, "dp.noise_multiplier: -1 is not a number >= 0"),
+    ("noise_multiplier", "abc", "dp.noise_multiplier: 'abc' is not a number >= 0"),
+    ("clip_norm", 0, "dp.clip_norm: 0 is not a number > 0"),
+    ("max_epsilon", -2, "dp.max_epsilon: -2 is not a number > 0 (or null)"),
+    ("sampling", "uniform", "dp.sampling: 'uniform' is not one of poisson, fixed"),
+    ("adaptive_clip", "yes", "dp.adaptive_clip: 'yes' is not true or false"),
+])
+def test_each_dp_value_is_refused_in_the_one_form_of_every_config_check(key, value, line):
+    with pytest.raises(ConfigError) as err:
+        dp.check_dp(_dp(**{key: value}), 10, 2)
+    assert str(err.value) == line
