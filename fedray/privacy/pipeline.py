@@ -203,6 +203,9 @@ class Privacy:
                 "dp.clipped_count_stddev=null: %g (max(clients_per_round / 20, noise_multiplier))",
                 dp.count_stddev(dpc, self.k),
             )
+        if dpc and float(dpc["noise_multiplier"]) == 0:  # the accountant's epsilon is infinite
+            log.warning("dp.noise_multiplier=0: updates are clipped but not noised, so the run "
+                        "has no privacy guarantee (privacy/epsilon is logged as null)")
         self._eps_cache: dict[int, float] = {}
         self._round: dict[str, Any] = {}
         if attack:

@@ -95,9 +95,20 @@ def test_fltrust_leaves_a_sign_flipper_out_of_every_round(make_cfg, tmp_path):
 
 def test_clipping_without_noise_runs_to_the_end_without_an_epsilon_plot(make_cfg, tmp_path):
     """dp.noise_multiplier=0 clips but guarantees nothing (epsilon infinite): once the epsilon
-    plot of the last round raised PlotError on a finished run."""
+    plot of the last round raised PlotError on a finished run; the log says so."""
+    import logging
+
     cfg = make_cfg("fl.rounds=2", "dp=central", "dp.noise_multiplier=0.0")
-    run(cfg)
+    said: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("fedray").addHandler(handler)
+    try:
+        run(cfg)
+    finally:
+        logging.getLogger("fedray").removeHandler(handler)
+    assert any(m.startswith("dp.noise_multiplier=0: updates are clipped but not noised")
+               for m in said), said
     rows = _rows(tmp_path / "run")
     assert len(rows) == 2 and rows[-1]["privacy/epsilon"] is None  # inf, written as null
     assert not (tmp_path / "run" / "privacy_epsilon.png").exists()
