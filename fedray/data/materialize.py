@@ -49,6 +49,7 @@ def materialize(
     fn: Callable[..., Any], data_cfg: dict[str, Any], seed: int, cache_dir: str | Path
 ) -> DatasetInfo:
     """Call the user's dataset callable `fn` (once per cache key) and cache what it returns."""
+    from fedray.config import command_line_keys
     from fedray.models import instantiate_target
 
     qualname = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
@@ -65,6 +66,9 @@ def materialize(
     }
     size = data_cfg.get("image_size")
     name = str(data_cfg.get("name") or getattr(fn, "__name__", "custom"))
+    given = command_line_keys()
+    if "data._target_" in given and "data.name" not in given:  # the group's name, not the data's
+        name = str(getattr(fn, "__name__", "custom"))
 
     def build(root: Path) -> None:
         returned = instantiate_target(cfg, "data", skip=skip, drop_unknown=True, seed=int(seed))

@@ -81,6 +81,7 @@ def test_own_model_and_dataset_from_the_command_line(tmp_path):
     # said once: not again by the server's build nor by each client actor's
     said = out.stdout + out.stderr
     assert said.count("mymod.Net takes no") == 1 and said.count("mymod.data takes no") == 1, said
+    assert "dataset data: 2 classes" in said  # named after the callable, not data=toy's "toy"
     meta = json.loads(next((tmp_path / "cache").glob("custom-*/meta.json")).read_text())
     assert meta["class_names"] == ["plain", "red"] and meta["splits"] == {"train": 96, "val": 48}
 
