@@ -248,6 +248,7 @@ def test_ultralytics_own_argument_checks_run_before_anything_starts(tmp_path):
     assert not (tmp_path / "ray").exists() and "Traceback" not in out.stdout
 
 
+@pytest.mark.slow
 def test_a_round_too_few_clients_survive_is_one_line_naming_why(tmp_path):
     """Not a bad override (exit 1, not 2), but no traceback either: which client, and why."""
     out = _launch(["ray=inprocess", "fl.quorum=1.0",
@@ -259,6 +260,7 @@ def test_a_round_too_few_clients_survive_is_one_line_naming_why(tmp_path):
     assert "client 0: " in lines[0] and "fl.quorum=1.0 needs 2" in lines[0]
 
 
+@pytest.mark.slow
 def test_a_secure_aggregation_round_too_few_clients_unmask_is_one_line(tmp_path):
     """Documented run-time stop (exit 1), once a SecAggError traceback: 30% of 2 senders vanish,
     so the other's self-mask seed has no share holder left to answer."""

@@ -52,6 +52,7 @@ def data(n: int = 96, size: int = 32, seed: int = 0):
 '''
 
 
+@pytest.mark.slow
 def test_own_model_and_dataset_from_the_command_line(tmp_path):
     (tmp_path / "mymod.py").write_text(MYMOD)
     env = {

@@ -31,6 +31,7 @@ def _rows(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_norm_layers_stay_on_their_clients_and_each_client_is_scored_with_its_own(
     make_cfg, tmp_path
 ):
@@ -68,6 +69,7 @@ def test_norm_layers_stay_on_their_clients_and_each_client_is_scored_with_its_ow
         assert summary[f"client/{c}/val_acc"] == pytest.approx(float((pred == val_y[mine]).mean()))
 
 
+@pytest.mark.slow
 def test_fedbn_resumes_and_runs_the_same_in_process(make_cfg, tmp_path):
     full, cut, inproc = tmp_path / "full", tmp_path / "cut", tmp_path / "inproc"
     run(make_cfg(*FEDBN, run_dir=full))
@@ -82,6 +84,7 @@ def test_fedbn_resumes_and_runs_the_same_in_process(make_cfg, tmp_path):
                        for k, v in entries.items())
 
 
+@pytest.mark.slow
 def test_secure_aggregation_masks_the_shared_entries_and_leaves_the_local_ones_home(
     make_cfg, tmp_path
 ):

@@ -61,6 +61,7 @@ def test_smoke_writes_outputs_and_learns(make_cfg, tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["val/acc"] == metrics["val/acc"]
 
 
+@pytest.mark.slow
 def test_only_trainable_layers_travel(make_cfg, tmp_path):
     run(make_cfg("fl.trainable=classifier"))
     rows = _rows(tmp_path / "run")
@@ -70,6 +71,7 @@ def test_only_trainable_layers_travel(make_cfg, tmp_path):
     assert rows[0]["comm/bytes_up"] == 2 * nbytes  # two clients, head only
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "replaced"), [("raise", False), ("crash", True), ("nan", False)])
 def test_failing_client_is_dropped_and_a_dead_actor_replaced(
     make_cfg, tmp_path, caplog, kind, replaced
@@ -86,6 +88,7 @@ def test_failing_client_is_dropped_and_a_dead_actor_replaced(
     assert (" replaced" in caplog.text) == replaced
 
 
+@pytest.mark.slow
 def test_straggler_is_dropped_by_timeout(make_cfg, tmp_path):
     cfg = make_cfg("fl.num_clients=3", "fl.rounds=1", "fl.round_timeout_s=10")
     cfg["fl"]["faults"] = [{"round": 1, "client": 2, "kind": "hang", "seconds": 600}]
@@ -93,6 +96,7 @@ def test_straggler_is_dropped_by_timeout(make_cfg, tmp_path):
     assert _rows(tmp_path / "run")[0]["clients/dropped"] == 1
 
 
+@pytest.mark.slow
 def test_quorum_failure_is_a_clear_error(make_cfg):
     cfg = make_cfg("fl.quorum=1.0")
     cfg["fl"]["faults"] = [{"round": 1, "client": 0, "kind": "raise"}]
@@ -101,6 +105,7 @@ def test_quorum_failure_is_a_clear_error(make_cfg):
         run(cfg)
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_and_weights(make_cfg, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     run(make_cfg("fl.rounds=2", run_dir=a))
@@ -111,6 +116,7 @@ def test_same_seed_same_metrics_and_weights(make_cfg, tmp_path):
     assert pa.keys() == pb.keys() and all(np.array_equal(pa[k], pb[k]) for k in pa)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(make_cfg, tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     run(make_cfg("fl.rounds=3", "strategy=fedadam", run_dir=full))
@@ -126,6 +132,7 @@ def test_resume_equals_uninterrupted(make_cfg, tmp_path):
     assert {p.name: p.read_bytes() for p in cut.iterdir() if p.is_file()} == saved
 
 
+@pytest.mark.slow
 def test_isolated_clients_know_only_their_classes(make_cfg, tmp_path):
     cfg = make_cfg(
         *LEARNABLE, "stage=isolated", "partition=pathological", "partition.classes_per_client=2"
@@ -146,6 +153,7 @@ def test_centralized_baseline_runs_without_ray_actors(make_cfg, tmp_path):
     assert metrics["val/acc"] > 1 / 4 + 0.3
 
 
+@pytest.mark.slow
 def test_a_thousand_clients_share_a_small_pool(make_cfg, tmp_path):
     cfg = make_cfg(
         "fl.num_clients=1000",
@@ -160,6 +168,7 @@ def test_a_thousand_clients_share_a_small_pool(make_cfg, tmp_path):
     assert [(r["clients"], r["actors"], r["clients/dropped"]) for r in rows] == [(10, 2, 0)] * 2
 
 
+@pytest.mark.slow
 def test_ridge_head_init_is_the_centralized_solve_under_label_skew(make_cfg, tmp_path):
     common = (*LEARNABLE, "fl.trainable=classifier", "fl.head_init=ridge", "fl.rounds=1",
               "partition=pathological", "partition.classes_per_client=2")
@@ -174,6 +183,7 @@ def test_ridge_head_init_is_the_centralized_solve_under_label_skew(make_cfg, tmp
     assert iso["head_init/val_acc"] <= 0.5 + 1e-9 < fed["head_init/val_acc"]
 
 
+@pytest.mark.slow
 def test_a_shard_cache_smaller_than_an_actors_clients_is_warned(make_cfg, caplog, monkeypatch):
     import logging
 
@@ -199,6 +209,7 @@ def test_batched_clients_train_the_same_and_drop_only_the_failing_one(make_cfg, 
     assert strip[0] == strip[1]
 
 
+@pytest.mark.slow
 def test_ctrl_c_is_one_line_and_leaves_a_checkpoint(tmp_path):
     """Ctrl-C mid-run: exit 130, a line saying how to continue, no traceback, and the rounds
     done so far in the run directory (test_resume_equals_uninterrupted: resuming them)."""

@@ -33,7 +33,7 @@ def _params(run_dir) -> dict:
 @pytest.mark.parametrize(
     "extra",
     [
-        pytest.param((), id="fedavg"),
+        pytest.param((), id="fedavg", marks=pytest.mark.slow),
         pytest.param(("strategy=fedadam", "fl.trainable=classifier", "fl.cache_features=true"),
                      id="fedadam-cached-head", marks=pytest.mark.slow),
         pytest.param(("stage=isolated",), id="isolated", marks=pytest.mark.slow),

@@ -67,6 +67,7 @@ def _pids(names: list[str]) -> list[int]:
     return ray.get([ray.get_actor(n, namespace=NAMESPACE).ping.remote() for n in names])
 
 
+@pytest.mark.slow
 def test_a_second_run_reuses_the_warm_actors_with_the_same_numbers(make_cfg, tmp_path,
                                                                    no_kept_actors):
     import ray
@@ -97,6 +98,7 @@ def test_a_second_run_reuses_the_warm_actors_with_the_same_numbers(make_cfg, tmp
     assert rows[0] == rows[1] == rows[2]
 
 
+@pytest.mark.slow
 def test_actors_of_another_shape_are_stopped(no_kept_actors):
     from fedray.fl.client import make_client_actor
 
@@ -231,6 +233,7 @@ def test_keep_actors_is_refused_where_nothing_could_keep_them(ray_cfg, env, says
         check_backend({"ray": ray_cfg})
 
 
+@pytest.mark.slow
 def test_a_failed_kept_actor_is_replaced_for_the_run_only(make_cfg, tmp_path, no_kept_actors):
     """A client whose actor dies has it replaced; the replacement is the run's own and ends
     with it (its CPU free again), and the kept pool is one actor short until the next run

@@ -69,6 +69,7 @@ def _alive(procs: dict[psutil.Process, str]) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_a_launched_run_starts_and_stops_its_own_ray(tmp_path, cache_dir):
     proc, run_dir = _start(tmp_path, cache_dir, "fl.rounds=3")
     driver_nice, nice = proc.nice(), {}

@@ -23,6 +23,7 @@ def _params(run_dir) -> dict:
         return pickle.load(fh)["params"]
 
 
+@pytest.mark.slow
 def test_secagg_with_central_dp_and_an_attacker(make_cfg, tmp_path):
     cfg = make_cfg(
         "fl.num_clients=4",
@@ -69,6 +70,7 @@ def test_secagg_matches_plain_fedavg_with_a_client_vanishing(make_cfg, tmp_path)
         assert np.allclose(masked[k], v, atol=1e-3), k
 
 
+@pytest.mark.slow
 def test_fltrust_leaves_a_sign_flipper_out_of_every_round(make_cfg, tmp_path):
     # the root set is the toy data re-generated under strategy.root_seed (built in the run,
     # while the pool's thread starts Ray)
@@ -93,6 +95,7 @@ def test_fltrust_leaves_a_sign_flipper_out_of_every_round(make_cfg, tmp_path):
     assert all(np.isfinite(v).all() for v in _params(tmp_path / "run").values())
 
 
+@pytest.mark.slow
 def test_clipping_without_noise_runs_to_the_end_without_an_epsilon_plot(make_cfg, tmp_path):
     """dp.noise_multiplier=0 clips but guarantees nothing (epsilon infinite): once the epsilon
     plot of the last round raised PlotError on a finished run; the log says so."""
@@ -125,6 +128,7 @@ def test_a_ring_the_dealt_shards_would_wrap_is_refused_before_ray(make_cfg):
         run(cfg)
 
 
+@pytest.mark.slow
 def test_a_run_poisson_sampling_gave_no_round_ends_cleanly(make_cfg, tmp_path):
     """Seed 3 draws neither of smoke's 2 clients at rate 1/2 in round 1: once a PlotError."""
     run(make_cfg("dp=central", "fl.clients_per_round=1", "seed=3"))

@@ -32,6 +32,7 @@ class Embed(nn.Module):
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["inprocess", "ray"])
 def test_federated_metric_learning_on_the_task_seam(backend, tmp_path):
     (tmp_path / "embmod.py").write_text(EMBED)

@@ -33,6 +33,7 @@ def _cfg(tmp_path, cache_dir, *overrides: str) -> dict:
     return cfg
 
 
+@pytest.mark.slow
 def test_seg_two_sites_federated_reports_iou_per_site(tmp_path, cache_dir):
     metrics = run(_cfg(tmp_path, cache_dir))
     for key in ("val/iou", "val/dice", "val/group0/iou", "val/group1/iou", "client/1/val_iou"):

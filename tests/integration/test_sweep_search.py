@@ -22,6 +22,7 @@ def _rounds(sweep_dir: Path, trial: str) -> list[int]:
     return [json.loads(line)["round"] for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_random_search_with_one_sample_runs_one_drawn_trial(make_cfg, tmp_path):
     out = tuner.sweep(make_cfg("sweep=lr", "sweep.num_samples=1", *FAST))

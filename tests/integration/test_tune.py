@@ -33,6 +33,7 @@ def _rounds(sweep_dir: Path, index: int) -> list[int]:
     return [json.loads(line)["round"] for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_smoke_sweep_writes_results_and_one_wandb_run_per_trial(make_cfg, tmp_path):
     cfg = make_cfg("sweep=noniid", "sweep.num_samples=2", "logger=wandb", *FAST)
@@ -131,6 +132,7 @@ def test_bad_sweep_override_is_a_clear_cli_error(tmp_path):
     assert "sweeps/noniid.yaml" in proc.stderr and "sweep.num_samples" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_a_sweep_whose_every_trial_failed_writes_its_table_and_fails(make_cfg, tmp_path):
     cfg = make_cfg("sweep=noniid", "sweep.num_samples=1", "sweep.scheduler.name=none",

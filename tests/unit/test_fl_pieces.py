@@ -491,7 +491,8 @@ def test_only_rays_token_auth_notice_is_quietened(monkeypatch):
     log = logging.getLogger("ray._private.authentication.authentication_token_setup")
     assert sum(isinstance(f, _Notice) for f in log.filters) == 1
     monkeypatch.setattr(log, "disabled", False)  # a logging config earlier in the session may
-    monkeypatch.setattr(log, "level", logging.WARNING)  # have turned it off
+    monkeypatch.setattr(log, "level", log.level)  # have turned it off (restored after the test;
+    log.setLevel(logging.WARNING)  # setLevel, not the attribute, clears isEnabledFor's cache)
     seen: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
