@@ -343,3 +343,15 @@ def test_a_detect_value_that_would_surface_after_training_is_refused_before(give
     with pytest.raises(ConfigError) as err:
         detect_config({**cfg, **given})
     assert str(err.value).startswith(line.format(root=root, empty=empty)), str(err.value)
+
+
+def test_an_eval_split_without_an_eval_folder_is_refused(monkeypatch):
+    """`detect.eval_split=test` on the command line with no `detect.eval_data` scored nothing."""
+    import fedray.pill.detect.train as train
+
+    monkeypatch.setattr(train, "command_line_keys", lambda: ["detect.epochs"])
+    assert train.detect_config(dict(train.DEFAULTS))["eval_data"] is None  # the YAML's own split
+    monkeypatch.setattr(train, "command_line_keys", lambda: ["detect.eval_split"])
+    with pytest.raises(ConfigError, match=r"^detect.eval_split=val: set, but detect.eval_data is "
+                                          r"null"):
+        train.detect_config(dict(train.DEFAULTS))

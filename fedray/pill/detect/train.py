@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from fedray.config import ConfigError
+from fedray.config import ConfigError, command_line_keys
 from fedray.data.datasets import DatasetError, cached_build, file_digest
 from fedray.logging import RunLogger
 
@@ -112,6 +112,9 @@ def detect_config(dcfg: dict[str, Any] | None) -> dict[str, Any]:
         cfg["weights"] = str(path.resolve())
     if cfg["eval_data"] is not None:
         _check_eval_split(Path(str(cfg["eval_data"])).expanduser(), cfg["eval_split"])
+    elif "detect.eval_split" in command_line_keys():  # it would score nothing, silently
+        raise ConfigError(f"detect.eval_split={cfg['eval_split']}: set, but detect.eval_data is "
+                          "null (the split is one of that folder's: detect.eval_data=PATH)")
     model_yaml(cfg["model"])
     return cfg
 
