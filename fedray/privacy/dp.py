@@ -51,7 +51,10 @@ def split_noise_multiplier(z: float, count_stddev: float) -> float:
     """The updates' noise multiplier when the clipped-count query also spends budget.
 
     Andrew et al. (Thm. 1): z_update = (z^-2 - (2·sigma_b)^-2)^(-1/2), so the two Gaussian
-    queries together cost exactly what one with multiplier z would.
+    queries together cost exactly what one with multiplier z would. The factor 2 holds for the
+    centred count, sum(b_i - 1/2) (`noisy_unclipped_frac`), whose sensitivity is half the
+    updates' in units of C under either adjacency (1/2 against C when a client is added or
+    removed, 1 against 2C when one is replaced).
     """
     rest = z**-2 - (2 * count_stddev) ** -2
     if rest <= 0:
@@ -61,6 +64,15 @@ def split_noise_multiplier(z: float, count_stddev: float) -> float:
             "max(clients_per_round / 20, noise_multiplier))"
         )
     return rest**-0.5
+
+
+def noisy_unclipped_frac(unclipped: float, summed: float, clients_per_round: int,
+                         stddev: float, rng: np.random.Generator) -> float:
+    """The noisy fraction of unclipped updates that adaptive clipping steps with, as in
+    TF-Privacy's quantile estimator: the centred count sum(b_i - 1/2) of the `summed` clients
+    noised by N(0, stddev^2), over the expected clients per round, plus 1/2, in [0, 1]."""
+    centred = unclipped - summed / 2 + rng.normal(0.0, stddev)
+    return float(np.clip(centred / clients_per_round + 0.5, 0.0, 1.0))
 
 
 def count_stddev(dp: dict, clients_per_round: int) -> float:
@@ -80,7 +92,8 @@ class DpAccountant:
 
     Central DP, Poisson sampling (rate q): each round is PoissonSampled(q, Gaussian(z)) under
     add/remove-one adjacency. Fixed-size sampling (k of n): SampledWithoutReplacement(n, k,
-    Gaussian(z)) under replace-one adjacency (RDP only). Local DP: a client's release is
+    Gaussian(z / 2)) under replace-one adjacency (RDP only): replacing one client moves the sum
+    of clipped updates by up to 2C, against z·C of noise. Local DP: a client's release is
     Gaussian(z / 2) under replace-one adjacency (its clipped update may move anywhere in the
     ball, sensitivity 2C), composed over the rounds it took part in, with no amplification (the
     server sees who took part).
@@ -104,7 +117,7 @@ class DpAccountant:
         if self.sampling == "poisson":
             return dpa.PoissonSampledDpEvent(self.sampling_rate, dpa.GaussianDpEvent(z))
         return dpa.SampledWithoutReplacementDpEvent(
-            self.num_clients, self.clients_per_round, dpa.GaussianDpEvent(z)
+            self.num_clients, self.clients_per_round, dpa.GaussianDpEvent(z / 2)
         )
 
     @property

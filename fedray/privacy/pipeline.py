@@ -112,23 +112,23 @@ def protect_update(
     if not np.isfinite(delta).all():
         return params, metrics  # sent as is: the server drops it (its masks are recovered)
     dpc = privacy.get("dp")
-    weight = num_samples
+    sa = privacy.get("secagg")
+    weight, unclipped = num_samples, 1
     if dpc:
         delta, norm = dp.l2_clip(delta, float(dpc["clip_norm"]))
-        metrics["dp/unclipped"] = float(norm <= float(dpc["clip_norm"]))
-        metrics["dp/update_norm"] = norm
+        unclipped = int(norm <= float(dpc["clip_norm"]))
+        if not sa:  # under secure aggregation the bit travels only inside the masked sum
+            metrics["dp/unclipped"] = float(unclipped)
         if dpc["noise"] == "local":
             delta = delta + dp.gaussian_noise(delta.shape, float(dpc["local_std"]), rng)
         else:
             weight = 1  # central DP: uniform weights bound each client's influence by C
-    sa = privacy.get("secagg")
     if not sa:
         return unflatten_update(delta, global_params), metrics
-    q, clipped = secagg.quantize(delta, float(sa["clip"]), int(sa["quant_bits"]))
-    vec = np.concatenate([q * weight, [weight, int(metrics.get("dp/unclipped", 1.0))]])
+    q, _ = secagg.quantize(delta, float(sa["clip"]), int(sa["quant_bits"]))
+    vec = np.concatenate([q * weight, [weight, unclipped]])
     public: secagg.RoundPublic = sa["public"]
     mine: secagg.ClientSecrets = sa["secrets"][client_id]
-    metrics["secagg/clipped_values"] = float(clipped)
     return {MASKED: secagg.mask_vector(vec, client_id, mine, public)}, metrics
 
 
@@ -220,6 +220,17 @@ class Privacy:
                 self.num_clients, self.k / self.num_clients, self.seed, round_idx
             )
         return sampled
+
+    def skip_reason(self, sampled: list[int]) -> str | None:
+        """Why a (Poisson-)sampled round trains and releases nothing, else None: nobody drawn,
+        or one client under secure aggregation (its masked sum would be its own update).
+        The accountant still counts the round."""
+        if not sampled:
+            return "Poisson sampling drew no client"
+        if self.mode != "none" and len(sampled) < 2:
+            return (f"Poisson sampling drew only client {sampled[0]}, and secure aggregation "
+                    "needs 2")
+        return None
 
     def epsilon(self, rounds: int, participation: np.ndarray | None = None) -> float:
         """epsilon after `rounds` rounds (local DP: the most-sampled client's participations)."""
@@ -327,7 +338,7 @@ class Privacy:
             unclipped = sum(r.metrics.get("dp/unclipped", 1.0) for r in good)
         self._round["unclipped"] = unclipped
         if central:
-            avg = self._central_noise(sum_delta, unclipped, round_idx)
+            avg = self._central_noise(sum_delta, unclipped, weight, round_idx)
         else:
             avg = sum_delta / weight
         n = sum(r.num_samples for r in good)
@@ -372,8 +383,11 @@ class Privacy:
             )
         return total[:d].astype(np.float64), weight, float(total[d + 1])
 
-    def _central_noise(self, sum_delta: np.ndarray, unclipped: float, round_idx: int) -> np.ndarray:
-        """(sum of clipped updates + N(0, (z·C)^2)) / expected clients; adaptive C steps."""
+    def _central_noise(
+        self, sum_delta: np.ndarray, unclipped: float, summed: float, round_idx: int
+    ) -> np.ndarray:
+        """(sum of `summed` clipped updates + N(0, (z·C)^2)) / expected clients; adaptive C
+        steps with the noisy centred count of unclipped updates (dp.noisy_unclipped_frac)."""
         assert self.dpc is not None
         z = float(self.dpc["noise_multiplier"])
         rng = np.random.default_rng([self.seed, round_idx, 0xCE])
@@ -381,7 +395,8 @@ class Privacy:
         if self.dpc.get("adaptive_clip"):
             count_std = dp.count_stddev(self.dpc, self.k)
             z_update = dp.split_noise_multiplier(z, float(count_std)) if z > 0 else 0.0
-            noisy_frac = (unclipped + rng.normal(0.0, float(count_std))) / self.k
+            noisy_frac = dp.noisy_unclipped_frac(unclipped, summed, self.k, count_std, rng)
+            self._round["noisy_unclipped_frac"] = noisy_frac
             self.clip_norm = dp.adaptive_clip_step(
                 c, noisy_frac, float(self.dpc["target_quantile"]), float(self.dpc["clip_lr"])
             )
@@ -399,7 +414,9 @@ class Privacy:
             row["privacy/epsilon"] = self.epsilon(round_idx + 1)
             row["privacy/delta"] = float(self.dpc["delta"])
             row["dp/clip_norm"] = self.clip_norm
-            if "unclipped" in self._round:
+            if "noisy_unclipped_frac" in self._round:  # what adaptive clipping stepped with
+                row["dp/unclipped_frac"] = self._round["noisy_unclipped_frac"]
+            elif "unclipped" in self._round:
                 row["dp/unclipped_frac"] = self._round["unclipped"] / max(
                     1, len(self._round["sampled"])
                 )

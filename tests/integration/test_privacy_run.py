@@ -32,7 +32,7 @@ def test_secagg_with_central_dp_and_an_attacker(make_cfg, tmp_path):
         "ray.max_actors=2",
         "fl.secure_agg=secagg",
         "dp=central",
-        "dp.noise_multiplier=2.0",
+        "dp.noise_multiplier=4.0",
         "dp.sampling=fixed",
         "dp.max_epsilon=3.5",
         "attack=sign_flip",
@@ -130,8 +130,12 @@ def test_a_ring_the_dealt_shards_would_wrap_is_refused_before_ray(make_cfg):
 
 @pytest.mark.slow
 def test_a_run_poisson_sampling_gave_no_round_ends_cleanly(make_cfg, tmp_path):
-    """Seed 3 draws neither of smoke's 2 clients at rate 1/2 in round 1: once a PlotError."""
-    run(make_cfg("dp=central", "fl.clients_per_round=1", "seed=3"))
-    assert _rows(tmp_path / "run") == []  # no round ran
+    """Seed 3 draws neither of smoke's 2 clients at rate 1/2 in round 1: once a PlotError, then
+    a run with no row; now the round is logged as skipped, with its epsilon and the scores of
+    the model it left unchanged."""
+    metrics = run(make_cfg("dp=central", "fl.clients_per_round=1", "seed=3"))
+    (row,) = _rows(tmp_path / "run")
+    assert row["round"] == 1 and row["clients"] == 0 and row["privacy/epsilon"] > 0
+    assert metrics["val/acc"] == row["val/acc"]
     assert (tmp_path / "run" / "summary.json").exists()
-    assert not (tmp_path / "run" / "acc_vs_round.png").exists()
+    assert (tmp_path / "run" / CHECKPOINT).exists()

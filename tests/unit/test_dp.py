@@ -39,7 +39,8 @@ def test_fixed_size_and_local_events():
         noise_multiplier=1.0, delta=1e-5, sampling="fixed", num_clients=100, clients_per_round=10
     )
     direct = rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
-    ev = dpa.SampledWithoutReplacementDpEvent(100, 10, dpa.GaussianDpEvent(1.0))
+    # replacing a client moves the sum of clipped updates by 2C: z·C of noise is Gaussian(z / 2)
+    ev = dpa.SampledWithoutReplacementDpEvent(100, 10, dpa.GaussianDpEvent(0.5))
     direct.compose(dpa.SelfComposedDpEvent(ev, 30))
     assert acc.epsilon(30) == pytest.approx(direct.get_epsilon(1e-5), rel=1e-12)
     local = dp.DpAccountant(noise_multiplier=4.0, delta=1e-5, noise="local")
@@ -117,6 +118,32 @@ def test_central_dp_sums_clipped_updates_and_divides_by_expected_clients():
     ref = (np.array([0.3, 0.4, 0, 0]) + np.full(4, 0.1)) / 4  # expected clients per round: 4
     assert np.allclose(agg.params["w"], ref, atol=1e-6)
     assert privacy.round_metrics(None, 0)["dp/unclipped_frac"] == 0.5
+
+
+def test_adaptive_clipping_steps_with_the_centred_count_of_the_clients_summed():
+    """Andrew et al.'s budget split holds for sum(b_i - 1/2) (sensitivity 1/2), not for the plain
+    count sum(b_i): Poisson drew 2 of an expected 4, both unclipped: (2 - 2/2) / 4 + 1/2 = 0.75
+    (the plain count over 4 said 0.5, and charged the count query half its true cost)."""
+    from fedray.fl.strategies import FedAvg
+
+    cfg = _cfg(sampling="poisson", adaptive_clip=True, clipped_count_stddev=1e-12,
+               target_quantile=0.5, clip_lr=0.2)
+    privacy = build_privacy(cfg, FedAvg(), 4, 3, 0)
+    g = {"w": np.zeros(4, np.float32)}
+    plan = privacy.client_extra([0, 1], 0, g)["privacy"]
+    results = []
+    for cid in range(2):
+        sent, metrics = protect_update(cid, 0, g, {"w": np.full(4, 0.01, np.float32)}, 10, plan)
+        results.append(ClientResult(cid, sent, 10, {"train/loss": 0.0, **metrics}))
+    privacy.server_input(g, results, 0)
+    row = privacy.round_metrics(None, 0)
+    assert row["dp/unclipped_frac"] == pytest.approx(0.75)
+    assert row["dp/clip_norm"] == pytest.approx(0.5 * np.exp(-0.2 * (0.75 - 0.5)))
+    rng = np.random.default_rng(0)
+    one_more = [dp.noisy_unclipped_frac(u, 5, 10, 1.0, np.random.default_rng(0)) for u in (2, 3)]
+    base = dp.noisy_unclipped_frac(2, 4, 10, 1.0, rng)
+    assert one_more[1] - base == pytest.approx(0.05) and one_more[0] - base == pytest.approx(-0.05)
+    assert dp.noisy_unclipped_frac(0, 10, 2, 0.0, rng) == 0.0  # clipped to [0, 1]
 
 
 def test_local_dp_noises_each_update():
