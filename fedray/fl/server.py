@@ -361,7 +361,14 @@ class FederatedServer:
                     sampled = self.privacy.sample(sampled, r)
                     if self.privacy.budget_exhausted(r, sampled):
                         break
-                    if not sampled:  # Poisson drew nobody: nothing is trained or released
+                    skip = self.privacy.skip_reason(sampled)
+                    if skip:  # nothing is trained or released (the accountant counts the round)
+                        log.info("round %d/%d skipped: %s", r + 1, rounds, skip)
+                        row = {"round": r + 1, "clients": 0, "clients/dropped": 0,
+                               "actors": len(pool), "comm/bytes_total": self.bytes_total}
+                        if r + 1 == rounds:  # the run's final row: the (unchanged) model's scores
+                            row.update({f"val/{k}": v for k, v in self.round_metrics().items()})
+                        self._close_round(row, r, ckpt_path, on_round)
                         continue
                     job.update(self.privacy.client_extra(sampled, r, self._shared()))
                 good, dropped, bytes_up = self._fit_round(pool, shard_refs, sampled, job)
@@ -408,27 +415,26 @@ class FederatedServer:
                         "time/round_s": time.perf_counter() - t0,
                     }
                 )
-                if self.privacy is not None:  # privacy/epsilon, dp/clip_norm, secagg/*, attack/*
-                    row.update(self.privacy.round_metrics(self, r))
-                self.logger.log(row)
-                log.info(
-                    "round %d/%d  %s %s  val/loss %s  train/loss %.4f  up %s  %.1fs",
-                    r + 1,
-                    rounds,
-                    self.task.rank_key,
-                    _fmt(row.get(self.task.rank_key)),
-                    _fmt(row.get("val/loss")),
-                    row["train/loss"],
-                    human_bytes(bytes_up),
-                    row["time/round_s"],
-                )
-                if ckpt_path is not None:
-                    save_checkpoint(ckpt_path, self._checkpoint_state(r + 1))
-                if on_round is not None:
-                    on_round(row, ckpt_path)
+                log.info("round %d/%d  %s %s  val/loss %s  train/loss %.4f  up %s  %.1fs", r + 1,
+                         rounds, self.task.rank_key, _fmt(row.get(self.task.rank_key)),
+                         _fmt(row.get("val/loss")), row["train/loss"], human_bytes(bytes_up),
+                         row["time/round_s"])
+                self._close_round(row, r, ckpt_path, on_round)
         finally:
             pool.shutdown()
         return row
+
+    def _close_round(self, row: dict[str, Any], r: int, ckpt_path: Path | None,
+                     on_round: Callable[[dict[str, Any], Path | None], None] | None) -> None:
+        """Round r's row logged (with its privacy/epsilon, dp/*, secagg/*, attack/* figures),
+        its checkpoint written, then `on_round` called."""
+        if self.privacy is not None:
+            row.update(self.privacy.round_metrics(self, r))
+        self.logger.log(row)
+        if ckpt_path is not None:
+            save_checkpoint(ckpt_path, self._checkpoint_state(r + 1))
+        if on_round is not None:
+            on_round(row, ckpt_path)
 
     def _init_head(self, pool: Any, shard_refs: dict[int, Any]) -> None:
         """fl.head_init=ridge: every client's feature sums once, the head solved from them.

@@ -208,3 +208,47 @@ def test_feddf_is_refused_under_secure_aggregation():
     with pytest.raises(ConfigError, match=r"^strategy: 'feddf' needs each client's model .* "
                                           r"fl.secure_agg=secagg gives the server only their sum"):
         check_strategy({"fl": {"secure_agg": "secagg"}}, FedDF.__new__(FedDF))
+
+
+def test_under_secure_aggregation_no_clients_figure_travels_in_the_clear():
+    """A client's update norm and whether DP clipped it travelled next to its masked vector (the
+    server learnt each phone's norm); the unclipped bit now travels only inside the masked sum."""
+    from fedray.fl.strategies import FedAvg
+
+    cfg = {"seed": 0, "stage": "federated", "logger": {"plots": False},
+           "fl": {"num_clients": 3, "secure_agg": "secagg", "rounds": 1,
+                  "secagg": {"clip": 1.0, "quant_bits": 16}},
+           "dp": {"name": "central", "noise": "central", "noise_multiplier": 0.0,
+                  "clip_norm": 0.5, "sampling": "fixed", "accountant": "rdp", "delta": 1e-5,
+                  "max_epsilon": None}}
+    privacy = build_privacy(cfg, FedAvg(), 3, 3, 0)
+    g = {"w": np.zeros(4, np.float32)}
+    plan = privacy.client_extra([0, 1, 2], 0, g)["privacy"]
+    ups = [np.full(4, 0.01), np.full(4, 0.02), np.array([3.0, 4.0, 0, 0])]  # the last clipped
+    results = []
+    for cid, up in enumerate(ups):
+        sent, metrics = protect_update(cid, 0, g, {"w": up.astype(np.float32)}, 10, plan)
+        assert set(sent) == {MASKED} and metrics == {}
+        results.append(ClientResult(cid, sent, 10, {"train/loss": 0.0}))
+    privacy.server_input(g, results, 0)
+    assert privacy.round_metrics(None, 0)["dp/unclipped_frac"] == pytest.approx(2 / 3)
+
+
+def test_a_poisson_round_of_one_client_is_skipped_under_secure_aggregation_only():
+    """Secure aggregation cannot hide one client's update (SecAggError killed the run)."""
+    from fedray.fl.strategies import FedAvg
+
+    cfg = {"seed": 0, "stage": "federated", "logger": {"plots": False},
+           "fl": {"num_clients": 5, "secure_agg": "secagg", "rounds": 20,
+                  "secagg": {"clip": 1.0, "quant_bits": 16}},
+           "dp": {"name": "central", "noise": "central", "noise_multiplier": 1.0,
+                  "clip_norm": 0.5, "sampling": "poisson", "accountant": "rdp", "delta": 1e-5,
+                  "max_epsilon": None}}
+    privacy = build_privacy(cfg, FedAvg(), 2, 3, 0)
+    assert privacy.skip_reason([]) == "Poisson sampling drew no client"
+    assert "secure aggregation needs 2" in privacy.skip_reason([3])
+    assert privacy.skip_reason([1, 3]) is None
+    with pytest.raises(secagg.SecAggError, match="at least 2 clients"):
+        privacy.client_extra([3], 0, {"w": np.zeros(4, np.float32)})
+    plain = build_privacy({**cfg, "fl": {**cfg["fl"], "secure_agg": "none"}}, FedAvg(), 2, 3, 0)
+    assert plain.skip_reason([3]) is None
