@@ -124,3 +124,40 @@ def test_the_ensemble_is_the_plain_or_the_sample_weighted_mean_of_logits():
     torch.testing.assert_close(weighted, (each[0] + 3 * each[1]) / 4)
     with pytest.raises(ConfigError, match="strategy.weighted"):
         FedDF(weighted="yes")
+
+
+def test_distillation_draws_its_dropout_from_the_round_alone_and_leaves_the_global_rng(drifted):
+    """The student trains with Dropout on; its masks come from (seed, transfer_seed, round), not
+    from the driver's global torch RNG (which a resumed run re-seeds at construction), and that RNG
+    is left as it was: a resumed FedDF run distills what the uninterrupted one distilled."""
+    cfg, server, start, results, _ = drifted
+    assert any(isinstance(m, torch.nn.Dropout) or "Dropout" in type(m).__name__
+               for m in server.classifier.modules())
+
+    def feddf() -> FedDF:
+        rule = FedDF(steps=6, batch_size=32, val_fraction=0.0)  # no early stop: the last step
+        rule.bind(functools.partial(copy.deepcopy, server), cfg)
+        return rule
+
+    def same(a, b) -> bool:
+        return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+    torch.manual_seed(0)
+    full = feddf()
+    first = full.aggregate(start, results)
+    checkpoint = copy.deepcopy(full.state_dict())  # what the server saves after round 1
+    second = full.aggregate(first, results)  # round 2 of the uninterrupted run
+    assert not same(first, full.reference())  # the distillation did change the params
+
+    torch.manual_seed(0)
+    torch.rand(123)  # the global RNG elsewhere than the first run had it
+    before = torch.random.get_rng_state()
+    again = feddf().aggregate(start, results)
+    assert torch.equal(torch.random.get_rng_state(), before)  # not drawn from, not re-seeded
+    assert same(first, again)
+
+    resumed = feddf()  # a fresh process continuing after round 1, its torch seeded otherwise
+    resumed.load_state_dict(checkpoint)
+    torch.manual_seed(1)
+    assert same(second, resumed.aggregate(first, results))
+    assert resumed.rounds_done == full.rounds_done == 2

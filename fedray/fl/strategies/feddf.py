@@ -104,6 +104,7 @@ class FedDF(Strategy):
             raise ConfigError(f"strategy.weighted must be true or false, got {weighted!r}")
         self.weighted = weighted
         self.rounds_done = 0
+        self._run_seed = 0  # the experiment's seed (bind): the dropout masks follow it
         self._model_factory: Callable[[], torch.nn.Module] | None = None
         self._model: torch.nn.Module | None = None
         self._x: np.ndarray | None = None  # transfer images: distillation part
@@ -116,6 +117,7 @@ class FedDF(Strategy):
 
     def bind(self, model_factory: Callable[[], torch.nn.Module], cfg: dict[str, Any]) -> None:
         """Take a factory for the server's model (full state) and load the transfer set."""
+        self._run_seed = int(cfg.get("seed") or 0)
         images = self._load_transfer(cfg)
         rng = np.random.default_rng([self.transfer_seed, 0xDF])
         order = rng.permutation(len(images))
@@ -153,7 +155,20 @@ class FedDF(Strategy):
         self._reference = averaged
         if self._model_factory is None or self.steps == 0:
             return averaged
-        return self._distill(averaged, results)
+        # every random draw of the distillation (the student's dropout masks; the batch order
+        # has its own NumPy generator) is a function of (seed, transfer_seed, round), and the
+        # driver's global torch RNG is left as it was: a resumed run (which re-seeds torch at
+        # construction) distills exactly as the uninterrupted one did
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._round_seed())
+            return self._distill(averaged, results)
+
+    def _round_seed(self) -> int:
+        """The torch seed of this round's distillation, from (the run's seed, transfer_seed,
+        rounds_done) only; `rounds_done` is checkpointed, so a resumed run draws what the
+        uninterrupted one drew."""
+        seq = np.random.SeedSequence([self._run_seed, self.transfer_seed, self.rounds_done, 0xDF7])
+        return int(seq.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
     def reference(self) -> Params | None:
         """The base rule's aggregate of the last round, before distillation."""
