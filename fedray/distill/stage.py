@@ -303,11 +303,14 @@ def run_distill(
     seed = int(cfg["seed"])
     device = torch_device(cfg.get("device", "auto"))
     run_dir = Path(cfg["run_dir"])
-    teacher, data_cfg, source = load_teacher(cfg, dcfg)
+    teacher, data_cfg, data_seed, source = load_teacher(cfg, dcfg)
     if data_cfg != cfg.get("data"):
         log.info("distill: the student learns on the teacher run's data (%s), not the "
                  "experiment's", data_cfg.get("name") or data_cfg.get("_target_"))
-    info = build_dataset(data_cfg, seed)
+    if data_seed != seed:  # its split (and images) are the teacher's, or val is its train
+        log.info("distill: the data is built with the teacher run's seed %d (this run's seed %d "
+                 "seeds the student)", data_seed, seed)
+    info = build_dataset(data_cfg, data_seed)
     x = np.asarray(load_images(info.root, "train"))
     y = load_labels(info.root, "train")
     vx = np.asarray(load_images(info.root, "val"))

@@ -14,17 +14,23 @@ from fedray.config import ConfigError
 from fedray.distill.ensemble import Ensemble
 
 
-def load_teacher(cfg: dict[str, Any], dcfg: dict[str, Any]) -> tuple[nn.Module | None, dict, str]:
-    """(teacher model or None to train here, the data config it was trained on, its source).
+def load_teacher(
+    cfg: dict[str, Any], dcfg: dict[str, Any]
+) -> tuple[nn.Module | None, dict, int, str]:
+    """(teacher model or None to train here, the data config and seed it was trained on, its
+    source).
 
-    A list of run directories or state_dicts is an ensemble (`Ensemble`): its members must have
-    been trained on one dataset (data config and seed), which the student then learns from."""
+    The student learns on that data built with that seed: a teacher run of another seed split
+    its data otherwise (image_folder's val, say), or drew other images (toy, cifar_like), and
+    the run's own seed would score the teacher on its training images. A list of run
+    directories or state_dicts is an ensemble (`Ensemble`): its members must have been trained
+    on one dataset (data config and seed), which the student then learns from."""
     source = dcfg.get("teacher")
     if source in (None, "", "null"):
-        return None, cfg["data"], "trained here"
+        return None, cfg["data"], int(cfg["seed"]), "trained here"
     if not isinstance(source, list | tuple):
-        model, data_cfg, _ = load_member(cfg, source, "distill.teacher")
-        return model, data_cfg, str(Path(str(source)).expanduser())
+        model, data_cfg, seed = load_member(cfg, source, "distill.teacher")
+        return model, data_cfg, seed, str(Path(str(source)).expanduser())
     members, first = [], None
     for i, member in enumerate(source):
         key = f"distill.teacher[{i}]"
@@ -41,7 +47,7 @@ def load_teacher(cfg: dict[str, Any], dcfg: dict[str, Any]) -> tuple[nn.Module |
             )
         members.append(model)
     names = ", ".join(str(Path(str(m)).expanduser()) for m in source)
-    return Ensemble(members), first[0], f"ensemble of {len(members)}: {names}"
+    return Ensemble(members), first[0], first[1], f"ensemble of {len(members)}: {names}"
 
 
 def load_member(cfg: dict[str, Any], source: Any, key: str) -> tuple[nn.Module, dict, int]:

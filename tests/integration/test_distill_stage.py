@@ -140,13 +140,17 @@ def test_bad_distill_config_is_a_one_line_error(make_cfg, override, key):
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
-def test_feddf_federated_run_and_distilling_its_model(make_cfg, tmp_path):
+def test_feddf_federated_run_and_distilling_its_model(make_cfg, tmp_path, lines):
+    """The teacher run's seed (1) builds the student's data, not the distill run's (0): toy data
+    draws its images from the seed, so the teacher scored on seed 0's was scored on other data
+    (and image_folder's val split would have held the teacher's training images)."""
     fed = run(
         make_cfg(
             "strategy=feddf",
             "strategy.steps=10",
             "strategy.eval_every=5",
             "fl.rounds=2",
+            "seed=1",
             run_dir=tmp_path / "fed",
         )
     )
@@ -158,6 +162,8 @@ def test_feddf_federated_run_and_distilling_its_model(make_cfg, tmp_path):
     summary = run(make_cfg(*FAST, f"distill.teacher={tmp_path / 'fed'}", run_dir=tmp_path / "d"))
     assert summary["teacher/val_acc"] == pytest.approx(fed["val/acc"])
     assert summary["teacher/source"] == str(tmp_path / "fed")
+    assert "distill: the data is built with the teacher run's seed 1 (this run's seed 0 seeds " \
+           "the student)" in lines
 
 
 @pytest.mark.slow
