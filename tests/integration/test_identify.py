@@ -123,6 +123,10 @@ def test_threshold_keeps_the_precision_asked_for():
     assert pick_threshold(conf, right, precision=1.0) == 0.9
     assert pick_threshold(conf, right, precision=0.8) == 0.6
     assert pick_threshold(conf, np.ones(6, bool), precision=0.99) == 0.0
+    # ties: `>= threshold` accepts all three 1.0s, right 2 of 3 times, so none is accepted
+    tied = np.array([1.0, 1.0, 1.0, 0.9])
+    assert pick_threshold(tied, np.array([1, 1, 0, 1], bool), precision=0.98) > 1.0
+    assert pick_threshold(tied, np.array([1, 1, 1, 0], bool), precision=0.98) == 1.0
 
 
 def test_uncertain_boxes_unlike_any_pill_are_dismissed_sure_ones_stay():

@@ -189,11 +189,15 @@ def pick_threshold(confidence: np.ndarray, correct: np.ndarray, precision: float
     """Lowest confidence threshold whose accepted predictions are right >= `precision` of the time.
 
     Sorted by confidence, the accepted set is a prefix; the threshold is the confidence of the
-    longest prefix that still meets the precision (0.0 when every prediction does).
+    longest prefix that still meets the precision (0.0 when every prediction does). A prefix
+    ends only where the confidence drops: `>= threshold` accepts every tie of its last one
+    (softmax saturates at exactly 1.0 in float32), so a cut inside ties would accept more.
     """
     order = np.argsort(-confidence, kind="stable")
     hits = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
-    ok = np.nonzero(hits >= precision)[0]
+    conf = confidence[order]
+    ends = np.r_[conf[:-1] > conf[1:], True]
+    ok = np.nonzero((hits >= precision) & ends)[0]
     if len(ok) == 0:
         return float(confidence.max()) + 1e-6 if len(confidence) else 1.0
     k = int(ok[-1])
