@@ -355,3 +355,22 @@ def test_an_eval_split_without_an_eval_folder_is_refused(monkeypatch):
     with pytest.raises(ConfigError, match=r"^detect.eval_split=val: set, but detect.eval_data is "
                                           r"null"):
         train.detect_config(dict(train.DEFAULTS))
+
+
+def test_scenes_that_leave_no_val_scene_are_refused(tmp_path):
+    """With no val scene the scenes' data.yaml points val at the training scenes: the detector's
+    val/AP was then a training score, reported as val."""
+    import json
+
+    from fedray.config import compose_plain
+    from fedray.data.datasets import DatasetError
+    from fedray.pill.detect.train import run_detect, scenes_folder
+
+    run_detect.fedray_check(compose_plain(["+experiment=pill_detect", "data.detection_scenes=3"]))
+    with pytest.raises(ConfigError, match=r"^data.val_fraction=0.2: 2 detection scenes x 0.2 "
+                                          r"leaves no val scene"):
+        run_detect.fedray_check(compose_plain(["+experiment=pill_detect",
+                                               "data.detection_scenes=2"]))
+    (tmp_path / "meta.json").write_text(json.dumps({"detection": {"train": 2, "val": 0}}))
+    with pytest.raises(DatasetError, match="no val detection scenes"):
+        scenes_folder(tmp_path)

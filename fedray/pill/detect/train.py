@@ -225,6 +225,10 @@ def scenes_folder(root: str | Path) -> Path:
     if not det.get("train"):
         raise DatasetError(f"{root}: this dataset has no detection scenes (set "
                            "data.detection_scenes > 0, data=synthetic)")
+    if not det.get("val"):  # its data.yaml's val is then the training scenes
+        raise DatasetError(f"{root}: this dataset has no val detection scenes, and the "
+                           "detector's val/AP would be scored on its training scenes (raise "
+                           "data.val_fraction or data.detection_scenes)")
     return (root / det["data_yaml"]).parent
 
 
@@ -441,6 +445,15 @@ def run_detect(cfg: dict[str, Any]) -> dict[str, Any]:
 def _fedray_check(cfg: dict[str, Any]) -> None:
     """What `fedray.validate` runs before the run starts (in a sweep, as each trial starts)."""
     detect_config(cfg.get("detect"))
+    data = cfg.get("data") or {}
+    if "detection_scenes" in data:  # the synthetic scenes: a held-out split to score on
+        n, vf = data["detection_scenes"], data.get("val_fraction", 0.2)
+        if isinstance(n, int) and isinstance(vf, int | float) and n > 0 and round(n * vf) == 0:
+            raise ConfigError(
+                f"data.val_fraction={vf:g}: {n} detection scenes x {vf:g} leaves no val scene, "
+                "and the detector's val/AP would be scored on its training scenes; raise "
+                "data.val_fraction or data.detection_scenes"
+            )
 
 
 run_detect.fedray_check = _fedray_check  # type: ignore[attr-defined]
