@@ -136,7 +136,8 @@ def plot_curves(
     """Line plot of metrics.jsonl rows: each key in `ys` against `x` (rows lacking either skipped).
 
     With `cumulative_x`, x values are summed over the rows in order first, e.g. to plot against
-    total bytes sent when each row carries that round's `comm/bytes_total`. `labels` names a
+    total bytes sent when each row carries only that round's `comm/bytes_up` (`comm/bytes_total`
+    is already a running total: plot it as is). `labels` names a
     key's line in the legend (the key itself otherwise).
     """
     if isinstance(ys, str):

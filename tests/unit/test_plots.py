@@ -43,16 +43,16 @@ def test_confusion_matrix_rejects_bad_input(tmp_path, cm, names, match):
 
 ROWS = [
     {"round": 0, "train/loss": 2.0},
-    {"round": 1, "val/acc": 0.2, "comm/bytes_total": 1000},
-    {"round": 2, "val/acc": 0.5, "val/f1_macro": 0.4, "comm/bytes_total": 1000},
-    {"round": 3, "val/acc": 0.7, "val/f1_macro": 0.6, "comm/bytes_total": 1000},
+    {"round": 1, "val/acc": 0.2, "comm/bytes_up": 1000},
+    {"round": 2, "val/acc": 0.5, "val/f1_macro": 0.4, "comm/bytes_up": 1000},
+    {"round": 3, "val/acc": 0.7, "val/f1_macro": 0.6, "comm/bytes_up": 1000},
 ]
 
 
 def test_curves_png(tmp_path):
     _assert_png(plot_curves(ROWS, tmp_path / "acc.png", ys=("val/acc", "val/f1_macro")))
     out = plot_curves(
-        ROWS, tmp_path / "bytes.png", x="comm/bytes_total", cumulative_x=True, xlabel="bytes"
+        ROWS, tmp_path / "bytes.png", x="comm/bytes_up", cumulative_x=True, xlabel="bytes"
     )
     _assert_png(out)
 
