@@ -6,9 +6,10 @@ catalog -> studio references (front + back, 256 px) -> segmented cut-outs -> tex
   * consumer photos: one pill per phone-like photo, size-class centre crop, albumentations
     (`consumer_crops` in all, balanced over pills; see fedray/pill/consumer.py);
   * detection scenes (`scene_size` px) in ultralytics YOLO layout, one class `pill`.
-The crops are split train/val per source and class (consumer crops by photo, so no photo feeds
-both splits) and written in the dataset-directory format of fedray/data/datasets.py, next to
-viewable files: manifest.csv, catalog.json, references/*.png, contact_sheet.png, detection/.
+The crops are split train/val per source and class (reference crops by crop scene, consumer crops
+by photo, so no scene or photo feeds both splits) and written in the dataset-directory format of
+fedray/data/datasets.py, next to viewable files: manifest.csv, catalog.json, references/*.png,
+contact_sheet.png, detection/.
 
 Work is cut into fixed chunks, each seeded from `SeedSequence([seed, stage, chunk])` and run as a
 Ray task (or inline with `workers: 1`), so the output never depends on the number of workers and
@@ -283,7 +284,7 @@ def _build(tmp: Path, final_root: Path, cfg: dict[str, Any], seed: int) -> None:
     log.info("synth: catalog of %d %s pills (ids %d..%d)", n,
              "public" if cfg["public"] else "private", pills[0].id, pills[-1].id)
     image_size = cfg["image_size"]
-    ref_items, ref_scenes = reference_plan(cfg, seed, n)
+    ref_items, ref_scenes, ref_split = reference_plan(cfg, seed, n)
     public = (make_pills({**cfg, "public": True, "num_pills": cfg["detection_public_pills"]})
               if cfg["detection_public_pills"] and cfg["detection_scenes"] else [])
     det_scenes = detection_plan(cfg, seed, n + len(public))  # public pills: detection only
@@ -316,7 +317,7 @@ def _build(tmp: Path, final_root: Path, cfg: dict[str, Any], seed: int) -> None:
                  cfg["num_textures"], n_bundled, n_user, clock.lap("textures"))
 
         photos = consumer_plan(cfg, seed, pills, families)
-        layout = split_layout(cfg, seed, ref_items, photos)
+        layout = split_layout(cfg, seed, ref_items, ref_split, photos)
         shared = (runner.share(cutouts), runner.share(textures))
         # the detection scenes also draw on the scene-only surfaces, when there are any
         det_shared = (shared[0], runner.share(textures + surfaces)) if surfaces else shared

@@ -87,17 +87,34 @@ def _balanced(total: int, n: int, rng: np.random.Generator) -> np.ndarray:
     return counts
 
 
-def reference_plan(cfg: dict[str, Any], seed: int, n: int) -> tuple[np.ndarray, list[list[int]]]:
-    """Cut-out id of every reference crop (balanced over pills, random side) and the scenes."""
+def reference_plan(cfg: dict[str, Any], seed: int, n: int) -> (
+        tuple[np.ndarray, list[list[int]], np.ndarray]):
+    """Cut-out id of every reference crop (balanced over pills, random side), the scenes, and
+    every crop's split (index into SPLITS), all in generation order (scene by scene).
+
+    Crops of one scene share pixels (the background, the edge of a neighbouring pill), so the
+    split is dealt first, stratified by pill, and each split's crops get scenes of their own:
+    the train scenes, then the val scenes. No scene holds both a train and a val crop.
+    """
     rng = rng_for(seed, S_PLAN, S_CROPS)
     pills = np.repeat(np.arange(n), _balanced(cfg["reference_crops"], n, rng))
-    items = 2 * rng.permutation(pills) + rng.integers(0, 2, len(pills))
-    scenes, i = [], 0
-    while i < len(items):
-        k = int(rng.integers(1, cfg["max_pills_per_scene"] + 1))
-        scenes.append([int(c) for c in items[i:i + k]])
-        i += k
-    return items, scenes
+    val = np.zeros(len(pills), bool)
+    if len(pills):
+        val[stratified_split(pills, {"val": float(cfg["val_fraction"])}, seed)["val"]] = True
+    sides = rng.integers(0, 2, len(pills))
+    items, split, scenes = [], [], []
+    for s, mine in enumerate((~val, val)):  # SPLITS order: train, then val
+        order = rng.permutation(np.flatnonzero(mine))
+        ids = 2 * pills[order] + sides[order]
+        i = 0
+        while i < len(ids):
+            k = int(rng.integers(1, cfg["max_pills_per_scene"] + 1))
+            scenes.append([int(c) for c in ids[i:i + k]])
+            i += k
+        items.append(ids)
+        split.append(np.full(len(ids), s, np.int64))
+    return (np.concatenate(items).astype(np.int64), scenes,
+            np.concatenate(split).astype(np.int64))
 
 
 def consumer_plan(cfg: dict[str, Any], seed: int, pills: list[Pill],
@@ -142,12 +159,14 @@ class Layout:
     counts: list[int]  # per split
 
 
-def split_layout(cfg: dict[str, Any], seed: int, ref_items: np.ndarray,
+def split_layout(cfg: dict[str, Any], seed: int, ref_items: np.ndarray, ref_split: np.ndarray,
                  photos: list[tuple[int, float, int, int]]) -> Layout:
-    """Stratified split per source and class, fixed before any pixel exists."""
+    """Stratified split per source and class, fixed before any pixel exists. The reference crops'
+    split is reference_plan's (no crop scene straddles it); the consumer crops' is dealt here."""
     vf = {"val": float(cfg["val_fraction"])}
-    in_val = [np.isin(np.arange(len(ref_items)), stratified_split(ref_items // 2, vf, seed)["val"])
-              if len(ref_items) else np.zeros(0, bool)]
+    if len(ref_split) != len(ref_items):
+        raise ValueError(f"{len(ref_items)} reference crops but {len(ref_split)} splits")
+    in_val = [np.asarray(ref_split, np.int64)]
     if photos:  # by photo: augmentations of one photo never straddle train and val
         photo_labels = np.array([c // 2 for c, _, _, _ in photos], np.int64)
         val_photos = np.isin(np.arange(len(photos)),
