@@ -210,18 +210,22 @@ def test_feddf_is_refused_under_secure_aggregation():
         check_strategy({"fl": {"secure_agg": "secagg"}}, FedDF.__new__(FedDF))
 
 
+def _secagg_dp(clients: int, z: float, sampling: str) -> dict:
+    """Secure aggregation with central DP (clip 0.5, noise multiplier z) over `clients`."""
+    return {"seed": 0, "stage": "federated", "logger": {"plots": False},
+            "fl": {"num_clients": clients, "secure_agg": "secagg", "rounds": 20,
+                   "secagg": {"clip": 1.0, "quant_bits": 16}},
+            "dp": {"name": "central", "noise": "central", "noise_multiplier": z,
+                   "clip_norm": 0.5, "sampling": sampling, "accountant": "rdp", "delta": 1e-5,
+                   "max_epsilon": None}}
+
+
 def test_under_secure_aggregation_no_clients_figure_travels_in_the_clear():
     """A client's update norm and whether DP clipped it travelled next to its masked vector (the
     server learnt each phone's norm); the unclipped bit now travels only inside the masked sum."""
     from fedray.fl.strategies import FedAvg
 
-    cfg = {"seed": 0, "stage": "federated", "logger": {"plots": False},
-           "fl": {"num_clients": 3, "secure_agg": "secagg", "rounds": 1,
-                  "secagg": {"clip": 1.0, "quant_bits": 16}},
-           "dp": {"name": "central", "noise": "central", "noise_multiplier": 0.0,
-                  "clip_norm": 0.5, "sampling": "fixed", "accountant": "rdp", "delta": 1e-5,
-                  "max_epsilon": None}}
-    privacy = build_privacy(cfg, FedAvg(), 3, 3, 0)
+    privacy = build_privacy(_secagg_dp(3, 0.0, "fixed"), FedAvg(), 3, 3, 0)
     g = {"w": np.zeros(4, np.float32)}
     plan = privacy.client_extra([0, 1, 2], 0, g)["privacy"]
     ups = [np.full(4, 0.01), np.full(4, 0.02), np.array([3.0, 4.0, 0, 0])]  # the last clipped
@@ -238,12 +242,7 @@ def test_a_poisson_round_of_one_client_is_skipped_under_secure_aggregation_only(
     """Secure aggregation cannot hide one client's update (SecAggError killed the run)."""
     from fedray.fl.strategies import FedAvg
 
-    cfg = {"seed": 0, "stage": "federated", "logger": {"plots": False},
-           "fl": {"num_clients": 5, "secure_agg": "secagg", "rounds": 20,
-                  "secagg": {"clip": 1.0, "quant_bits": 16}},
-           "dp": {"name": "central", "noise": "central", "noise_multiplier": 1.0,
-                  "clip_norm": 0.5, "sampling": "poisson", "accountant": "rdp", "delta": 1e-5,
-                  "max_epsilon": None}}
+    cfg = _secagg_dp(5, 1.0, "poisson")
     privacy = build_privacy(cfg, FedAvg(), 2, 3, 0)
     assert privacy.skip_reason([]) == "Poisson sampling drew no client"
     assert "secure aggregation needs 2" in privacy.skip_reason([3])
