@@ -269,6 +269,8 @@ def _run_federated_rounds(cfg: dict[str, Any], info, dealt: tuple, run_dir: Path
                 "stage": cfg["stage"],
             }
         )
+        spent = ("dp/clip_norm", "val/backdoor_success")  # and privacy/*: at the run's end
+        summary.update({k: v for k, v in last.items() if k.startswith("privacy/") or k in spent})
         if cfg["logger"].get("plots", True):  # drawn here, not before round 1: start-up time
             save_partition_heatmap(
                 matrix,

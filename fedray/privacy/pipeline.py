@@ -224,13 +224,17 @@ class Privacy:
     def skip_reason(self, sampled: list[int]) -> str | None:
         """Why a (Poisson-)sampled round trains and releases nothing, else None: nobody drawn,
         or one client under secure aggregation (its masked sum would be its own update).
-        The accountant still counts the round."""
+        The accountant still counts the round; a skipped round's row gets none of the last
+        round's dp/secagg/attack figures."""
+        reason = None
         if not sampled:
-            return "Poisson sampling drew no client"
-        if self.mode != "none" and len(sampled) < 2:
-            return (f"Poisson sampling drew only client {sampled[0]}, and secure aggregation "
-                    "needs 2")
-        return None
+            reason = "Poisson sampling drew no client"
+        elif self.mode != "none" and len(sampled) < 2:
+            reason = (f"Poisson sampling drew only client {sampled[0]}, and secure aggregation "
+                      "needs 2")
+        if reason:
+            self._round = {"sampled": list(sampled), "key_bytes": 0}
+        return reason
 
     def epsilon(self, rounds: int, participation: np.ndarray | None = None) -> float:
         """epsilon after `rounds` rounds (local DP: the most-sampled client's participations)."""

@@ -137,5 +137,6 @@ def test_a_run_poisson_sampling_gave_no_round_ends_cleanly(make_cfg, tmp_path):
     (row,) = _rows(tmp_path / "run")
     assert row["round"] == 1 and row["clients"] == 0 and row["privacy/epsilon"] > 0
     assert metrics["val/acc"] == row["val/acc"]
+    assert metrics["privacy/epsilon"] == row["privacy/epsilon"]  # in the summary table too
     assert (tmp_path / "run" / "summary.json").exists()
     assert (tmp_path / "run" / CHECKPOINT).exists()

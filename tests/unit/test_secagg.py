@@ -236,6 +236,8 @@ def test_under_secure_aggregation_no_clients_figure_travels_in_the_clear():
         results.append(ClientResult(cid, sent, 10, {"train/loss": 0.0}))
     privacy.server_input(g, results, 0)
     assert privacy.round_metrics(None, 0)["dp/unclipped_frac"] == pytest.approx(2 / 3)
+    assert privacy.skip_reason([]) is not None  # a skipped round next: not the last one's figure
+    assert "dp/unclipped_frac" not in privacy.round_metrics(None, 1)
 
 
 def test_a_poisson_round_of_one_client_is_skipped_under_secure_aggregation_only():
