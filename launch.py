@@ -54,8 +54,9 @@ def print_summary(metrics: dict, run_dir: str = "") -> None:
     width = max((len(k) for k, _ in rows), default=10)
     lines = ["", "-" * (width + 16)]
     for k, v in rows:
-        lines.append(f"{k:<{width}}  {v:>12.4f}" if isinstance(v, float)
-                     else f"{k:<{width}}  {v:>12}")
+        small = isinstance(v, float) and 0 < abs(v) < 1e-3  # dp.delta 1e-05 is not 0.0000
+        lines.append(f"{k:<{width}}  {v:>12.4g}" if small else f"{k:<{width}}  {v:>12.4f}"
+                     if isinstance(v, float) else f"{k:<{width}}  {v:>12}")
     lines += [f"confused: {line}" for line in metrics.get("most_confused", [])]
     if hidden:
         lines.append(f"client/<id>/...: {len(clients)} clients' values in "

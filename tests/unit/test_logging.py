@@ -90,6 +90,9 @@ def test_the_final_table_lists_per_client_values_only_for_a_few_clients(capsys):
     launch.print_summary(few, "/runs/a")
     out = capsys.readouterr().out
     assert "client/1/val_acc" in out and "summary.json" not in out
+    launch.print_summary({"privacy/epsilon": 9.01, "privacy/delta": 1e-5}, "/runs/a")
+    assert capsys.readouterr().out.splitlines()[2:4] == ["privacy/epsilon        9.0100",
+                                                         "privacy/delta           1e-05"]
     many = {"val/acc": 0.5, **{f"client/{i}/val_acc": 0.5 for i in range(10_000)}, "rounds": 3}
     launch.print_summary(many, "/runs/a")
     lines = capsys.readouterr().out.splitlines()
