@@ -362,11 +362,15 @@ class FederatedServer:
                     if self.privacy.budget_exhausted(r, sampled):
                         break
                     skip = self.privacy.skip_reason(sampled)
-                    if skip:  # nothing is trained or released (the accountant counts the round)
+                    if skip:  # no client trains; central DP still releases its noise
                         log.info("round %d/%d skipped: %s", r + 1, rounds, skip)
+                        noise = self.privacy.empty_release(self._shared(), r)
+                        if noise is not None:
+                            self.params = self.strategy.aggregate(self._shared(), noise)
+                            self._evals.clear()
                         row = {"round": r + 1, "clients": 0, "clients/dropped": 0,
                                "actors": len(pool), "comm/bytes_total": self.bytes_total}
-                        if r + 1 == rounds:  # the run's final row: the (unchanged) model's scores
+                        if (r + 1) % int(self.fl["eval_every"]) == 0 or r + 1 == rounds:
                             row.update({f"val/{k}": v for k, v in self.round_metrics().items()})
                         self._close_round(row, r, ckpt_path, on_round)
                         continue

@@ -48,12 +48,15 @@ def flatten_update(params: Params, global_params: Params) -> np.ndarray:
 
 
 def unflatten_update(vec: np.ndarray, global_params: Params) -> Params:
-    """global + vec, split back into the global params' shapes and dtypes."""
+    """global + vec, split back into the global params' shapes and dtypes; BatchNorm variances
+    floored at 1e-5 (DP noise may push one below 0: NaN downstream)."""
     out, pos = {}, 0
     for k, g in global_params.items():
         g = np.asarray(g)
         n = g.size
         value = g.astype(np.float64) + vec[pos : pos + n].reshape(g.shape)
+        if k.endswith("running_var"):
+            value = np.maximum(value, 1e-5)
         out[k] = (np.rint(value) if np.issubdtype(g.dtype, np.integer) else value).astype(g.dtype)
         pos += n
     return out
@@ -348,10 +351,20 @@ class Privacy:
         n = sum(r.num_samples for r in good)
         loss = sum(r.metrics.get("train/loss", float("nan")) * r.num_samples for r in good) / n
         params = unflatten_update(avg, global_params)
-        for k in params:  # DP noise may push a BatchNorm variance below 0 (NaN downstream)
-            if k.endswith("running_var"):
-                params[k] = np.maximum(params[k], 1e-5).astype(params[k].dtype)
         return [ClientResult(min(r.client_id for r in good), params, n, {"train/loss": loss})]
+
+    def empty_release(self, global_params: Params, round_idx: int) -> list[ClientResult] | None:
+        """What a skipped round (`skip_reason`) still releases under central DP: the noise alone,
+        N(0, (z C)^2) over the expected clients, as DP-FedAvg with nobody in the sum (and
+        adaptive clipping steps with a noisy count of none), so every round the accountant
+        counts is the mechanism it analysed. None without central DP (local DP's noise is each
+        sending client's: with none sending, nothing is released)."""
+        if not self.dpc or self.dpc["noise"] != "central":
+            return None
+        self.rounds_done = round_idx + 1
+        self._round["unclipped"] = 0.0
+        avg = self._central_noise(np.zeros(update_size(global_params)), 0.0, 0.0, round_idx)
+        return [ClientResult(0, unflatten_update(avg, global_params), 1, {})]
 
     def _unmask(
         self, good: list[ClientResult], d: int, round_idx: int

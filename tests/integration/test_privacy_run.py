@@ -132,7 +132,7 @@ def test_a_ring_the_dealt_shards_would_wrap_is_refused_before_ray(make_cfg):
 def test_a_run_poisson_sampling_gave_no_round_ends_cleanly(make_cfg, tmp_path):
     """Seed 3 draws neither of smoke's 2 clients at rate 1/2 in round 1: once a PlotError, then
     a run with no row; now the round is logged as skipped, with its epsilon and the scores of
-    the model it left unchanged."""
+    the model that the central DP noise alone moved."""
     metrics = run(make_cfg("dp=central", "fl.clients_per_round=1", "seed=3"))
     (row,) = _rows(tmp_path / "run")
     assert row["round"] == 1 and row["clients"] == 0 and row["privacy/epsilon"] > 0

@@ -146,6 +146,33 @@ def test_adaptive_clipping_steps_with_the_centred_count_of_the_clients_summed():
     assert dp.noisy_unclipped_frac(0, 10, 2, 0.0, rng) == 0.0  # clipped to [0, 1]
 
 
+def test_a_round_poisson_left_empty_still_releases_central_dp_noise():
+    """The accountant counts every round as a sampled Gaussian release; a round nobody was drawn
+    into released nothing, so its emptiness (more likely when a client is absent) showed. Now it
+    releases the noise alone, N(0, (z C)^2) over the expected clients, and adaptive clipping
+    steps with a noisy count of none; local DP (each sender's own noise) releases nothing."""
+    from fedray.fl.strategies import FedAvg
+
+    privacy = build_privacy(_cfg(noise_multiplier=2.0, sampling="poisson"), FedAvg(), 4, 3, 0)
+    g = {"w": np.zeros(20000, np.float32), "bn.running_var": np.full(3, 1e-4, np.float32)}
+    assert privacy.skip_reason([]) is not None
+    (noise,) = privacy.empty_release(g, 0)
+    assert np.std(noise.params["w"]) == pytest.approx(2.0 * 0.5 / 4, rel=0.05)
+    assert (noise.params["bn.running_var"] >= 1e-5).all()  # noise cannot make a variance < 0
+    assert privacy.round_metrics(None, 0)["privacy/epsilon"] > 0
+    adaptive = build_privacy(
+        _cfg(noise_multiplier=0.0, sampling="poisson", adaptive_clip=True,
+             clipped_count_stddev=1e-12, target_quantile=0.9, clip_lr=0.2), FedAvg(), 4, 3, 0)
+    adaptive.skip_reason([])
+    adaptive.empty_release(g, 0)
+    row = adaptive.round_metrics(None, 0)  # a count of none is 1/2 (centred): below 0.9
+    assert row["dp/unclipped_frac"] == pytest.approx(0.5)
+    assert row["dp/clip_norm"] == pytest.approx(0.5 * np.exp(-0.2 * (0.5 - 0.9)))
+    local = build_privacy(_cfg(name="local", noise="local", noise_multiplier=1.0,
+                               sampling="poisson"), FedAvg(), 4, 3, 0)
+    assert local.empty_release(g, 0) is None
+
+
 def test_local_dp_noises_each_update():
     from fedray.fl.strategies import Median
 
