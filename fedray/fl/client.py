@@ -230,8 +230,11 @@ class ClientActor:
             kept = {k: params.pop(k) for k in self.spec.get("local") or ()}  # fl.local: not sent
             start = {k: v for k, v in global_params.items() if k not in kept}
             params, extra_metrics = protect_update(
-                client_id, round_idx, start, params, int(stats["num_samples"]), privacy
+                client_id, round_idx, start, params, int(stats["num_samples"]), privacy,
+                loss=metrics["train/loss"]
             )
+            if privacy.get("secagg"):  # the loss travels inside the masked sum only
+                del metrics["train/loss"]
             params.update(kept)
             metrics.update(extra_metrics)
         return ClientResult(client_id, params, int(stats["num_samples"]), metrics)

@@ -377,27 +377,27 @@ class FederatedServer:
                     job.update(self.privacy.client_extra(sampled, r, self._shared()))
                 good, dropped, bytes_up = self._fit_round(pool, shard_refs, sampled, job)
                 self._evals.clear()  # a strategy may update the params in place
+                to_aggregate = good  # masked / DP updates: the privacy seam sums them first
                 if self.isolated:
                     self.client_params.update({res.client_id: res.params for res in good})
                     bytes_up = bytes_down = 0
                 else:
-                    to_aggregate = good  # masked / DP updates: the privacy seam sums them first
                     if self.privacy is not None:
                         to_aggregate = self.privacy.server_input(self._shared(), good, r)
-                    self.params = self.strategy.aggregate(self._shared(), to_aggregate)  # by id
+                    self.params = self.strategy.aggregate(self._shared(), to_aggregate)
                     bytes_down = params_nbytes(self.params) * len(sampled)
                     if self.local is not None:  # the server's copy: the clients' mean
                         merged = {**self.params, **self.local.mean()}
                         self.params = {k: merged[k] for k in self.travel}
                 self.bytes_total += bytes_up + bytes_down
-                n = sum(res.num_samples for res in good)
+                n = sum(res.num_samples for res in to_aggregate)  # masked: the loss in the sum
+                loss = sum(res.metrics["train/loss"] * res.num_samples for res in to_aggregate)
                 row = {
                     "round": r + 1,
                     "clients": len(sampled),
                     "clients/dropped": len(dropped),
                     "actors": len(pool),
-                    "train/loss": sum(res.metrics["train/loss"] * res.num_samples for res in good)
-                    / n,
+                    "train/loss": loss / n,
                 }
                 if not self.isolated:
                     row.update(self.strategy.round_metrics())

@@ -32,6 +32,7 @@ from fedray.privacy import attacks, dp, rules, secagg
 log = logging.getLogger("fedray")
 
 MASKED = "secagg/masked"  # the one key of a masked client result's params
+LOSS_CLIP = 16.0  # a train loss travels in the masked sum, clipped to [-16, 16]
 
 
 # ---------------------------------------------------------------- flat update vectors
@@ -98,10 +99,12 @@ def protect_update(
     params: Params,
     num_samples: int,
     privacy: dict[str, Any],
+    loss: float = float("nan"),
 ) -> tuple[Params, dict[str, float]]:
     """The update as it leaves the client: attacked, clipped, noised and masked as configured.
 
-    Returns the params to send (masked ring vector under secure aggregation) and metrics.
+    Returns the params to send (masked ring vector under secure aggregation, which carries the
+    client's train `loss` too, within [-LOSS_CLIP, LOSS_CLIP]) and metrics.
     """
     seed = int(privacy["seed"])
     rng = np.random.default_rng([seed, round_idx, client_id, 0xC11])
@@ -129,7 +132,9 @@ def protect_update(
     if not sa:
         return unflatten_update(delta, global_params), metrics
     q, _ = secagg.quantize(delta, float(sa["clip"]), int(sa["quant_bits"]))
-    vec = np.concatenate([q * weight, [weight, unclipped]])
+    ql, _ = secagg.quantize(np.array([np.nan_to_num(loss, nan=LOSS_CLIP)]), LOSS_CLIP,
+                            int(sa["quant_bits"]))
+    vec = np.concatenate([q * weight, [weight, unclipped], ql * weight])
     public: secagg.RoundPublic = sa["public"]
     mine: secagg.ClientSecrets = sa["secrets"][client_id]
     return {MASKED: secagg.mask_vector(vec, client_id, mine, public)}, metrics
@@ -190,13 +195,9 @@ class Privacy:
         self.k = clients_per_round
         self.num_classes = num_classes
         self.sa_cfg = secagg.settings(dict(cfg["fl"].get("secagg") or {}))
-        self.malicious = (
-            attacks.malicious_clients(
-                self.num_clients, float(attack.get("fraction", 0.2)), self.seed
-            )
-            if attack
-            else []
-        )
+        fraction = float((attack or {}).get("fraction", 0.2))
+        self.malicious = (attacks.malicious_clients(self.num_clients, fraction, self.seed)
+                          if attack else [])
         self.clip_norm = float(dpc["clip_norm"]) if dpc else 0.0
         self.participation = np.zeros(self.num_clients, dtype=np.int64)
         self.rounds_done = 0
@@ -298,7 +299,7 @@ class Privacy:
             clients = secagg.SecAggClients.setup(
                 sampled,
                 tag,
-                length=update_size(global_params) + 2,  # + total weight, + unclipped count
+                length=update_size(global_params) + 3,  # + total weight, unclipped count, loss
                 mode=self.mode,
                 degree=self.sa_cfg["degree"],
                 threshold=float(self.sa_cfg["threshold"]),
@@ -333,23 +334,24 @@ class Privacy:
         d = update_size(global_params)
         if self.mode != "none":
             total, weight, unclipped = self._unmask(good, d, round_idx)
-            mean = secagg.dequantize_sum(
-                total, weight, float(self.sa_cfg["clip"]), int(self.sa_cfg["quant_bits"])
-            )
-            sum_delta = mean * weight
+            bits = int(self.sa_cfg["quant_bits"])
+            sum_delta = secagg.dequantize_sum(total[:d], weight, float(self.sa_cfg["clip"]), bits)
+            sum_delta *= weight
+            loss = float(secagg.dequantize_sum(total[d:], weight, LOSS_CLIP, bits)[0])
         else:
             sum_delta = np.zeros(d)
             for r in good:  # the trusted server re-clips what it sees
                 sum_delta += dp.l2_clip(flatten_update(r.params, global_params), self.clip_norm)[0]
             weight = float(len(good))
             unclipped = sum(r.metrics.get("dp/unclipped", 1.0) for r in good)
+            loss = sum(r.metrics["train/loss"] * r.num_samples for r in good) / sum(
+                r.num_samples for r in good)
         self._round["unclipped"] = unclipped
         if central:
             avg = self._central_noise(sum_delta, unclipped, weight, round_idx)
         else:
             avg = sum_delta / weight
         n = sum(r.num_samples for r in good)
-        loss = sum(r.metrics.get("train/loss", float("nan")) * r.num_samples for r in good) / n
         params = unflatten_update(avg, global_params)
         return [ClientResult(min(r.client_id for r in good), params, n, {"train/loss": loss})]
 
@@ -378,11 +380,8 @@ class Privacy:
         senders = sorted(server.received)
         frac = float(self.sa_cfg["drop_after_mask"])
         rng = np.random.default_rng([self.seed, round_idx, 0x5EC])
-        vanished = (
-            set(rng.choice(senders, size=int(round(frac * len(senders))), replace=False).tolist())
-            if frac > 0
-            else set()
-        )
+        size = int(round(frac * len(senders)))
+        vanished = set(rng.choice(senders, size=size, replace=False).tolist()) if size else set()
         responders = [c for c in senders if c not in vanished]
         total = server.unmask(responders, clients.reveal)
         self._round.update(
@@ -398,7 +397,8 @@ class Privacy:
                 f"overflows the 2^{self.sa_cfg['mod_bits']} ring; set fl.secagg.mod_bits=64 or "
                 "lower fl.secagg.quant_bits"
             )
-        return total[:d].astype(np.float64), weight, float(total[d + 1])
+        unclipped = float(total[d + 1])
+        return np.delete(total, [d, d + 1]).astype(np.float64), weight, unclipped  # update, loss
 
     def _central_noise(
         self, sum_delta: np.ndarray, unclipped: float, summed: float, round_idx: int

@@ -100,5 +100,6 @@ def test_secure_aggregation_masks_the_shared_entries_and_leaves_the_local_ones_h
     shared = sum(v.nbytes for k, v in a["params"].items() if k not in a["local"]["clients"][0])
     rows = _rows(masked)
     # what went up is one masked ring vector per client: 4 bytes a shared value, + 2 counters
-    assert all(r["comm/bytes_up"] == 3 * (shared + 2 * 4) for r in rows)
+    # (weight, unclipped) and the train loss
+    assert all(r["comm/bytes_up"] == 3 * (shared + 3 * 4) for r in rows)
     assert all(r["secagg/vanished_after_mask"] == 0 for r in rows)

@@ -64,6 +64,9 @@ def test_secagg_matches_plain_fedavg_with_a_client_vanishing(make_cfg, tmp_path)
     )
     rows = _rows(tmp_path / "secagg")
     assert [r["secagg/vanished_after_mask"] for r in rows] == [1, 1]
+    # each client's loss travels inside its masked vector; the sum's mean is plain FedAvg's
+    assert rows[0]["train/loss"] == pytest.approx(_rows(tmp_path / "plain")[0]["train/loss"],
+                                                  abs=1e-3)
     assert rows[0]["comm/bytes_up"] > _rows(tmp_path / "plain")[0]["comm/bytes_up"]
     plain, masked = _params(tmp_path / "plain"), _params(tmp_path / "secagg")
     for k, v in plain.items():  # the same model up to the 16-bit encoding

@@ -343,6 +343,16 @@ def test_client_actor_boots_before_its_spec_then_configures(tmp_path):
         assert a.client_id == b.client_id and a.num_samples == b.num_samples
         assert all(np.array_equal(a.params[k], b.params[k]) for k in floats)
 
+    # under secure aggregation the update and the train loss leave only in the masked vector
+    from fedray.fl.strategies import FedAvg
+    from fedray.privacy.pipeline import MASKED, build_privacy
+
+    privacy = build_privacy({"seed": 0, "stage": "federated", "logger": {"plots": False},
+                             "fl": {"num_clients": 2, "secure_agg": "secagg", "rounds": 1}},
+                            FedAvg(), 2, 3, 0)
+    res = actor.fit(0, np.arange(6), start, 0, privacy.client_extra([0, 1], 0, start))
+    assert set(res.params) == {MASKED} and "train/loss" not in res.metrics
+
 
 def test_sticky_pools_send_a_client_to_the_same_actor_every_round():
     # cached features live on the actor that computed them: a sampled client must go back there

@@ -147,20 +147,21 @@ def test_pipeline_masks_in_the_client_and_unmasks_the_average():
         {k: rng.uniform(-0.5, 0.5, v.shape).astype(np.float32) for k, v in g.items()}
         for _ in range(4)
     ]
-    counts = [10, 20, 30, 40]
+    counts, losses = [10, 20, 30, 40], [0.5, 1.0, 1.5, 2.0]
     plan = privacy.client_extra([0, 1, 2, 3], 0, g)["privacy"]
     results = []
     for cid in range(4):
-        sent, _ = protect_update(cid, 0, g, local[cid], counts[cid], plan)
+        sent, _ = protect_update(cid, 0, g, local[cid], counts[cid], plan, loss=losses[cid])
         assert set(sent) == {MASKED}  # the driver only ever sees the masked vector
-        results.append(ClientResult(cid, sent, counts[cid], {"train/loss": 1.0}))
+        results.append(ClientResult(cid, sent, counts[cid], {}))  # the loss is in the mask too
     (agg,) = privacy.server_input(g, results, 0)
+    assert agg.metrics["train/loss"] == pytest.approx(1.5, abs=32 / 65535)  # sample-weighted
     ref = sum(c * flatten_update(p, g) for c, p in zip(counts, local, strict=True)) / 100
     assert np.max(np.abs(flatten_update(agg.params, g) - ref)) <= 1.0 / 65535 + 1e-6
     received = privacy._round["received"].received
     for cid in range(4):
         q, _ = secagg.quantize(flatten_update(local[cid], g), 1.0, 16)
-        assert np.mean(received[cid][:-2] == (q * counts[cid]).astype(np.uint32)) < 0.05
+        assert np.mean(received[cid][:-3] == (q * counts[cid]).astype(np.uint32)) < 0.05
     assert privacy._round["vanished"] == 1
 
 
