@@ -355,8 +355,8 @@ class FederatedServer:
                 t0 = time.perf_counter()
                 sampled = sample_clients(int(self.fl["num_clients"]), self.k, self.seed, r)
                 schedule = str(self.cfg["client"].get("lr_schedule", "constant"))
-                lr_scale = round_lr_scale(schedule, r, rounds)
-                job = {**extra, "lr_scale": lr_scale}
+                self.strategy.round_idx = r  # e.g. FLTrust's server step follows the lr schedule
+                job = {**extra, "lr_scale": round_lr_scale(schedule, r, rounds)}
                 if self.privacy is not None:  # Poisson sampling, epsilon budget, client secrets
                     sampled = self.privacy.sample(sampled, r)
                     if self.privacy.budget_exhausted(r, sampled):

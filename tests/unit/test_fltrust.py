@@ -268,3 +268,23 @@ def test_fltrust_needs_each_update_so_secure_aggregation_is_refused():
     }
     with pytest.raises(ValueError, match="needs each client's update"):
         build_privacy(cfg, FLTrust(), 4, 3, 0)
+
+
+def test_the_server_update_follows_the_lr_schedule_of_the_round_it_aggregates(attacked):
+    """g0 took its lr scale from the aggregations counted (rounds_done), so after a round that
+    aggregated nothing (a Poisson round left empty under local DP) the server trained with the
+    round before's scale while the clients used this round's; now the server's round index."""
+    cfg, server, start, _, _ = attacked
+    cosine = {**cfg, "client": {**cfg["client"], "lr_schedule": "cosine"}}
+    norms = []
+    for round_idx in (0, 4):  # cosine over 5 rounds: scale 1, then 0.5 (1 + cos(4 pi / 5))
+        rule = build_strategy({"_target_": "fedray.fl.strategies.fltrust.FLTrust",
+                               "root_size": 40})
+        rule.bind(functools.partial(copy.deepcopy, server), cosine)
+        rule.round_idx = round_idx
+        g0 = rule.server_update(start, client_steps=1)
+        weights = [v for k, v in g0.items() if "running" not in k and "batches" not in k]
+        norms.append(np.sqrt(sum(float((v**2).sum()) for v in weights)))
+    assert rule.rounds_done == 0  # the same aggregation count: only the round differs
+    # a few SGD steps at 0.095 x the lr (1 + cos(4 pi / 5)) / 2: a step about that much shorter
+    assert norms[1] < 0.2 * norms[0]

@@ -61,6 +61,7 @@ class Strategy(ABC):
     """A server aggregation rule: global params + client results -> new global params."""
 
     name: ClassVar[str] = ""
+    round_idx: int = 0  # the (0-based) round being aggregated; the server sets it each round
 
     def aggregate(self, global_params: Params, results: Sequence[ClientResult]) -> Params:
         """Validate, sort by ``client_id`` and aggregate one round of client results."""

@@ -256,7 +256,7 @@ class FLTrust(Strategy):
             seed=self.root_seed * 7919 + self.rounds_done,
             cached=cached,
             lr_scale=round_lr_scale(
-                client.get("lr_schedule", "constant"), self.rounds_done, self._cfg["rounds"]
+                client.get("lr_schedule", "constant"), self.round_idx, self._cfg["rounds"]
             ),
             task=self._cfg["task"],
         )
