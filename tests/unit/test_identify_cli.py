@@ -238,3 +238,69 @@ def test_calibration_says_what_it_does_while_it_runs(monkeypatch, lines):
     classifier.calibrate_on_val(clf)
     assert any(x.startswith("identify: calibration: 3/3 batch") for x in lines), lines
     assert any(x.startswith("identify: calibrated on 130 val crops in ") for x in lines)
+
+
+@pytest.fixture()
+def fake_run(tmp_path, monkeypatch):
+    """A run directory load_classifier rebuilds without a dataset or a trained model."""
+    import torch
+
+    from fedray.pill.identify import classifier
+
+    run = _run_dir(tmp_path)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "model": {}, "seed": 0}))
+    info = SimpleNamespace(num_classes=3, class_names=list("abc"), image_size=8, root=tmp_path)
+    monkeypatch.setattr(classifier, "build_dataset", lambda data, seed: info)
+    monkeypatch.setattr(classifier, "build_model", lambda m, k: torch.nn.Linear(2, k))
+    monkeypatch.setattr(classifier, "load_checkpoint", lambda path: {"params": None})
+    monkeypatch.setattr(classifier, "set_params", lambda model, params: None)
+    monkeypatch.setattr(classifier, "catalog_sizes", lambda root, names: None)
+    monkeypatch.setattr(classifier, "calibrate_on_val", lambda clf: {
+        "temperature": 1.5, "threshold": 0.7, "energy_floor": -2.0})
+    return run
+
+
+@pytest.mark.parametrize("kept", ["{\"temperature\": 1.", "[1, 2]", "\xff\xfe",
+                                  "{\"temperature\": 1.0, \"threshold\": \"high\", "
+                                  "\"energy_floor\": 0.0}"])
+def test_a_corrupt_calibration_is_one_line_naming_it(fake_run, kept, photo, monkeypatch, capsys):
+    from fedray.pill.identify import app, classifier
+
+    path = fake_run / classifier.CALIBRATION
+    path.write_bytes(kept.encode("latin-1"))
+    with pytest.raises(ConfigError) as refused:
+        classifier.load_classifier(fake_run, onnx=False)
+    said = str(refused.value)
+    assert said.startswith(f"{path}: ") and "\n" not in said
+    assert said.endswith("delete it and the next `fedray identify` recalibrates on the run's "
+                         "val crops")
+    monkeypatch.setattr(app, "latest_detector", lambda: photo)
+    monkeypatch.setattr(app, "Detector", lambda *a, **k: None)
+    assert main(["identify", str(photo), "--run", str(fake_run),
+                 "--out", str(fake_run / "out")]) == 2
+    assert _error(capsys) == f"fedray: error: {said}"
+
+
+def test_the_calibration_is_written_whole_or_not_at_all(fake_run, monkeypatch, lines):
+    from fedray.pill.identify import classifier
+
+    path = fake_run / classifier.CALIBRATION
+    old = json.dumps({"temperature": 1.0, "threshold": 0.5})  # from before the energy floor
+    path.write_text(old)
+    real_write = Path.write_text
+
+    def disk_full(self, text, *args, **kwargs):
+        real_write(self, text[: len(text) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    clf = classifier.load_classifier(fake_run, onnx=False)
+    assert (clf.temperature, clf.threshold, clf.energy_floor) == (1.5, 0.7, -2.0)  # used
+    assert path.read_text() == old and sorted(p.name for p in fake_run.iterdir()) == [
+        CHECKPOINT, "config.yaml", classifier.CALIBRATION]  # untouched, no half file left
+    assert any("cannot keep the calibration" in x and "No space left" in x for x in lines)
+    monkeypatch.setattr(Path, "write_text", real_write)
+    classifier.load_classifier(fake_run, onnx=False)
+    assert json.loads(path.read_text())["energy_floor"] == -2.0
+    assert not list(fake_run.glob("*.part")) and not list(fake_run.glob(".*.part"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,16 +165,43 @@ def load_classifier(run_dir: str | Path, calibrate: bool = True, onnx: bool = Tr
         clf.session = onnx_session(exported)
         log.info("identify: classifier from %s (onnxruntime)", exported)
     if calibrate:
-        cal_path = run_dir / CALIBRATION
-        cal = json.loads(cal_path.read_text()) if cal_path.exists() else {}
-        if "energy_floor" not in cal:  # none yet, or one written before the floor existed
-            log.info("identify: calibrating the 'unknown' threshold of %s on its val crops "
-                     "(once per run, a minute or two; kept in %s)", run_dir, cal_path)
-            cal = calibrate_on_val(clf)
-            cal_path.write_text(json.dumps(cal, indent=2))
+        calibration(clf, run_dir)
+    return clf
+
+
+def calibration(clf: Classifier, run_dir: Path) -> None:
+    """Set `clf`'s temperature, threshold and energy floor from `run_dir`'s CALIBRATION file,
+    calibrating on the val crops first when there is none (or one from before the floor); a
+    corrupt or unreadable file is a ConfigError naming it, a run directory that cannot be
+    written to a warning (the calibration is used, not kept)."""
+    path = run_dir / CALIBRATION
+    redo = "delete it and the next `fedray identify` recalibrates on the run's val crops"
+    try:
+        cal = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).split("\n")[0]
+        raise ConfigError(f"{path}: cannot be read as identify's calibration ({why}); "
+                          f"{redo}") from None
+    if not isinstance(cal, dict):
+        raise ConfigError(f"{path}: not identify's calibration (a JSON object); {redo}")
+    if "energy_floor" not in cal:  # none yet, or one written before the floor existed
+        log.info("identify: calibrating the 'unknown' threshold of %s on its val crops "
+                 "(once per run, a minute or two; kept in %s)", run_dir, path)
+        cal = calibrate_on_val(clf)
+        part = path.with_name(f".{path.name}.part")  # renamed: never half a file
+        try:
+            part.write_text(json.dumps(cal, indent=2))
+            os.replace(part, path)
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            log.warning("identify: cannot keep the calibration in %s (%s); it is redone on the "
+                        "next run", path, exc.strerror or exc)
+    try:
         clf.temperature, clf.threshold = float(cal["temperature"]), float(cal["threshold"])
         clf.energy_floor = float(cal["energy_floor"])
-    return clf
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not identify's calibration ({type(exc).__name__}: {exc}); "
+                          f"{redo}") from None
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -5,18 +5,24 @@ photo as the raw request body (never written to disk: it is decoded in memory an
 the answer) and `GET /api/reference/{class}/{side}.png` serves the catalog's studio pictures.
 Bad uploads get a 4xx with a one-line message: too large (413: over MAX_UPLOAD_BYTES, or over
 MAX_PIXELS from the image's header, before it is decoded), not an image (415/400). Every error,
-fedray's own and FastAPI's (an unknown path 404, a wrong method 405, a malformed parameter 422),
-is the JSON object `{"error": "<one line>"}`: the page shows `error`.
+fedray's own, FastAPI's (an unknown path 404, a wrong method 405, a malformed parameter 422) and
+an unexpected failure (500; the traceback goes to the server's log only), is the JSON object
+`{"error": "<one line>"}`: the page shows `error`, or `error <status>` for a reply that is not
+JSON. Decoding and the models run in a worker thread (one photo at a time through the models).
 """
 
 from __future__ import annotations
 
 import base64
+import logging
+import threading
+import urllib.parse
 
 import cv2
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedray.pill.identify.app import MAX_UPLOAD_BYTES, Identifier, PhotoError, decode_photo
@@ -59,10 +65,12 @@ function esc(s){return String(s).replace(/[&<>"]/g,c=>ESC[c]);}
 async function send(f){
   err.textContent=''; status.textContent='identifying '+f.name+' ...'; body.innerHTML='';
   photo.removeAttribute('src');
-  const r=await fetch('/api/identify',{method:'POST',body:f,
+  let r=null, j={};
+  try{r=await fetch('/api/identify',{method:'POST',body:f,
     headers:{'Content-Type':f.type||'application/octet-stream','X-Filename':encodeURIComponent(f.name)}});
-  const j=await r.json();
-  if(!r.ok){status.textContent='';err.textContent=j.error||('error '+r.status);return;}
+    j=await r.json();}catch(e){}
+  if(!r||!r.ok||!Array.isArray(j.found)){status.textContent='';
+    err.textContent=j.error||(r?'error '+r.status:'the server did not answer');return;}
   photo.src=j.image;
   status.textContent=(j.found.length?(j.found.length+' pill(s) found'):'no pill found')+
     (j.dismissed.length?' ('+j.dismissed.length+
@@ -83,7 +91,8 @@ drop.addEventListener('drop',e=>{e.preventDefault();drop.classList.remove('over'
 </script></body></html>
 """
 
-ACCEPTED_TYPES = ("image/", "application/octet-stream")
+ACCEPTED_TYPES = ("image/", "application/octet-stream")  # matched in lower case (RFC 2045)
+log = logging.getLogger("fedray")
 
 
 def create_app(identifier: Identifier) -> FastAPI:
@@ -99,15 +108,40 @@ def create_app(identifier: Identifier) -> FastAPI:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": validation_message(exc)}, status_code=422)
 
+    @app.exception_handler(Exception)  # anything else: still one line (the log has the trace)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); the server's log "
+                                      "has the details"}, status_code=500)
+
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
         return PAGE
 
+    busy = threading.Lock()  # one photo at a time through the models, as before
+
+    def answer_photo(data: bytes, name: str) -> dict:
+        rgb = decode_photo(data, name)
+        with busy:
+            answer = identifier(rgb)
+        ok, png = cv2.imencode(".png", cv2.cvtColor(annotate(rgb, answer), cv2.COLOR_RGB2BGR))
+        found = []
+        for f in answer.to_json()["found"]:
+            ref = identifier.reference(f["class_index"]) if f["class_index"] >= 0 else None
+            f["reference"] = f"/api/reference/{f['class_index']}/front.png" if ref else None
+            found.append(f)
+        return {
+            "found": found,
+            "dismissed": answer.dismissed,
+            "px_per_mm": answer.px_per_mm,
+            "image": "data:image/png;base64," + base64.b64encode(png.tobytes()).decode(),
+            "seconds": answer.seconds,
+        }
+
     @app.post("/api/identify")
     async def api_identify(request: Request) -> JSONResponse:
-        name = request.headers.get("x-filename", "upload")
+        name = upload_name(request.headers.get("x-filename", ""))
         kind = request.headers.get("content-type", "")
-        if not kind.startswith(ACCEPTED_TYPES):
+        if not kind.lower().startswith(ACCEPTED_TYPES):
             raise HTTPException(415, f"{name}: {kind or 'no type'} is not an image type")
         data = bytearray()
         async for chunk in request.stream():  # in memory only, capped while it arrives
@@ -115,25 +149,18 @@ def create_app(identifier: Identifier) -> FastAPI:
             if len(data) > MAX_UPLOAD_BYTES:
                 raise HTTPException(413, f"{name}: over the {MAX_UPLOAD_BYTES // 2**20} MB "
                                          "upload limit")
-        try:
-            rgb = decode_photo(bytes(data), name)
+        payload = bytes(data)
+        del data
+        try:  # decoding and the models in a worker thread: the page stays served meanwhile
+            reply = await run_in_threadpool(answer_photo, payload, name)
         except PhotoError as exc:
             raise HTTPException(exc.status, str(exc)) from None
-        del data
-        answer = identifier(rgb)
-        ok, png = cv2.imencode(".png", cv2.cvtColor(annotate(rgb, answer), cv2.COLOR_RGB2BGR))
-        found = []
-        for f in answer.to_json()["found"]:
-            ref = identifier.reference(f["class_index"]) if f["class_index"] >= 0 else None
-            f["reference"] = f"/api/reference/{f['class_index']}/front.png" if ref else None
-            found.append(f)
-        return JSONResponse({
-            "found": found,
-            "dismissed": answer.dismissed,
-            "px_per_mm": answer.px_per_mm,
-            "image": "data:image/png;base64," + base64.b64encode(png.tobytes()).decode(),
-            "seconds": answer.seconds,
-        })
+        except Exception as exc:  # noqa: BLE001  (a model's failure: one line, trace in the log)
+            log.exception("fedray serve: identifying %s failed", name)
+            return JSONResponse({"error": f"{name}: internal error while identifying the photo "
+                                          f"({type(exc).__name__}); the server's log has the "
+                                          "details"}, status_code=500)
+        return JSONResponse(reply)
 
     pictures: dict[tuple[int, str], bytes] = {}
 
@@ -150,6 +177,13 @@ def create_app(identifier: Identifier) -> FastAPI:
         return Response(pictures[class_index, side], media_type="image/png")
 
     return app
+
+
+def upload_name(header: str) -> str:
+    """The page's X-Filename (percent-encoded by encodeURIComponent) as a name to show: decoded,
+    control characters dropped, at most 120 characters; `upload` when there is none."""
+    name = "".join(c for c in urllib.parse.unquote(header) if c.isprintable())[:120].strip()
+    return name or "upload"
 
 
 def validation_message(exc: RequestValidationError) -> str:
