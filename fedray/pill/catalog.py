@@ -342,14 +342,16 @@ def make_catalog(
     id_offset: int = 0,
     exclude: Iterable[Pill] = (),
     distinct_sides: bool = False,
+    exclude_faces: bool = False,
 ) -> list[Pill]:
     """Draw `num_pills` distinguishable pills with ids `id_offset + i`; same seed, same catalog.
 
     Pills whose key matches one in `exclude` are redrawn, so a public catalog can be made
-    disjoint from the private one in appearance as well as in ids. With `distinct_sides`, no
-    face of one pill looks like a face of another (size aside): two white round pills may still
-    differ only by imprint, but not both show a blank back, which no photo of that side could
-    tell apart.
+    disjoint from the private one in whole-pill appearance as well as in ids; a face of one may
+    still look like a face of an excluded pill, unless `exclude_faces`, which redraws those too.
+    With `distinct_sides`, no face of one pill looks like a face of another (size aside): two
+    white round pills may still differ only by imprint, but not both show a blank back, which no
+    photo of that side could tell apart.
     """
     if num_pills < 0:
         raise CatalogError(f"num_pills must be >= 0, got {num_pills}")
@@ -358,15 +360,18 @@ def make_catalog(
     # Seeding with the offset too keeps a "public" catalog from copying the private one's pills.
     rng = random.Random(f"fedray-catalog:{seed}:{id_offset}")
     pills: list[Pill] = []
+    exclude = list(exclude)
     seen: set[tuple] = {p.key() for p in exclude}
     faces: set[tuple] = set()
+    banned = {k for p in exclude for k in p.side_keys()} if exclude_faces else set()
     max_redraws = 1000 + 100 * num_pills
     redraws = 0
     while len(pills) < num_pills:
         pill = _draw_pill(rng, id_offset + len(pills))
         key = pill.key()
         sides = set(pill.side_keys()) if distinct_sides else set()
-        if key in seen or (sides & faces) or len(sides) < (2 if distinct_sides else 0):
+        if (key in seen or (sides & faces) or len(sides) < (2 if distinct_sides else 0)
+                or (banned and banned.intersection(pill.side_keys()))):
             redraws += 1
             if redraws > max_redraws:
                 raise CatalogError(f"could not draw {num_pills} distinct pills (seed {seed})")

@@ -47,6 +47,20 @@ def test_exclude_makes_public_pills_look_different_from_private():
     assert not {p.key() for p in private} & {p.key() for p in public}
 
 
+def test_exclude_faces_keeps_every_face_of_the_excluded_pills_out():
+    private = make_catalog(300, 0, 0, (), True)
+    faces = {k for p in private for k in p.side_keys()}
+    default = make_catalog(300, 0, 300, private, True)
+    public = make_catalog(300, 0, 300, private, True, exclude_faces=True)
+
+    assert any(faces.intersection(p.side_keys()) for p in default)  # exclude alone: it does
+    assert not any(faces.intersection(p.side_keys()) for p in public)
+    assert not {p.key() for p in private} & {p.key() for p in public}
+    assert [p.id for p in public] == list(range(300, 600))
+    # the default is unchanged by the keyword (the classification/detection catalogs)
+    assert make_catalog(300, 0, 300, private, True, exclude_faces=False) == default
+
+
 def test_no_two_pills_share_identifying_features(big):
     keys = [p.key() for p in big]
     assert len(set(keys)) == len(keys) == 2000

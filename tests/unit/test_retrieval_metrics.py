@@ -97,7 +97,7 @@ def test_mined_triplets_are_valid():
     anchors = rng.permutation(len(pool_pill))
     sim = rng.normal(size=(len(anchors), len(ref_index)))
 
-    pos, neg = mine_triplets(sim, anchors, pool_pill, pool_pill[ref_index], 3, rng)
+    pos, neg = mine_triplets(sim, anchors, pool_pill, ref_index, 3, rng)
 
     assert np.all(pool_pill[pos] == pool_pill[anchors])
     assert np.all(pos != anchors)
@@ -105,6 +105,44 @@ def test_mined_triplets_are_valid():
     for i, n in enumerate(neg):  # the negative is its pill's reference closest to the anchor
         same = np.flatnonzero(pool_pill[ref_index] == pool_pill[ref_index[n]])
         assert sim[i, n] == sim[i, same].max()
+
+
+def test_mining_ranks_the_anchor_without_its_own_image():
+    # pool/gallery: pill 0 has images 0 and 1, pills 1..5 one image each (2..6); every image is
+    # a reference, as in a federated client. Anchor 0's other image is orthogonal to it and
+    # pills 1..5 sit at 0.9..0.5: without itself, its pill ranks 6th, so with window=1 the
+    # negative is pill 5 (ranked 5th), not pill 1 (next to itself at 1.0).
+    pool_pill = np.array([0, 0, 1, 2, 3, 4, 5])
+    ref_index = np.arange(7)
+    sim = np.array([[1.0, 0.0, 0.9, 0.8, 0.7, 0.6, 0.5],
+                    # anchor 4 (pill 3) is its pill's only image: it keeps itself, ranks its
+                    # pill first, and its negative is the pill closest to it (pill 1)
+                    [0.2, 0.1, 0.9, 0.3, 1.0, 0.4, 0.5]])
+    anchors = np.array([0, 4])
+
+    for seed in range(5):
+        pos, neg = mine_triplets(sim, anchors, pool_pill, ref_index, 1,
+                                 np.random.default_rng(seed))
+        assert ref_index[neg].tolist() == [6, 2]
+        assert pos.tolist() == [1, 4]
+
+
+def test_public_catalog_is_drawn_with_no_private_face(monkeypatch, tmp_path):
+    from fedray.pill.retrieval import data as data_module
+
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append((args, kwargs))
+        if len(calls) == 2:
+            raise StopIteration  # the catalogs are all this test needs
+        return []
+
+    monkeypatch.setattr(data_module, "make_catalog", fake)
+    with pytest.raises(StopIteration):
+        data_module.build_retrieval_data(3, 99, 1, public_of=5, cache_dir=tmp_path)
+
+    assert calls[1][1] == {"distinct_sides": True, "exclude_faces": True}
 
 
 def test_streams_gray_gradient_and_fused_similarity():

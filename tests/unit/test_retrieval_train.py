@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fedray.pill.retrieval import pretrain
+from fedray.pill.retrieval.data import RetrievalData
 from fedray.pill.retrieval.nets import MultiStream
 from fedray.pill.retrieval.train import align_to, embed, init_proxies, lr_schedule, train_embedding
 from fedray.pill.retrieval.triplet import proxy_loss
@@ -194,3 +196,65 @@ def test_align_recovers_a_rotated_basis_and_keeps_the_rankings():
         torch.testing.assert_close(after[s], target[s], atol=1e-4, rtol=0)
         torch.testing.assert_close(after[s] @ after[s].T, before[s] @ before[s].T,
                                    atol=1e-5, rtol=0)
+
+
+_RCFG = {"catalog": {"num_pills": 10, "catalog_seed": 0, "image_size": 99, "photos_per_side": 2,
+                     "num_textures": 2},
+         "pretrain": {"num_pills": 4, "epochs": 1}, "train": _tcfg("proxy", 1),
+         "streams": ["color"], "norm": True}
+
+
+def _state(model: MultiStream) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_fresh_model_depends_on_its_seed_only():
+    def fresh(seed: int) -> dict[str, torch.Tensor]:  # as the stage builds a model
+        with pretrain.seeded(seed):
+            return _state(pretrain.start_from(None, "student", _RCFG))
+
+    torch.manual_seed(0)
+    alone = fresh(pretrain.init_seed(0, 1, 1))  # models=[student]
+    torch.manual_seed(0)
+    MultiStream("teacher", ["color"], 99)  # models=[teacher, student, ...]
+    torch.rand(3)
+    after = fresh(pretrain.init_seed(0, 1, 1))
+    state = torch.random.get_rng_state()
+    other = fresh(pretrain.init_seed(0, 2, 1))  # another fold
+
+    assert _same(alone, after)
+    assert not _same(alone, other)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left alone
+    assert pretrain.init_seed(0, 1, 2) == pretrain.init_seed(0, 1, 2) != pretrain.init_seed(0, 2, 1)
+
+
+def test_the_pretraining_starts_from_weights_of_its_cache_key_only(monkeypatch, tmp_path):
+    data = RetrievalData(np.arange(2), np.zeros((2, 2, 99, 99, 3), np.uint8),
+                         np.zeros((2, 2, 1, 99, 99, 3), np.uint8))
+    starts = []
+    monkeypatch.setattr(pretrain, "build_retrieval_data", lambda *a, **k: data)
+    monkeypatch.setattr(pretrain, "train_embedding",
+                        lambda model, *a, **k: starts.append(_state(model)))
+    for i, before in enumerate((0, 7)):  # what the run drew from the global RNG before
+        torch.manual_seed(0)
+        torch.rand(before)
+        rcfg = {**_RCFG, "catalog": {**_RCFG["catalog"], "cache_dir": str(tmp_path / str(i))}}
+        pretrain.pretrained("student", rcfg, seed=3)
+
+    assert len(starts) == 2 and _same(*starts)
+
+
+def test_the_pretraining_cache_key_follows_the_data_code(monkeypatch):
+    from fedray.pill.retrieval import data as data_module
+
+    key = pretrain.cache_key("student", _RCFG, 0)
+    monkeypatch.setattr(data_module, "_source_hash", lambda: "another catalog code")
+    changed = pretrain.cache_key("student", _RCFG, 0)
+    monkeypatch.setattr(data_module, "VERSION", data_module.VERSION + 1)
+
+    assert changed != key
+    assert pretrain.cache_key("student", _RCFG, 0) not in (key, changed)

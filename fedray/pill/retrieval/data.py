@@ -91,8 +91,9 @@ def build_retrieval_data(num_pills: int, image_size: int, photos_per_side: int,
     """The catalog's references and consumer photos, from the cache when built before.
 
     `public_of=N`: a public catalog for the N-pill private catalog of `catalog_seed`: ids from
-    N on and none of its pills looks like one of the private pills (`make_catalog`'s exclude),
-    so a model trained on it has seen none of the private test pills.
+    N on and no face of its pills looks like a face of a private pill, size aside
+    (`make_catalog`'s exclude and exclude_faces), so a model trained on it has seen no face of
+    the private test pills.
     """
     key = {"num_pills": num_pills, "image_size": image_size, "photos_per_side": photos_per_side,
            "catalog_seed": catalog_seed, "seed": seed, "num_textures": num_textures,
@@ -105,7 +106,8 @@ def build_retrieval_data(num_pills: int, image_size: int, photos_per_side: int,
             return RetrievalData(z["pill_ids"], z["references"], z["photos"])
     t0 = time.perf_counter()
     private = make_catalog(public_of, catalog_seed, 0, (), distinct_sides=True)
-    pills = make_catalog(num_pills, catalog_seed, public_of, private, distinct_sides=True)
+    pills = make_catalog(num_pills, catalog_seed, public_of, private, distinct_sides=True,
+                         exclude_faces=True)
     textures = make_textures(num_textures, TEXTURE_SIZE, seed, bundled=False)
     families = [list(FAMILIES)[i % len(FAMILIES)] for i in range(len(textures))]
     params = consumer.consumer_params(default_px_per_mm(STUDIO_SIZE))

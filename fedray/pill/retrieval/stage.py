@@ -7,7 +7,9 @@ against the gallery of every reference. Rows go to metrics.jsonl (and W&B), the 
 folds to summary.json, the CMC curves to cmc.png, each trained model to
 models/fold<k>/<model>.pt (`nets.load_model` reads one back). With `retrieval.pretrain`, every
 model trained here (central or federated) starts from one central pretraining on a public
-catalog of other pills (`pretrain.py`) instead of random weights.
+catalog of other pills (`pretrain.py`) instead of random weights. Random initial weights
+depend only on the seed, the fold and the architecture (`pretrain.init_seed`; a fold's teacher
+and teacher_fed start alike), so a fold run alone is that fold of a five-fold run.
 """
 
 from __future__ import annotations
@@ -269,6 +271,13 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
                            if pretrain.enabled(rcfg) else None)
         return inits[arch]
 
+    def fresh_model(arch: str, fold: int) -> MultiStream:
+        """What a model of `arch` starts from in `fold`: random weights of (seed, fold, arch)
+        alone (a fold's teacher and teacher_fed start alike), or the public pretraining."""
+        init = init_of(arch)  # the pretraining runs outside `seeded`
+        with pretrain.seeded(pretrain.init_seed(seed, fold, ARCHS.index(arch))):
+            return pretrain.start_from(init, arch, rcfg)
+
     per_model: dict[str, list[dict[str, Any]]] = {m: [] for m in rcfg["models"]}
     t_start = time.perf_counter()
     try:
@@ -294,7 +303,7 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
                 elif name.endswith("_fed"):
                     from fedray.pill.retrieval.federated import train_federated
 
-                    model = pretrain.start_from(init_of(arch), arch, rcfg)
+                    model = fresh_model(arch, f)
                     train_federated(model, pool, pool_pill, rcfg["federated"], rcfg["train"],
                                     cfg["partition"], cfg["strategy"],
                                     seed + 1000 * f + 3 + ARCHS.index(arch),
@@ -305,7 +314,7 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
                             seed + 1000 * f + 2, lambda r, n=name: log_epoch(r, name=n),
                             device=device)
                 else:
-                    model = pretrain.start_from(init_of(arch), arch, rcfg)
+                    model = fresh_model(arch, f)
                     train_embedding(model, pool, pool_pill, ref_index, rcfg["train"],
                                     seed + 1000 * f + ARCHS.index(arch),
                                     lambda r, n=name: log_epoch(r, name=n), device=device)

@@ -175,7 +175,7 @@ def train_embedding(model: MultiStream, pool: np.ndarray, pool_pill: np.ndarray,
                 counts = []
                 for s in model.streams:  # one forward per stream of its own triplets
                     pos, neg = mine_triplets(sims[s][anchors], anchors, pool_pill,
-                                             pool_pill[ref_index], window, rng)
+                                             ref_index, window, rng)
                     idx = np.concatenate([anchors, pos, ref_index[neg]])
                     x = augment_batch(to_float(pool[idx]), gen, aug).to(device)
                     e = model.nets[s](stream_inputs(x, [s], std)[s])

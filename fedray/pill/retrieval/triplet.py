@@ -1,10 +1,11 @@
 """Triplet loss (paper eq. 2), the paper's online triplet generation (§4.2.2) and the proxy loss.
 
 For an anchor image I^a, the positive I^p is another image of the same pill, drawn at random;
-the negative comes from the anchor's current ranking of the reference gallery: if the anchor's
-own pill ranks r-th, a pill ranked within `window` places of r (the anchor's pill excluded) is
-drawn, and the negative image is that pill's reference most similar to the anchor. So negatives
-are the pills the network currently confuses with the true one, look-alikes first.
+the negative comes from the anchor's current ranking of the reference gallery (the anchor's own
+image left out of it): if the anchor's own pill ranks r-th, a pill ranked within `window`
+places of r (the anchor's pill excluded) is drawn, and the negative image is that pill's
+reference most similar to the anchor. So negatives are the pills the network currently
+confuses with the true one, look-alikes first.
 """
 
 from __future__ import annotations
@@ -56,17 +57,26 @@ def neighbour_negatives(pill_scores: np.ndarray, true_idx: np.ndarray, window: i
 
 
 def mine_triplets(ref_sim: np.ndarray, anchors: np.ndarray, pool_pill: np.ndarray,
-                  ref_pill: np.ndarray, window: int, rng: np.random.Generator,
+                  ref_index: np.ndarray, window: int, rng: np.random.Generator,
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(positives: pool indices, negatives: reference indices) for `anchors` (pool indices).
 
-    ref_sim (A, R): each anchor's similarity to each training reference image; a pill scores
-    what its best reference scores.
+    ref_sim (A, R): each anchor's similarity to each training reference image, the references
+    being pool images `ref_index`; a pill scores what its best reference scores. An anchor
+    that is itself a reference is ranked without its own image (its similarity to itself
+    would put its pill first whatever the network confuses), as `task.batch_triplets` does;
+    only when its pill has no other reference does it keep its own (its pill ranks first and
+    the negatives are the pills closest to it), so every anchor keeps a triplet.
     """
-    pool_pill, ref_pill = np.asarray(pool_pill), np.asarray(ref_pill)
+    pool_pill, ref_index = np.asarray(pool_pill), np.asarray(ref_index)
+    ref_pill = pool_pill[ref_index]
     pills, ref_idx = np.unique(ref_pill, return_inverse=True)
+    ref_sim = np.asarray(ref_sim, np.float64)
+    own = ref_index[None, :] == np.asarray(anchors)[:, None]  # (A, R): the anchor itself
+    others = (ref_pill[None, :] == pool_pill[anchors][:, None]) & ~own
+    ranked = np.where(own & others.any(1, keepdims=True), -np.inf, ref_sim)
     pill_scores = np.full((len(anchors), len(pills)), -np.inf)
-    np.maximum.at(pill_scores.T, ref_idx, np.asarray(ref_sim, np.float64).T)
+    np.maximum.at(pill_scores.T, ref_idx, ranked.T)
     true_idx = np.searchsorted(pills, pool_pill[anchors])
     if np.any(pills[np.minimum(true_idx, len(pills) - 1)] != pool_pill[anchors]):
         raise ValueError("every anchor's pill needs a reference among the training references")
