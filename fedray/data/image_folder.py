@@ -2,6 +2,11 @@
 
     root/<class>/**/*.jpg|png|...                 a seeded, stratified val split is carved out
     root/train/<class>/...  root/val/<class>/...   the split is yours (`valid` works too)
+    root/train/<class>/...  (no val/)              val is carved out of train/
+
+A root/test/ folder is left out (never read). A split folder (train, val, valid, validation, test)
+holding class folders beside class folders, or split folders without train/, is an error; one
+holding images itself is a class of that name (CIFAR-100 has a "train").
 
 Class names are the subfolder names, sorted (label i = the i-th name). Every image is decoded to
 RGB, cut to its centred square (or stretched, `data.resize: stretch`) and resized to
@@ -41,6 +46,7 @@ VERSION = 1  # bump when decoding or resizing changes: it is part of the cache k
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 TRAIN_DIRS = ("train",)
 VAL_DIRS = ("val", "valid", "validation")
+TEST_DIRS = ("test",)
 RESIZES = ("crop", "stretch")
 
 
@@ -119,13 +125,14 @@ def _class_files(folder: Path) -> dict[str, list[Path]]:
 
 
 def find_layout(root: Path) -> dict[str, dict[str, list[Path]]]:
-    """{"train": {class: files}} and, when root has train/ and val/ subfolders, {"val": ...}."""
-    train = next((root / d for d in TRAIN_DIRS if (root / d).is_dir()), None)
-    val = next((root / d for d in VAL_DIRS if (root / d).is_dir()), None)
-    if train and val:
-        where, layout = train, {"train": _class_files(train), "val": _class_files(val)}
-    else:
+    """{"train": {class: files}} and, when root has a val/ folder beside train/, {"val": ...}."""
+    train, val = _split_dirs(root)
+    if train is None:
         where, layout = root, {"train": _class_files(root)}
+    elif val is None:
+        where, layout = train, {"train": _class_files(train)}
+    else:
+        where, layout = train, {"train": _class_files(train), "val": _class_files(val)}
     if not layout["train"]:
         raise DatasetError(f"data.root={str(root)!r}: no class subfolders in {where}")
     empty = [c for c, files in layout["train"].items() if not files]
@@ -140,6 +147,39 @@ def find_layout(root: Path) -> dict[str, dict[str, list[Path]]]:
     if unknown:
         raise DatasetError(f"{val}: class folder {unknown[0]!r} is not in {train}")
     return layout
+
+
+def _split_dirs(root: Path) -> tuple[Path | None, Path | None]:
+    """(train/, val/ or None) of a split-structured root; (None, None) for a root of classes."""
+    dirs = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    kinds = {"train": TRAIN_DIRS, "val": VAL_DIRS, "test": TEST_DIRS}
+    found: dict[str, list[Path]] = {k: [] for k in kinds}
+    others = []
+    for d in dirs:
+        kind = next((k for k, names in kinds.items() if d.name.lower() in names), None)
+        (found[kind] if kind else others).append(d)
+    splits = [d.name for k in kinds for d in found[k]]
+    if not splits:
+        return None, None
+    where = f"data.root={str(root)!r}"
+    if others and not any(p.is_dir() for k in kinds for d in found[k] for p in d.iterdir()):
+        return None, None  # a class that happens to be called so (CIFAR-100's "train"): flat
+    if others:
+        raise DatasetError(
+            f"{where}: split folder(s) {', '.join(splits)} beside class folder(s) "
+            f"{', '.join(d.name for d in others[:3])}: give root/<class>/ or root/train/<class>/ "
+            "(+ root/val/<class>/), not both"
+        )
+    for kind, paths in found.items():
+        if len(paths) > 1:
+            raise DatasetError(f"{where}: {' and '.join(p.name for p in paths)} are both a "
+                               f"{kind} split: keep one")
+    if not found["train"]:
+        raise DatasetError(f"{where}: has {', '.join(splits)}/ but no train/ (root/train/<class>/)")
+    if found["test"]:
+        log.info("%s: %s/ is left out (fedray trains on train/ and validates on val/ or a carved "
+                 "split)", where, found["test"][0].name)
+    return found["train"][0], (found["val"] or [None])[0]
 
 
 def fingerprint(root: Path, files: Sequence[Path]) -> dict[str, Any]:

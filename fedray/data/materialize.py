@@ -8,11 +8,14 @@ it returns into the cache, once per (config, seed, callable, source file version
 - where each `ds` is a pair `(images, labels)`: uint8 images (N, H, W, 3) (or (N, H, W) grey)
   and integer labels (N,); or any torch `Dataset` (`len` + indexing) of `(image, label)` items,
   the image a PIL image, a uint8 (H, W, 3) array, or a (3, H, W) float tensor in [0, 1] (what
-  `ToTensor()` gives; un-normalised: fedray normalises itself).
+  `ToTensor()` gives; un-normalised: fedray normalises itself). 16-bit PIL images (mode I;16*)
+  keep their top 8 bits (as OpenCV reads 16-bit files); mode F must lie in [0, 1]; mode I
+  (32-bit integer, no fixed range) is refused: scale it yourself.
 
 Images are cut to a centred square and resized to `data.image_size` when it is set (needed when
 the images are not all one square size). Class names are the dataset's `classes` when it has
-them, else "0" .. "K-1".
+them, else "0" .. "K-1". A val dataset with `classes` of its own (an ImageFolder lacking a class)
+has its labels mapped by class name onto the train's; a val class absent from train is an error.
 """
 
 from __future__ import annotations
@@ -108,6 +111,10 @@ def write_returned(
     for split, (images, _) in arrays.items():
         if len(images) == 0:
             raise DatasetError(f"{source}: the {split} split is empty")
+    reference = _class_names(splits["train"]) or classes
+    for split, (images, labels) in arrays.items():
+        names = _class_names(splits[split]) if split != "train" else None
+        arrays[split] = (images, _by_name(labels, names, reference, f"{source}: {split}"))
     sizes = {images.shape[1] for images, _ in arrays.values()}
     if len(sizes) != 1:
         raise DatasetError(
@@ -132,6 +139,25 @@ def write_returned(
     for split, (images, labels) in arrays.items():
         write_split(root, split, images, labels)
     write_meta(root, name, classes, sizes.pop(), {s: len(y) for s, (_, y) in arrays.items()})
+
+
+def _by_name(
+    labels: np.ndarray, names: list[str] | None, reference: Sequence[Any] | None, where: str
+) -> np.ndarray:
+    """Labels indexing `names` (a val dataset's own classes) re-indexed by name into `reference`."""
+    if names is None or reference is None:
+        return labels
+    reference = [str(c) for c in reference]
+    if names == reference or labels.size == 0:
+        return labels
+    if int(labels.max()) >= len(names):
+        raise DatasetError(f"{where}: label {int(labels.max())} but its dataset has "
+                           f"{len(names)} classes {names}")
+    index = {c: i for i, c in enumerate(reference)}
+    missing = [names[i] for i in np.unique(labels) if names[i] not in index]
+    if missing:
+        raise DatasetError(f"{where}: class {missing[0]!r} is not a train class ({reference})")
+    return np.asarray([index[c] for c in names], dtype=np.int64)[labels]
 
 
 def _splits_of(returned: Any, source: str) -> tuple[dict[str, Any], list[str] | None]:
@@ -247,9 +273,8 @@ def _label(y: Any, where: str) -> int:
 def to_uint8_hwc(image: Any, where: str = "image") -> np.ndarray:
     """A PIL image, uint8 HWC/HW array or CHW tensor (float in [0, 1] or uint8) -> uint8 RGB HWC."""
     is_tensor = hasattr(image, "detach")
-    if hasattr(image, "convert") and hasattr(image, "mode"):  # PIL
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    arr = _numpy(image)
+    pil = hasattr(image, "convert") and hasattr(image, "mode")
+    arr = _pil_array(image, where) if pil else _numpy(image)
     if arr.ndim == 3 and (is_tensor or arr.shape[-1] not in (1, 3, 4)) and arr.shape[0] in (1, 3):
         arr = arr.transpose(1, 2, 0)  # CHW (torch's layout) -> HWC
     if arr.ndim == 3 and arr.shape[-1] == 4:
@@ -270,6 +295,20 @@ def to_uint8_hwc(image: Any, where: str = "image") -> np.ndarray:
     if arr.shape[-1] == 1:
         arr = np.repeat(arr, 3, axis=-1)
     return np.ascontiguousarray(arr)
+
+
+def _pil_array(image: Any, where: str) -> np.ndarray:
+    """A PIL image as an array: RGB uint8, or for 16-bit / float modes grey (convert() clips)."""
+    if image.mode == "I":  # 32-bit integer: 16-bit data or 0..255, nothing says which
+        raise DatasetError(
+            f"{where}: a PIL image of mode I (32-bit integer) has no fixed range: return it as "
+            "uint8 (16-bit data: np.asarray(img) >> 8) or as floats in [0, 1]"
+        )
+    if image.mode.startswith("I;16"):  # the top 8 bits, as OpenCV reads 16-bit files
+        return (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+    if image.mode == "F":  # checked to lie in [0, 1] like any float image
+        return np.asarray(image, dtype=np.float32)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def square_resize(image: np.ndarray, size: int) -> np.ndarray:

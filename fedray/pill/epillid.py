@@ -37,8 +37,11 @@ from fedray.pill.import_common import (
 )
 
 
-def _natural_key(name: str) -> tuple[int, int | str]:
-    return (0, int(name)) if name.isdigit() else (1, name)
+def _natural_key(name: str) -> tuple[tuple[int, int | str], str]:
+    """Numbers (ASCII digits) first, by value; ties ("1", "01") by the string: the same order in
+    every process (a set's order of strings is not)."""
+    number = name.isascii() and name.isdecimal()
+    return ((0, int(name)) if number else (1, name)), name
 
 
 def _normalise_split(value: str) -> str | None:

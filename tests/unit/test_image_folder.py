@@ -75,6 +75,40 @@ def test_image_folder_train_val_subfolders(tmp_path):
     assert list(load_labels(info.root, "val")) == [0, 1, 2]
 
 
+def test_a_train_and_test_root_is_split_structured_and_test_is_never_read(tmp_path, caplog_fedray):
+    # root/train/ + root/test/ (no val/): was read as 2 classes "test" and "train"
+    caplog_fedray.set_level(logging.INFO, logger="fedray")
+    root = tmp_path / "imgs"
+    _tree(root / "train", per_class=5)
+    for name in ("red", "blue", "green"):  # test images: another colour, never to be trained on
+        _write_png(root / "test" / name / "t.png", (255, 255, 255))
+    info = image_folder_dataset({"root": str(root), "image_size": 8}, 0, tmp_path / "cache")
+    assert info.class_names == ["blue", "green", "red"] and info.splits == {"train": 12, "val": 3}
+    for split in ("train", "val"):
+        assert load_images(info.root, split).min(axis=(1, 2, 3)).max() < 200  # no white image
+    assert "test/ is left out" in caplog_fedray.text
+    with_val = tmp_path / "v"
+    _tree(with_val / "train", per_class=2)
+    _tree(with_val / "valid", per_class=1)
+    _tree(with_val / "test", per_class=1)
+    info = image_folder_dataset({"root": str(with_val), "image_size": 8}, 0, tmp_path / "cache")
+    assert info.splits == {"train": 6, "val": 3}
+    mixed = _tree(tmp_path / "mixed", per_class=1)
+    _tree(mixed / "test", per_class=1)
+    with pytest.raises(DatasetError, match=r"split folder\(s\) test beside class folder\(s\) blue"):
+        image_folder_dataset({"root": str(mixed), "image_size": 8}, 0, tmp_path / "cache")
+    flat = _tree(tmp_path / "flat100", per_class=5)  # a class called "train" (CIFAR-100 has one)
+    for i in range(5):
+        _write_png(flat / "train" / f"t{i}.png", (10, 200, 10))
+    info = image_folder_dataset({"root": str(flat), "image_size": 8}, 0, tmp_path / "cache")
+    assert info.class_names == ["blue", "green", "red", "train"]
+    no_train = tmp_path / "nt"
+    _tree(no_train / "val", per_class=1)
+    _tree(no_train / "test", per_class=1)
+    with pytest.raises(DatasetError, match=r"has val, test/ but no train/"):
+        image_folder_dataset({"root": str(no_train), "image_size": 8}, 0, tmp_path / "cache")
+
+
 def test_image_folder_missing_root_names_the_key(tmp_path):
     with pytest.raises(DatasetError, match="data.root=.*no such directory"):
         image_folder_dataset({"root": str(tmp_path / "nope"), "image_size": 8}, 0, tmp_path)
@@ -225,3 +259,45 @@ def test_a_class_with_no_training_image_is_warned_of(tmp_path, caplog_fedray):
     val = (images, np.arange(12) % 3)  # class 2 only in val
     write_returned(tmp_path / "skew", {"train": train, "val": val}, "skew", None, "mymod.data")
     assert "mymod.data: 1 of 3 classes have no training image (2)" in caplog_fedray.text
+
+
+def test_a_val_image_folder_missing_a_class_is_mapped_by_class_name(tmp_path):
+    # two torchvision ImageFolders: val lacks "banana", so its cherry is index 1, train's 2
+    from torchvision.datasets import ImageFolder
+
+    from fedray.data.materialize import write_returned
+
+    for split, names in (("train", ("apple", "banana", "cherry")), ("val", ("apple", "cherry"))):
+        for name in names:
+            for i in range(2):
+                _write_png(tmp_path / split / name / f"{i}.png", (9, 9, 9), size=(8, 8))
+    train, val = ImageFolder(str(tmp_path / "train")), ImageFolder(str(tmp_path / "val"))
+    write_returned(tmp_path / "out", (train, val), "fruit", None, "mymod.data")
+    assert list(load_labels(tmp_path / "out", "val")) == [0, 0, 2, 2]
+    assert list(load_labels(tmp_path / "out", "train")) == [0, 0, 1, 1, 2, 2]
+    _write_png(tmp_path / "val" / "durian" / "0.png", (9, 9, 9), size=(8, 8))
+    with pytest.raises(DatasetError, match=r"^mymod.data: val: class 'durian' is not a train"):
+        write_returned(tmp_path / "bad", (train, ImageFolder(str(tmp_path / "val"))), "fruit",
+                       None, "mymod.data")
+
+
+def test_16_bit_and_float_pil_images_are_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    from fedray.data.materialize import to_uint8_hwc
+
+    ramp = (np.arange(16 * 16, dtype=np.uint32).reshape(16, 16) * 257).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "r.png")
+    image = Image.open(tmp_path / "r.png")
+    assert image.mode == "I;16"
+    got, want = to_uint8_hwc(image), np.repeat((ramp >> 8)[..., None], 3, -1)
+    assert got.shape == (16, 16, 3) and np.array_equal(got, want)
+    big_endian = Image.frombytes("I;16B", (16, 16), ramp.astype(">u2").tobytes())
+    assert np.array_equal(to_uint8_hwc(big_endian)[..., 1], ramp >> 8)
+    floats = Image.fromarray(ramp.astype(np.float32) / 65535.0)
+    assert floats.mode == "F"
+    assert np.abs(to_uint8_hwc(floats)[..., 0].astype(int) - (ramp >> 8)).max() <= 1
+    with pytest.raises(DatasetError, match=r"float images must lie in \[0, 1\]"):
+        to_uint8_hwc(Image.fromarray(ramp.astype(np.float32)))
+    with pytest.raises(DatasetError, match=r"^x\[0\]: a PIL image of mode I \(32-bit integer\)"):
+        to_uint8_hwc(image.convert("I"), "x[0]")

@@ -397,3 +397,26 @@ def test_epillid_empty_or_unreadable_is_an_error(tmp_path):
     (root / "all_labels.csv").write_text("image_path,label\nx.jpg,\n")
     with pytest.raises(DatasetError, match="line 2: empty 'label'"):
         import_epillid(_ecfg(root), tmp_path / "cache")
+
+
+def test_epillid_class_order_is_the_same_whatever_the_row_order(tmp_path):
+    # "1" and "01" are one number: the tie went to the set's iteration order (per process);
+    # "²" passed str.isdigit() and int() raised ValueError
+    from fedray.pill.epillid import _natural_key
+
+    names = ["1", "01", "001", "2", "02", "a"]
+    backwards = names[::-1]  # a stable sort keeps ties in their input order
+    assert sorted(names, key=_natural_key) == sorted(backwards, key=_natural_key) == [
+        "001", "01", "1", "02", "2", "a"]
+    assert sorted(["²", "3", "a"], key=_natural_key) == ["3", "a", "²"]  # a name, not a number
+    rng = np.random.default_rng(0)
+    labels = ["1", "01", "²", "2"]
+    for label in labels:
+        for i in range(5):
+            _write_bgr(tmp_path / "ep" / "imgs" / f"{label}_{i}.png", _noise(rng, 30, 30))
+    got = []
+    for order in (labels, labels[::-1]):
+        rows = [f"imgs/{lbl}_{i}.png,{lbl}" for lbl in order for i in range(5)]
+        (tmp_path / "ep" / "all_labels.csv").write_text("image_path,label\n" + "\n".join(rows))
+        got.append(import_epillid(_ecfg(tmp_path / "ep"), tmp_path / "cache").class_names)
+    assert got[0] == got[1] == ["01", "1", "2", "²"]

@@ -1,14 +1,17 @@
 """Data that only the server holds, for the rules that compute on the server (FedDF, FLTrust).
 
 ``server_dataset(cfg, data, seed, key)`` builds ``data`` (a data config; None: the experiment's
-own dataset config) under ``seed`` and refuses it when it resolves to the clients' own dataset:
-generated data re-generated under another seed is other images of the same kind (for the
-synthetic pills, other photos of the same catalog pills), never a client's photos.
+own dataset config) under ``seed`` and refuses it when it resolves to the clients' own dataset
+or holds any image of their train split (compared by content: a hash of each image's bytes).
+Generated data re-generated under another seed is other images of the same kind (for the
+synthetic pills, other photos of the same catalog pills), never a client's photos; imported data
+(an image folder, a custom callable) re-built under another seed is the same images.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fedray.config import ConfigError
@@ -51,4 +54,28 @@ def server_dataset(cfg: dict[str, Any], data: dict[str, Any] | None, seed: int, 
             f"strategy.{key} has image_size {info.image_size}, the clients' data "
             f"{private.image_size}"
         )
+    shared = len(_image_hashes(info.root, info.splits) & _image_hashes(private.root, ["train"]))
+    if shared and data is None:
+        name = private_cfg.get("name") or private.name
+        raise ConfigError(
+            f"strategy.{key}=null re-builds data={name} under strategy.{key}_seed, and {shared} of "
+            "its images are in the clients' train split (imported data is the same images under "
+            f"any seed): set strategy.{key} to a public data config"
+        )
+    if shared:
+        raise ConfigError(
+            f"strategy.{key} shares {shared} image(s) with the clients' train split: the server's "
+            f"data must never hold private images; set strategy.{key} to a public data config"
+        )
     return info
+
+
+def _image_hashes(root: str, splits: Iterable[str]) -> set[bytes]:
+    """A digest of each image's bytes in these splits of a dataset dir (read memory-mapped)."""
+    from fedray.data.datasets import load_images
+
+    return {
+        hashlib.blake2b(image.tobytes(), digest_size=16).digest()
+        for split in splits
+        for image in load_images(root, split)
+    }
