@@ -31,10 +31,18 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _json_safe(v: Any) -> Any:
+    """A value JSON can hold: numpy/torch scalars as Python numbers, NaN/inf as None (JSON has
+    neither; checked after .item(), since np.float32 and tensors are no Python floats)."""
+    if hasattr(v, "item"):
+        v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
         return None
-    if hasattr(v, "item"):
-        return v.item()
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_json_safe(x) for x in v]
+    if type(v) is tuple:
+        return tuple(_json_safe(x) for x in v)
     return v
 
 
@@ -115,10 +123,12 @@ class RunLogger:
         import yaml
 
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        self.rows: list[dict[str, Any]] = list(resume_rows or [])
+        self.rows: list[dict[str, Any]] = [_json_safe(r) for r in resume_rows or []]
         self.metrics_path = self.run_dir / "metrics.jsonl"
         # rewrite on resume: rows logged after the checkpoint belong to the killed attempt
-        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        self.metrics_path.write_text(
+            "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.rows)
+        )
         self._fh = open(self.metrics_path, "a") if lcfg.get("jsonl", True) else None
         self.wandb = None
         wcfg = lcfg.get("wandb", {})
@@ -192,7 +202,7 @@ class RunLogger:
         row = {k: _json_safe(v) for k, v in row.items()}
         self.rows.append(row)
         if self._fh is not None:
-            self._fh.write(json.dumps(row) + "\n")
+            self._fh.write(json.dumps(row, allow_nan=False) + "\n")
             self._fh.flush()
         if self.wandb is not None:
             self.wandb.log(row, step=int(row["round"]))
@@ -210,7 +220,7 @@ class RunLogger:
         """Write summary.json and the W&B summary."""
         metrics = {k: _json_safe(v) for k, v in metrics.items()}
         metrics["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        (self.run_dir / "summary.json").write_text(json.dumps(metrics, indent=2))
+        (self.run_dir / "summary.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
         if self.wandb is not None:
             self.wandb.summary.update({k: v for k, v in metrics.items() if v is not None})
 

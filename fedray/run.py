@@ -261,7 +261,7 @@ def _run_federated_rounds(cfg: dict[str, Any], info, dealt: tuple, run_dir: Path
             plot_per_client(per_client, run_dir / "per_client_acc.png")
         summary.update(
             {
-                "rounds": int(cfg["fl"]["rounds"]),
+                "rounds": int(last.get("round", server.start_round)),  # dp.max_epsilon: fewer
                 "comm/bytes_total": server.bytes_total,
                 "time/train_s": time.perf_counter() - t0,
                 "train/loss": last.get("train/loss"),

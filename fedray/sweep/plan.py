@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from fedray.config import ConfigError
 from fedray.sweep.groups import set_key
 from fedray.sweep.keys import group_options
 from fedray.sweep.space import grid_points, sample_point, space_keys
-from fedray.sweep.spec import RANGES, SweepError, SweepSpec
+from fedray.sweep.spec import RANGES, Dim, SweepError, SweepSpec
 
 LabelsFor = Callable[[dict[str, Any]], "np.ndarray | None"]
 
@@ -79,7 +80,8 @@ def check_trials(spec: SweepSpec, base: dict[str, Any], labels_for: LabelsFor | 
                  draws: int = 32) -> None:
     """Every trial the sweep may run passes the run's own config check (`fedray.validate`),
     before Ray starts: the base config, then the grid's planned points, or a random space's
-    draws (seeded) and each range's two bounds. A point the experiment cannot deal
+    draws (seeded), one draw of each group variant and each range's two bounds (a range inside a
+    variant in points that select that variant). A point the experiment cannot deal
     (`check_feasible`) is not an error: the grid skips it, a drawn trial ends as skipped."""
     from fedray.data.datasets import config_hash
     from fedray.validate import validate
@@ -92,11 +94,7 @@ def check_trials(spec: SweepSpec, base: dict[str, Any], labels_for: LabelsFor | 
     else:
         rng = np.random.default_rng(spec.seed or 0)
         points = [sample_point(spec.dims, rng) for _ in range(draws)]
-        for d in spec.dims:
-            if d.kind in RANGES:
-                cast = int if d.kind == "randint" else float
-                points += [{**sample_point(spec.dims, rng), d.key: cast(b)}
-                           for b in (d.low, d.high)]
+        points += bound_points(spec.dims, rng)
     seen: set[str] = {config_hash(base)}
     for point in points:
         cfg, _ = trial_config(base, point, options)
@@ -110,6 +108,25 @@ def check_trials(spec: SweepSpec, base: dict[str, Any], labels_for: LabelsFor | 
         except ConfigError as exc:
             raise SweepError(f"sweep {spec.name!r} ({spec.file}): trial {fmt_point(point)}: "
                              f"{exc}") from None
+
+
+def bound_points(dims: list[Dim], rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Points with each range at its low and at its high bound (the other keys drawn), and one
+    draw of each group variant; a range inside a variant is pinned in points of that variant."""
+    scopes = [(dims, dims)]  # (the space to draw from, the dims whose ranges are pinned)
+    for d in dims:
+        for v in d.values:
+            if isinstance(v, list):  # the space with group d fixed to this variant
+                scopes.append(([replace(x, values=[v]) if x is d else x for x in dims], v))
+    points: list[dict[str, Any]] = []
+    for space_, own in scopes:
+        if space_ is not dims:
+            points.append(sample_point(space_, rng))  # every variant at least once
+        for r in own:
+            if r.kind in RANGES:
+                cast = int if r.kind == "randint" else float
+                points += [{**sample_point(space_, rng), r.key: cast(b)} for b in (r.low, r.high)]
+    return points
 
 
 def train_labels(cfg: dict[str, Any], cache: dict[str, np.ndarray] | None = None) -> np.ndarray:

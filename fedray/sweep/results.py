@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedray.logging import print_and_log
+from fedray.logging import _json_safe, print_and_log
 from fedray.sweep.groups import is_number
 from fedray.sweep.plan import fmt_point, fmt_value, trial_config, trial_rounds
 from fedray.sweep.space import decode
@@ -44,10 +44,13 @@ def collect_results(grid: Any, state: dict[str, Any], sweep_dir: Path) -> list[d
         trial_dir = sweep_dir / TRIALS_DIR / trial_name(index)
         info_path = trial_dir / "trial.json"
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        ended = info.get("ended")  # the run returned (trainable.py): nothing cut it short
         if result.error is not None:
             status = "error"
         elif info.get("skipped"):
             status = "skipped"
+        elif ended and rounds_run >= int(ended["round"]):  # e.g. dp.max_epsilon spent early
+            status, max_rounds = "completed", min(max_rounds, rounds_run)
         elif rounds_run < max_rounds:
             status = "stopped"
         else:
@@ -94,7 +97,9 @@ def summarize_unfinished(rows: list[dict[str, Any]]) -> None:
             continue
         history = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
         last = history[-1] if history else {}
-        summary = {k: v for k, v in last.items() if k.startswith(("val/", "comm/", "train/"))}
+        summary = {
+            k: _json_safe(v) for k, v in last.items() if k.startswith(("val/", "comm/", "train/"))
+        }
         summary.update(
             status=r["status"],
             rounds=r["rounds"],
@@ -103,8 +108,9 @@ def summarize_unfinished(rows: list[dict[str, Any]]) -> None:
             error=r["error"],
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
         )
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        if history and not (run_dir / "acc_vs_round.png").exists():
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+        has_acc = any(is_number(_json_safe(h.get("val/acc"))) for h in history)
+        if has_acc and not (run_dir / "acc_vs_round.png").exists():  # (none: ended before one)
             plot_curves(history, run_dir / "acc_vs_round.png", x="round", ys=("val/acc",))
 
 
@@ -125,19 +131,27 @@ def _plain(v: Any) -> Any:
     return v
 
 
+def usable(r: dict[str, Any]) -> bool:
+    """Whether a trial's metric may rank: it has one and did not end in an error."""
+    return r["metric"] is not None and r["status"] != "error"
+
+
 def rank(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
-    """Rows best first by the metric; trials without a value last, then by trial index."""
+    """Rows best first by the metric; errored trials and trials without a value after every
+    usable one (errored ones by their last value), then by trial index."""
     sign = -1.0 if mode == "max" else 1.0
     return sorted(
         rows,
-        key=lambda r: (r["metric"] is None, sign * (r["metric"] or 0.0), r["index"]),
+        key=lambda r: (not usable(r), r["metric"] is None, sign * (r["metric"] or 0.0), r["index"]),
     )
 
 
 def trial_round_savings(rows: list[dict[str, Any]]) -> tuple[int, int, float]:
-    """(trial-rounds run, trial-rounds if every trial ran to the end, fraction saved)."""
-    run = sum(int(r["rounds"]) for r in rows)
-    most = sum(int(r["max_rounds"]) for r in rows)
+    """(trial-rounds run, trial-rounds if they had run to the end, fraction saved), over the
+    trials that completed or a scheduler stopped (not skipped draws, nor errors)."""
+    ran = [r for r in rows if r["status"] in ("completed", "stopped")]
+    run = sum(int(r["rounds"]) for r in ran)
+    most = sum(int(r["max_rounds"]) for r in ran)
     return run, most, (1.0 - run / most) if most else 0.0
 
 
@@ -165,12 +179,13 @@ def write_results(
     md_path.write_text(
         _markdown(state, ranked, fields, (run, most, saved), plots, sweep_dir, wall_s)
     )
-    best = ranked[0] if ranked and ranked[0]["metric"] is not None else None
+    best = next((r for r in ranked if usable(r)), None)  # never an errored trial
     summary = {
         "sweep": spec["name"],
         "sweep_dir": str(sweep_dir),
         "metric": metric,
         "mode": spec["mode"],
+        "scheduler": _scheduler(spec),
         "trials": len(rows),
         "status": {s: sum(r["status"] == s for r in rows) for s in STATUSES},
         "grid_points_skipped": len(state.get("notes") or []),  # before any trial: infeasible
@@ -233,11 +248,16 @@ def _markdown(
         row = _flat_row(r, i, swept, metric, fields)
         lines.append("| " + " | ".join(_md(row[c]) for c in cols) + " |")
     run, most, saved = rounds
+    stopping = f" (**{100 * saved:.0f}% saved** by early stopping)" if _scheduler(spec) else ""
     lines += [
         "",
-        f"Trial-rounds run: **{run}** of {most} if every trial ran all its rounds "
-        f"(**{100 * saved:.0f}% saved** by early stopping); wall time {wall_s:.0f} s.",
+        f"Trial-rounds run: **{run}** of {most} if every completed or stopped trial ran all its "
+        f"rounds{stopping}; wall time {wall_s:.0f} s.",
     ]
+    other = [f"{r['trial']} ({r['status']}, {r['rounds']} rounds)" for r in ranked
+             if r["status"] not in ("completed", "stopped")]
+    if other:
+        lines.append(f"Not counted: {', '.join(other)}.")
     errors = [r for r in ranked if r["error"]]
     if errors:
         lines += ["", "Errors and skipped draws:", ""]
@@ -247,6 +267,12 @@ def _markdown(
     if plots:
         lines += [""] + [f"![{p.stem}]({p.relative_to(sweep_dir)})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _scheduler(spec: dict[str, Any]) -> str | None:
+    """The early-stopping scheduler's name (asha, pbt), None without one."""
+    name = (spec.get("scheduler") or {}).get("name")
+    return None if name in (None, "none") else str(name)
 
 
 def _md(v: Any) -> str:
@@ -344,9 +370,10 @@ def print_results(out: dict[str, Any]) -> None:
         f"{metric} {_md(r['metric']):>8}  {fmt_point(r['assignment'])}"
         for r in out["rows"][:10]
     ]
+    saved = f" ({100 * out['trial_rounds_saved']:.0f}% saved)" if out.get("scheduler") else ""
     lines.append(
-        f"trial-rounds run: {out['trial_rounds']} of {out['trial_rounds_max']} "
-        f"({100 * out['trial_rounds_saved']:.0f}% saved)   wall {out.get('wall_s', 0):.1f}s"
+        f"trial-rounds run: {out['trial_rounds']} of {out['trial_rounds_max']}{saved}   "
+        f"wall {out.get('wall_s', 0):.1f}s"
     )
     lines += [f"results: {out['results_csv']}", f"         {out['results_md']}",
               f"summary: {out['summary_json']}", *(f"plot:    {p}" for p in out["plots"]),

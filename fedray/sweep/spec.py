@@ -8,6 +8,7 @@ the key, e.g. `sweep 'lr' (sweeps/lr.yaml): sweep.space.client.optimizer.lr: ...
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -99,7 +100,7 @@ SPEC_FIELDS = {
 # every field is in the composed node, so `sweep.resume=true` etc. are plain Hydra overrides
 SPEC_DEFAULTS: dict[str, Any] = {
     "metric": "val/acc",
-    "mode": "max",
+    "mode": None,  # from the metric (default_mode)
     "search": None,  # grid, or random when the space has ranges
     "num_samples": None,
     "seed": None,
@@ -221,7 +222,9 @@ def load_sweep(sweep: dict[str, Any] | str | Path, base: dict[str, Any]) -> Swee
     spec.metric = sweep.get("metric", spec.metric)
     if not isinstance(spec.metric, str) or not spec.metric:
         raise spec.fail("metric", f"must be a metric name such as 'val/acc', got {spec.metric!r}")
-    spec.mode = sweep.get("mode", spec.mode)
+    spec.mode = sweep.get("mode")
+    if spec.mode is None:
+        spec.mode = default_mode(spec.metric)
     if spec.mode not in ("max", "min"):
         raise spec.fail("mode", f"must be 'max' or 'min', got {spec.mode!r}")
     spec.num_samples = _opt_int(spec, "num_samples", sweep.get("num_samples"), 1)
@@ -279,7 +282,27 @@ def load_sweep(sweep: dict[str, Any] | str | Path, base: dict[str, Any]) -> Swee
     if spec.search != "grid" and spec.num_samples is None:
         raise spec.fail("num_samples", f"search: {spec.search} needs num_samples (the trials)")
     spec.scheduler = _parse_scheduler(spec, sweep.get("scheduler", "none"))
+    _warn_eval_every(spec, base)
     return spec
+
+
+def default_mode(metric: str) -> str:
+    """`min` for a loss, communication, time or privacy/epsilon metric; else `max`."""
+    low = metric.endswith("loss") or metric.startswith(("comm/", "time/"))
+    return "min" if low or metric == "privacy/epsilon" else "max"
+
+
+def _warn_eval_every(spec: SweepSpec, base: dict[str, Any]) -> None:
+    """Trials report only the rounds that evaluate (every fl.eval_every-th, and the last): a
+    scheduler's round counts that fall between them are judged at the next evaluated round."""
+    every = int((base.get("fl") or {}).get("eval_every") or 1)
+    key = {"asha": "grace_period", "pbt": "perturbation_interval"}.get(spec.scheduler["name"])
+    if key and every > 1 and int(spec.scheduler[key]) % every:
+        logging.getLogger("fedray").warning(
+            "sweep %r: scheduler.%s=%s is not a multiple of fl.eval_every=%d: trials report "
+            "only the rounds that evaluate, so it acts at the next of those",
+            spec.name, key, spec.scheduler[key], every,
+        )
 
 
 def _parse_scheduler(spec: SweepSpec, value: Any) -> dict[str, Any]:

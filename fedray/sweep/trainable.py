@@ -1,8 +1,11 @@
-"""The Tune trainable: one federated run per trial, reporting every round with its checkpoint.
+"""The Tune trainable: one federated run per trial, reporting each evaluated round with its
+checkpoint.
 
-Each round's report carries the run's `checkpoint.pkl` (and who wrote it), so Tune can retry a
-failed trial from its last round (`max_failures`), continue a killed sweep (`sweep.resume`), and
-PBT can continue a trial from a better trial's checkpoint under a mutated config.
+Each report carries the run's `checkpoint.pkl` (and who wrote it), so Tune can retry a failed
+trial from its last reported round (`max_failures`), continue a killed sweep (`sweep.resume`),
+and PBT can continue a trial from a better trial's checkpoint under a mutated config. Tune
+checks every report for the sweep's metric, so with `fl.eval_every > 1` only the rounds that
+evaluate (and the last) are reported; a retry resumes from the last of those.
 """
 
 from __future__ import annotations
@@ -91,6 +94,13 @@ def _restore(restored: Any, run_dir: Path, index: int, info: dict[str, Any]) -> 
     return start
 
 
+def _early_end(cfg: dict[str, Any]) -> str:
+    """Why a run that returned stopped before its last round."""
+    if (cfg.get("dp") or {}).get("max_epsilon") is not None:
+        return f"dp.max_epsilon={cfg['dp']['max_epsilon']} spent"
+    return "the run ended before its last round"
+
+
 def run_trial(
     config: dict[str, Any], *, base: dict[str, Any], options: dict, meta: dict[str, Any]
 ) -> None:
@@ -130,6 +140,7 @@ def run_trial(
         attempts=int(info["attempts"]) + 1,
         resumed_from_round=0,
     )
+    info.pop("ended", None)  # set once this attempt's run returns
     if meta.get("check_feasible"):  # Tune drew this point: can the experiment run it?
         why = check_feasible(cfg, train_labels(cfg))
         if why:
@@ -167,10 +178,15 @@ def run_trial(
                 f"(attempt {info['attempts']})"
             )
 
+    metric = meta.get("metric")
+
     def on_round(row: dict[str, Any], ckpt_path: Path | None) -> None:
         seen.append(int(row["round"]))
         if int(row["round"]) < rounds:
-            report(row, ckpt_path)
+            # Tune refuses a result without the metric: a round that did not evaluate
+            # (fl.eval_every > 1) is not reported, nor is its checkpoint
+            if metric is None or metric in numeric(row):
+                report(row, ckpt_path)
         else:
             # the last round is reported once the run has finished (summary, plots, W&B run),
             # since a scheduler's decision at that report may end this process
@@ -180,9 +196,17 @@ def run_trial(
     parked = parking() if meta.get("reuse_processes") else nullcontext()
     with log_file(run_dir / "launch.log"), parked:
         summary = run(cfg, on_round)
+    # the run ended itself (all its rounds, or fewer: dp.max_epsilon spent): not cut short by
+    # the scheduler or a kill, whatever the final report below decides (results.py reads it)
+    reached = seen[-1] if seen else int(summary.get("rounds") or rounds)
+    info["ended"] = {
+        "round": reached,
+        "reason": "all rounds run" if reached >= rounds else _early_end(cfg),
+    }
+    info_path.write_text(json.dumps(info, indent=2, default=str))
     if last:
         report(*last[-1])
-    else:  # ended before fl.rounds (its last round reported), or resumed after its last round:
-        # the final state once, at the round it reached
-        report({**numeric(summary), "round": seen[-1] if seen else rounds}, None)
+    else:  # ended before fl.rounds (dp.max_epsilon), or resumed after its last round: the
+        # final state once (the summary's metrics: evaluated at the end), at the round it reached
+        report({**numeric(summary), "round": reached}, None)
     shutil.rmtree(staging, ignore_errors=True)

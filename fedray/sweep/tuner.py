@@ -230,6 +230,7 @@ def _trainable(state: dict[str, Any], sweep_dir: Path) -> Any:
         "name": state["name"],
         "sweep_dir": str(sweep_dir),
         "swept": state["swept"],
+        "metric": spec["metric"],  # only rounds that report it are reported (fl.eval_every)
         "faults": spec["faults"],
         "cwd": state["cwd"],
         "variants": state["variants"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from fedray.logging import RunLogger, wandb_run_id
 
 
@@ -98,3 +100,45 @@ def test_the_final_table_lists_per_client_values_only_for_a_few_clients(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) < 10 and not any(line.startswith("client/0") for line in lines), lines
     assert "client/<id>/...: 10000 clients' values in /runs/a/summary.json" in lines
+
+
+def _strict(text: str):
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_nan_and_inf_of_numpy_and_torch_scalars_are_written_as_null(tmp_path):
+    import numpy as np
+    import torch
+
+    from fedray.logging import _json_safe
+
+    assert _json_safe(np.float32("nan")) is None and _json_safe(torch.tensor(float("inf"))) is None
+    assert _json_safe(np.float32(0.5)) == 0.5 and type(_json_safe(np.int64(3))) is int
+    logger = RunLogger(tmp_path, {"name": "t", "logger": {"jsonl": True}})
+    logger.log({"round": 1, "val/loss": np.float32("nan"), "train/loss": torch.tensor(np.inf),
+                "val/acc": np.float64("-inf"), "comm/bytes_total": np.int64(10)})
+    logger.summary({"val/loss": np.float32("nan"), "hist": [np.float32("inf"), 1.0]})
+    logger.close()
+    rows = [_strict(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"round": 1, "val/loss": None, "train/loss": None, "val/acc": None,
+                     "comm/bytes_total": 10}]
+    summary = _strict((tmp_path / "summary.json").read_text())
+    assert summary["val/loss"] is None and summary["hist"] == [None, 1.0]
+    # a resumed run rewrites its restored rows the same way
+    RunLogger(tmp_path, {"name": "t", "logger": {"jsonl": True}},
+              resume_rows=[{"round": 1, "val/loss": np.float32("nan")}]).close()
+    assert _strict((tmp_path / "metrics.jsonl").read_text()) == {"round": 1, "val/loss": None}
+
+
+def test_a_stopped_trials_summary_is_strict_json(tmp_path):
+    from fedray.sweep.results import summarize_unfinished
+
+    (tmp_path / "metrics.jsonl").write_text('{"round": 1, "val/acc": NaN, "val/loss": Infinity}\n')
+    summarize_unfinished([{"status": "stopped", "run_dir": str(tmp_path), "rounds": 1,
+                           "max_rounds": 4, "error": None}])
+    summary = _strict((tmp_path / "summary.json").read_text())
+    assert summary["val/acc"] is None and summary["val/loss"] is None
+    assert not (tmp_path / "acc_vs_round.png").exists()  # no val/acc to draw: no plot, no error

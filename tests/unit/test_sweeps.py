@@ -548,7 +548,7 @@ def test_rank_and_trial_round_savings_are_exact():
     ]
     assert [r["index"] for r in results.rank(rows, "max")] == [3, 0, 1, 2]
     assert [r["index"] for r in results.rank(rows, "min")] == [1, 0, 3, 2]
-    assert results.trial_round_savings(rows) == (7, 16, 1 - 7 / 16)
+    assert results.trial_round_savings(rows) == (7, 12, 1 - 7 / 12)  # not the errored one
 
 
 def test_write_results_writes_a_ranked_csv_markdown_and_plots(tmp_path):
@@ -747,3 +747,159 @@ def test_a_sweep_file_named_by_its_path_is_an_option_for_that_run(tmp_path):
     assert cfg["sweep"]["file"] == str(path.resolve()) and cfg["sweep"]["name"] == "my_epochs"
     with pytest.raises(sp.SweepError, match=r"sweep=.*nope\.yaml: no such sweep file"):
         sp.sweep_file_args([f"sweep={tmp_path / 'nope.yaml'}"])
+
+
+# --- reports, statuses and ranking (fake Tune and run: no Ray) ---------------------------------
+
+
+def _run_trial_with_fakes(monkeypatch, tmp_path, base, rows, summary):
+    """run_trial with Tune's session and `fedray.run.run` faked; returns what it reported."""
+    from types import SimpleNamespace
+
+    import ray
+    from ray import tune
+
+    import fedray.run
+
+    reports = []
+    ctx = SimpleNamespace(get_trial_id=lambda: "run_trial_abc_00000",
+                          get_trial_resources=lambda: SimpleNamespace(bundles=[{"CPU": 1.0}]))
+    monkeypatch.setattr(tune, "get_context", lambda: ctx)
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(tune, "Checkpoint", SimpleNamespace(from_directory=lambda d: d))
+    monkeypatch.setattr(tune, "report", lambda m, checkpoint=None: reports.append((m, checkpoint)))
+    monkeypatch.setattr(ray, "get_runtime_context",
+                        lambda: SimpleNamespace(get_node_id=lambda: "node"))
+
+    def fake_run(cfg, on_round):
+        ckpt = Path(cfg["run_dir"]) / "checkpoint.pkl"
+        for row in rows:
+            ckpt.write_bytes(b"round %d" % row["round"])
+            on_round(dict(row), ckpt)
+        return summary
+
+    monkeypatch.setattr(fedray.run, "run", fake_run)
+    meta = {"name": "t", "sweep_dir": str(tmp_path), "swept": [], "metric": "val/acc",
+            "variants": {}, "faults": []}
+    trainable.run_trial({}, base=base, options={}, meta=meta)
+    return reports
+
+
+def test_with_eval_every_only_rounds_carrying_the_metric_are_reported(monkeypatch, tmp_path):
+    base = _base("fl.rounds=10", "fl.eval_every=5")
+    rows = [{"round": r, "train/loss": 1.0 / r, **({"val/acc": r / 10} if r % 5 == 0 else {})}
+            for r in range(1, 11)]
+    reports = _run_trial_with_fakes(monkeypatch, tmp_path, base, rows, {"val/acc": 1.0})
+    # Tune refuses a result without the metric; each report keeps its checkpoint for a retry
+    assert all("val/acc" in m for m, _ in reports)
+    assert [(m["round"], ck is not None) for m, ck in reports] == [(5, True), (10, True)]
+
+
+def test_a_run_that_ends_itself_early_is_completed_not_interrupted(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    base = _base("fl.rounds=5", "dp=central", "dp.max_epsilon=1.0")
+    rows = [{"round": r, "val/acc": 0.1 * r} for r in (1, 2, 3)]  # the budget is spent after 3
+    reports = _run_trial_with_fakes(monkeypatch, tmp_path, base, rows,
+                                    {"val/acc": 0.3, "rounds": 3})
+    assert reports[-1][0]["round"] == 3
+    info = json.loads((tmp_path / "trials" / "trial_000" / "trial.json").read_text())
+    assert info["ended"]["round"] == 3 and "dp.max_epsilon" in info["ended"]["reason"]
+    result = SimpleNamespace(path=str(tmp_path / "tune" / "trial_000_abc"), config={},
+                             metrics=reports[-1][0], metrics_dataframe=None, error=None)
+    state = {"spec": {"metric": "val/acc", "num_samples": 1, "scheduler": {"name": "none"}},
+             "base": base, "options": {}, "variants": {}, "trials": []}
+    rows_out = results.collect_results([result], state, tmp_path)
+    assert [(r["status"], r["rounds"], r["max_rounds"]) for r in rows_out] == [("completed", 3, 3)]
+    grid = SimpleNamespace(_experiment_analysis=SimpleNamespace(
+        trials=[SimpleNamespace(status="TERMINATED")]))
+    tuner.check_not_interrupted(grid, state, tmp_path, rows_out)  # no SweepInterrupted
+    # a trial whose run did not return (no `ended`) and fell short is still cut short
+    (tmp_path / "trials" / "trial_000" / "trial.json").write_text(json.dumps({"attempts": 1}))
+    rows_out = results.collect_results([result], state, tmp_path)
+    assert rows_out[0]["status"] == "stopped"
+    with pytest.raises(tuner.SweepInterrupted):
+        tuner.check_not_interrupted(grid, state, tmp_path, rows_out)
+
+
+def test_an_errored_trial_never_ranks_first_nor_is_the_best(tmp_path):
+    rows = [_row(0, "completed", 4, 0.61, {}), _row(1, "error", 2, 0.93, {}),
+            _row(2, "completed", 4, 0.70, {}), _row(3, "stopped", 1, None, {})]
+    assert [r["index"] for r in results.rank(rows, "max")] == [2, 0, 1, 3]
+    assert [r["index"] for r in results.rank(rows, "min")] == [0, 2, 1, 3]
+    state = {"spec": {"name": "s", "metric": "val/acc", "mode": "max", "search": "grid",
+                      "scheduler": {"name": "none"}}, "swept": [], "base": {"name": "smoke"}}
+    out = results.write_results(tmp_path, state, [rows[1]])
+    assert out["best"] is None  # only an errored trial: no best
+    out = results.write_results(tmp_path, state, rows)
+    assert out["best"]["trial"] == "trial_002"
+
+
+def test_early_stopping_savings_count_completed_and_stopped_trials_only(tmp_path):
+    rows = [_row(0, "completed", 4, 0.5, {}), _row(1, "completed", 4, 0.6, {}),
+            _row(2, "skipped", 0, None, {}), _row(3, "error", 2, None, {})]
+    assert results.trial_round_savings(rows) == (8, 8, 0.0)
+    rows.append(_row(4, "stopped", 1, 0.2, {}))
+    assert results.trial_round_savings(rows) == (9, 12, 0.25)
+    spec = {"name": "s", "metric": "val/acc", "mode": "max", "search": "grid"}
+    state = {"spec": {**spec, "scheduler": {"name": "none"}}, "swept": [],
+             "base": {"name": "smoke"}}
+    md = Path(results.write_results(tmp_path, state, rows)["results_md"]).read_text()
+    assert "saved" not in md and "**9** of 12" in md  # no scheduler: nothing to credit
+    assert "trial_002 (skipped, 0 rounds)" in md and "trial_003 (error, 2 rounds)" in md
+    state["spec"]["scheduler"] = {"name": "asha"}
+    md = Path(results.write_results(tmp_path, state, rows)["results_md"]).read_text()
+    assert "**25% saved** by early stopping" in md
+
+
+@pytest.mark.parametrize(
+    ("metric", "mode"),
+    [("val/acc", "max"), ("val/loss", "min"), ("train/loss", "min"), ("val_base/loss", "min"),
+     ("comm/bytes_total", "min"), ("privacy/epsilon", "min"), ("val/f1_macro", "max")],
+)
+def test_mode_defaults_from_the_metric_and_an_explicit_mode_stays(metric, mode):
+    assert _spec({"client.epochs": [1, 2]}, metric=metric).mode == mode
+    assert _spec({"client.epochs": [1, 2]}, metric=metric, mode="max").mode == "max"
+    # the composed Hydra node: `sweep.metric=...` without `sweep.mode` takes the metric's mode
+    cfg = compose_plain(["+experiment=smoke", "sweep=lr", f"sweep.metric={metric}"])
+    node = {k: v for k, v in cfg["sweep"].items() if k != "mode"}
+    assert sp.load_sweep({**node, "mode": None}, _base()).mode == mode
+
+
+def test_a_composed_sweep_without_mode_takes_the_metrics_mode(tmp_path):
+    path = tmp_path / "loss.yaml"
+    path.write_text("metric: val/loss\nspace:\n  client.epochs: [1, 2]\n")
+    args = sp.sweep_file_args(["+experiment=smoke", f"sweep={path}"])
+    cfg = compose_plain(args)
+    assert sp.load_sweep(cfg["sweep"], _base()).mode == "min"
+    cfg = compose_plain([*args, "sweep.mode=max"])
+    assert sp.load_sweep(cfg["sweep"], _base()).mode == "max"
+
+
+def test_a_grace_period_between_evaluated_rounds_is_warned_about(caplog):
+    asha = {"name": "asha", "grace_period": 2, "reduction_factor": 2}
+    caplog.set_level("WARNING", logger="fedray")
+    sp.load_sweep({"name": "t", "space": {"client.epochs": [1, 2]}, "scheduler": asha},
+                  _base("fl.eval_every=5"))
+    assert "scheduler.grace_period=2 is not a multiple of fl.eval_every=5" in caplog.text
+    caplog.clear()
+    sp.load_sweep({"name": "t", "space": {"client.epochs": [1, 2]},
+                   "scheduler": {**asha, "grace_period": 5}}, _base("fl.eval_every=5"))
+    assert "eval_every" not in caplog.text
+
+
+def test_ranges_inside_group_variants_are_checked_at_their_bounds_before_ray():
+    base = {**_base(), "run_dir": "/tmp/unused"}
+    spec = sp.load_sweep(
+        {"name": "t", "file": "t.yaml", "search": "random", "num_samples": 4,
+         "space": {"strategy": [{"name": "fedavg"},
+                                {"name": "trimmed_mean", "beta": {"uniform": [0.0, 0.5]}}]}},
+        base,
+    )
+    with pytest.raises(sp.SweepError, match=r"t\.yaml\): trial .*strategy\.beta=0\.5: .*beta"):
+        plan.check_trials(spec, base, draws=0)
+    # every variant is drawn at least once, each range at both bounds inside its variant
+    points = plan.bound_points(spec.dims, np.random.default_rng(0))
+    names = [p["strategy.name"] for p in points]
+    assert {"fedavg", "trimmed_mean"} <= set(names)
+    assert {p.get("strategy.beta") for p in points if "strategy.beta" in p} >= {0.0, 0.5}
