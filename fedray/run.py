@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from fedray.config import ConfigError
-from fedray.fl.resume import experiment_hash, find_resume_dir
+from fedray.fl.resume import experiment_hash, find_resume_dir, finished_summary
 from fedray.logging import RunLogger, setup_console_logging
 
 log = logging.getLogger("fedray")
@@ -72,6 +72,9 @@ def run(cfg: dict[str, Any], on_round: OnRound | None = None) -> dict[str, Any]:
     resume_dir = find_resume_dir(cfg)
     if resume_dir is not None:
         cfg["run_dir"] = str(resume_dir)
+        done = finished_summary(cfg, resume_dir)  # all its rounds ran: no data, Ray or pool
+        if done is not None:
+            return done
     run_dir = Path(cfg["run_dir"])
     log.info("run %s (%s) -> %s", cfg.get("name"), cfg["stage"], run_dir)
     if cfg["stage"] == "synth":

@@ -3,7 +3,12 @@
 No Ray, no worker processes, nothing to start: a quick experiment pays its Python and torch
 imports and nothing else before round 1, and a breakpoint in a model's, a task's or a
 strategy's client-side code stops in the terminal that launched the run. The fits are the
-`ClientActor`'s, with the same seeds, so a run gives the same numbers on either backend; what
+`ClientActor`'s, with the same seeds, so a run gives the same numbers on either backend as long
+as each client trains with the same torch thread count: here every client gets
+round(ray.client_cpus) threads, while the Ray pool gives the clients of a round's last, partial
+wave (clients_per_round not a multiple of the pool size) the idle actors' CPUs too (pool.py
+`deal`, capped at os.cpu_count()), and torch's CPU results change bitwise with the thread count,
+so those clients' numbers (and all that follows) can differ slightly. What
 the in-process backend cannot do is run clients in parallel, interrupt a client that hangs
 (`fl.round_timeout_s`) or survive one that kills its process (`fl.faults` kind `crash`): the
 config check refuses those. A client that raises is dropped from its round and its client

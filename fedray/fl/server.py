@@ -159,8 +159,8 @@ class FederatedServer:
         self.strategy.load_state_dict(ckpt["strategy"])
         if self.privacy is not None and ckpt.get("privacy") is not None:
             self.privacy.load_state_dict(ckpt["privacy"])
-        self.start_round = int(ckpt["round"])
-        self.bytes_total = int(ckpt["bytes_total"])
+        self.start_round, self.bytes_total = int(ckpt["round"]), int(ckpt["bytes_total"])
+        self.head_init_metrics = dict(ckpt.get("head_init") or {})  # older checkpoints: none
         set_params(self.model, self.params)
 
     def _start_pool(self, ray_cfg: dict[str, Any], actors: list[Any] | None = None) -> Any:
@@ -332,22 +332,22 @@ class FederatedServer:
         rounds = int(self.fl["rounds"])
         if rounds < 1:
             raise ConfigError(f"fl.rounds must be >= 1, got {rounds}")
+        row: dict[str, Any] = dict(self.logger.rows[-1]) if self.logger.rows else {}
+        if self.start_round >= rounds:  # resumed after its last round: no pool, nothing to run
+            log.info("already finished: %d of %d rounds ran", self.start_round, rounds)
+            return row
         pool = self._start_pool(ray_cfg, actors)
         # a client's index array travels with its fit call (Ray inlines small arguments); one
         # object-store entry per client would grow the driver with num_clients (10,000 and more)
         shard_refs: Any = self.parts
         extra = self.strategy.client_config()
-        row: dict[str, Any] = {}
         try:
             self._warm_up()  # while the actors start
             pool.wait_ready()
             if self.cached:  # the first call on each client is longer than the rest: say why
-                log.info(
-                    "clients compute their frozen backbone's features once (%d blocks, %d train "
-                    "images), then train on the cached features",
-                    self.cached,
-                    sum(len(p) for p in self.parts),
-                )
+                log.info("clients compute their frozen backbone's features once (%d blocks, %d "
+                         "train images), then train on the cached features", self.cached,
+                         sum(len(p) for p in self.parts))
             if self.head_init == "ridge" and self.start_round == 0:
                 self._init_head(pool, shard_refs)
             for r in range(self.start_round, rounds):
@@ -467,13 +467,9 @@ class FederatedServer:
             "head_init/bytes_up": bytes_up,
             "head_init/time_s": time.perf_counter() - t0,
         }
-        log.info(
-            "head init (ridge) from %d clients' feature sums: val/acc %.4f, %s up, %.1fs",
-            len(good),
-            metrics["acc"],
-            human_bytes(bytes_up),
-            self.head_init_metrics["head_init/time_s"],
-        )
+        log.info("head init (ridge) from %d clients' feature sums: val/acc %.4f, %s up, %.1fs",
+                 len(good), metrics["acc"], human_bytes(bytes_up),
+                 self.head_init_metrics["head_init/time_s"])
 
     def round_metrics(self) -> dict[str, Any]:
         """Val metrics of the global model; isolated: the mean over the clients' own models."""
@@ -485,6 +481,7 @@ class FederatedServer:
     def _checkpoint_state(self, next_round: int) -> dict[str, Any]:
         return {
             "round": next_round,
+            "rounds": int(self.fl["rounds"]),  # a non-constant lr schedule anneals over it
             "params": self.params,
             "client_params": self.client_params if self.isolated else None,
             "local": self.local.state_dict() if self.local is not None else None,
@@ -493,6 +490,7 @@ class FederatedServer:
             "bytes_total": self.bytes_total,
             "rows": self.logger.rows,
             "config_hash": self.cfg.get("_config_hash"),
+            "head_init": self.head_init_metrics,  # fl.head_init=ridge: in a resumed summary too
         }
 
 
