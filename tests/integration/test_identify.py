@@ -306,6 +306,13 @@ def test_web_page_in_a_real_browser(pill_run, tmp_path):
             page.wait_for_function("document.getElementById('error').textContent.length > 0")
             assert "not an image" in page.inner_text("#error")
             assert page.locator("tr.pill-row").count() == 0
+            # a reply that is no JSON (a proxy's or a crashed server's 500 page): shown, not a
+            # page left on "identifying ..."
+            page.route("**/api/identify", lambda route: route.fulfill(
+                status=502, body="<html>Bad Gateway</html>", content_type="text/html"))
+            page.set_input_files("#file", str(photo))
+            page.wait_for_function("document.getElementById('error').textContent == 'error 502'")
+            assert page.inner_text("#status") == "" and page.locator("tr.pill-row").count() == 0
             browser.close()
     finally:
         server.should_exit = True
