@@ -146,6 +146,19 @@ def test_bad_retrieval_config_names_the_key(tmp_path, override, key):
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
+def test_a_split_that_leaves_every_client_one_pill_is_refused_before_the_catalog(tmp_path):
+    """Each client of one pill has no negative to mine and is skipped every round: with all of
+    them so, the rounds aggregated nothing (a ValueError traceback after the catalog build)."""
+    from fedray.data.partition import PartitionError
+
+    cfg = _cfg(tmp_path, "retrieval.models=[teacher_fed]", "retrieval.federated.clients=2",
+               "partition=pathological", "partition.classes_per_client=1")
+    with pytest.raises(PartitionError, match=r"each of the 2 clients holds one pill .* "
+                                             r"partition\.classes_per_client=2"):
+        run(cfg)
+    assert not (tmp_path / "cache").exists()
+
+
 @pytest.mark.slow
 def test_federated_teacher_trains_across_clients(tmp_path):
     cfg = _cfg(tmp_path, "partition=iid", "retrieval.models=[teacher_fed]",

@@ -246,10 +246,15 @@ def run_retrieval(cfg: dict[str, Any]) -> dict[str, Any]:
             train = np.arange(int(cat["num_pills"]) - len(folds[f]))
             labels = np.repeat(train, 2 + 2 * int(rcfg["train_photos"]))
             try:
-                partition(labels, cfg["partition"], clients, seed)
+                parts = partition(labels, cfg["partition"], clients, seed)
             except PartitionError as e:  # the client count is this stage's key, not fl's
                 raise PartitionError(f"{e} (retrieval.federated.clients={clients} over fold "
                                      f"{f}'s {len(train)} training pills)") from None
+            if not any(len(np.unique(labels[p])) > 1 for p in parts):  # all would be skipped
+                raise PartitionError(
+                    f"partition: each of the {clients} clients holds one pill of fold {f}'s "
+                    "training pills, and a triplet needs another pill for its negative: give "
+                    "clients 2 pills or more (e.g. partition.classes_per_client=2)")
     data = build_retrieval_data(int(cat["num_pills"]), int(cat["image_size"]),
                                 int(cat["photos_per_side"]), int(cat["catalog_seed"]), seed,
                                 int(cat["num_textures"]), cat.get("cache_dir"))
