@@ -20,7 +20,10 @@ Schemes (the Hydra `partition` group picks one by `name`):
 - `dirichlet` (Hsu et al. 2019; the NIID-Bench code): for each class, proportions over clients
   are drawn from Dirichlet(alpha) and the class's samples cut accordingly; a client already above
   the mean size gets no more. The draw repeats until every client holds at least `min_size`
-  samples. Small alpha gives few classes per client, large alpha approaches IID.
+  samples. Small alpha gives few classes per client, large alpha approaches IID. With
+  `min_size: 0` a client may hold nothing (a phone with no photos): it trains nothing when drawn,
+  is left out of the round's loss and average, and a round that drew only such clients is
+  logged as skipped (`FederatedServer`).
 - `quantity_skew`: labels IID, but client sizes follow Dirichlet(alpha) proportions (at least one
   sample each).
 """

@@ -303,9 +303,11 @@ class FederatedServer:
         )
         up = self.local.shared if self.local is not None else dict  # local: never uploaded
         bytes_up = sum(params_nbytes(up(res.params)) for res in results)
-        good = []
+        good, idle = [], set()
         for res in results:
-            if is_finite(res.params):
+            if res.num_samples == 0:  # dealt no sample (partition.min_size=0): trained nothing
+                idle.add(res.client_id)
+            elif is_finite(res.params):
                 good.append(res)
             else:
                 dropped.append(Dropped(res.client_id, "non-finite (NaN/Inf) update: lr too high?"))
@@ -313,7 +315,8 @@ class FederatedServer:
             good = self.local.keep(good)  # stored for their clients; the rest sees the shared
         for d in dropped:
             log.warning("round %d: dropped client %d: %s", self.round + 1, d.client_id, d.reason)
-        self._check_quorum(good, dropped, sampled)
+        if len(idle) < len(sampled):  # none usable, all idle: the caller skips the round
+            self._check_quorum(good, dropped, [c for c in sampled if c not in idle])
         return good, dropped, bytes_up
 
     def run(
@@ -362,20 +365,15 @@ class FederatedServer:
                     if self.privacy.budget_exhausted(r, sampled):
                         break
                     skip = self.privacy.skip_reason(sampled)
-                    if skip:  # no client trains; central DP still releases its noise
-                        log.info("round %d/%d skipped: %s", r + 1, rounds, skip)
-                        noise = self.privacy.empty_release(self._shared(), r)
-                        if noise is not None:
-                            self.params = self.strategy.aggregate(self._shared(), noise)
-                            self._evals.clear()
-                        row = {"round": r + 1, "clients": 0, "clients/dropped": 0,
-                               "actors": len(pool), "comm/bytes_total": self.bytes_total}
-                        if (r + 1) % int(self.fl["eval_every"]) == 0 or r + 1 == rounds:
-                            row.update({f"val/{k}": v for k, v in self.round_metrics().items()})
-                        self._close_round(row, r, ckpt_path, on_round)
+                    if skip:
+                        row = self._skip_round(r, rounds, len(pool), skip, ckpt_path, on_round)
                         continue
                     job.update(self.privacy.client_extra(sampled, r, self._shared()))
                 good, dropped, bytes_up = self._fit_round(pool, shard_refs, sampled, job)
+                if not good:  # every client drawn was dealt no sample
+                    why = "its clients hold no sample"
+                    row = self._skip_round(r, rounds, len(pool), why, ckpt_path, on_round)
+                    continue
                 self._evals.clear()  # a strategy may update the params in place
                 to_aggregate = good  # masked / DP updates: the privacy seam sums them first
                 if self.isolated:
@@ -392,33 +390,22 @@ class FederatedServer:
                 self.bytes_total += bytes_up + bytes_down
                 n = sum(res.num_samples for res in to_aggregate)  # masked: the loss in the sum
                 loss = sum(res.metrics["train/loss"] * res.num_samples for res in to_aggregate)
-                row = {
-                    "round": r + 1,
-                    "clients": len(sampled),
-                    "clients/dropped": len(dropped),
-                    "actors": len(pool),
-                    "train/loss": loss / n,
-                }
+                row = {"round": r + 1, "clients": len(sampled), "clients/dropped": len(dropped),
+                       "actors": len(pool), "train/loss": loss / n}
                 if not self.isolated:
                     row.update(self.strategy.round_metrics())
                 if (r + 1) % int(self.fl["eval_every"]) == 0 or r + 1 == rounds:
                     reference = None if self.isolated else self.strategy.reference()
                     if reference is not None:  # e.g. FedDF's plain average before distillation
-                        row.update(
-                            {f"val_base/{k}": v for k, v in self.evaluate(reference)[0].items()}
-                        )
+                        base = self.evaluate(reference)[0]
+                        row.update({f"val_base/{k}": v for k, v in base.items()})
                     row.update({f"val/{k}": v for k, v in self.round_metrics().items()})
                     if self.local is not None and good:  # each client's own model, own data
                         own = own_mean(self, sorted(res.client_id for res in good))
                         row[f"val_local/{self.task.metric}"] = own
-                row.update(
-                    {
-                        "comm/bytes_up": bytes_up,
-                        "comm/bytes_down": bytes_down,
-                        "comm/bytes_total": self.bytes_total,
-                        "time/round_s": time.perf_counter() - t0,
-                    }
-                )
+                row.update({"comm/bytes_up": bytes_up, "comm/bytes_down": bytes_down,
+                            "comm/bytes_total": self.bytes_total,
+                            "time/round_s": time.perf_counter() - t0})
                 log.info("round %d/%d  %s %s  val/loss %s  train/loss %.4f  up %s  %.1fs", r + 1,
                          rounds, self.task.rank_key, _fmt(row.get(self.task.rank_key)),
                          _fmt(row.get("val/loss")), row["train/loss"], human_bytes(bytes_up),
@@ -426,6 +413,21 @@ class FederatedServer:
                 self._close_round(row, r, ckpt_path, on_round)
         finally:
             pool.shutdown()
+        return row
+
+    def _skip_round(self, r: int, rounds: int, actors: int, why: str, ckpt_path: Path | None,
+                    on_round: Callable[[dict[str, Any], Path | None], None] | None) -> dict:
+        """Round r trains nothing (`why`), its row logged; central DP still releases its noise."""
+        log.info("round %d/%d skipped: %s", r + 1, rounds, why)
+        noise = self.privacy.empty_release(self._shared(), r) if self.privacy else None
+        if noise is not None:
+            self.params = self.strategy.aggregate(self._shared(), noise)
+            self._evals.clear()
+        row = {"round": r + 1, "clients": 0, "clients/dropped": 0, "actors": actors,
+               "comm/bytes_total": self.bytes_total}
+        if (r + 1) % int(self.fl["eval_every"]) == 0 or r + 1 == rounds:
+            row.update({f"val/{k}": v for k, v in self.round_metrics().items()})
+        self._close_round(row, r, ckpt_path, on_round)
         return row
 
     def _close_round(self, row: dict[str, Any], r: int, ckpt_path: Path | None,

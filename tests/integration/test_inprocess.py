@@ -126,3 +126,27 @@ def test_what_inprocess_cannot_honour_is_refused(ray, fl, key):
     with pytest.raises(ConfigError, match="^" + re.escape(key) + ": "):
         check_backend({"ray": ray, "fl": fl})
     check_backend({"ray": {"backend": "ray", "address": "auto"}, "fl": fl})  # Ray can
+
+
+def split_leaving_one_client_empty(labels, num_clients, seed):
+    """A user's partitioner (`partition._target_`) that deals the last client nothing."""
+    return [*np.array_split(np.arange(len(labels)), num_clients - 1), np.array([], np.int64)]
+
+
+def test_a_client_dealt_no_sample_trains_nothing_and_the_round_still_counts(make_cfg, tmp_path):
+    """A phone with no photos (Dirichlet's min_size=0, a user's partitioner) trained nothing and
+    its loss, NaN x 0 samples, made the round's train/loss NaN; a round that drew only such
+    clients had nothing to average (a ValueError mid-run). Now the first is left out of the
+    loss and the average, and the second is a round skipped, logged as such."""
+    target = f"{__name__}.split_leaving_one_client_empty"
+    run(make_cfg("fl.num_clients=3", "fl.rounds=1", "ray.backend=inprocess",
+                 f"partition._target_={target}", run_dir=tmp_path / "all"))
+    (row,) = _rows(tmp_path / "all")
+    assert row["clients"] == 3 and np.isfinite(row["train/loss"])
+    # 1 of 3 a round: seed 0 draws client 2, the empty one, in rounds 1 and 3
+    run(make_cfg("fl.num_clients=3", "fl.clients_per_round=1", "fl.rounds=3", "seed=0",
+                 "ray.backend=inprocess", f"partition._target_={target}",
+                 run_dir=tmp_path / "one"))
+    rows = _rows(tmp_path / "one")
+    assert [r["clients"] for r in rows] == [0, 1, 0] and np.isfinite(rows[1]["train/loss"])
+    assert np.isfinite(rows[-1]["val/acc"])  # the run's final row still scores the model
